@@ -1,0 +1,40 @@
+# make demo: set up, then run the default experiment (Fashion-MNIST, ~10 min on 2 CPU cores).
+# make test: set up, then run the fast test suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup data demo test test-all table clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "pqdjax needs Python 3.11, found " + sys.version.split()[0]'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+# The embedded dataset, from Debian's dataset-fashion-mnist (skipped where apt is absent:
+# the code then tries tfds, or --config.data.data_dir / $$PQDJAX_FASHION_MNIST_DIR).
+data:
+	@if [ ! -f $(FASHION_MNIST) ] && command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; fi
+
+demo: setup data
+	$(BIN)/python -m pqdjax.main --config=configs/default.py --workdir=runs/default
+
+table: setup data
+	$(BIN)/python -m pqdjax.main --config=configs/default.py:table --workdir=runs/table
+
+test: setup data
+	$(BIN)/python -m pytest -q
+
+test-all: setup data
+	$(BIN)/python -m pytest -q -m ''
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

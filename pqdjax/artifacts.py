@@ -1,0 +1,184 @@
+"""Artifacts in a run's workdir, written atomically and marked complete.
+
+Every artifact `name` (a file or a folder under the workdir) has a marker
+`name.done`, a JSON file holding the fingerprint of what produced it (a hash
+of the config fields it depends on and of its inputs' fingerprints) and a
+few facts about it (wall time, metrics). A stage is skipped when its marker
+exists with the fingerprint it would produce now; a changed config changes
+the fingerprint and redoes the stage and those after it.
+
+The artifact is written under a temporary name and renamed into place, and
+the marker is written after it, so a killed run never leaves a half-written
+artifact that looks complete. Arrays are stored as .npz (read without
+pickle); parameters as orbax checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+_MARKER_SUFFIX = ".done"
+
+
+class ArtifactError(RuntimeError):
+    """An artifact cannot be read or written."""
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-serialisable parts (configs as dicts, other fingerprints)."""
+    text = json.dumps(parts, sort_keys=True, default=_json_default)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    if hasattr(value, "to_dict"):  # ml_collections.ConfigDict
+        return value.to_dict()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot fingerprint {type(value).__name__}")
+
+
+@contextlib.contextmanager
+def _atomic_path(path: str) -> Iterator[str]:
+    """Yields a temporary path next to `path`; renames it onto `path` if the block succeeds."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp-", dir=folder)
+    tmp_path = os.path.join(tmp, os.path.basename(path))
+    try:
+        yield tmp_path
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        os.replace(tmp_path, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Writes obj as indented JSON, atomically."""
+    with _atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+            f.write("\n")
+
+
+def write_text(path: str, text: str) -> None:
+    with _atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+
+class ArtifactStore:
+    """The artifacts of one run, under `workdir`."""
+
+    def __init__(self, workdir: str):
+        self.workdir = os.path.abspath(workdir)
+        try:
+            os.makedirs(self.workdir, exist_ok=True)
+        except OSError as e:
+            raise ArtifactError(f"cannot create workdir {self.workdir}: {e.strerror}; choose a writable --workdir.") from e
+        if not os.access(self.workdir, os.W_OK):
+            raise ArtifactError(f"workdir {self.workdir} is not writable; choose a writable --workdir.")
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.workdir, name)
+
+    def _marker(self, name: str) -> str:
+        return self.path(name) + _MARKER_SUFFIX
+
+    def info(self, name: str) -> dict[str, Any] | None:
+        """The marker of a complete artifact, or None."""
+        marker = self._marker(name)
+        if not os.path.isfile(marker) or not os.path.exists(self.path(name)):
+            return None
+        try:
+            with open(marker) as f:
+                return json.load(f)
+        except (OSError, json.JSONDecodeError):
+            return None  # a marker we cannot read marks nothing
+
+    def is_complete(self, name: str, fp: str) -> bool:
+        info = self.info(name)
+        return info is not None and info.get("fingerprint") == fp
+
+    def _invalidate(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self._marker(name))
+
+    def _mark(self, name: str, fp: str, info: Mapping[str, Any]) -> None:
+        write_json(self._marker(name), {"fingerprint": fp, **info})
+
+    # -- arrays -----------------------------------------------------------------
+
+    def save_arrays(self, name: str, arrays: Mapping[str, Any], fp: str, info: Mapping[str, Any] = {}) -> None:
+        """Saves numeric arrays as an uncompressed .npz (no object arrays), then marks it complete."""
+        self._invalidate(name)
+        arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        for key, value in arrays.items():
+            if value.dtype == object:
+                raise ArtifactError(f"{name}: array {key!r} has dtype object; only numeric arrays are stored.")
+        with _atomic_path(self.path(name)) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+        self._mark(name, fp, info)
+
+    def load_arrays(self, name: str) -> dict[str, np.ndarray]:
+        try:
+            with np.load(self.path(name), allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            self._invalidate(name)
+            raise ArtifactError(f"{self.path(name)} is corrupt ({e}); rerun to recreate it.") from e
+
+    # -- parameters -------------------------------------------------------------
+
+    def save_params(self, name: str, params: Any, fp: str, info: Mapping[str, Any] = {}) -> None:
+        """Saves a parameter pytree as an orbax checkpoint folder, then marks it complete."""
+        import orbax.checkpoint as ocp  # slow to import; only stages with parameters need it
+
+        self._invalidate(name)
+        with _atomic_path(self.path(name)) as tmp:
+            with ocp.StandardCheckpointer() as checkpointer:
+                checkpointer.save(tmp, params)
+                checkpointer.wait_until_finished()
+        self._mark(name, fp, info)
+
+    def load_params(self, name: str, target: Any) -> Any:
+        """Restores parameters saved by save_params; `target` gives their structure, shapes and dtypes."""
+        import orbax.checkpoint as ocp
+
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype), target)
+        try:
+            with ocp.StandardCheckpointer() as checkpointer:
+                return checkpointer.restore(self.path(name), abstract)
+        except Exception as e:  # noqa: BLE001 - orbax raises many types for a bad checkpoint
+            self._invalidate(name)
+            raise ArtifactError(
+                f"checkpoint {self.path(name)} is corrupt or does not match the model in the config "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); rerun to retrain it."
+            ) from e
+
+    # -- small JSON records ---------------------------------------------------------
+
+    def save_record(self, name: str, record: Mapping[str, Any], fp: str) -> None:
+        """A JSON result (e.g. one student's accuracy); the record itself is the marker's payload."""
+        self._invalidate(name)
+        write_json(self.path(name), record)
+        self._mark(name, fp, {})
+
+    def load_record(self, name: str) -> dict[str, Any]:
+        with open(self.path(name)) as f:
+            return json.load(f)

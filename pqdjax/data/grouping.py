@@ -1,0 +1,68 @@
+"""Grouping samples by class, and padding classes to a common size."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+
+class EmptyClassError(ValueError):
+    """A class has no samples, so it cannot be distilled."""
+
+
+def class_indices(labels: np.ndarray, num_classes: int) -> list[np.ndarray]:
+    """Indices of each class's samples, in dataset order.
+
+    Args:
+      labels: int [N] in [0, num_classes).
+    Returns:
+      num_classes int64 arrays of indices into `labels`.
+    Raises:
+      EmptyClassError: some class has no sample.
+      ValueError: a label is outside [0, num_classes).
+    """
+    labels = np.asarray(labels)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}); found {labels.min()}..{labels.max()}."
+        )
+    groups = [np.flatnonzero(labels == c) for c in range(num_classes)]
+    empty = [c for c, g in enumerate(groups) if g.size == 0]
+    if empty:
+        raise EmptyClassError(
+            f"class(es) {empty} have no training samples; every class needs at least IPC samples. "
+            "Check the dataset's labels or config.data.train_per_class."
+        )
+    return groups
+
+
+def pad_classes(values: np.ndarray, groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Stacks each class's rows into a [C, n_max, ...] array padded with zeros.
+
+    Args:
+      values: [N, ...] per-sample values (e.g. latents [N, d]).
+      groups: per-class index arrays, as from `class_indices`.
+    Returns:
+      padded: [C, n_max, ...], class c's samples first, then zeros.
+      mass: float32 [C, n_max], 1/n_c on class c's samples and 0 on padding,
+        so each class's empirical measure is (padded[c], mass[c]).
+    """
+    n_max = max(len(g) for g in groups)
+    padded = np.zeros((len(groups), n_max) + values.shape[1:], values.dtype)
+    mass = np.zeros((len(groups), n_max), np.float32)
+    for c, g in enumerate(groups):
+        padded[c, : len(g)] = values[g]
+        mass[c, : len(g)] = 1.0 / len(g)
+    return padded, mass
+
+
+def select_random(groups: list[np.ndarray], k: int, rng: jax.Array) -> np.ndarray:
+    """k distinct random samples of every class: [C, k] indices into the dataset.
+
+    Raises ValueError when a class has fewer than k samples.
+    """
+    smallest = min(len(g) for g in groups)
+    if k > smallest:
+        raise ValueError(f"IPC {k} is larger than the smallest class ({smallest} images); choose IPC <= {smallest}.")
+    keys = jax.random.split(rng, len(groups))
+    return np.stack([g[np.asarray(jax.random.choice(key, len(g), (k,), replace=False))] for g, key in zip(groups, keys)])

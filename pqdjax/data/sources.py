@@ -1,0 +1,170 @@
+"""In-memory image-classification datasets: local IDX files, or tfds.
+
+`load_dataset(config.data)` returns an `ImageDataset` of uint8 arrays. For
+Fashion-MNIST it looks, in order, in `config.data.data_dir`, in the folder
+named by the environment variable PQDJAX_FASHION_MNIST_DIR, in the Debian
+package's folder (/usr/share/datasets/fashion-mnist), and last asks tfds
+(`tfds.data_source`, which downloads where a network is there). Missing
+everywhere, it raises one `DatasetNotFoundError` that says how to get it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import ml_collections
+import numpy as np
+
+from pqdjax.data import idx
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+FASHION_MNIST_ENV = "PQDJAX_FASHION_MNIST_DIR"
+DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+_IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset is in none of the places we look."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageDataset:
+    """A labelled image dataset held in host memory.
+
+    Attributes:
+      train_images: uint8 [N, H, W, C].
+      train_labels: int32 [N], in [0, num_classes).
+      test_images: uint8 [M, H, W, C].
+      test_labels: int32 [M].
+      class_names: one name per class.
+      source: where the arrays were read from, for the log and results.json.
+    """
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    class_names: tuple[str, ...]
+    source: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_images.shape[1:])
+
+
+def _find_idx_file(folder: str, stem: str) -> str | None:
+    for name in (stem, stem + ".gz"):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _read_idx_folder(folder: str, class_names: tuple[str, ...]) -> ImageDataset:
+    paths = {}
+    for key, stem in _IDX_FILES.items():
+        path = _find_idx_file(folder, stem)
+        if path is None:
+            raise DatasetNotFoundError(
+                f"{folder} has no {stem}[.gz]; it needs the four IDX files "
+                f"{', '.join(_IDX_FILES.values())} (plain or .gz)."
+            )
+        paths[key] = path
+    arrays = {key: idx.read_idx(path) for key, path in paths.items()}
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise idx.IdxFormatError(
+                f"{folder}: {split} images {images.shape} and labels {labels.shape} do not match; "
+                "expected [N, H, W] images and [N] labels."
+            )
+    return ImageDataset(
+        train_images=arrays["train_images"][..., None],
+        train_labels=arrays["train_labels"].astype(np.int32),
+        test_images=arrays["test_images"][..., None],
+        test_labels=arrays["test_labels"].astype(np.int32),
+        class_names=class_names,
+        source=f"idx:{folder}",
+    )
+
+
+def _read_tfds(name: str, data_dir: str | None, download: bool) -> ImageDataset:
+    import tensorflow_datasets as tfds  # imported here: slow, and only this path needs it
+
+    splits = tfds.data_source(name, split=["train", "test"], data_dir=data_dir, download=download)
+    arrays = {}
+    for split, source in zip(("train", "test"), splits):
+        examples = [source[i] for i in range(len(source))]
+        arrays[f"{split}_images"] = np.stack([np.asarray(e["image"], np.uint8) for e in examples])
+        arrays[f"{split}_labels"] = np.asarray([e["label"] for e in examples], np.int32)
+    class_names = tuple(tfds.builder(name, data_dir=data_dir).info.features["label"].names)
+    return ImageDataset(**arrays, class_names=class_names, source=f"tfds:{name}")
+
+
+def _fashion_mnist(config: ml_collections.ConfigDict) -> ImageDataset:
+    if config.source not in ("auto", "idx", "tfds"):
+        raise ValueError(f"config.data.source must be 'auto', 'idx' or 'tfds', got {config.source!r}.")
+    if config.source in ("auto", "idx"):
+        if config.data_dir:  # an explicit folder is used or fails, never skipped
+            return _read_idx_folder(config.data_dir, FASHION_MNIST_CLASSES)
+        for folder in (os.environ.get(FASHION_MNIST_ENV), DEBIAN_FASHION_MNIST_DIR):
+            if folder and _find_idx_file(folder, _IDX_FILES["train_images"]):
+                return _read_idx_folder(folder, FASHION_MNIST_CLASSES)
+    tfds_error = "not tried (config.data.source='idx')"
+    if config.source in ("auto", "tfds"):
+        try:
+            return _read_tfds("fashion_mnist", config.get("tfds_data_dir") or None, download=True)
+        except Exception as e:  # noqa: BLE001 - any tfds failure ends in the one error below
+            tfds_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    raise DatasetNotFoundError(
+        "Fashion-MNIST was not found: no IDX files in $"
+        f"{FASHION_MNIST_ENV} or {DEBIAN_FASHION_MNIST_DIR}, and tfds failed ({tfds_error}). "
+        "Install it with `sudo apt-get install dataset-fashion-mnist`, or point "
+        f"--config.data.data_dir (or ${FASHION_MNIST_ENV}) at a folder with the four IDX files."
+    )
+
+
+_LOADERS = {"fashion_mnist": _fashion_mnist}
+
+
+def load_dataset(config: ml_collections.ConfigDict) -> ImageDataset:
+    """Loads the dataset named by `config.name`, limited per class as configured.
+
+    config fields: name, source, data_dir, and optional train_per_class /
+    test_size limits (used by small configs and tests).
+    """
+    if config.name not in _LOADERS:
+        raise ValueError(f"Unknown dataset {config.name!r}; known: {sorted(_LOADERS)}.")
+    dataset = _LOADERS[config.name](config)
+    return limit_dataset(dataset, config.get("train_per_class"), config.get("test_size"))
+
+
+def limit_dataset(dataset: ImageDataset, train_per_class: int | None, test_size: int | None) -> ImageDataset:
+    """Keeps the first `train_per_class` training images of each class and the first `test_size` test images."""
+    train_keep = np.arange(len(dataset.train_labels))
+    if train_per_class:
+        train_keep = np.concatenate(
+            [np.flatnonzero(dataset.train_labels == c)[:train_per_class] for c in range(dataset.num_classes)]
+        )
+        train_keep.sort()
+    test_keep = np.arange(min(test_size or len(dataset.test_labels), len(dataset.test_labels)))
+    return dataclasses.replace(
+        dataset,
+        train_images=dataset.train_images[train_keep],
+        train_labels=dataset.train_labels[train_keep],
+        test_images=dataset.test_images[test_keep],
+        test_labels=dataset.test_labels[test_keep],
+    )

@@ -1,0 +1,93 @@
+"""Runs the stages of a distillation experiment in order, skipping finished ones.
+
+    data -> prior -> teacher -> encode -> quantize -> decode -> evaluate -> report
+
+Each stage lives in pqdjax/stages/ and takes the `Run` (config, artifact
+store, lazily loaded dataset, PRNG keys) and the outputs of the stages before
+it. Every output carries a fingerprint: a hash of the config fields that
+produced it and of its inputs' fingerprints, so that a rerun with the same
+config reloads it and a changed config redoes only what depends on the
+change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+import zlib
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+
+from pqdjax import artifacts
+from pqdjax.config_checks import validate_config
+from pqdjax.data.sources import ImageDataset, load_dataset
+from pqdjax.models.fast_conv import wanted_on_this_backend
+
+
+@dataclasses.dataclass
+class Run:
+    """What every stage needs: the config, the artifacts, the data, PRNG keys, timings."""
+
+    config: ml_collections.ConfigDict
+    store: artifacts.ArtifactStore
+    stage_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @functools.cached_property
+    def dataset(self) -> ImageDataset:
+        start = time.perf_counter()
+        dataset = load_dataset(self.config.data)
+        logging.info(
+            "data: %d train and %d test images of shape %s, %d classes, from %s (%.1fs)",
+            len(dataset.train_labels), len(dataset.test_labels), dataset.image_shape,
+            dataset.num_classes, dataset.source, time.perf_counter() - start,
+        )
+        return dataset
+
+    @property
+    def data_fingerprint(self) -> str:
+        return artifacts.fingerprint("data", self.config.data)
+
+    @functools.cached_property
+    def fast_conv(self) -> bool:
+        return wanted_on_this_backend(self.config.fast_conv_gradients)
+
+    def rng(self, *path: str | int) -> jax.Array:
+        """A PRNG key for a named purpose, derived from config.seed: rng('evaluate', 'ddoq', 10, 0)."""
+        key = jax.random.key(self.config.seed)
+        for part in path:
+            key = jax.random.fold_in(key, part if isinstance(part, int) else zlib.crc32(part.encode()))
+        return key
+
+
+def _timed(run: Run, name: str, fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    run.stage_seconds[name] = round(time.perf_counter() - start, 2)
+    logging.info("stage %s: %.1fs", name, run.stage_seconds[name])
+    return out
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Runs (or resumes) the experiment of `config` in `workdir`; returns the report (see stages.report)."""
+    from pqdjax.stages import decode, encode, evaluate, prior, quantize, report, teacher
+
+    validate_config(config)
+    store = artifacts.ArtifactStore(workdir)
+    artifacts.write_json(os.path.join(store.workdir, "config.json"), json.loads(config.to_json_best_effort()))
+    logging.info("workdir %s, JAX backend %s with %d device(s)", store.workdir, jax.default_backend(), jax.device_count())
+    run_ = Run(config=config, store=store)
+    total_start = time.perf_counter()
+    prior_out = _timed(run_, "prior", prior.run, run_)
+    teacher_out = _timed(run_, "teacher", teacher.run, run_)
+    latents = _timed(run_, "encode", encode.run, run_, prior_out)
+    quantized = _timed(run_, "quantize", quantize.run, run_, latents)
+    synthetic = _timed(run_, "decode", decode.run, run_, prior_out, latents, quantized)
+    evaluations = _timed(run_, "evaluate", evaluate.run, run_, teacher_out, synthetic)
+    run_.stage_seconds["total"] = round(time.perf_counter() - total_start, 2)
+    return report.run(run_, teacher_out, quantized, synthetic, evaluations)

@@ -1,0 +1,160 @@
+"""Lloyd's algorithm (k-means) with greedy k-means++ seeding, on weighted point sets.
+
+A class's latent measure is mu = sum_i m_i delta_{x_i} (m_i >= 0, sum m_i = 1;
+zero-mass rows are padding and change nothing). Lloyd alternates the nearest-
+point assignment and the barycentre of each Voronoi cell until the centres stop
+moving; its fixed points are the stationary K-point quantizers of mu.
+
+Everything here is jittable with static `k` and `max_iter`, and vmaps over
+classes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+
+@struct.dataclass
+class Quantization:
+    """A K-point quantizer of a measure and how it was found.
+
+    Attributes:
+      points: [K, d] quantization points (centroids).
+      weights: [K] mass of each point's Voronoi cell under mu (sums to 1).
+      assignment: int32 [n] index of each sample's nearest point.
+      distortion: scalar, E_mu[min_k |x - c_k|^2] (also W2^2(mu, sum_k w_k delta_{c_k})).
+      iterations: int32 scalar, Lloyd iterations run.
+      converged: bool scalar, whether the tolerance was met within max_iter.
+    """
+
+    points: jax.Array
+    weights: jax.Array
+    assignment: jax.Array
+    distortion: jax.Array
+    iterations: jax.Array
+    converged: jax.Array
+
+
+def squared_distances(x: jax.Array, points: jax.Array) -> jax.Array:
+    """|x_i - c_k|^2 by the expanded form |x|^2 - 2 x.c + |c|^2, clamped at 0. [n, d], [K, d] -> [n, K]."""
+    cross = jnp.matmul(x, points.T, precision=jax.lax.Precision.HIGHEST)
+    d2 = jnp.sum(x * x, axis=1, keepdims=True) - 2.0 * cross + jnp.sum(points * points, axis=1)
+    return jnp.maximum(d2, 0.0)
+
+
+def assign(x: jax.Array, points: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Nearest point of each sample. Returns (assignment int32 [n], squared distance [n])."""
+    d2 = squared_distances(x, points)
+    assignment = jnp.argmin(d2, axis=1).astype(jnp.int32)
+    return assignment, jnp.take_along_axis(d2, assignment[:, None], axis=1)[:, 0]
+
+
+def cell_masses(assignment: jax.Array, mass: jax.Array, k: int) -> jax.Array:
+    """Mass of each Voronoi cell: [n] int, [n] -> [k]."""
+    return jax.ops.segment_sum(mass, assignment, num_segments=k)
+
+
+def kmeans_plus_plus(x: jax.Array, mass: jax.Array, k: int, rng: jax.Array, n_local_trials: int | None = None) -> jax.Array:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007, as in scikit-learn) for a weighted sample.
+
+    The first centre is drawn with probability proportional to the mass; each
+    next one from `n_local_trials` candidates drawn proportionally to
+    mass * D^2 (D: distance to the nearest centre so far), keeping the
+    candidate that lowers the potential most.
+
+    Args:
+      x: [n, d] samples. mass: [n] non-negative weights (zero for padding).
+      k: number of centres. rng: PRNG key.
+      n_local_trials: candidates per step; default 2 + floor(log k).
+    Returns:
+      [k, d] initial centres, all samples with positive mass.
+    """
+    n_local_trials = n_local_trials or 2 + int(math.log(k))
+    mass = mass.astype(x.dtype)
+    rng, first_rng = jax.random.split(rng)
+    first = jax.random.choice(first_rng, x.shape[0], p=mass / mass.sum())
+    centers = jnp.zeros((k, x.shape[1]), x.dtype).at[0].set(x[first])
+    closest = squared_distances(x, x[first][None])[:, 0]
+
+    def add_center(i, carry):
+        centers, closest, rng = carry
+        rng, step_rng = jax.random.split(rng)
+        potential = mass * closest
+        # Where every sample sits on a centre (K > distinct points), fall back to the mass.
+        p = jnp.where(potential.sum() > 0, potential, mass)
+        candidates = jax.random.choice(step_rng, x.shape[0], (n_local_trials,), p=p / p.sum())
+        candidate_d2 = jnp.minimum(closest[None], squared_distances(x, x[candidates]).T)
+        best = jnp.argmin(candidate_d2 @ mass)
+        return centers.at[i].set(x[candidates[best]]), candidate_d2[best], rng
+
+    centers, _, _ = jax.lax.fori_loop(1, k, add_center, (centers, closest, rng))
+    return centers
+
+
+def _update_centers(x, mass, points, assignment, d2_min):
+    """Voronoi barycentres; an empty cell is re-seeded at the sample farthest from its centre."""
+    k = points.shape[0]
+    counts = cell_masses(assignment, mass, k)
+    sums = jax.ops.segment_sum(mass[:, None] * x, assignment, num_segments=k)
+    centers = sums / jnp.maximum(counts, jnp.finfo(x.dtype).tiny)[:, None]
+    empty = counts <= 0
+    # The j-th empty cell takes the j-th farthest sample (distinct samples for distinct cells).
+    far = jax.lax.top_k(jnp.where(mass > 0, d2_min, -1.0), k)[1]
+    rank = jnp.cumsum(empty) - 1
+    return jnp.where(empty[:, None], x[far[jnp.clip(rank, 0, k - 1)]], centers)
+
+
+def lloyd(x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int = 100, tol: float = 1e-4) -> Quantization:
+    """Runs Lloyd iterations from `init` until the centres move less than the tolerance.
+
+    Convergence follows scikit-learn: stop when the squared centre shift,
+    summed over centres, is at most tol * (mean per-feature variance of mu).
+    After the last update the samples are re-assigned, so `assignment`,
+    `weights` and `distortion` belong to the returned `points`.
+
+    Args:
+      x: [n, d] samples. mass: [n] non-negative weights summing to 1.
+      init: [K, d] initial centres. max_iter: iteration bound (static).
+      tol: relative tolerance (0 runs until the assignment is stable or max_iter).
+    """
+    x = x.astype(jnp.float32)
+    mass = mass.astype(jnp.float32)
+    k = init.shape[0]
+    mean = mass @ x
+    variance = mass @ jnp.square(x - mean)  # [d]
+    threshold = tol * jnp.mean(variance)
+
+    def cond(state):
+        _, _, i, shift, stable = state
+        return (i < max_iter) & (shift > threshold) & ~stable
+
+    def body(state):
+        points, previous_assignment, i, _, _ = state
+        assignment, d2_min = assign(x, points)
+        # As in scikit-learn: an unchanged assignment is strict convergence.
+        stable = jnp.all((assignment == previous_assignment) | (mass <= 0))
+        new_points = _update_centers(x, mass, points, assignment, d2_min)
+        shift = jnp.sum(jnp.square(new_points - points))
+        return new_points, assignment, i + 1, shift, stable
+
+    init_state = (
+        init.astype(jnp.float32),
+        jnp.full(x.shape[:1], -1, jnp.int32),
+        jnp.int32(0),
+        jnp.float32(jnp.inf),
+        jnp.bool_(False),
+    )
+    points, _, iterations, shift, stable = jax.lax.while_loop(cond, body, init_state)
+    assignment, d2_min = assign(x, points)
+    return Quantization(
+        points=points,
+        weights=cell_masses(assignment, mass, k),
+        assignment=assignment,
+        distortion=jnp.sum(mass * d2_min),
+        iterations=iterations,
+        converged=(shift <= threshold) | stable,
+    )

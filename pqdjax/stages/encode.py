@@ -1,0 +1,53 @@
+"""Stage encode: every training image to its (scaled) latent, flattened to a vector."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from absl import logging
+
+from pqdjax import artifacts
+from pqdjax.batching import map_batches
+from pqdjax.data.preprocess import to_model_range
+from pqdjax.models import vae as vae_lib
+
+ARTIFACT = "latents.npz"
+
+
+@dataclasses.dataclass(frozen=True)
+class Latents:
+    """latents: float32 [N, d] (d = h*w*c, row-major over [h, w, c]); labels: int32 [N] in [0, num_classes); shape: (h, w, c)."""
+
+    latents: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+    shape: tuple[int, int, int]
+    fingerprint: str
+
+
+def encode_images(prior, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """uint8 [N, H, W, C] -> float32 [N, h, w, c] scaled posterior means, in fixed-size jitted batches."""
+    encode = jax.jit(lambda p, x: vae_lib.encode(prior.vae, p, to_model_range(x), prior.latent_scale))
+    latents = map_batches(lambda batch: encode(prior.params, batch), images, batch_size)
+    if not np.all(np.isfinite(latents)):
+        raise FloatingPointError("encode: the VAE produced NaN or inf latents; retrain the prior (delete prior/ in the workdir).")
+    return latents
+
+
+def run(run, prior) -> Latents:
+    config = run.config.encode
+    fp = artifacts.fingerprint("encode", prior.fingerprint, config)
+    if run.store.is_complete(ARTIFACT, fp):
+        stored = run.store.load_arrays(ARTIFACT)
+        logging.info("encode: reusing %s", run.store.path(ARTIFACT))
+        return Latents(stored["latents"], stored["labels"], int(stored["num_classes"]), tuple(int(s) for s in stored["shape"]), fp)
+    dataset = run.dataset
+    latents = encode_images(prior, dataset.train_images, config.batch_size)
+    shape = latents.shape[1:]
+    flat = latents.reshape(len(latents), -1)
+    logging.info("encode: %d latents of shape %s (d = %d)", len(flat), shape, flat.shape[1])
+    arrays = {"latents": flat, "labels": dataset.train_labels, "num_classes": dataset.num_classes, "shape": np.asarray(shape)}
+    run.store.save_arrays(ARTIFACT, arrays, fp)
+    return Latents(flat, dataset.train_labels, dataset.num_classes, tuple(shape), fp)

@@ -1,0 +1,52 @@
+"""Stage evaluate: a fresh student per (method, IPC, seed), trained on the synthetic set, tested on the test set."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from absl import logging
+
+from pqdjax import artifacts
+from pqdjax.data.preprocess import to_model_range
+from pqdjax.models.classifiers import make_classifier
+from pqdjax.train.classifier import accuracy
+from pqdjax.train.distill import per_class_mean_one, train_student
+
+
+def evaluate_set(run, teacher, synthetic, seed: int) -> dict:
+    """Trains one student on `synthetic` with the teacher's soft labels; returns its record."""
+    config = run.config.evaluate
+    dataset = run.dataset
+    start = time.perf_counter()
+    images = np.asarray(to_model_range(synthetic.images.reshape((-1,) + synthetic.images.shape[2:])))
+    weights = per_class_mean_one(synthetic.weights).reshape(-1)
+    student = make_classifier(config.model, dataset.num_classes)
+    name = f"student {synthetic.method} IPC {synthetic.ipc} seed {seed}"
+    params = train_student(
+        student, teacher.model, teacher.params, images, weights, config.train,
+        run.rng("evaluate", synthetic.method, synthetic.ipc, seed), run.fast_conv, name=name,
+    )
+    test_accuracy = accuracy(student, params, dataset.test_images, dataset.test_labels)
+    logging.info("%s: test accuracy %.4f", name, test_accuracy)
+    return {
+        "method": synthetic.method, "ipc": synthetic.ipc, "seed": seed,
+        "test_accuracy": test_accuracy, "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+def run(run, teacher, synthetic: dict) -> list[dict]:
+    config = run.config.evaluate
+    settings = {k: v for k, v in config.to_dict().items() if k != "seeds"}  # adding seeds redoes nothing
+    records = []
+    for (method, ipc), synthetic_set in synthetic.items():
+        for seed in config.seeds:
+            name = f"evaluate/{method}_ipc{ipc}_seed{seed}.json"
+            fp = artifacts.fingerprint("evaluate", teacher.fingerprint, synthetic_set.fingerprint, settings, seed)
+            if run.store.is_complete(name, fp):
+                records.append(run.store.load_record(name))
+                continue
+            record = evaluate_set(run, teacher, synthetic_set, seed)
+            run.store.save_record(name, record, fp)
+            records.append(record)
+    return records

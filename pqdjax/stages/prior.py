@@ -1,0 +1,68 @@
+"""Stage prior: the VAE whose latent space is quantized, trained here and saved in the workdir."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from diffusers import FlaxAutoencoderKL
+
+from pqdjax import artifacts
+from pqdjax.batching import map_batches
+from pqdjax.data.preprocess import to_model_range
+from pqdjax.models import vae as vae_lib
+from pqdjax.train.autoencoder import train_vae
+
+ARTIFACT = "prior/vae"
+
+
+@dataclasses.dataclass(frozen=True)
+class Prior:
+    """vae: the module; params: its weights; latent_scale: latents are encoder means times this."""
+
+    vae: FlaxAutoencoderKL
+    params: dict
+    latent_scale: float
+    fingerprint: str
+
+
+def latent_scale_of(vae, params, images: np.ndarray, batch_size: int = 500) -> float:
+    """1 / std of the encoder means of `images` (uint8), so that scaled latents have unit variance."""
+    encode = jax.jit(lambda p, x: vae_lib.encode(vae, p, to_model_range(x)))
+    means = map_batches(lambda batch: encode(params, batch), images, batch_size)
+    return float(1.0 / means.std())
+
+
+def run(run) -> Prior:
+    config = run.config.prior
+    dataset = run.dataset
+    height, width, channels = dataset.image_shape
+    if height != width:
+        raise ValueError(f"the VAE needs square images, got {height}x{width}.")
+    vae = vae_lib.make_vae(config.vae, height, channels)
+    fp = artifacts.fingerprint("prior", run.data_fingerprint, config, run.config.seed)
+    if run.store.is_complete(ARTIFACT, fp):
+        target = jax.eval_shape(lambda: vae_lib.init_params(vae, jax.random.key(0), height))
+        params = run.store.load_params(ARTIFACT, target)
+        scale = run.store.info(ARTIFACT)["latent_scale"]
+        logging.info("prior: reusing %s (latent scale %.4f)", run.store.path(ARTIFACT), scale)
+        return Prior(vae, params, scale, fp)
+    start = time.perf_counter()
+    params = train_vae(vae, dataset.train_images, config.train, run.rng("prior"), run.fast_conv)
+    seconds = round(time.perf_counter() - start, 2)
+    sample = dataset.train_images[np.asarray(jax.random.permutation(run.rng("prior", "scale"), len(dataset.train_images)))[:5000]]
+    scale = latent_scale_of(vae, params, sample)
+    reconstruction_mse = _reconstruction_mse(vae, params, dataset.test_images[:1000])
+    logging.info("prior: test reconstruction MSE %.4f, latent scale %.4f", reconstruction_mse, scale)
+    run.store.save_params(ARTIFACT, params, fp, {"latent_scale": scale, "test_reconstruction_mse": reconstruction_mse, "seconds": seconds})
+    return Prior(vae, params, scale, fp)
+
+
+def _reconstruction_mse(vae, params, images: np.ndarray) -> float:
+    x = to_model_range(images)
+    reconstruction = jax.jit(lambda p, x: vae_lib.decode(vae, p, vae_lib.encode(vae, p, x)))(params, x)
+    return float(jnp.mean(jnp.square(reconstruction - x)))

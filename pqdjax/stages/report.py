@@ -1,0 +1,137 @@
+"""Stage report: results.json, results.md and distilled.png in the workdir.
+
+results.json holds every figure of the run with the config that produced it;
+results.md the accuracy table (mean ± std over seeds, per method and IPC),
+the teacher's accuracy and W2 per method; distilled.png the DDOQ images of
+every class with their weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+from absl import logging
+
+from pqdjax import artifacts
+
+
+def summarize(records: list[dict]) -> dict[str, dict[int, dict]]:
+    """Test accuracy per method and IPC: {method: {ipc: {mean, std, n, seeds}}} (std: population, over seeds)."""
+    table: dict[str, dict[int, dict]] = {}
+    for record in records:
+        table.setdefault(record["method"], {}).setdefault(record["ipc"], []).append(record)
+    return {
+        method: {
+            ipc: {
+                "mean": float(np.mean([r["test_accuracy"] for r in rs])),
+                "std": float(np.std([r["test_accuracy"] for r in rs])),
+                "n": len(rs),
+                "seeds": [r["seed"] for r in rs],
+            }
+            for ipc, rs in sorted(by_ipc.items())
+        }
+        for method, by_ipc in table.items()
+    }
+
+
+def markdown_table(summary: dict, w2: dict, teacher_accuracy: float, methods, ipcs) -> str:
+    """Accuracy (%) mean ± std per method x IPC, then mean W2 per method x IPC."""
+    head = "| method | " + " | ".join(f"IPC {k}" for k in ipcs) + " |\n|---|" + "---|" * len(ipcs) + "\n"
+    rows = []
+    for method in methods:
+        cells = []
+        for ipc in ipcs:
+            s = summary.get(method, {}).get(ipc)
+            cells.append(f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f} (n={s['n']})" if s else "-")
+        rows.append(f"| {method} | " + " | ".join(cells) + " |")
+    rows.append("| full data (teacher) | " + " | ".join(f"{100 * teacher_accuracy:.2f}" for _ in ipcs) + " |")
+    accuracy_table = head + "\n".join(rows)
+    w2_rows = [f"| {m} | " + " | ".join(f"{w2[ipc][m]['mean']:.4f}" for ipc in ipcs) + " |" for m in methods]
+    w2_table = head + "\n".join(w2_rows)
+    return (
+        "Test accuracy (%), mean ± std over seeds:\n\n" + accuracy_table
+        + "\n\nW2 from each class's latent measure to the method's weighted points (mean over classes):\n\n"
+        + w2_table + "\n"
+    )
+
+
+def plot_distilled(path: str, synthetic_set, class_names) -> None:
+    """A grid of the set's images, one row per class, each titled with its weight."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images, weights = synthetic_set.images, synthetic_set.weights
+    num_classes, ipc = weights.shape
+    fig, axes = plt.subplots(num_classes, ipc, figsize=(1.1 * ipc + 1.2, 1.25 * num_classes), squeeze=False)
+    for c in range(num_classes):
+        for k in range(ipc):
+            ax = axes[c, k]
+            image = images[c, k]
+            ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
+            ax.set_title(f"w={weights[c, k]:.3f}", fontsize=7, pad=2)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[c, 0].set_ylabel(class_names[c], fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle(f"{synthetic_set.method} images, IPC {ipc}, with their weights", fontsize=9)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict]) -> dict:
+    config = run.config
+    ipcs = sorted(quantized)
+    methods = list(config.methods)
+    summary = summarize(records)
+    w2 = {
+        ipc: {
+            m: {
+                "mean": float(quantized[ipc].arrays[f"w2_{m}"].mean()),
+                "per_class": quantized[ipc].arrays[f"w2_{m}"].tolist(),
+            }
+            for m in ("random", "d4m", "ddoq")
+        }
+        for ipc in ipcs
+    }
+    quantization = {
+        ipc: {
+            "distortion_per_class": quantized[ipc].arrays["distortion"].tolist(),
+            "lloyd_iterations_per_class": quantized[ipc].arrays["iterations"].tolist(),
+            "w2": w2[ipc],
+        }
+        for ipc in ipcs
+    }
+    table = markdown_table(summary, w2, teacher.test_accuracy, methods, ipcs)
+    results = {
+        "config": json.loads(config.to_json_best_effort()),
+        "teacher_test_accuracy": teacher.test_accuracy,
+        "accuracy": summary,
+        "quantization": quantization,
+        "evaluations": sorted(records, key=lambda r: (r["method"], r["ipc"], r["seed"])),
+        "stage_seconds": run.stage_seconds,
+        "artifact_seconds": _artifact_seconds(run),
+    }
+    store = run.store
+    artifacts.write_json(store.path("results.json"), results)
+    artifacts.write_text(store.path("results.md"), f"# Results\n\n{table}\nStage wall times (s): {run.stage_seconds}\n")
+    figure_ipc = min(ipcs, key=lambda k: abs(k - 10))
+    figure_method = "ddoq" if ("ddoq", figure_ipc) in synthetic else methods[-1]
+    plot_distilled(store.path("distilled.png"), synthetic[figure_method, figure_ipc], run.dataset.class_names)
+    logging.info("report: wrote results.json, results.md and distilled.png to %s", store.workdir)
+    return {**results, "table": table}
+
+
+def _artifact_seconds(run) -> dict[str, float]:
+    """The wall time recorded when each trained artifact was made (it stays when a rerun reuses it)."""
+    out = {}
+    for name in ("prior/vae", "teacher/params"):
+        info = run.store.info(name) or {}
+        if "seconds" in info:
+            out[name] = info["seconds"]
+    return out

@@ -1,0 +1,47 @@
+"""Stage teacher: a classifier trained on the full training set; its soft labels train the students."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from absl import logging
+
+from pqdjax import artifacts
+from pqdjax.models.classifiers import make_classifier
+from pqdjax.train.classifier import accuracy, train_classifier
+
+ARTIFACT = "teacher/params"
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+    """model and params of the teacher; test_accuracy is the "full data" line of the results."""
+
+    model: nn.Module
+    params: dict
+    test_accuracy: float
+    fingerprint: str
+
+
+def run(run) -> Teacher:
+    config = run.config.teacher
+    dataset = run.dataset
+    model = make_classifier(config.model, dataset.num_classes)
+    fp = artifacts.fingerprint("teacher", run.data_fingerprint, config, run.config.seed)
+    if run.store.is_complete(ARTIFACT, fp):
+        target = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + dataset.image_shape))["params"])
+        params = run.store.load_params(ARTIFACT, target)
+        test_accuracy = run.store.info(ARTIFACT)["test_accuracy"]
+        logging.info("teacher: reusing %s (test accuracy %.4f)", run.store.path(ARTIFACT), test_accuracy)
+        return Teacher(model, params, test_accuracy, fp)
+    start = time.perf_counter()
+    params = train_classifier(model, dataset.train_images, dataset.train_labels, config.train, run.rng("teacher"), run.fast_conv)
+    seconds = round(time.perf_counter() - start, 2)
+    test_accuracy = accuracy(model, params, dataset.test_images, dataset.test_labels)
+    logging.info("teacher: test accuracy %.4f", test_accuracy)
+    run.store.save_params(ARTIFACT, params, fp, {"test_accuracy": test_accuracy, "seconds": seconds})
+    return Teacher(model, params, test_accuracy, fp)

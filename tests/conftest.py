@@ -1,0 +1,46 @@
+"""Test setup: 8 fake CPU devices (before jax is imported) and shared fixtures."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from pqdjax.data import idx  # noqa: E402
+from pqdjax.models import silence_diffusers_deprecation  # noqa: E402
+
+silence_diffusers_deprecation()
+
+
+def write_idx_dataset(folder, num_classes=10, train_per_class=30, test_per_class=10, size=28, seed=0):
+    """Writes a small Fashion-MNIST-like IDX dataset: class c is a bright bar at angle c plus noise.
+
+    Returns (train_images, train_labels, test_images, test_labels) as written.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+
+    def images_of(labels):
+        angle = labels[:, None, None] * np.pi / num_classes
+        distance = np.abs(np.cos(angle) * yy - np.sin(angle) * xx)
+        clean = 220 * np.exp(-distance**2 / 6.0)
+        return np.clip(clean + rng.normal(0, 20, clean.shape), 0, 255).astype(np.uint8)
+
+    arrays = {}
+    for split, per_class in (("train", train_per_class), ("t10k", test_per_class)):
+        labels = rng.permutation(np.repeat(np.arange(num_classes), per_class)).astype(np.uint8)
+        images = images_of(labels)
+        idx.write_idx(os.path.join(folder, f"{split}-images-idx3-ubyte.gz"), images)
+        idx.write_idx(os.path.join(folder, f"{split}-labels-idx1-ubyte.gz"), labels)
+        arrays[split] = (images, labels)
+    return arrays["train"] + arrays["t10k"]
+
+
+@pytest.fixture
+def idx_dataset_dir(tmp_path):
+    folder = tmp_path / "fmnist"
+    folder.mkdir()
+    write_idx_dataset(str(folder))
+    return str(folder)

@@ -1,0 +1,94 @@
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pqdjax import artifacts
+
+
+def test_fingerprint_is_stable_and_sensitive():
+    a = artifacts.fingerprint("x", {"b": 1, "a": (1, 2)})
+    assert a == artifacts.fingerprint("x", {"a": [1, 2], "b": 1})
+    assert a != artifacts.fingerprint("x", {"a": [1, 2], "b": 2})
+
+
+def test_arrays_roundtrip_and_marker(tmp_path):
+    store = artifacts.ArtifactStore(str(tmp_path))
+    assert not store.is_complete("q/a.npz", "f1")
+    store.save_arrays("q/a.npz", {"x": np.arange(3.0), "k": 7}, "f1", {"note": 1})
+    assert store.is_complete("q/a.npz", "f1") and not store.is_complete("q/a.npz", "f2")
+    assert store.info("q/a.npz")["note"] == 1
+    out = store.load_arrays("q/a.npz")
+    np.testing.assert_array_equal(out["x"], np.arange(3.0))
+    assert int(out["k"]) == 7
+    assert sorted(os.listdir(tmp_path / "q")) == ["a.npz", "a.npz.done"]  # no temporary left
+
+
+def test_object_arrays_are_refused(tmp_path):
+    store = artifacts.ArtifactStore(str(tmp_path))
+    with pytest.raises(artifacts.ArtifactError, match="dtype object"):
+        store.save_arrays("a.npz", {"x": np.array([{"a": 1}], dtype=object)}, "f")
+    assert not os.path.exists(tmp_path / "a.npz")
+
+
+def test_corrupt_arrays_raise_and_unmark(tmp_path):
+    store = artifacts.ArtifactStore(str(tmp_path))
+    store.save_arrays("a.npz", {"x": np.arange(100)}, "f")
+    path = tmp_path / "a.npz"
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(artifacts.ArtifactError, match="corrupt.*rerun"):
+        store.load_arrays("a.npz")
+    assert not store.is_complete("a.npz", "f")
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    store = artifacts.ArtifactStore(str(tmp_path))
+
+    class Boom(Exception):
+        pass
+
+    class Exploding:
+        def __array__(self, *args, **kwargs):
+            raise Boom()
+
+    with pytest.raises(Boom):
+        store.save_arrays("a.npz", {"x": np.arange(3), "y": Exploding()}, "f")
+    assert os.listdir(tmp_path) == []
+
+
+def test_params_roundtrip_and_mismatch(tmp_path):
+    store = artifacts.ArtifactStore(str(tmp_path))
+    params = {"dense": {"kernel": jnp.arange(6.0).reshape(2, 3), "bias": jnp.zeros(3)}}
+    store.save_params("model/params", params, "f", {"accuracy": 0.5})
+    restored = store.load_params("model/params", params)
+    np.testing.assert_array_equal(restored["dense"]["kernel"], params["dense"]["kernel"])
+    wrong = {"dense": {"kernel": jnp.zeros((4, 3)), "bias": jnp.zeros(3)}}
+    with pytest.raises(artifacts.ArtifactError, match="does not match the model"):
+        store.load_params("model/params", wrong)
+
+
+def test_write_json_is_atomic_and_readable(tmp_path):
+    path = str(tmp_path / "r.json")
+    artifacts.write_json(path, {"a": (1, 2), "b": np.float32(0.5)})
+    assert json.load(open(path)) == {"a": [1, 2], "b": 0.5}
+
+
+def test_workdir_that_cannot_be_created(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(artifacts.ArtifactError, match="cannot create workdir.*writable --workdir"):
+        artifacts.ArtifactStore(str(tmp_path / "file" / "run"))
+
+
+def test_unwritable_workdir(tmp_path):
+    target = tmp_path / "ro"
+    target.mkdir()
+    target.chmod(0o500)
+    try:
+        if os.access(target, os.W_OK):  # running as root: permissions do not bind
+            pytest.skip("permissions are not enforced for this user")
+        with pytest.raises(artifacts.ArtifactError, match="not writable"):
+            artifacts.ArtifactStore(str(target))
+    finally:
+        target.chmod(0o700)

@@ -1,0 +1,109 @@
+"""The whole pipeline on the runlocal config and a small IDX dataset written by the test."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from configs import default
+from pqdjax import pipeline
+from pqdjax.train import autoencoder, classifier, distill
+
+
+def _config(data_dir):
+    config = default.get_config("runlocal")
+    config.data.data_dir = data_dir
+    return config
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    from conftest import write_idx_dataset
+
+    root = tmp_path_factory.mktemp("pipeline")
+    data_dir = str(root / "data")
+    os.makedirs(data_dir)
+    write_idx_dataset(data_dir)
+    workdir = str(root / "run")
+    results = pipeline.run(_config(data_dir), workdir)
+    return data_dir, workdir, results
+
+
+def test_produces_every_artifact(finished_run):
+    _, workdir, results = finished_run
+    for name in (
+        "config.json", "results.json", "results.md", "distilled.png",
+        "prior/vae", "prior/vae.done", "teacher/params", "teacher/params.done",
+        "latents.npz", "quantize/ipc2.npz", "synthetic/ddoq_ipc2.npz", "synthetic/d4m_ipc2.npz",
+        "synthetic/random_ipc2.npz", "evaluate/ddoq_ipc2_seed0.json",
+    ):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    stored = json.load(open(os.path.join(workdir, "results.json")))
+    assert stored["config"]["ipcs"] == [2]
+    assert set(stored["accuracy"]) == {"random", "d4m", "ddoq"}
+    for method in ("random", "d4m", "ddoq"):
+        cell = stored["accuracy"][method]["2"]
+        assert 0.0 <= cell["mean"] <= 1.0 and cell["n"] == 1
+    w2 = stored["quantization"]["2"]["w2"]
+    # Voronoi weights are the W2-optimal weights on the points.
+    assert all(v <= u * (1 + 1e-3) for v, u in zip(w2["ddoq"]["per_class"], w2["d4m"]["per_class"]))
+    assert set(stored["stage_seconds"]) >= {"prior", "teacher", "encode", "quantize", "decode", "evaluate", "total"}
+    assert "| ddoq |" in results["table"] and "full data (teacher)" in results["table"]
+
+
+def test_synthetic_sets_are_consistent(finished_run):
+    _, workdir, _ = finished_run
+    ddoq = np.load(os.path.join(workdir, "synthetic/ddoq_ipc2.npz"))
+    d4m = np.load(os.path.join(workdir, "synthetic/d4m_ipc2.npz"))
+    quantized = np.load(os.path.join(workdir, "quantize/ipc2.npz"))
+    assert ddoq["images"].shape == (10, 2, 28, 28, 1) and ddoq["images"].dtype == np.uint8
+    np.testing.assert_array_equal(ddoq["images"], d4m["images"])  # same points, different weights
+    np.testing.assert_allclose(ddoq["weights"], quantized["weights"])
+    np.testing.assert_allclose(d4m["weights"], 0.5)
+    np.testing.assert_allclose(ddoq["weights"].sum(1), 1.0, rtol=1e-5)
+
+
+def test_rerun_skips_finished_stages(finished_run, monkeypatch):
+    data_dir, workdir, results = finished_run
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a finished stage ran again")
+
+    for module, name in ((autoencoder, "train_vae"), (classifier, "train_classifier"), (distill, "train_student")):
+        monkeypatch.setattr(module, name, forbidden)
+    from pqdjax.stages import evaluate, prior, teacher
+
+    monkeypatch.setattr(prior, "train_vae", forbidden)
+    monkeypatch.setattr(teacher, "train_classifier", forbidden)
+    monkeypatch.setattr(evaluate, "train_student", forbidden)
+    again = pipeline.run(_config(data_dir), workdir)
+    assert again["accuracy"] == results["accuracy"]
+    assert again["quantization"] == results["quantization"]
+
+
+def test_a_new_seed_trains_only_new_students(finished_run, monkeypatch):
+    data_dir, workdir, _ = finished_run
+    from pqdjax.stages import evaluate
+
+    trained = []
+    real = evaluate.train_student
+
+    def counting(*args, **kwargs):
+        trained.append(kwargs["name"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "train_student", counting)
+    config = _config(data_dir)
+    config.evaluate.seeds = (0, 1)
+    results = pipeline.run(config, workdir)
+    assert sorted(trained) == sorted(f"student {m} IPC 2 seed 1" for m in ("random", "d4m", "ddoq"))
+    assert results["accuracy"]["ddoq"][2]["n"] == 2
+
+
+def test_ipc_larger_than_a_class_is_a_clear_error(finished_run):
+    data_dir, workdir, _ = finished_run
+    config = _config(data_dir)
+    config.ipcs = (31,)
+    with pytest.raises(ValueError, match="IPC 31 is larger than the smallest class"):
+        pipeline.run(config, workdir)

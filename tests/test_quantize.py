@@ -1,0 +1,109 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans
+
+from pqdjax import quantize as q
+
+
+def _blobs(n=600, d=5, k=4, seed=0, spread=0.6):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 4, (k, d))
+    labels = rng.integers(0, k, n)
+    return (centers[labels] + rng.normal(0, spread, (n, d))).astype(np.float32)
+
+
+def _uniform(n):
+    return jnp.full((n,), 1.0 / n, jnp.float32)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lloyd_matches_sklearn_with_same_init(seed):
+    x = np.random.default_rng(seed).normal(size=(800, 6)).astype(np.float32)  # no clear clusters: many iterations
+    init = np.asarray(q.kmeans_plus_plus(jnp.asarray(x), _uniform(len(x)), 7, jax.random.key(seed)))
+    ours = q.lloyd(jnp.asarray(x), _uniform(len(x)), jnp.asarray(init), max_iter=300, tol=1e-4)
+    ref = KMeans(7, init=init, n_init=1, max_iter=300, tol=1e-4, algorithm="lloyd").fit(x.astype(np.float64))
+    # sklearn's inertia is a sum; ours the mean (the measure has mass 1/n per sample).
+    np.testing.assert_allclose(float(ours.distortion) * len(x), ref.inertia_, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(ours.points), ref.cluster_centers_, atol=1e-3)
+    np.testing.assert_array_equal(np.asarray(ours.assignment), ref.labels_)
+    assert bool(ours.converged)
+
+
+def test_kmeans_plus_plus_picks_distinct_weighted_samples():
+    x = jnp.asarray(_blobs(n=300, k=5))
+    mass = _uniform(300).at[:100].set(0.0)
+    mass = mass / mass.sum()
+    centers = np.asarray(q.kmeans_plus_plus(x, mass, 5, jax.random.key(0)))
+    rows = [np.flatnonzero(np.all(np.asarray(x) == c, axis=1)) for c in centers]
+    assert all(len(r) == 1 and r[0] >= 100 for r in rows)  # real samples, never zero-mass ones
+    assert len({r[0] for r in rows}) == 5
+
+
+def test_weights_are_cell_masses():
+    x = jnp.asarray(_blobs())
+    mass = jax.random.dirichlet(jax.random.key(1), jnp.ones(len(x)))
+    out = q.quantize(x, mass, 4, jax.random.key(0))
+    weights = np.asarray(out.weights)
+    assert np.all(weights >= 0)
+    np.testing.assert_allclose(weights.sum(), 1.0, rtol=1e-5)
+    # Independent oracle: brute-force nearest point in float64.
+    d2 = ((np.asarray(x, np.float64)[:, None] - np.asarray(out.points, np.float64)[None]) ** 2).sum(-1)
+    nearest = d2.argmin(1)
+    expected = np.bincount(nearest, weights=np.asarray(mass, np.float64), minlength=4)
+    np.testing.assert_allclose(weights, expected, atol=1e-6)
+    np.testing.assert_allclose(float(out.distortion), (np.asarray(mass) * d2.min(1)).sum(), rtol=1e-4)
+
+
+def test_padding_changes_nothing():
+    x = _blobs(n=200)
+    padded = np.concatenate([x, np.random.default_rng(3).normal(0, 50, (57, x.shape[1])).astype(np.float32)])
+    mass = np.concatenate([np.full(200, 1 / 200), np.zeros(57)]).astype(np.float32)
+    init = q.kmeans_plus_plus(jnp.asarray(x), _uniform(200), 4, jax.random.key(0))
+    a = q.lloyd(jnp.asarray(x), _uniform(200), init)
+    b = q.lloyd(jnp.asarray(padded), jnp.asarray(mass), init)
+    np.testing.assert_allclose(a.points, b.points, rtol=1e-6)
+    np.testing.assert_allclose(a.weights, b.weights, rtol=1e-6)
+    np.testing.assert_allclose(a.distortion, b.distortion, rtol=1e-6)
+
+
+def test_batched_classes_equal_one_by_one():
+    xs = np.stack([_blobs(n=150, seed=s) for s in range(3)])
+    mass = np.full((3, 150), 1 / 150, np.float32)
+    keys = jax.random.split(jax.random.key(0), 3)
+    batched = q.quantize_classes(jnp.asarray(xs), jnp.asarray(mass), 4, keys)
+    for c in range(3):
+        single = q.quantize(jnp.asarray(xs[c]), jnp.asarray(mass[c]), 4, keys[c])
+        np.testing.assert_allclose(batched.points[c], single.points, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(batched.weights[c], single.weights, rtol=1e-5)
+
+
+def test_empty_cell_is_reseeded_not_nan():
+    x = jnp.asarray(_blobs(n=100, k=2))
+    far = jnp.full((1, x.shape[1]), 1e3)  # a centre no sample is closest to
+    init = jnp.concatenate([x[:2], far])
+    out = q.lloyd(x, _uniform(100), init, max_iter=50)
+    assert np.all(np.isfinite(out.points))
+    assert np.all(np.asarray(out.weights) > 0)
+
+
+def test_voronoi_weights_minimise_w2():
+    # Unbalanced clusters: uniform weights misrepresent them, Voronoi weights do not.
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 0.3, (270, 2)), rng.normal(4, 0.3, (30, 2))]).astype(np.float32)
+    mass = _uniform(len(x))
+    out = q.quantize(jnp.asarray(x), mass, 3, jax.random.key(0))
+    w2_voronoi, ok1 = q.wasserstein2(jnp.asarray(x), mass, out.points, out.weights)
+    w2_uniform, ok2 = q.wasserstein2(jnp.asarray(x), mass, out.points, jnp.full(3, 1 / 3))
+    assert bool(ok1) and bool(ok2)
+    assert float(w2_voronoi) < float(w2_uniform)
+    # With Voronoi weights the nearest-point map is optimal: W2^2 = distortion.
+    np.testing.assert_allclose(float(w2_voronoi) ** 2, float(out.distortion), rtol=2e-2)
+
+
+def test_w2_of_a_measure_to_itself_is_small():
+    x = jnp.asarray(_blobs(n=50))
+    w2, _ = q.wasserstein2(x, _uniform(50), x, _uniform(50))
+    spread = float(jnp.sqrt(jnp.mean(jnp.sum((x - x.mean(0)) ** 2, 1))))
+    assert float(w2) < 0.05 * spread

@@ -1,0 +1,122 @@
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from pqdjax.models.convnet import ConvNet
+from pqdjax.train import augment, classifier, distill, loop, losses
+
+
+def test_soft_label_kl_matches_closed_form():
+    s = jnp.array([[1.0, 2.0, 0.5], [0.0, 0.0, 0.0]])
+    t = jnp.array([[0.5, 2.5, 0.0], [3.0, -1.0, 0.0]])
+    T = 3.0
+    p = np.exp(np.asarray(t) / T) / np.exp(np.asarray(t) / T).sum(1, keepdims=True)
+    q = np.exp(np.asarray(s) / T) / np.exp(np.asarray(s) / T).sum(1, keepdims=True)
+    expected = T**2 * (p * np.log(p / q)).sum(1)
+    np.testing.assert_allclose(losses.soft_label_kl(s, t, T), expected, rtol=1e-5)
+    np.testing.assert_allclose(losses.soft_label_kl(t, t, T), 0.0, atol=1e-6)
+
+
+def test_cross_entropy_and_weighted_mean():
+    logits = jnp.array([[2.0, 0.0], [0.0, 1.0]])
+    ce = losses.cross_entropy(logits, jnp.array([0, 0]))
+    np.testing.assert_allclose(ce, optax.softmax_cross_entropy_with_integer_labels(logits, jnp.array([0, 0])), rtol=1e-6)
+    np.testing.assert_allclose(losses.weighted_mean(jnp.array([1.0, 3.0]), jnp.array([1.5, 0.5])), (1.5 + 1.5) / 2)
+
+
+def test_per_class_mean_one():
+    w = np.array([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]])
+    out = distill.per_class_mean_one(w)
+    np.testing.assert_allclose(out.mean(1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(out[0], [1.5, 0.75, 0.75], rtol=1e-6)
+    with pytest.raises(ValueError, match="non-negative"):
+        distill.per_class_mean_one(np.array([[0.5, -0.1]]))
+
+
+def test_random_flip_mirrors_exactly_the_chosen_images():
+    images = jax.random.normal(jax.random.key(0), (64, 5, 6, 2))
+    out = augment.random_flip(jax.random.key(1), images)
+    flipped = np.all(np.asarray(out) == np.asarray(images)[:, :, ::-1], axis=(1, 2, 3))
+    kept = np.all(np.asarray(out) == np.asarray(images), axis=(1, 2, 3))
+    assert np.all(flipped | kept) and 10 < flipped.sum() < 54
+
+
+def test_random_crop_is_a_shifted_window_of_the_padded_image():
+    images = jnp.arange(2 * 6 * 6, dtype=jnp.float32).reshape(2, 6, 6, 1)
+    out = np.asarray(augment.random_crop(jax.random.key(3), images, padding=2))
+    padded = np.pad(np.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)), constant_values=-1.0)
+    for i in range(2):
+        matches = [(a, b) for a in range(5) for b in range(5) if np.array_equal(padded[i, a : a + 6, b : b + 6], out[i])]
+        assert matches
+    np.testing.assert_array_equal(augment.random_crop(jax.random.key(3), images, padding=0), images)
+
+
+def test_epoch_batches_visit_every_example_once_per_epoch():
+    batches = [np.asarray(b) for b in loop.epoch_batches(jax.random.key(0), 10, 3, 6)]
+    assert len(batches) == 6 and all(len(b) == 3 for b in batches)
+    first_epoch = np.concatenate(batches[:3])
+    assert len(set(first_epoch.tolist())) == 9  # 3 batches of 3 from a permutation of 10
+    assert [len(b) for b in loop.epoch_batches(jax.random.key(0), 4, 100, 2)] == [4, 4]
+
+
+def _train_config(**overrides):
+    config = ml_collections.ConfigDict(dict(
+        steps=40, batch_size=16, learning_rate=3e-3, warmup_steps=0, weight_decay=0.0,
+        crop_padding=1, flip=False, log_every=10, temperature=2.0,
+    ))
+    config.update(overrides)
+    return config
+
+
+def _two_class_images(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    images = rng.integers(0, 60, (n, 8, 8, 1))
+    images[labels == 1, :, :4] += 150  # class 1: bright left half
+    return images.astype(np.uint8), labels.astype(np.int32)
+
+
+def test_teacher_learns_a_separable_task():
+    images, labels = _two_class_images()
+    model = ConvNet(num_classes=2, width=8, depth=2)
+    params = classifier.train_classifier(model, images, labels, _train_config(), jax.random.key(0), fast_conv=True)
+    test_images, test_labels = _two_class_images(seed=1)
+    assert classifier.accuracy(model, params, test_images, test_labels, batch_size=24) > 0.95
+
+
+def test_student_learns_from_teacher_and_weights_matter():
+    images, labels = _two_class_images()
+    teacher = ConvNet(num_classes=2, width=8, depth=2)
+    teacher_params = classifier.train_classifier(teacher, images, labels, _train_config(), jax.random.key(0), fast_conv=False)
+    float_images = np.asarray(images, np.float32) / 127.5 - 1
+    student = ConvNet(num_classes=2, width=8, depth=2)
+    params = distill.train_student(student, teacher, teacher_params, float_images, np.ones(len(images)), _train_config(), jax.random.key(1), fast_conv=True)
+    test_images, test_labels = _two_class_images(seed=1)
+    assert classifier.accuracy(student, params, test_images, test_labels) > 0.95
+    # Weight only class 0: the student never sees class 1's targets and loses it.
+    weights = (labels == 0).astype(np.float32) * 2
+    params0 = distill.train_student(student, teacher, teacher_params, float_images, weights, _train_config(), jax.random.key(1), fast_conv=True)
+    assert classifier.accuracy(student, params0, test_images, test_labels) < 0.9
+
+
+def test_non_finite_loss_stops_training():
+    images, labels = _two_class_images()
+    images_nan = np.asarray(images, np.float32) / 127.5 - 1
+    model = ConvNet(num_classes=2, width=4, depth=1)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        images_nan[0, 0, 0, 0] = np.nan
+        distill.train_student(model, model, model.init(jax.random.key(0), images_nan[:1])["params"], images_nan, np.ones(len(images)), _train_config(), jax.random.key(1), fast_conv=False)
+    with pytest.raises(loop.NonFiniteError, match="teacher: loss=nan at step"):
+        classifier.train_classifier(model, images, labels, _train_config(learning_rate=float("nan")), jax.random.key(0), fast_conv=False)
+
+
+def test_predict_logits_pads_the_last_batch():
+    images, _ = _two_class_images(n=10)
+    model = ConvNet(num_classes=2, width=4, depth=1)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+    full = classifier.predict_logits(model, params, images, batch_size=10)
+    batched = classifier.predict_logits(model, params, images, batch_size=4)
+    np.testing.assert_allclose(batched, full, rtol=1e-5, atol=1e-5)
