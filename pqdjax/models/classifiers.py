@@ -6,13 +6,20 @@ import flax.linen as nn
 import ml_collections
 
 from pqdjax.models.convnet import ConvNet
+from pqdjax.models.resnet import ARCHITECTURES as RESNETS
+from pqdjax.models.resnet import ResNet
 
 
 def make_classifier(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
     """The classifier named by config.arch, built with its options.
 
     'convnet': ConvNet-D with config.width, config.depth, config.norm.
+    'resnet18' | 'resnet34' | 'resnet50' | 'resnet101': torchvision's ResNet
+    (BatchNorm: its variables include 'batch_stats', and it takes `train=`),
+    with an optional config.width (default 64) for tiny test models.
     """
     if config.arch == "convnet":
         return ConvNet(num_classes=num_classes, width=config.width, depth=config.depth, norm=config.norm)
-    raise ValueError(f"unknown classifier arch {config.arch!r}; known: 'convnet'.")
+    if config.arch in RESNETS:
+        return ResNet(num_classes=num_classes, depth_name=config.arch, width=config.get("width", 64))
+    raise ValueError(f"unknown classifier arch {config.arch!r}; known: 'convnet', {', '.join(map(repr, RESNETS))}.")

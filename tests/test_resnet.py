@@ -1,0 +1,41 @@
+"""ResNet shapes, and the .pth reader's refusal to run pickled code (no torch needed)."""
+
+import collections
+import os
+import pickle
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from pqdjax.models import convert_torchvision
+from pqdjax.models.resnet import ResNet
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_pth_reader_never_runs_pickled_code(tmp_path):
+    """A .pth whose data.pkl calls os.system is refused, not executed."""
+    path = str(tmp_path / "evil.pth")
+    payload = pickle.dumps(collections.OrderedDict(x=_Evil()), protocol=2)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("evil/data.pkl", payload)
+        archive.writestr("evil/byteorder", "little")
+    with pytest.raises(pickle.UnpicklingError, match="posix.system|os.system"):
+        convert_torchvision.load_state_dict(path)
+    with pytest.raises(convert_torchvision.CheckpointFormatError, match="not a torch zip"):
+        (tmp_path / "legacy.pth").write_bytes(b"\x80\x02not a zip")
+        convert_torchvision.load_state_dict(str(tmp_path / "legacy.pth"))
+
+
+def test_resnet50_shapes_and_jit():
+    model = ResNet(num_classes=3, depth_name="resnet50", width=8)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    assert variables["params"]["layer1_0"]["conv3"]["kernel"].shape == (1, 1, 8, 32)
+    assert variables["params"]["fc"]["kernel"].shape == (8 * 8 * 4, 3)
+    out = jax.jit(lambda v, x: model.apply(v, x))(variables, jnp.ones((2, 32, 32, 3)))
+    assert out.shape == (2, 3) and bool(jnp.all(jnp.isfinite(out)))
