@@ -70,10 +70,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.encode = ml_collections.ConfigDict(dict(batch_size=1000))
 
     config.quantize = ml_collections.ConfigDict(dict(
-        method="lloyd",
-        max_iter=100,
-        tol=1e-4,
-        w2_relative_epsilon=3e-3,  # Sinkhorn epsilon as a fraction of the mean squared distance
+        method="lloyd",  # 'lloyd' | 'clvq' | 'barycenter' (pqdjax.quantize)
+        max_iter=100,  # Lloyd / barycenter iterations, CLVQ mini-batches
+        tol=1e-4,  # relative tolerance on the squared shift of the points (scikit-learn's rule)
+        clvq_batch_size=1024,
+        barycenter_relative_epsilon=1e-3,  # Sinkhorn epsilon of the barycenter's transport plans
+        w2_exact_max_size=10_000_000,  # exact W2 (network simplex) where samples x K is at most this
+        w2_relative_epsilon=3e-3,  # Sinkhorn epsilon for larger W2 problems, a fraction of the mean squared distance
         w2_max_iterations=20000,
     ))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 KNOWN_METHODS = ("random", "d4m", "ddoq")
-KNOWN_QUANTIZERS = ("lloyd",)
+KNOWN_QUANTIZERS = ("lloyd", "clvq", "barycenter")  # pqdjax.quantize.METHODS
 
 
 class ConfigError(ValueError):

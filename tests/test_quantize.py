@@ -94,12 +94,47 @@ def test_voronoi_weights_minimise_w2():
     x = np.concatenate([rng.normal(0, 0.3, (270, 2)), rng.normal(4, 0.3, (30, 2))]).astype(np.float32)
     mass = _uniform(len(x))
     out = q.quantize(jnp.asarray(x), mass, 3, jax.random.key(0))
-    w2_voronoi, ok1 = q.wasserstein2(jnp.asarray(x), mass, out.points, out.weights)
-    w2_uniform, ok2 = q.wasserstein2(jnp.asarray(x), mass, out.points, jnp.full(3, 1 / 3))
-    assert bool(ok1) and bool(ok2)
-    assert float(w2_voronoi) < float(w2_uniform)
-    # With Voronoi weights the nearest-point map is optimal: W2^2 = distortion.
-    np.testing.assert_allclose(float(w2_voronoi) ** 2, float(out.distortion), rtol=2e-2)
+    w2_voronoi = q.wasserstein2_exact(x, mass, out.points, out.weights)
+    w2_uniform = q.wasserstein2_exact(x, mass, out.points, np.full(3, 1 / 3))
+    assert w2_voronoi < w2_uniform
+    # With Voronoi weights the nearest-point map is optimal: W2^2 = distortion, exactly.
+    np.testing.assert_allclose(w2_voronoi**2, float(out.distortion), rtol=1e-5)
+    # Sinkhorn at a small epsilon agrees with the exact LP.
+    for weights, exact in ((out.weights, w2_voronoi), (jnp.full(3, 1 / 3), w2_uniform)):
+        w2, ok = q.wasserstein2(jnp.asarray(x), mass, out.points, weights)
+        assert bool(ok)
+        np.testing.assert_allclose(float(w2), exact, rtol=2e-2)
+
+
+def test_exact_w2_matches_an_lp_oracle():
+    from scipy.optimize import linprog
+
+    rng = np.random.default_rng(4)
+    x, points = rng.normal(size=(12, 3)), rng.normal(size=(4, 3))
+    mass, weights = rng.dirichlet(np.ones(12)), rng.dirichlet(np.ones(4))
+    cost = ((x[:, None] - points[None]) ** 2).sum(-1)
+    rows = np.kron(np.eye(12), np.ones((1, 4)))
+    cols = np.kron(np.ones((1, 12)), np.eye(4))
+    lp = linprog(cost.ravel(), A_eq=np.vstack([rows, cols[:-1]]), b_eq=np.concatenate([mass, weights[:-1]]), method="highs")
+    np.testing.assert_allclose(q.wasserstein2_exact(x, mass, points, weights), np.sqrt(lp.fun), rtol=1e-9)
+    # Zero-mass padding rows are ignored.
+    padded = np.concatenate([x, 100 + x[:3]])
+    np.testing.assert_allclose(
+        q.wasserstein2_exact(padded, np.concatenate([mass, np.zeros(3)]), points, weights), np.sqrt(lp.fun), rtol=1e-9
+    )
+
+
+def test_w2_classes_is_exact_when_small_and_sinkhorn_when_large():
+    xs = np.stack([_blobs(n=120, seed=s) for s in range(2)])
+    mass = np.full((2, 120), 1 / 120, np.float32)
+    points = xs[:, :5]
+    weights = np.full((2, 5), 0.2, np.float32)
+    exact, is_exact = q.wasserstein2_classes(xs, mass, points, weights)
+    assert is_exact.all()
+    np.testing.assert_allclose(exact[1], q.wasserstein2_exact(xs[1], mass[1], points[1], weights[1]), rtol=1e-6)
+    approx, is_exact = q.wasserstein2_classes(xs, mass, points, weights, exact_max_size=100)
+    assert not is_exact.any()
+    np.testing.assert_allclose(approx, exact, rtol=2e-2)
 
 
 def test_w2_of_a_measure_to_itself_is_small():
@@ -107,3 +142,4 @@ def test_w2_of_a_measure_to_itself_is_small():
     w2, _ = q.wasserstein2(x, _uniform(50), x, _uniform(50))
     spread = float(jnp.sqrt(jnp.mean(jnp.sum((x - x.mean(0)) ** 2, 1))))
     assert float(w2) < 0.05 * spread
+    assert q.wasserstein2_exact(x, _uniform(50), x, _uniform(50)) < 1e-6

@@ -11,11 +11,14 @@ classes.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import struct
+
+from pqdjax.quantize.voronoi import assign, cell_masses, squared_distances
 
 
 @struct.dataclass
@@ -24,11 +27,12 @@ class Quantization:
 
     Attributes:
       points: [K, d] quantization points (centroids).
-      weights: [K] mass of each point's Voronoi cell under mu (sums to 1).
+      weights: [K] mass of each point's Voronoi cell under mu (sums to 1), for
+        every method (the barycenter's own measure has uniform weights instead).
       assignment: int32 [n] index of each sample's nearest point.
       distortion: scalar, E_mu[min_k |x - c_k|^2] (also W2^2(mu, sum_k w_k delta_{c_k})).
-      iterations: int32 scalar, Lloyd iterations run.
-      converged: bool scalar, whether the tolerance was met within max_iter.
+      iterations: int32 scalar, iterations run (Lloyd or barycenter steps, CLVQ mini-batches).
+      converged: bool scalar, whether the tolerance was met within the iteration bound.
     """
 
     points: jax.Array
@@ -39,23 +43,23 @@ class Quantization:
     converged: jax.Array
 
 
-def squared_distances(x: jax.Array, points: jax.Array) -> jax.Array:
-    """|x_i - c_k|^2 by the expanded form |x|^2 - 2 x.c + |c|^2, clamped at 0. [n, d], [K, d] -> [n, K]."""
-    cross = jnp.matmul(x, points.T, precision=jax.lax.Precision.HIGHEST)
-    d2 = jnp.sum(x * x, axis=1, keepdims=True) - 2.0 * cross + jnp.sum(points * points, axis=1)
-    return jnp.maximum(d2, 0.0)
+def finish(x: jax.Array, mass: jax.Array, points: jax.Array, iterations, converged, block_size: int | None = None) -> Quantization:
+    """The Quantization of `points`: Voronoi assignment, weights and distortion under mu = (x, mass)."""
+    assignment, d2_min = assign(x, points, block_size)
+    return Quantization(
+        points=points,
+        weights=cell_masses(assignment, mass, points.shape[0]),
+        assignment=assignment,
+        distortion=jnp.sum(mass * d2_min),
+        iterations=jnp.asarray(iterations, jnp.int32),
+        converged=jnp.asarray(converged, jnp.bool_),
+    )
 
 
-def assign(x: jax.Array, points: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Nearest point of each sample. Returns (assignment int32 [n], squared distance [n])."""
-    d2 = squared_distances(x, points)
-    assignment = jnp.argmin(d2, axis=1).astype(jnp.int32)
-    return assignment, jnp.take_along_axis(d2, assignment[:, None], axis=1)[:, 0]
-
-
-def cell_masses(assignment: jax.Array, mass: jax.Array, k: int) -> jax.Array:
-    """Mass of each Voronoi cell: [n] int, [n] -> [k]."""
-    return jax.ops.segment_sum(mass, assignment, num_segments=k)
+def tolerance_threshold(x: jax.Array, mass: jax.Array, tol: float) -> jax.Array:
+    """scikit-learn's absolute tolerance: tol * mean per-feature variance of mu."""
+    mean = mass @ x
+    return tol * jnp.mean(mass @ jnp.square(x - mean))
 
 
 def kmeans_plus_plus(x: jax.Array, mass: jax.Array, k: int, rng: jax.Array, n_local_trials: int | None = None) -> jax.Array:
@@ -64,7 +68,9 @@ def kmeans_plus_plus(x: jax.Array, mass: jax.Array, k: int, rng: jax.Array, n_lo
     The first centre is drawn with probability proportional to the mass; each
     next one from `n_local_trials` candidates drawn proportionally to
     mass * D^2 (D: distance to the nearest centre so far), keeping the
-    candidate that lowers the potential most.
+    candidate that lowers the potential most. When every sample already sits
+    on a centre (K above the number of distinct samples), the remaining
+    centres repeat samples, drawn by mass.
 
     Args:
       x: [n, d] samples. mass: [n] non-negative weights (zero for padding).
@@ -84,7 +90,6 @@ def kmeans_plus_plus(x: jax.Array, mass: jax.Array, k: int, rng: jax.Array, n_lo
         centers, closest, rng = carry
         rng, step_rng = jax.random.split(rng)
         potential = mass * closest
-        # Where every sample sits on a centre (K > distinct points), fall back to the mass.
         p = jnp.where(potential.sum() > 0, potential, mass)
         candidates = jax.random.choice(step_rng, x.shape[0], (n_local_trials,), p=p / p.sum())
         candidate_d2 = jnp.minimum(closest[None], squared_distances(x, x[candidates]).T)
@@ -112,21 +117,19 @@ def lloyd(x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int = 100, t
     """Runs Lloyd iterations from `init` until the centres move less than the tolerance.
 
     Convergence follows scikit-learn: stop when the squared centre shift,
-    summed over centres, is at most tol * (mean per-feature variance of mu).
-    After the last update the samples are re-assigned, so `assignment`,
-    `weights` and `distortion` belong to the returned `points`.
+    summed over centres, is at most tol * (mean per-feature variance of mu),
+    or when the assignment no longer changes. After the last update the
+    samples are re-assigned, so `assignment`, `weights` and `distortion`
+    belong to the returned `points`.
 
     Args:
       x: [n, d] samples. mass: [n] non-negative weights summing to 1.
-      init: [K, d] initial centres. max_iter: iteration bound (static).
+      init: [K, d] initial centres (K <= n). max_iter: iteration bound (static).
       tol: relative tolerance (0 runs until the assignment is stable or max_iter).
     """
     x = x.astype(jnp.float32)
     mass = mass.astype(jnp.float32)
-    k = init.shape[0]
-    mean = mass @ x
-    variance = mass @ jnp.square(x - mean)  # [d]
-    threshold = tol * jnp.mean(variance)
+    threshold = tolerance_threshold(x, mass, tol)
 
     def cond(state):
         _, _, i, shift, stable = state
@@ -149,12 +152,19 @@ def lloyd(x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int = 100, t
         jnp.bool_(False),
     )
     points, _, iterations, shift, stable = jax.lax.while_loop(cond, body, init_state)
-    assignment, d2_min = assign(x, points)
-    return Quantization(
-        points=points,
-        weights=cell_masses(assignment, mass, k),
-        assignment=assignment,
-        distortion=jnp.sum(mass * d2_min),
-        iterations=iterations,
-        converged=(shift <= threshold) | stable,
-    )
+    return finish(x, mass, points, iterations, (shift <= threshold) | stable)
+
+
+@dataclasses.dataclass(frozen=True)
+class Lloyd:
+    """Lloyd's algorithm from k-means++ seeds (static options; hashable, so a jit static argument).
+
+    max_iter: iteration bound. tol: scikit-learn's relative tolerance.
+    """
+
+    max_iter: int = 100
+    tol: float = 1e-4
+
+    def __call__(self, x: jax.Array, mass: jax.Array, k: int, rng: jax.Array) -> Quantization:
+        """x: [n, d], mass: [n] -> Quantization with K = k points."""
+        return lloyd(x, mass, kmeans_plus_plus(x, mass, k, rng), self.max_iter, self.tol)

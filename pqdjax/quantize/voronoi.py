@@ -1,0 +1,60 @@
+"""Nearest-point assignment and Voronoi cell masses of any point set over any measure.
+
+A measure is mu = sum_i m_i delta_{x_i} (x: [n, d], m: [n] >= 0; zero-mass rows
+are padding and change nothing). For points c_1..c_K, cell k is the set of
+samples whose nearest point is c_k (ties go to the lowest index); its mass
+w_k = mu(cell_k) is the weight that makes sum_k w_k delta_{c_k} the W2-closest
+measure on those points to mu, with W2^2 = E_mu[min_k |x - c_k|^2].
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def squared_distances(x: jax.Array, points: jax.Array) -> jax.Array:
+    """|x_i - c_k|^2 by the expanded form |x|^2 - 2 x.c + |c|^2, clamped at 0. [n, d], [K, d] -> [n, K]."""
+    cross = jnp.matmul(x, points.T, precision=jax.lax.Precision.HIGHEST)
+    d2 = jnp.sum(x * x, axis=1, keepdims=True) - 2.0 * cross + jnp.sum(points * points, axis=1)
+    return jnp.maximum(d2, 0.0)
+
+
+def _assign_block(x: jax.Array, points: jax.Array) -> tuple[jax.Array, jax.Array]:
+    # argmin of |c|^2 - 2 x.c needs no |x|^2: one matmul, one add, one argmin per row.
+    # min over k then adds |x|^2 back for the distance itself.
+    cross = jnp.matmul(x, points.T, precision=jax.lax.Precision.HIGHEST)
+    partial = jnp.sum(points * points, axis=1) - 2.0 * cross
+    assignment = jnp.argmin(partial, axis=1).astype(jnp.int32)
+    d2_min = jnp.maximum(jnp.min(partial, axis=1) + jnp.sum(x * x, axis=1), 0.0)
+    return assignment, d2_min
+
+
+def assign(x: jax.Array, points: jax.Array, block_size: int | None = None) -> tuple[jax.Array, jax.Array]:
+    """Nearest point of each sample.
+
+    Args:
+      x: [n, d] samples; points: [K, d].
+      block_size: if given, the [n, K] distances are formed `block_size` rows
+        at a time (lax.map), so memory is O(block_size * K) beyond x.
+    Returns:
+      (assignment int32 [n], squared distance to the nearest point [n]).
+    """
+    n = x.shape[0]
+    if block_size is None or block_size >= n:
+        return _assign_block(x, points)
+    blocks = -(-n // block_size)
+    padded = jnp.pad(x, ((0, blocks * block_size - n), (0, 0)))
+    a, d2 = jax.lax.map(lambda xb: _assign_block(xb, points), padded.reshape(blocks, block_size, -1))
+    return a.reshape(-1)[:n], d2.reshape(-1)[:n]
+
+
+def cell_masses(assignment: jax.Array, mass: jax.Array, k: int) -> jax.Array:
+    """Mass of each Voronoi cell: [n] int, [n] -> [k]."""
+    return jax.ops.segment_sum(mass, assignment, num_segments=k)
+
+
+def voronoi_weights(x: jax.Array, mass: jax.Array, points: jax.Array, block_size: int | None = None) -> jax.Array:
+    """Voronoi cell masses w_k = mu(cell_k) of `points` [K, d] over mu = (x [n, d], mass [n]) -> [K]."""
+    assignment, _ = assign(x.astype(jnp.float32), points.astype(jnp.float32), block_size)
+    return cell_masses(assignment, mass.astype(jnp.float32), points.shape[0])
