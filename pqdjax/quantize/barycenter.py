@@ -24,12 +24,14 @@ from pqdjax.quantize.metrics import sinkhorn_plan
 
 def free_support_barycenter(
     x: jax.Array, mass: jax.Array, init: jax.Array, weights: jax.Array | None = None, max_iter: int = 50,
-    tol: float = 1e-4, relative_epsilon: float = 1e-3, sinkhorn_max_iterations: int = 2000,
+    tol: float = 1e-4, relative_epsilon: float = 1e-2, sinkhorn_max_iterations: int = 5000,
 ) -> Quantization:
     """Fixed-point iterations x_k <- sum_i P_ik x_i / b_k from `init` [K, d].
 
     Stops when the squared shift of the points is at most tol * mean feature
-    variance of mu, or after max_iter. The returned `weights` are the Voronoi
+    variance of mu, or after max_iter; `converged` also requires every
+    Sinkhorn solve to have converged (else raise sinkhorn_max_iterations or
+    relative_epsilon: an unconverged plan's projection is closer to Lloyd's). The returned `weights` are the Voronoi
     cell masses of the points, as for every method; the barycenter's own
     weights are `weights` (default uniform).
 
@@ -43,20 +45,21 @@ def free_support_barycenter(
     threshold = tolerance_threshold(x, mass, tol)
 
     def cond(carry):
-        _, i, shift = carry
+        _, i, shift, _ = carry
         return (i < max_iter) & (shift > threshold)
 
     def body(carry):
-        points, i, _ = carry
-        plan, _, _ = sinkhorn_plan(x, mass, points, b, relative_epsilon, sinkhorn_max_iterations)
+        points, i, _, all_converged = carry
+        plan, _, converged = sinkhorn_plan(x, mass, points, b, relative_epsilon, sinkhorn_max_iterations)
         # Divide by the plan's column sums (= b once Sinkhorn has converged), so points stay in the hull.
         column = jnp.sum(plan, axis=0)
         new = (plan.T @ x) / jnp.maximum(column, jnp.finfo(jnp.float32).tiny)[:, None]
         new = jnp.where(column[:, None] > 0, new, points)
-        return new, i + 1, jnp.sum(jnp.square(new - points))
+        return new, i + 1, jnp.sum(jnp.square(new - points)), all_converged & converged
 
-    points, iterations, shift = jax.lax.while_loop(cond, body, (init.astype(jnp.float32), jnp.int32(0), jnp.float32(jnp.inf)))
-    return finish(x, mass, points, iterations, shift <= threshold)
+    init_state = (init.astype(jnp.float32), jnp.int32(0), jnp.float32(jnp.inf), jnp.bool_(True))
+    points, iterations, shift, sinkhorn_converged = jax.lax.while_loop(cond, body, init_state)
+    return finish(x, mass, points, iterations, (shift <= threshold) & sinkhorn_converged)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +73,8 @@ class Barycenter:
 
     max_iter: int = 50
     tol: float = 1e-4
-    relative_epsilon: float = 1e-3
-    sinkhorn_max_iterations: int = 2000
+    relative_epsilon: float = 1e-2
+    sinkhorn_max_iterations: int = 5000
 
     def __call__(self, x: jax.Array, mass: jax.Array, k: int, rng: jax.Array) -> Quantization:
         """x: [n, d], mass: [n] -> Quantization with K = k points."""

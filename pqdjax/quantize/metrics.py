@@ -24,7 +24,7 @@ from ott.geometry import pointcloud
 from ott.problems.linear import linear_problem
 from ott.solvers.linear import sinkhorn
 
-from pqdjax.quantize.voronoi import assign
+from pqdjax.quantize.voronoi import assign, squared_distances
 
 
 def distortion(x: jax.Array, mass: jax.Array, points: jax.Array) -> jax.Array:
@@ -36,13 +36,16 @@ def distortion(x: jax.Array, mass: jax.Array, points: jax.Array) -> jax.Array:
 def sinkhorn_plan(x, mass, points, weights, relative_epsilon: float, max_iterations: int, threshold: float = 1e-4):
     """ott-jax Sinkhorn between (x [n, d], mass [n]) and (points [K, d], weights [K]).
 
-    epsilon = relative_epsilon * mean squared distance. Returns (plan [n, K],
-    cost matrix [n, K], converged bool).
+    epsilon = relative_epsilon * mean squared distance under mass x weights
+    (so zero-mass padding changes nothing). Returns (plan [n, K], cost
+    matrix [n, K], converged bool).
     """
-    geom = pointcloud.PointCloud(
-        x.astype(jnp.float32), points.astype(jnp.float32), epsilon=relative_epsilon, relative_epsilon="mean",
-    )
-    problem = linear_problem.LinearProblem(geom, a=mass.astype(jnp.float32), b=weights.astype(jnp.float32))
+    x, points = x.astype(jnp.float32), points.astype(jnp.float32)
+    mass, weights = mass.astype(jnp.float32), weights.astype(jnp.float32)
+    mean_cost = mass @ squared_distances(x, points) @ weights
+    epsilon = relative_epsilon * jnp.maximum(mean_cost, jnp.finfo(jnp.float32).tiny)
+    geom = pointcloud.PointCloud(x, points, epsilon=epsilon)
+    problem = linear_problem.LinearProblem(geom, a=mass, b=weights)
     out = sinkhorn.Sinkhorn(max_iterations=max_iterations, threshold=threshold)(problem)
     return out.matrix, geom.cost_matrix, out.converged
 

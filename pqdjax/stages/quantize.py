@@ -52,7 +52,7 @@ def solver_from_config(config):
         return solver("clvq", batch_size=config.clvq_batch_size, max_steps=config.max_iter, tol=config.tol)
     return solver(
         "barycenter", max_iter=config.max_iter, tol=config.tol, relative_epsilon=config.barycenter_relative_epsilon,
-        sinkhorn_max_iterations=config.w2_max_iterations,
+        sinkhorn_max_iterations=config.w2_max_iterations,  # also bounds the barycenter's Sinkhorn solves
     )
 
 
