@@ -100,11 +100,14 @@ def kmeans_plus_plus(x: jax.Array, mass: jax.Array, k: int, rng: jax.Array, n_lo
     return centers
 
 
-def _update_centers(x, mass, points, assignment, d2_min):
-    """Voronoi barycentres; an empty cell is re-seeded at the sample farthest from its centre."""
+def _update_centers(x, mass, weighted_x, points, assignment, d2_min):
+    """Voronoi barycentres; an empty cell is re-seeded at the sample farthest from its centre.
+
+    weighted_x: [n, d] mass[:, None] * x, computed once per run rather than per iteration.
+    """
     k = points.shape[0]
     counts = cell_masses(assignment, mass, k)
-    sums = jax.ops.segment_sum(mass[:, None] * x, assignment, num_segments=k)
+    sums = jax.ops.segment_sum(weighted_x, assignment, num_segments=k)
     centers = sums / jnp.maximum(counts, jnp.finfo(x.dtype).tiny)[:, None]
     empty = counts <= 0
     # The j-th empty cell takes the j-th farthest sample (distinct samples for distinct cells).
@@ -130,6 +133,8 @@ def lloyd(x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int = 100, t
     x = x.astype(jnp.float32)
     mass = mass.astype(jnp.float32)
     threshold = tolerance_threshold(x, mass, tol)
+    x_sq = jnp.sum(x * x, axis=1)
+    weighted_x = mass[:, None] * x
 
     def cond(state):
         _, _, i, shift, stable = state
@@ -137,10 +142,10 @@ def lloyd(x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int = 100, t
 
     def body(state):
         points, previous_assignment, i, _, _ = state
-        assignment, d2_min = assign(x, points)
+        assignment, d2_min = assign(x, points, x_sq=x_sq)
         # As in scikit-learn: an unchanged assignment is strict convergence.
         stable = jnp.all((assignment == previous_assignment) | (mass <= 0))
-        new_points = _update_centers(x, mass, points, assignment, d2_min)
+        new_points = _update_centers(x, mass, weighted_x, points, assignment, d2_min)
         shift = jnp.sum(jnp.square(new_points - points))
         return new_points, assignment, i + 1, shift, stable
 

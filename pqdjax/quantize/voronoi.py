@@ -20,21 +20,25 @@ def squared_distances(x: jax.Array, points: jax.Array) -> jax.Array:
     return jnp.maximum(d2, 0.0)
 
 
-def _assign_block(x: jax.Array, points: jax.Array) -> tuple[jax.Array, jax.Array]:
-    # argmin of |c|^2 - 2 x.c needs no |x|^2: one matmul, one add, one argmin per row.
-    # min over k then adds |x|^2 back for the distance itself.
+def _assign_block(x: jax.Array, points: jax.Array, x_sq: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    # argmin of |c|^2 - 2 x.c needs no |x|^2: one matmul, then one fused pass for the add and
+    # argmin per row; |x|^2 is added back only to the minimum.
     cross = jnp.matmul(x, points.T, precision=jax.lax.Precision.HIGHEST)
     partial = jnp.sum(points * points, axis=1) - 2.0 * cross
     assignment = jnp.argmin(partial, axis=1).astype(jnp.int32)
-    d2_min = jnp.maximum(jnp.min(partial, axis=1) + jnp.sum(x * x, axis=1), 0.0)
+    x_sq = jnp.sum(x * x, axis=1) if x_sq is None else x_sq
+    d2_min = jnp.maximum(jnp.take_along_axis(partial, assignment[:, None], axis=1)[:, 0] + x_sq, 0.0)
     return assignment, d2_min
 
 
-def assign(x: jax.Array, points: jax.Array, block_size: int | None = None) -> tuple[jax.Array, jax.Array]:
+def assign(
+    x: jax.Array, points: jax.Array, block_size: int | None = None, x_sq: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
     """Nearest point of each sample.
 
     Args:
       x: [n, d] samples; points: [K, d].
+      x_sq: optional [n] precomputed |x_i|^2 (loops that assign the same x repeatedly pass it).
       block_size: if given, the [n, K] distances are formed `block_size` rows
         at a time (lax.map), so memory is O(block_size * K) beyond x.
     Returns:
@@ -42,7 +46,7 @@ def assign(x: jax.Array, points: jax.Array, block_size: int | None = None) -> tu
     """
     n = x.shape[0]
     if block_size is None or block_size >= n:
-        return _assign_block(x, points)
+        return _assign_block(x, points, x_sq)
     blocks = -(-n // block_size)
     padded = jnp.pad(x, ((0, blocks * block_size - n), (0, 0)))
     a, d2 = jax.lax.map(lambda xb: _assign_block(xb, points), padded.reshape(blocks, block_size, -1))

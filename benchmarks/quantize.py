@@ -1,0 +1,172 @@
+r"""Quantization kernels side by side: pqdjax Lloyd vs scikit-learn KMeans vs ott-jax k_means.
+
+Command (under the machine's CPU lock, from the repository root):
+    flock /tmp/pqdjax-cpu.lock python benchmarks/quantize.py [--repeats=5] [--quick]
+
+Each solver starts from the same k-means++ centres and runs the same number of
+Lloyd iterations (tolerance 0, the iteration count fixed), so times and
+inertias compare like for like. Reported: median wall time over --repeats runs
+(after one warm-up run that compiles), GFLOP/s counting the distance matmul's
+2 N K d flops per iteration, and that rate as a fraction of the machine's
+measured sgemm rate (numpy/OpenBLAS and XLA, 4096^3). Shapes:
+  * one measure: N = 50,000, d = 256, K = 100;
+  * ImageNet-like, scaled to this machine: 100 classes x 1,300 latents, d = 1,024,
+    K = 10 and 50; pqdjax quantizes all classes in one vmapped call, scikit-learn
+    and ott-jax loop over the classes.
+Last, CLVQ's peak memory (streamed mini-batches, in a fresh process per N)
+for N = 10^5 and 10^6 samples of dimension 256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ott.tools import k_means as ott_k_means
+from sklearn.cluster import KMeans
+
+from pqdjax import quantize as q
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up: compiles
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def sgemm_rates(repeats: int) -> dict[str, float]:
+    """GFLOP/s of a 4096^3 float32 matmul, numpy (OpenBLAS) and XLA."""
+    n = 4096
+    a = np.random.default_rng(0).normal(size=(n, n)).astype(np.float32)
+    b = np.random.default_rng(1).normal(size=(n, n)).astype(np.float32)
+    flops = 2 * n**3
+    numpy_t = _median_time(lambda: a @ b, repeats)
+    ja, jb = jnp.asarray(a), jnp.asarray(b)
+    mm = jax.jit(jnp.matmul)
+    xla_t = _median_time(lambda: mm(ja, jb).block_until_ready(), repeats)
+    return {"numpy": flops / numpy_t / 1e9, "xla": flops / xla_t / 1e9}
+
+
+def _blobs(rng, classes, n, d, centers_per_class=20):
+    """Gaussian mixtures, so Lloyd has structure to find: [classes, n, d] float32."""
+    centers = rng.normal(0, 1, (classes, centers_per_class, d)).astype(np.float32)
+    labels = rng.integers(0, centers_per_class, (classes, n))
+    x = np.take_along_axis(centers, labels[..., None], axis=1)
+    return x + rng.normal(0, 0.5, x.shape).astype(np.float32)
+
+
+def compare_lloyd(x: np.ndarray, k: int, iterations: int, repeats: int, seed: int = 0) -> dict:
+    """x: [C, n, d]. Same k-means++ init, `iterations` Lloyd iterations, per solver."""
+    classes, n, d = x.shape
+    mass = np.full((classes, n), 1.0 / n, np.float32)
+    keys = jax.random.split(jax.random.key(seed), classes)
+    xj, mj = jnp.asarray(x), jnp.asarray(mass)
+    init = jax.jit(jax.vmap(lambda a, m, r: q.kmeans_plus_plus(a, m, k, r)))(xj, mj, keys)
+    init_np = np.asarray(init)
+
+    ours_fn = jax.jit(jax.vmap(lambda a, m, c: q.lloyd(a, m, c, max_iter=iterations, tol=0.0)))
+    ours = ours_fn(xj, mj, init)
+    ours_t = _median_time(lambda: jax.block_until_ready(ours_fn(xj, mj, init)), repeats)
+
+    def sklearn_run():
+        return [KMeans(k, init=init_np[c], n_init=1, max_iter=iterations, tol=0.0, algorithm="lloyd").fit(x[c]) for c in range(classes)]
+
+    fits = sklearn_run()
+    sk_t = _median_time(sklearn_run, repeats)
+
+    ott_fn = jax.jit(lambda a, c: ott_k_means.k_means(
+        a, k, init=lambda geom, k, rng: c, n_init=1, tol=0.0, min_iterations=iterations, max_iterations=iterations))
+
+    def ott_run():
+        return [ott_fn(xj[c], init[c]) for c in range(classes)]
+
+    ott_out = ott_run()
+    ott_t = _median_time(lambda: jax.block_until_ready(ott_run()), repeats)
+
+    ours_inertia = float(np.sum(np.asarray(ours.distortion) * n))
+    sk_inertia = float(sum(f.inertia_ for f in fits))
+    ott_inertia = float(sum(float(o.error) for o in ott_out))
+    ours_iters = np.asarray(ours.iterations)
+    sk_iters = np.array([f.n_iter_ for f in fits])
+    flops = 2.0 * n * k * d * float(ours_iters.sum())
+    return {
+        "shape": f"{classes} x {n} x {d}, K={k}",
+        "iterations": {"pqdjax": ours_iters.tolist() if classes <= 4 else float(ours_iters.mean()),
+                       "sklearn": sk_iters.tolist() if classes <= 4 else float(sk_iters.mean())},
+        "seconds": {"pqdjax": ours_t, "sklearn": sk_t, "ott": ott_t},
+        "gflops": {"pqdjax": flops / ours_t / 1e9, "sklearn": flops / sk_t / 1e9, "ott": flops / ott_t / 1e9},
+        "inertia": {"pqdjax": ours_inertia, "sklearn": sk_inertia, "ott": ott_inertia},
+        "inertia_rel_diff_vs_sklearn": abs(ours_inertia - sk_inertia) / sk_inertia,
+        "speedup_vs_sklearn": sk_t / ours_t,
+        "speedup_vs_ott": ott_t / ours_t,
+    }
+
+
+def _clvq_peak_rss_child(n: int, d: int, k: int, batch: int) -> None:
+    """Runs in a fresh process: streams n samples in mini-batches made on the fly, prints peak RSS (MiB)."""
+    def batches():
+        for start in range(0, n, batch):
+            yield np.random.default_rng(start).normal(size=(batch, d)).astype(np.float32)
+
+    init = np.random.default_rng(-1 % 2**32).normal(size=(k, d)).astype(np.float32)
+    t = time.perf_counter()
+    out = q.clvq_stream(batches, init, epochs=1)
+    jax.block_until_ready(out.points)
+    seconds = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"n": n, "peak_rss_mib": peak, "seconds": seconds, "steps": out.steps}))
+
+
+def clvq_memory(ns, d=256, k=100, batch=4096) -> list[dict]:
+    rows = []
+    for n in ns:
+        cmd = [sys.executable, __file__, "--clvq-child", f"{n},{d},{k},{batch}"]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="small shapes, for a smoke test")
+    parser.add_argument("--clvq-child", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.clvq_child:
+        _clvq_peak_rss_child(*map(int, args.clvq_child.split(",")))
+        return
+    rng = np.random.default_rng(0)
+    report = {"devices": str(jax.devices()), "cpu_count": os.cpu_count(), "sgemm_gflops": sgemm_rates(args.repeats)}
+    print(json.dumps(report), flush=True)
+    if args.quick:
+        shapes = [((1, 5000, 64), 20), ((8, 300, 128), 5)]
+        ns = (20_000, 80_000)
+    else:
+        shapes = [((1, 50_000, 256), 100), ((100, 1300, 1024), 10), ((100, 1300, 1024), 50)]
+        ns = (100_000, 1_000_000)
+    results = []
+    for (classes, n, d), k in shapes:
+        row = compare_lloyd(_blobs(rng, classes, n, d), k, args.iterations, args.repeats)
+        row["fraction_of_sgemm"] = {s: g / report["sgemm_gflops"]["numpy"] for s, g in row["gflops"].items()}
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    report["lloyd"] = results
+    report["clvq_memory"] = clvq_memory(ns)
+    print(json.dumps(report["clvq_memory"]), flush=True)
+
+
+if __name__ == "__main__":
+    main()
