@@ -1,7 +1,7 @@
 r"""Quantization kernels side by side: pqdjax Lloyd vs scikit-learn KMeans vs ott-jax k_means.
 
 Command (under the machine's CPU lock, from the repository root):
-    flock /tmp/pqdjax-cpu.lock python benchmarks/quantize.py [--repeats=5] [--quick]
+    flock /tmp/pqdjax-cpu.lock python -m benchmarks.quantize [--repeats=5] [--quick]
 
 Each solver starts from the same k-means++ centres and runs the same number of
 Lloyd iterations (tolerance 0, the iteration count fixed), so times and
@@ -132,8 +132,9 @@ def _clvq_peak_rss_child(n: int, d: int, k: int, batch: int) -> None:
 def clvq_memory(ns, d=256, k=100, batch=4096) -> list[dict]:
     rows = []
     for n in ns:
-        cmd = [sys.executable, __file__, "--clvq-child", f"{n},{d},{k},{batch}"]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        cmd = [sys.executable, "-m", "benchmarks.quantize", "--clvq-child", f"{n},{d},{k},{batch}"]
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=root)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     return rows
 
