@@ -189,3 +189,19 @@ def test_voronoi_weights_of_any_points_match_brute_force():
 def test_unknown_method_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown quantization method 'kmeans'"):
         q.quantize(jnp.zeros((4, 2)), _uniform(4), 2, jax.random.key(0), "kmeans")
+
+
+def test_config_selects_each_method():
+    from configs import default
+    from pqdjax.config_checks import KNOWN_QUANTIZERS, ConfigError, validate_config
+    from pqdjax.stages.quantize import solver_from_config
+
+    assert set(KNOWN_QUANTIZERS) == set(q.METHODS)
+    config = default.get_config()
+    for method in KNOWN_QUANTIZERS:
+        config.quantize.method = method
+        validate_config(config)
+        assert isinstance(solver_from_config(config.quantize), q.METHODS[method])
+    config.quantize.method = "kmeans"
+    with pytest.raises(ConfigError, match="config.quantize.method"):
+        validate_config(config)
