@@ -58,9 +58,9 @@ def clvq(x: jax.Array, mass: jax.Array, init: jax.Array, rng: jax.Array, batch_s
 
     Stops after `max_steps` mini-batches, or earlier when a step moves the
     points by at most tol * (mean per-feature variance of mu) in squared norm.
-    The returned weights, assignment and distortion are exact (one blocked
-    pass over x); the working memory is O((batch_size + n) * K) integers and
-    floats beyond x, never an [n, K] float matrix at once.
+    The returned weights, assignment and distortion are exact (one pass over
+    x in blocks of batch_size rows); beyond x the working memory is
+    O(batch_size * K + n), never an [n, K] matrix.
 
     Args:
       x: [n, d]; mass: [n] summing to 1 (zeros for padding); init: [K, d]; rng: key.
