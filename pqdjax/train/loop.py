@@ -51,11 +51,14 @@ def apply_gradients(state: TrainState, grads: PyTree, tx: optax.GradientTransfor
     return TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
 
 
-def cosine_adam(learning_rate: float, num_steps: int, warmup_steps: int = 0, weight_decay: float = 0.0) -> optax.GradientTransformation:
-    """AdamW with linear warmup then cosine decay to 0 over num_steps."""
+def cosine_adam(learning_rate: float, num_steps: int, warmup_steps: int = 0, weight_decay: float = 0.0, decay_mask=None) -> optax.GradientTransformation:
+    """AdamW with linear warmup then cosine decay to 0 over num_steps.
+
+    decay_mask: optional function params -> pytree of bools, True where weight decay applies.
+    """
     warmup_steps = min(warmup_steps, max(num_steps - 1, 0))
     schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps, max(num_steps, 1), 0.0) if warmup_steps else optax.cosine_decay_schedule(learning_rate, max(num_steps, 1))
-    return optax.adamw(schedule, weight_decay=weight_decay)
+    return optax.adamw(schedule, weight_decay=weight_decay, mask=decay_mask)
 
 
 def epoch_batches(rng: jax.Array, num_examples: int, batch_size: int, num_steps: int) -> Iterator[jax.Array]:

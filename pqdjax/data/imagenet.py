@@ -1,0 +1,124 @@
+"""ImageNet-1K from tfds (`imagenet2012`) without TensorFlow, read per process in fixed-size batches.
+
+Reading uses `tfds.data_source`, random access to the ArrayRecord files of a
+prepared `imagenet2012` (no TensorFlow at run time). Preparing it is a one-off
+outside pqdjax, because ImageNet cannot be downloaded automatically: put
+ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in tfds's manual_dir and
+run, in an environment with TensorFlow,
+
+    tfds build imagenet2012 --manual_dir=DIR --data_dir=DATA_DIR --file_format=array_record
+
+Each process of a multi-host run reads its own contiguous part of a split
+(`process_shard`). Images are resized so that the shorter side is `resize`,
+then center-cropped to `crop` x `crop` (bilinear, antialiased, as torchvision's
+Resize + CenterCrop): 512/512 for D4M's Stable Diffusion encoder, 256/224 for
+validating students. The 1,000 class names ship in imagenet_classes.txt
+(synset and WordNet names, in tfds's label order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from pqdjax.data.sources import DatasetNotFoundError
+
+TFDS_NAME = "imagenet2012"
+NUM_CLASSES = 1000
+# torchvision's normalisation, which converted torchvision weights expect.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+_CLASSES_FILE = os.path.join(os.path.dirname(__file__), "imagenet_classes.txt")
+
+
+def normalize(images: jax.Array) -> jax.Array:
+    """Float images in [0, 1], [..., 3] -> (images - MEAN) / STD per channel."""
+    return (images - jnp.asarray(MEAN, images.dtype)) / jnp.asarray(STD, images.dtype)
+
+
+def class_synsets_and_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The 1,000 WordNet synsets ('n01440764') and their names ('tench, Tinca tinca') in label order."""
+    with open(_CLASSES_FILE) as f:
+        rows = [line.rstrip("\n").split("\t") for line in f if line.strip()]
+    if len(rows) != NUM_CLASSES or any(len(r) != 2 for r in rows):
+        raise ValueError(f"{_CLASSES_FILE} must have {NUM_CLASSES} lines 'synset<TAB>names'; the package is damaged.")
+    synsets, names = zip(*rows)
+    return tuple(synsets), tuple(names)
+
+
+def class_prompts() -> tuple[str, ...]:
+    """One short name per class for text prompts: the first of its WordNet names ('tench')."""
+    return tuple(name.split(",")[0].strip() for name in class_synsets_and_names()[1])
+
+
+def resize_and_center_crop(image: np.ndarray, resize: int, crop: int) -> np.ndarray:
+    """uint8 [H, W, 3] (or [H, W, 1], [H, W]) -> uint8 [crop, crop, 3]: shorter side to `resize` (bilinear, as torchvision), center crop."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    pil = Image.fromarray(image).convert("RGB")
+    w, h = pil.size
+    scale = resize / min(w, h)
+    new_w, new_h = max(crop, round(w * scale)), max(crop, round(h * scale))
+    pil = pil.resize((new_w, new_h), Image.BILINEAR)
+    left, top = (new_w - crop) // 2, (new_h - crop) // 2
+    return np.asarray(pil.crop((left, top, left + crop, top + crop)), np.uint8)
+
+
+def process_shard(num_examples: int, process_index: int | None = None, process_count: int | None = None) -> np.ndarray:
+    """The example indices this process reads: its contiguous part of [0, num_examples) (parts differ by at most 1)."""
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    return np.array_split(np.arange(num_examples), count)[index]
+
+
+def open_split(split: str, data_dir: str | None = None, name: str = TFDS_NAME):
+    """tfds.data_source of a prepared split ('train', 'validation', 'train[:1%]'); a clear error when not prepared."""
+    import tensorflow_datasets as tfds  # slow to import; only ImageNet runs need it
+
+    try:
+        return tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
+    except Exception as e:  # noqa: BLE001 - tfds raises several types for a missing dataset
+        raise DatasetNotFoundError(
+            f"tfds {name} split {split!r} is not prepared in {data_dir or 'the default tfds data_dir'} "
+            f"({type(e).__name__}). Put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in a folder DIR and run "
+            f"`tfds build {name} --manual_dir=DIR --data_dir=DATA_DIR --file_format=array_record` once "
+            "(needs TensorFlow), then set config.data.tfds_data_dir=DATA_DIR."
+        ) from e
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSpec:
+    """How to batch a split: global rows per batch on this process, and the image geometry."""
+
+    batch_size: int
+    resize: int
+    crop: int
+
+
+def host_batches(source, indices: Sequence[int], spec: BatchSpec) -> Iterator[dict[str, np.ndarray]]:
+    """This process's examples in order, in batches of exactly spec.batch_size.
+
+    Yields {'images': uint8 [B, crop, crop, 3], 'labels': int32 [B], 'index': int64 [B],
+    'mask': bool [B]}; the last batch is padded with copies of its last row, mask False
+    there, so that every jitted call sees one shape.
+    """
+    indices = np.asarray(indices)
+    for start in range(0, len(indices), spec.batch_size):
+        chunk = indices[start : start + spec.batch_size]
+        examples = [source[int(i)] for i in chunk]
+        images = np.stack([resize_and_center_crop(e["image"], spec.resize, spec.crop) for e in examples])
+        labels = np.asarray([e["label"] for e in examples], np.int32)
+        short = spec.batch_size - len(chunk)
+        mask = np.arange(spec.batch_size) < len(chunk)
+        if short:
+            images = np.concatenate([images, np.repeat(images[-1:], short, axis=0)])
+            labels = np.concatenate([labels, np.repeat(labels[-1:], short)])
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], short)])
+        yield {"images": images, "labels": labels, "index": chunk.astype(np.int64), "mask": mask}

@@ -1,0 +1,210 @@
+"""Student training of the ImageNet protocol (SRe2L / RDED / D4M), data-parallel and resumable.
+
+The protocol: a student (ResNet-18 by default) trains for E epochs on the
+synthetic images with AdamW (lr 1e-3, weight decay 0.01, not on BatchNorm
+scales and biases), a cosine schedule, RandomResizedCrop 224 (scale 0.08-1),
+horizontal flip and CutMix; the target is the teacher's softmax at temperature
+20 on the same augmented batch, and each image's KL is multiplied by its
+weight (DDOQ: its Voronoi cell mass, rescaled to mean 1 per class).
+
+Devices: the step is jitted over the run's Mesh with the batch sharded on the
+'data' axis and parameters, optimizer state and BatchNorm statistics
+replicated (pqdjax.parallel); BatchNorm normalises by the statistics of the
+global batch, so the step equals the single-device step. Each process reads its
+part of every global batch from host memory.
+
+Resuming: with a checkpoint folder, an orbax CheckpointManager (asynchronous,
+keeping the last N) saves the state every `checkpoint_every` steps; a rerun
+restores the latest one and continues. Batches and augmentation keys are pure
+functions of (rng, step), so a resumed run continues exactly as the
+uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import struct
+
+from pqdjax import parallel
+from pqdjax.data.imagenet import normalize
+from pqdjax.train import loop, losses
+from pqdjax.train.imagenet_augment import student_augment
+
+PyTree = Any
+
+
+@struct.dataclass
+class BatchNormTrainState:
+    """A loop.TrainState (step, params, opt_state) and the model's BatchNorm statistics."""
+
+    train: loop.TrainState
+    batch_stats: PyTree
+
+    @property
+    def step(self) -> jax.Array:
+        return self.train.step
+
+
+def decay_mask(params: PyTree) -> PyTree:
+    """True for the leaves weight decay applies to: conv and dense kernels, not norm scales or biases (1-D)."""
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
+    """AdamW, cosine schedule (after optional warmup), weight decay masked off norm scales and biases."""
+    return loop.cosine_adam(config.learning_rate, num_steps, config.get("warmup_steps", 0), config.weight_decay, decay_mask)
+
+
+def create_state(model: nn.Module, rng: jax.Array, image_size: int, tx: optax.GradientTransformation) -> BatchNormTrainState:
+    variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, image_size, image_size, 3)), train=False))(rng)
+    return BatchNormTrainState(loop.create_train_state(variables["params"], tx), variables["batch_stats"])
+
+
+def make_kd_step(student: nn.Module, teacher: nn.Module, tx, temperature: float, image_size: int, cutmix_beta: float):
+    """The pure step (state, teacher_variables, batch, rng) -> (state, metrics).
+
+    batch = {'images': uint8 [B, H, W, 3], 'weights': float [B] (mean 1)}.
+    """
+
+    def step(state: BatchNormTrainState, teacher_variables: PyTree, batch: dict, rng: jax.Array):
+        images = batch["images"].astype(jnp.float32) / 255.0
+        images, weights = student_augment(rng, images, batch["weights"], image_size, cutmix_beta)
+        images = normalize(images)
+        teacher_logits = jax.lax.stop_gradient(teacher.apply(teacher_variables, images, train=False))
+
+        def loss_fn(params):
+            logits, updates = student.apply(
+                {"params": params, "batch_stats": state.batch_stats}, images, train=True, mutable=["batch_stats"],
+            )
+            loss = losses.weighted_mean(losses.soft_label_kl(logits, teacher_logits, temperature), weights)
+            return loss, (updates["batch_stats"], logits)
+
+        (loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.train.params)
+        agreement = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(teacher_logits, -1))
+        new_state = BatchNormTrainState(loop.apply_gradients(state.train, grads, tx), batch_stats)
+        return new_state, {"loss": loss, "teacher_agreement": agreement}
+
+    return step
+
+
+def jit_data_parallel(step, mesh):
+    """`step` jitted over `mesh`: state, teacher and key replicated, the batch sharded on 'data', state donated."""
+    rep, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    return jax.jit(step, in_shardings=(rep, rep, data, rep), out_shardings=(rep, rep), donate_argnums=0)
+
+
+def _checkpoint_manager(directory: str, config: ml_collections.ConfigDict):
+    import orbax.checkpoint as ocp  # slow to import; only resumable runs need it
+
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=config.get("keep_checkpoints", 2), enable_async_checkpointing=True,
+    )
+    return ocp.CheckpointManager(directory, options=options)
+
+
+def _restore_latest(manager, state: BatchNormTrainState) -> tuple[BatchNormTrainState, int]:
+    import orbax.checkpoint as ocp
+
+    step = manager.latest_step()
+    if step is None:
+        return state, 0
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    logging.info("resuming from the checkpoint of step %d in %s", step, manager.directory)
+    return restored, int(step)
+
+
+def train_student(
+    student: nn.Module,
+    teacher: nn.Module,
+    teacher_variables: PyTree,
+    images: np.ndarray,
+    weights: np.ndarray,
+    config: ml_collections.ConfigDict,
+    rng: jax.Array,
+    mesh,
+    checkpoint_dir: str | None = None,
+    name: str = "student",
+) -> tuple[dict, dict]:
+    """Trains a fresh student on (images uint8 [n, H, W, 3], weights [n]) by the protocol above.
+
+    config fields: epochs, batch_size (global), learning_rate, weight_decay,
+    warmup_steps, temperature, image_size, cutmix_beta, log_every, and for
+    resuming checkpoint_every, keep_checkpoints. Every process passes the same
+    (host) arrays and reads only its part of each batch.
+    Returns (variables {'params', 'batch_stats'}, {'resumed_from': step, 'steps': total, 'metrics': last}).
+    """
+    n = len(images)
+    if len(weights) != n or not np.all(np.isfinite(weights)) or np.any(np.asarray(weights) < 0):
+        raise ValueError(f"{name}: weights must be {n} finite non-negative numbers, one per image.")
+    batch_size = min(config.batch_size, n - n % parallel.data_parallel_size(mesh))
+    parallel.check_batch_size(mesh, batch_size)
+    num_steps = config.epochs * (n // batch_size)
+    tx = make_optimizer(config, num_steps)
+    init_rng, batch_rng, step_rng = jax.random.split(rng, 3)
+    state = parallel.replicate(mesh, create_state(student, init_rng, config.image_size, tx))
+    teacher_variables = parallel.replicate(mesh, teacher_variables)
+    step_fn = jit_data_parallel(make_kd_step(student, teacher, tx, config.temperature, config.image_size, config.cutmix_beta), mesh)
+
+    manager = _checkpoint_manager(checkpoint_dir, config) if checkpoint_dir else None
+    state, start = _restore_latest(manager, state) if manager else (state, 0)
+    rows = parallel.host_batch_slice(batch_size)
+    metrics: dict[str, float] = {}
+    timer = time.perf_counter()
+    for step, indices in enumerate(loop.epoch_batches(batch_rng, n, batch_size, num_steps)):
+        if step < start:
+            continue  # the batches a resumed run has already trained on
+        local = np.sort(np.asarray(indices)[rows])
+        batch = parallel.shard_host_batch(mesh, {"images": images[local], "weights": np.asarray(weights, np.float32)[local]})
+        state, device_metrics = step_fn(state, teacher_variables, batch, jax.random.fold_in(step_rng, step))
+        done = step + 1
+        if done % config.log_every == 0 or done == num_steps:
+            metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+            loop._check_finite(name, done, metrics)
+            rate = (done - start) / (time.perf_counter() - timer)
+            logging.info("%s: step %d/%d  %s  (%.2f steps/s)", name, done, num_steps,
+                         "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()), rate)
+        if manager and (done % config.checkpoint_every == 0 or done == num_steps):
+            manager.save(done, args=_standard_save(state))
+    if manager:
+        manager.wait_until_finished()
+        manager.close()
+    variables = {"params": state.train.params, "batch_stats": state.batch_stats}
+    return variables, {"resumed_from": start, "steps": num_steps, "metrics": metrics}
+
+
+def _standard_save(state):
+    import orbax.checkpoint as ocp
+
+    return ocp.args.StandardSave(state)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _predict(model: nn.Module, variables, images: jax.Array) -> jax.Array:
+    return model.apply(variables, normalize(images.astype(jnp.float32) / 255.0), train=False)
+
+
+def accuracy(model: nn.Module, variables, batches) -> float:
+    """Top-1 accuracy over an iterable of {'images': uint8 [B, 224, 224, 3], 'labels': [B], 'mask': bool [B]}.
+
+    The mask marks the real rows of a padded final batch.
+    """
+    correct = total = 0
+    for batch in batches:
+        predictions = np.argmax(np.asarray(_predict(model, variables, jnp.asarray(batch["images"]))), axis=1)
+        mask = np.asarray(batch["mask"], bool)
+        correct += int(np.sum((predictions == np.asarray(batch["labels"])) & mask))
+        total += int(mask.sum())
+    if total == 0:
+        raise ValueError("accuracy: no examples.")
+    return correct / total

@@ -1,0 +1,52 @@
+"""ImageNet input: class names, resizing, per-process shards and batches on tfds mock data."""
+
+import numpy as np
+import pytest
+
+from pqdjax.data import imagenet
+from pqdjax.data.sources import DatasetNotFoundError
+
+
+def test_class_names_are_the_1000_imagenet_classes_in_tfds_label_order():
+    synsets, names = imagenet.class_synsets_and_names()
+    assert len(synsets) == len(set(synsets)) == 1000
+    assert synsets == tuple(sorted(synsets))  # tfds's labels are the synsets sorted
+    assert (synsets[0], names[0]) == ("n01440764", "tench, Tinca tinca")
+    assert imagenet.class_prompts()[1] == "goldfish" and imagenet.class_prompts()[-1] == "toilet tissue"
+
+
+def test_resize_and_center_crop_keeps_the_center():
+    image = np.zeros((300, 400, 3), np.uint8)
+    image[100:200, 150:250] = 255  # a centred white square, a third of the height
+    out = imagenet.resize_and_center_crop(image, 256, 224)
+    assert out.shape == (224, 224, 3) and out.dtype == np.uint8
+    rows = np.flatnonzero(out[:, 112, 0] > 127)
+    assert abs(len(rows) - 256 / 3) <= 2 and abs(rows.mean() - 111.5) <= 1.5
+    gray = imagenet.resize_and_center_crop(np.full((50, 60, 1), 9, np.uint8), 32, 32)
+    assert gray.shape == (32, 32, 3) and np.all(gray == 9)
+
+
+def test_process_shards_partition_the_split():
+    parts = [imagenet.process_shard(10, i, 3) for i in range(3)]
+    np.testing.assert_array_equal(np.concatenate(parts), np.arange(10))
+    assert [len(p) for p in parts] == [4, 3, 3]
+
+
+def test_host_batches_from_tfds_mock_data():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=7):
+        source = imagenet.open_split("validation")
+        indices = imagenet.process_shard(len(source), 1, 2)
+        batches = list(imagenet.host_batches(source, indices, imagenet.BatchSpec(batch_size=2, resize=40, crop=32)))
+        expected_labels = [source[int(i)]["label"] for i in indices]
+    assert len(source) == 7 and list(indices) == [4, 5, 6]
+    assert [b["images"].shape for b in batches] == [(2, 32, 32, 3)] * 2
+    assert [b["mask"].tolist() for b in batches] == [[True, True], [True, False]]
+    labels = np.concatenate([b["labels"][b["mask"]] for b in batches])
+    np.testing.assert_array_equal(labels, expected_labels)
+    assert np.all((labels >= 0) & (labels < 1000))
+
+
+def test_unprepared_imagenet_is_a_clear_error(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="tfds build imagenet2012 --manual_dir"):
+        imagenet.open_split("train", data_dir=str(tmp_path))

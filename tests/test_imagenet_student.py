@@ -1,0 +1,131 @@
+"""The ImageNet student protocol: augmentations, masked AdamW, the data-parallel step, resuming."""
+
+import shutil
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from pqdjax import parallel
+from pqdjax.models.resnet import ResNet
+from pqdjax.train import imagenet_augment, imagenet_student
+
+
+def test_crop_and_resize_full_window_is_identity_and_integer_window_is_a_slice():
+    image = jax.random.uniform(jax.random.key(0), (16, 16, 3))
+    np.testing.assert_allclose(imagenet_augment.crop_and_resize(image, 0.0, 0.0, 16.0, 16.0, 16), image, atol=1e-5)
+    window = imagenet_augment.crop_and_resize(image, 4.0, 2.0, 8.0, 8.0, 8)
+    np.testing.assert_allclose(window, image[4:12, 2:10], atol=1e-5)
+
+
+def test_random_resized_crop_areas_follow_the_scale_range():
+    """Crops of a ramp image: the spread of a crop's values tells its side; it stays within the scale bounds."""
+    ramp = jnp.broadcast_to(jnp.arange(64.0)[None, :, None], (64, 64, 1))
+    crops = imagenet_augment.random_resized_crop(jax.random.key(1), jnp.stack([ramp] * 256), 32)
+    widths = crops[:, 16, -1, 0] - crops[:, 16, 0, 0]  # about crop width * 31/32
+    assert crops.shape == (256, 32, 32, 1)
+    assert float(widths.min()) > 0.2 * 64 * 31 / 32 - 2  # sqrt(0.08 * 3/4) of the side at least
+    assert float(widths.max()) <= 64
+    assert float(jnp.std(widths)) > 5  # the sizes vary
+
+
+def test_cutmix_mixes_weights_by_pasted_area():
+    images = jnp.stack([jnp.full((10, 10, 1), float(i)) for i in range(6)])
+    weights = jnp.arange(6.0) + 1
+    mixed, mixed_weights = imagenet_augment.cutmix(jax.random.key(3), images, weights, beta=1.0)
+    for i in range(6):
+        values, counts = np.unique(np.asarray(mixed[i]), return_counts=True)
+        fractions = dict(zip(values.tolist(), (counts / 100).tolist()))
+        expected = sum(f * float(weights[int(v)]) for v, f in fractions.items())
+        np.testing.assert_allclose(float(mixed_weights[i]), expected, rtol=1e-5)
+    assert not np.array_equal(np.asarray(mixed), np.asarray(images))
+
+
+def test_weight_decay_skips_norm_scales_and_biases():
+    model = ResNet(num_classes=4, width=4)
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    config = ml_collections.ConfigDict(dict(learning_rate=0.1, weight_decay=0.5))
+    tx = imagenet_student.make_optimizer(config, 10)
+    params = variables["params"]
+    zero_grads = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = jax.jit(tx.update)(zero_grads, tx.init(params), params)
+    assert float(jnp.abs(updates["bn1"]["scale"]).max()) == 0.0
+    assert float(jnp.abs(updates["fc"]["bias"]).max()) == 0.0
+    np.testing.assert_allclose(updates["fc"]["kernel"], -0.1 * 0.5 * params["fc"]["kernel"], rtol=1e-5)
+
+
+def _tiny_setup(image_size=16):
+    student = ResNet(num_classes=5, width=4)
+    teacher = ResNet(num_classes=5, width=8)
+    teacher_variables = jax.jit(teacher.init)(jax.random.key(7), jnp.zeros((1, image_size, image_size, 3)))
+    config = ml_collections.ConfigDict(dict(
+        epochs=2, batch_size=16, learning_rate=1e-2, weight_decay=0.01, warmup_steps=0, temperature=20.0,
+        image_size=image_size, cutmix_beta=1.0, log_every=1, checkpoint_every=2, keep_checkpoints=2,
+    ))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (32, 20, 20, 3), dtype=np.uint8)
+    weights = rng.uniform(0.2, 2.0, 32).astype(np.float32)
+    return student, teacher, teacher_variables, config, images, weights
+
+
+def test_kd_step_loss_is_the_weighted_kl_of_the_augmented_batch():
+    student, teacher, teacher_variables, config, images, weights = _tiny_setup()
+    tx = imagenet_student.make_optimizer(config, 4)
+    state = imagenet_student.create_state(student, jax.random.key(0), 16, tx)
+    step = imagenet_student.make_kd_step(student, teacher, tx, 20.0, 16, 1.0)
+    batch = {"images": jnp.asarray(images[:16]), "weights": jnp.asarray(weights[:16])}
+    rng = jax.random.key(5)
+    _, metrics = jax.jit(step)(state, teacher_variables, batch, rng)
+    # An independent recomputation of the same loss from the same augmented batch.
+    @jax.jit
+    def oracle(batch):
+        augmented, mixed_weights = imagenet_augment.student_augment(rng, batch["images"] / 255.0, batch["weights"], 16, 1.0)
+        x = (augmented - jnp.asarray((0.485, 0.456, 0.406))) / jnp.asarray((0.229, 0.224, 0.225))
+        student_logits, _ = student.apply({"params": state.train.params, "batch_stats": state.batch_stats}, x, train=True, mutable=["batch_stats"])
+        teacher_logits = teacher.apply(teacher_variables, x, train=False)
+        p = jax.nn.softmax(teacher_logits / 20.0)
+        kl = 400.0 * jnp.sum(p * (jnp.log(p) - jax.nn.log_softmax(student_logits / 20.0)), axis=1)
+        return jnp.mean(mixed_weights * kl)
+
+    np.testing.assert_allclose(float(metrics["loss"]), float(oracle(batch)), rtol=1e-4)
+
+
+def test_sharded_step_on_8_devices_equals_single_device_step():
+    assert jax.device_count() == 8, "tests/conftest.py fakes 8 CPU devices"
+    student, teacher, teacher_variables, config, images, weights = _tiny_setup()
+    tx = imagenet_student.make_optimizer(config, 4)
+    step = imagenet_student.make_kd_step(student, teacher, tx, 20.0, 16, 1.0)
+    results = []
+    for mesh in (parallel.make_mesh(devices=jax.devices()[:1]), parallel.make_mesh()):
+        assert parallel.data_parallel_size(mesh) in (1, 8)
+        state = parallel.replicate(mesh, imagenet_student.create_state(student, jax.random.key(0), 16, tx))
+        sharded_step = imagenet_student.jit_data_parallel(step, mesh)
+        teacher_on_mesh = parallel.replicate(mesh, teacher_variables)
+        for s in range(2):
+            batch = parallel.shard_host_batch(mesh, {"images": images[16 * s : 16 * (s + 1)], "weights": weights[16 * s : 16 * (s + 1)]})
+            state, metrics = sharded_step(state, teacher_on_mesh, batch, jax.random.key(s))
+        if parallel.data_parallel_size(mesh) == 8:
+            assert len(batch["images"].sharding.device_set) == 8
+        results.append((jax.device_get(state), float(metrics["loss"])))
+    (single, single_loss), (sharded, sharded_loss) = results
+    assert sharded_loss == pytest.approx(single_loss, rel=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5), single, sharded)
+    # The step did change the parameters and the BatchNorm statistics.
+    fresh = imagenet_student.create_state(student, jax.random.key(0), 16, tx)
+    assert not np.allclose(single.batch_stats["bn1"]["mean"], fresh.batch_stats["bn1"]["mean"])
+
+
+def test_resuming_from_a_mid_training_checkpoint_continues_identically(tmp_path):
+    student, teacher, teacher_variables, config, images, weights = _tiny_setup()
+    mesh = parallel.make_mesh()
+    args = (student, teacher, teacher_variables, images, weights, config, jax.random.key(11), mesh)
+    uninterrupted, info = imagenet_student.train_student(*args, checkpoint_dir=str(tmp_path / "a"))
+    assert info["steps"] == 4 and info["resumed_from"] == 0
+    # Interrupted after step 2: the same run's folder with only the step-2 checkpoint in it.
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "4")
+    resumed, info = imagenet_student.train_student(*args, checkpoint_dir=str(tmp_path / "b"))
+    assert info["resumed_from"] == 2
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed), jax.device_get(uninterrupted))
