@@ -14,6 +14,13 @@ class ConfigError(ValueError):
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first bad field and what it accepts."""
+    if config.data.name == "imagenet2012":
+        raise ConfigError(
+            "the ImageNet-1K pipeline (configs/in1k.py) is not wired into pqdjax.main yet: it needs the Stable "
+            "Diffusion encode/decode and streaming CLVQ stages. Its parts run on their own: "
+            "pqdjax.models.convert_torchvision (teacher), pqdjax.train.imagenet_student (students), "
+            "pqdjax.data.imagenet (tfds input), pqdjax.parallel (mesh)."
+        )
     ipcs = tuple(config.ipcs)
     if not ipcs or any(not isinstance(k, int) or k < 1 for k in ipcs):
         raise ConfigError(f"config.ipcs must be positive integers, got {ipcs}.")

@@ -50,3 +50,21 @@ def test_host_batches_from_tfds_mock_data():
 def test_unprepared_imagenet_is_a_clear_error(tmp_path):
     with pytest.raises(DatasetNotFoundError, match="tfds build imagenet2012 --manual_dir"):
         imagenet.open_split("train", data_dir=str(tmp_path))
+
+
+def test_in1k_config_options_and_its_clear_not_wired_error():
+    from configs import in1k
+
+    from pqdjax.config_checks import ConfigError, validate_config
+
+    config = in1k.get_config("ipc=50,quantizer=lloyd,student=resnet50")
+    assert config.ipcs == (50,) and config.quantize.method == "lloyd" and config.evaluate.model.arch == "resnet50"
+    assert config.evaluate.train.temperature == 20.0 and config.decode.strength == 0.7 and config.decode.guidance_scale == 8.0
+    local = in1k.get_config("runlocal")
+    assert local.evaluate.train.epochs == 1 and local.teacher.model.arch == "resnet10"
+    with pytest.raises(ValueError, match="unknown option"):
+        in1k.get_config("ipcs=10")
+    with pytest.raises(ValueError, match="quantizer"):
+        in1k.get_config("quantizer=kmeans")
+    with pytest.raises(ConfigError, match="not wired"):
+        validate_config(config)

@@ -57,8 +57,8 @@ def test_weight_decay_skips_norm_scales_and_biases():
 
 
 def _tiny_setup(image_size=16):
-    student = ResNet(num_classes=5, width=4)
-    teacher = ResNet(num_classes=5, width=8)
+    student = ResNet(num_classes=5, depth_name="resnet10", width=4)
+    teacher = ResNet(num_classes=5, depth_name="resnet10", width=8)
     teacher_variables = jax.jit(teacher.init)(jax.random.key(7), jnp.zeros((1, image_size, image_size, 3)))
     config = ml_collections.ConfigDict(dict(
         epochs=2, batch_size=16, learning_rate=1e-2, weight_decay=0.01, warmup_steps=0, temperature=20.0,

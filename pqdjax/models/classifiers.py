@@ -14,7 +14,7 @@ def make_classifier(config: ml_collections.ConfigDict, num_classes: int) -> nn.M
     """The classifier named by config.arch, built with its options.
 
     'convnet': ConvNet-D with config.width, config.depth, config.norm.
-    'resnet18' | 'resnet34' | 'resnet50' | 'resnet101': torchvision's ResNet
+    'resnet10' | 'resnet18' | 'resnet34' | 'resnet50' | 'resnet101': torchvision's ResNet
     (BatchNorm: its variables include 'batch_stats', and it takes `train=`),
     with an optional config.width (default 64) for tiny test models.
     """

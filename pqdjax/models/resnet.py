@@ -1,4 +1,4 @@
-"""ResNet-18/34/50/101 in flax linen, layer for layer torchvision's architecture.
+"""ResNet-10/18/34/50/101 in flax linen, layer for layer torchvision's architecture.
 
 The parameter tree mirrors torchvision's state-dict keys, so that converted
 weights (pqdjax.models.convert_torchvision) drop in: torch's `layer2.0.conv1`
@@ -27,6 +27,7 @@ _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 # name -> (block type, blocks per stage)
 ARCHITECTURES = {
+    "resnet10": ("basic", (1, 1, 1, 1)),  # the smallest of the family, for quick runs and tests
     "resnet18": ("basic", (2, 2, 2, 2)),
     "resnet34": ("basic", (3, 4, 6, 3)),
     "resnet50": ("bottleneck", (3, 4, 6, 3)),
@@ -85,7 +86,7 @@ class ResNet(nn.Module):
 
     Attributes:
       num_classes: outputs of the final linear layer.
-      depth_name: a key of ARCHITECTURES ('resnet18', 'resnet34', 'resnet50', 'resnet101').
+      depth_name: a key of ARCHITECTURES ('resnet10', 'resnet18', 'resnet34', 'resnet50', 'resnet101').
       width: channels of the first stage (64 in torchvision; smaller for tiny test models).
     """
 
