@@ -147,7 +147,10 @@ def train_student(
     n = len(images)
     if len(weights) != n or not np.all(np.isfinite(weights)) or np.any(np.asarray(weights) < 0):
         raise ValueError(f"{name}: weights must be {n} finite non-negative numbers, one per image.")
-    batch_size = min(config.batch_size, n - n % parallel.data_parallel_size(mesh))
+    devices = parallel.data_parallel_size(mesh)
+    if n < devices:
+        raise ValueError(f"{name}: {n} images cannot fill one batch over the mesh's {devices} data-parallel devices.")
+    batch_size = min(config.batch_size, n - n % devices)
     parallel.check_batch_size(mesh, batch_size)
     num_steps = config.epochs * (n // batch_size)
     tx = make_optimizer(config, num_steps)
