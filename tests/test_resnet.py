@@ -32,10 +32,13 @@ def test_pth_reader_never_runs_pickled_code(tmp_path):
         convert_torchvision.load_state_dict(str(tmp_path / "legacy.pth"))
 
 
-def test_resnet50_shapes_and_jit():
+def test_resnet50_shapes():
+    """Bottleneck blocks: 1x1 -> 3x3 -> 1x1 (4x planes) and the widened classifier input (shapes only, no compile)."""
     model = ResNet(num_classes=3, depth_name="resnet50", width=8)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
     assert variables["params"]["layer1_0"]["conv3"]["kernel"].shape == (1, 1, 8, 32)
+    assert variables["params"]["layer2_0"]["conv2"]["kernel"].shape == (3, 3, 16, 16)
     assert variables["params"]["fc"]["kernel"].shape == (8 * 8 * 4, 3)
-    out = jax.jit(lambda v, x: model.apply(v, x))(variables, jnp.ones((2, 32, 32, 3)))
-    assert out.shape == (2, 3) and bool(jnp.all(jnp.isfinite(out)))
+    assert len([k for k in variables["params"] if k.startswith("layer3_")]) == 6
+    out = jax.eval_shape(lambda v, x: model.apply(v, x), variables, jnp.ones((2, 32, 32, 3)))
+    assert out.shape == (2, 3)
