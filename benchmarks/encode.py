@@ -9,7 +9,7 @@ batch of `--batch_size` images of `--size` px (posterior mean, float32, after
 one untimed warm-up call each) and prints images/s side by side.
 
 Command (needs the optional torch extra; on the shared machine run it under the CPU lock):
-    flock /tmp/pqdjax-cpu.lock python -m benchmarks.encode --size=256 --batch_size=4 --repeats=5
+    flock /tmp/pqdjax-cpu.lock python -m benchmarks.encode --size=256 --batch_size=2 --repeats=3
 """
 
 from __future__ import annotations
