@@ -13,7 +13,7 @@ import logging as std_logging
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pqdjax import pipeline
+from pqdjax import parallel, pipeline
 from pqdjax.models import silence_diffusers_deprecation
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, with an optional ':arg'.", lock_config=True)
@@ -32,6 +32,7 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.INFO)
     logging.get_absl_handler().addFilter(_quiet_third_party_info)
     silence_diffusers_deprecation()
+    parallel.initialize_distributed(_CONFIG.value.get("distributed"))  # multi-host: before any device is used
     results = pipeline.run(_CONFIG.value, _WORKDIR.value)
     print(results["table"])
 
