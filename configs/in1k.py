@@ -41,11 +41,12 @@ validation resize 256, center crop 224. Checkpoints every
 evaluate.train.checkpoint_every steps (orbax, async, keep 2): a rerun resumes.
 
 Status: the teacher conversion, the student protocol with resumable
-data-parallel training, the tfds input and the mesh are implemented and
-tested; the Stable Diffusion encode/decode stages and streaming CLVQ that
-this config names come with the diffusion and quantization packages, and the
-pipeline's ImageNet stages are not wired to this config yet, so
-`pqdjax.main` stops with an error that says so.
+data-parallel training, the tfds input, the mesh and the quantizers
+(pqdjax.quantize: Lloyd, CLVQ with clvq_stream, classes sharded over a mesh)
+are implemented and tested; the Stable Diffusion encode stage (latents
+streamed to disk per class) and img2img decode stage, and the wiring of the
+ImageNet stages into the pipeline, are not there yet, so `pqdjax.main` stops
+with an error that says so.
 """
 
 import ml_collections

@@ -17,9 +17,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if config.data.name == "imagenet2012":
         raise ConfigError(
             "the ImageNet-1K pipeline (configs/in1k.py) is not wired into pqdjax.main yet: it needs the Stable "
-            "Diffusion encode/decode and streaming CLVQ stages. Its parts run on their own: "
+            "Diffusion encode (per-class latents on disk) and img2img decode stages. Its parts run on their own: "
             "pqdjax.models.convert_torchvision (teacher), pqdjax.train.imagenet_student (students), "
-            "pqdjax.data.imagenet (tfds input), pqdjax.parallel (mesh)."
+            "pqdjax.data.imagenet (tfds input), pqdjax.quantize (clvq_stream), pqdjax.parallel (mesh)."
         )
     ipcs = tuple(config.ipcs)
     if not ipcs or any(not isinstance(k, int) or k < 1 for k in ipcs):
