@@ -36,7 +36,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.ipcs = (10,)
-    config.methods = ("random", "d4m", "ddoq")
+    # d4m and ddoq decode with config.decode.method; ddoq_vae: the ddoq points decoded by the VAE alone.
+    config.methods = ("random", "d4m", "ddoq", "ddoq_vae")
     # 'auto': compute conv kernel gradients by shifted matmuls on CPU (pqdjax.models.fast_conv).
     config.fast_conv_gradients = "auto"
 
@@ -80,7 +81,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         w2_max_iterations=20000,
     ))
 
-    config.decode = ml_collections.ConfigDict(dict(method="vae"))
+    # The class-conditioned latent denoiser of the diffusion decoder (pqdjax.models.denoiser).
+    config.denoiser = ml_collections.ConfigDict()
+    config.denoiser.model = ml_collections.ConfigDict(dict(
+        block_out_channels=(32, 64),  # 7x7 latents, padded to 8x8, then 4x4 with cross-attention
+        layers_per_block=1,
+        attention_head_dim=8,
+        context_dim=64,
+        num_train_timesteps=1000,
+        beta_schedule="linear",  # the DDPM schedule
+        beta_start=1e-4,
+        beta_end=0.02,
+    ))
+    config.denoiser.train = ml_collections.ConfigDict(dict(
+        steps=1500, batch_size=128, learning_rate=1e-3, warmup_steps=50, class_dropout=0.1, log_every=250,
+    ))
+
+    # 'vae': decode the points directly; 'diffusion': img2img with the denoiser, then the VAE (DDOQ, D4M).
+    config.decode = ml_collections.ConfigDict(dict(method="diffusion"))
+    config.decode.diffusion = ml_collections.ConfigDict(dict(strength=0.7, guidance=3.0, steps=50, batch_size=100))
+    # The figure pushforward.png: a few points decoded directly, then after img2img at these strengths.
+    config.decode.figure_strengths = (0.3, 0.5, 0.7, 0.9, 1.0)
 
     config.evaluate = ml_collections.ConfigDict()
     config.evaluate.seeds = (0, 1)
@@ -105,4 +126,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.evaluate.train.update(steps=3, batch_size=20, warmup_steps=0, log_every=1)
         config.evaluate.seeds = (0,)
         config.ipcs = (2,)
+        config.denoiser.model.update(block_out_channels=(32,), context_dim=32)
+        config.denoiser.train.update(steps=3, batch_size=32, warmup_steps=0, log_every=1)
+        config.decode.diffusion.update(steps=4, batch_size=8)
+        config.decode.figure_strengths = (0.5, 1.0)
     return config

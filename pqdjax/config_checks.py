@@ -6,6 +6,23 @@ import ml_collections
 
 KNOWN_METHODS = ("random", "d4m", "ddoq")
 KNOWN_QUANTIZERS = ("lloyd", "clvq", "barycenter")  # pqdjax.quantize.METHODS
+KNOWN_DECODERS = ("vae", "diffusion")
+
+
+def split_method(method: str) -> tuple[str, str | None]:
+    """'ddoq' -> ('ddoq', None); 'ddoq_vae' -> ('ddoq', 'vae'): the points of ddoq decoded by 'vae'.
+
+    A bare d4m or ddoq decodes with config.decode.method; a suffix names another
+    decoder, so that one run compares decoders on the same points.
+    """
+    base, _, decoder = method.partition("_")
+    return base, decoder or None
+
+
+def decoder_of(method: str, config: ml_collections.ConfigDict) -> str | None:
+    """The decoder that makes `method`'s images (None for random real images)."""
+    base, decoder = split_method(method)
+    return None if base == "random" else decoder or config.decode.method
 
 
 class ConfigError(ValueError):
@@ -27,9 +44,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if len(set(ipcs)) != len(ipcs):
         raise ConfigError(f"config.ipcs has duplicates: {ipcs}.")
     methods = tuple(config.methods)
-    unknown = [m for m in methods if m not in KNOWN_METHODS]
-    if not methods or unknown:
-        raise ConfigError(f"config.methods must be a non-empty subset of {KNOWN_METHODS}, got {methods}.")
+    if not methods or len(set(methods)) != len(methods):
+        raise ConfigError(f"config.methods must be distinct and non-empty, got {methods}.")
+    for method in methods:
+        base, decoder = split_method(method)
+        if base not in KNOWN_METHODS or (decoder is not None and (base == "random" or decoder not in KNOWN_DECODERS)):
+            raise ConfigError(
+                f"unknown method {method!r} in config.methods; known: {KNOWN_METHODS}, and d4m or ddoq with a "
+                f"decoder suffix from {KNOWN_DECODERS} (e.g. 'ddoq_vae')."
+            )
+    _validate_decode(config)
     seeds = tuple(config.evaluate.seeds)
     if not seeds or any(not isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
         raise ConfigError(f"config.evaluate.seeds must be distinct integers, got {seeds}.")
@@ -44,3 +68,29 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 raise ConfigError(f"config.{path}.{field} must be at least 1, got {section[field]}.")
         if section.learning_rate <= 0:
             raise ConfigError(f"config.{path}.learning_rate must be positive, got {section.learning_rate}.")
+
+
+def _validate_decode(config: ml_collections.ConfigDict) -> None:
+    if config.decode.method not in KNOWN_DECODERS:
+        raise ConfigError(f"config.decode.method must be one of {KNOWN_DECODERS}, got {config.decode.method!r}.")
+    if "diffusion" not in {decoder_of(m, config) for m in config.methods}:
+        return
+    diffusion = config.decode.diffusion
+    if not 0.0 <= diffusion.strength <= 1.0:
+        raise ConfigError(f"config.decode.diffusion.strength must be in [0, 1], got {diffusion.strength}.")
+    if diffusion.steps < 1 or diffusion.batch_size < 1:
+        raise ConfigError(
+            f"config.decode.diffusion.steps and batch_size must be at least 1, got {diffusion.steps} and {diffusion.batch_size}."
+        )
+    if diffusion.guidance < 0:
+        raise ConfigError(f"config.decode.diffusion.guidance must be non-negative (1: no guidance), got {diffusion.guidance}.")
+    train = config.denoiser.train
+    if train.steps < 1 or train.batch_size < 1 or train.learning_rate <= 0:
+        raise ConfigError("config.denoiser.train needs steps >= 1, batch_size >= 1 and a positive learning_rate.")
+    if not 0.0 <= train.class_dropout < 1.0:
+        raise ConfigError(f"config.denoiser.train.class_dropout must be in [0, 1), got {train.class_dropout}.")
+    bad = [c for c in config.denoiser.model.block_out_channels if c < 32 or c % 32]
+    if bad:
+        raise ConfigError(
+            f"config.denoiser.model.block_out_channels must be multiples of 32 (diffusers' GroupNorm has 32 groups), got {bad}."
+        )

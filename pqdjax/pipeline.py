@@ -1,6 +1,6 @@
 """Runs the stages of a distillation experiment in order, skipping finished ones.
 
-    data -> prior -> teacher -> encode -> quantize -> decode -> evaluate -> report
+    data -> prior -> teacher -> encode -> denoiser -> quantize -> decode -> evaluate -> report
 
 Each stage lives in pqdjax/stages/ and takes the `Run` (config, artifact
 store, lazily loaded dataset, PRNG keys) and the outputs of the stages before
@@ -75,7 +75,7 @@ def _timed(run: Run, name: str, fn, *args):
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs (or resumes) the experiment of `config` in `workdir`; returns the report (see stages.report)."""
-    from pqdjax.stages import decode, encode, evaluate, prior, quantize, report, teacher
+    from pqdjax.stages import decode, denoiser, encode, evaluate, prior, quantize, report, teacher
 
     validate_config(config)
     store = artifacts.ArtifactStore(workdir)
@@ -86,8 +86,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     prior_out = _timed(run_, "prior", prior.run, run_)
     teacher_out = _timed(run_, "teacher", teacher.run, run_)
     latents = _timed(run_, "encode", encode.run, run_, prior_out)
+    denoiser_out = _timed(run_, "denoiser", denoiser.run, run_, latents)
     quantized = _timed(run_, "quantize", quantize.run, run_, latents)
-    synthetic = _timed(run_, "decode", decode.run, run_, prior_out, latents, quantized)
+    synthetic = _timed(run_, "decode", decode.run, run_, prior_out, latents, quantized, denoiser_out)
     evaluations = _timed(run_, "evaluate", evaluate.run, run_, teacher_out, synthetic)
     run_.stage_seconds["total"] = round(time.perf_counter() - total_start, 2)
     return report.run(run_, teacher_out, quantized, synthetic, evaluations)

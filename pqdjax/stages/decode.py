@@ -4,8 +4,15 @@
     d4m     the quantization points decoded to images, uniform weights
     ddoq    the same images, weighted by the Voronoi cell masses
 
-Decoders map latent points to images; config.decode.method picks one. 'vae'
-decodes the points directly with the VAE decoder.
+Decoders map latent points to images; config.decode.method picks the one of
+d4m and ddoq, and a method with a decoder suffix ('ddoq_vae',
+'d4m_diffusion') decodes the same points with another, so that one run
+compares them:
+
+    vae        the VAE decoder, directly
+    diffusion  the pushforward of DDOQ and D4M: img2img of each point with the
+               class-conditioned latent denoiser (noise to config.decode.diffusion
+               .strength, DDIM with classifier-free guidance), then the VAE decoder
 """
 
 from __future__ import annotations
@@ -13,13 +20,18 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 from pqdjax import artifacts
 from pqdjax.batching import map_batches
+from pqdjax.config_checks import decoder_of, split_method
 from pqdjax.data.preprocess import to_uint8
+from pqdjax.diffusion import img2img
 from pqdjax.models import vae as vae_lib
+
+STRIPS_ARTIFACT = "figures/pushforward_strips.npz"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,27 +45,73 @@ class SyntheticSet:
     fingerprint: str
 
 
-def decode_with_vae(run, prior, points: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Latent points [n, h, w, c] -> float images [n, H, W, C] by the VAE decoder (labels unused)."""
-    del run, labels
+def decoders_in_use(config) -> set[str]:
+    """The decoders the config's methods need."""
+    return {d for d in (decoder_of(m, config) for m in config.methods) if d is not None}
+
+
+def decode_with_vae(run, prior, denoiser, points: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Latent points [n, h, w, c] -> float images [n, H, W, C] by the VAE decoder (labels, denoiser unused)."""
+    del run, denoiser, labels
     decode = jax.jit(lambda p, z: vae_lib.decode(prior.vae, p, z, prior.latent_scale))
     return map_batches(lambda z: decode(prior.params, z), points, 256)
 
 
-DECODERS = {"vae": decode_with_vae}
+def denoise_points(denoiser, points: np.ndarray, labels: np.ndarray, rng: jax.Array, *, strength: float, guidance: float, steps: int, batch_size: int) -> np.ndarray:
+    """img2img of latent points [n, h, w, c] of classes labels [n] with the class-conditioned denoiser.
+
+    Batch b's noise comes from fold_in(rng, b), so a point's result depends on
+    its position and batch size but not on the other points of the batch.
+    """
+    model, params = denoiser.model, denoiser.params
+    scheduler = model.ddim_scheduler()
+    points = np.asarray(points, np.float32)
+    labels = np.asarray(labels, np.int32)
+
+    def sample(indices: np.ndarray) -> jax.Array:
+        cond = model.class_context(params, jnp.asarray(labels[indices]))
+        uncond = model.class_context(params, jnp.full(len(indices), model.null_class))
+        key = jax.random.fold_in(rng, int(indices[0]) // batch_size)
+        return img2img(
+            model.epsilon, scheduler, params, jnp.asarray(points[indices]), cond, uncond, key,
+            strength=strength, guidance=guidance, steps=steps,
+        )
+
+    return map_batches(sample, np.arange(len(points)), batch_size)
 
 
-def _decode_points(run, prior, latent_shape, quantized) -> np.ndarray:
-    config = run.config.decode
-    if config.method not in DECODERS:
-        raise ValueError(f"unknown config.decode.method {config.method!r}; known: {sorted(DECODERS)}.")
+def decode_with_diffusion(run, prior, denoiser, points: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Latent points [n, h, w, c] of classes labels [n] -> float images [n, H, W, C]: img2img, then the VAE decoder."""
+    settings = run.config.decode.diffusion
+    denoised = denoise_points(
+        denoiser, points, labels, run.rng("decode", "diffusion"),
+        strength=settings.strength, guidance=settings.guidance, steps=settings.steps, batch_size=settings.batch_size,
+    )
+    return decode_with_vae(run, prior, None, denoised, labels)
+
+
+DECODERS = {"vae": decode_with_vae, "diffusion": decode_with_diffusion}
+
+
+def _decode_points(run, prior, denoiser, decoder: str, latent_shape, quantized) -> np.ndarray:
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; known: {sorted(DECODERS)}.")
     points = quantized.arrays["points"]  # [C, K, d]
     num_classes, ipc, _ = points.shape
     labels = np.repeat(np.arange(num_classes), ipc)
-    images = DECODERS[config.method](run, prior, points.reshape((-1,) + tuple(latent_shape)), labels)
+    images = DECODERS[decoder](run, prior, denoiser, points.reshape((-1,) + tuple(latent_shape)), labels)
     if not np.all(np.isfinite(images)):
-        raise FloatingPointError(f"decode: the {config.method} decoder produced NaN or inf images at IPC {ipc}.")
+        raise FloatingPointError(f"decode: the {decoder} decoder produced NaN or inf images at IPC {ipc}.")
     return to_uint8(images).reshape((num_classes, ipc) + images.shape[1:])
+
+
+def _decoder_fingerprint(run, decoder: str, quantized, prior, denoiser) -> str:
+    if decoder == "diffusion":
+        return artifacts.fingerprint(
+            "decode", decoder, quantized.fingerprint, prior.fingerprint, denoiser.fingerprint,
+            run.config.decode.diffusion, run.config.seed,
+        )
+    return artifacts.fingerprint("decode", decoder, quantized.fingerprint, prior.fingerprint)
 
 
 def _synthetic_set(run, method: str, quantized, decoded_fp: str, make) -> SyntheticSet:
@@ -68,29 +126,67 @@ def _synthetic_set(run, method: str, quantized, decoded_fp: str, make) -> Synthe
     return SyntheticSet(method, quantized.ipc, stored["images"], stored["weights"], fp)
 
 
-def run(run, prior, latents, quantized: dict) -> dict[tuple[str, int], SyntheticSet]:
+def run(run, prior, latents, quantized: dict, denoiser=None) -> dict[tuple[str, int], SyntheticSet]:
     methods = tuple(run.config.methods)
     out = {}
     for ipc, q in quantized.items():
         num_classes = q.arrays["points"].shape[0]
         uniform = np.full((num_classes, ipc), 1.0 / ipc, np.float32)
-        decoded_fp = artifacts.fingerprint("decode", q.fingerprint, prior.fingerprint, run.config.decode)
-        decoded: list[np.ndarray] = []  # decoded once, shared by d4m and ddoq
+        decoded: dict[str, np.ndarray] = {}  # per decoder, decoded once and shared by d4m and ddoq
 
-        def decoded_images():
-            if not decoded:
-                decoded.append(_decode_points(run, prior, latents.shape, q))
-            return decoded[0]
+        def decoded_images(decoder: str) -> np.ndarray:
+            if decoder not in decoded:
+                decoded[decoder] = _decode_points(run, prior, denoiser, decoder, latents.shape, q)
+            return decoded[decoder]
 
-        makers = {
-            "random": lambda: (run.dataset.train_images[q.arrays["random_indices"]], uniform),
-            "d4m": lambda: (decoded_images(), uniform),
-            "ddoq": lambda: (decoded_images(), q.arrays["weights"].astype(np.float32)),
-        }
-        # The random images depend on the data, the seed and the IPC only.
-        random_fp = artifacts.fingerprint("random", run.data_fingerprint, ipc, run.config.seed)
+        def maker(method: str):
+            base, _ = split_method(method)
+            if base == "random":
+                return lambda: (run.dataset.train_images[q.arrays["random_indices"]], uniform)
+            weights = uniform if base == "d4m" else q.arrays["weights"].astype(np.float32)
+            return lambda: (decoded_images(decoder_of(method, run.config)), weights)
+
         for method in methods:
-            source_fp = random_fp if method == "random" else decoded_fp
-            out[method, ipc] = _synthetic_set(run, method, q, source_fp, makers[method])
+            decoder = decoder_of(method, run.config)
+            if decoder is None:  # random images depend on the data, the seed and the IPC only
+                source_fp = artifacts.fingerprint("random", run.data_fingerprint, ipc, run.config.seed)
+            else:
+                source_fp = _decoder_fingerprint(run, decoder, q, prior, denoiser)
+            out[method, ipc] = _synthetic_set(run, method, q, source_fp, maker(method))
         logging.info("decode IPC %d: %s", ipc, ", ".join(f"{m} {out[m, ipc].images.shape}" for m in methods))
+    if denoiser is not None and run.config.decode.figure_strengths:
+        _pushforward_strips(run, prior, denoiser, latents.shape, quantized)
     return out
+
+
+def _pushforward_strips(run, prior, denoiser, latent_shape, quantized) -> None:
+    """For a few classes and points: the VAE decoding, then img2img at each of config.decode.figure_strengths.
+
+    Saved as STRIPS_ARTIFACT: images uint8 [classes, points, 1 + strengths, H, W, ch],
+    strengths, classes; the report draws it.
+    """
+    config = run.config.decode
+    ipc = min(quantized, key=lambda k: abs(k - 10))
+    q = quantized[ipc]
+    strengths = tuple(float(s) for s in config.figure_strengths)
+    fp = artifacts.fingerprint(
+        "strips", q.fingerprint, prior.fingerprint, denoiser.fingerprint, config.diffusion, strengths, run.config.seed
+    )
+    if run.store.is_complete(STRIPS_ARTIFACT, fp):
+        return
+    points = q.arrays["points"]  # [C, K, d]
+    classes = np.arange(min(4, points.shape[0]))
+    per_class = min(3, points.shape[1])
+    chosen = points[classes, :per_class].reshape((-1,) + tuple(latent_shape))
+    labels = np.repeat(classes, per_class)
+    settings = config.diffusion
+    columns = [decode_with_vae(run, prior, None, chosen, labels)]
+    for strength in strengths:
+        denoised = denoise_points(
+            denoiser, chosen, labels, run.rng("decode", "strips"),
+            strength=strength, guidance=settings.guidance, steps=settings.steps, batch_size=len(chosen),
+        )
+        columns.append(decode_with_vae(run, prior, None, denoised, labels))
+    images = to_uint8(np.stack(columns, axis=1))  # [n, 1 + S, H, W, ch]
+    images = images.reshape((len(classes), per_class) + images.shape[1:])
+    run.store.save_arrays(STRIPS_ARTIFACT, {"images": images, "strengths": np.asarray(strengths), "classes": classes, "ipc": ipc}, fp)

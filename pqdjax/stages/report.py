@@ -15,6 +15,7 @@ import numpy as np
 from absl import logging
 
 from pqdjax import artifacts
+from pqdjax.config_checks import split_method
 
 
 def summarize(records: list[dict]) -> dict[str, dict[int, dict]]:
@@ -48,7 +49,8 @@ def markdown_table(summary: dict, w2: dict, teacher_accuracy: float, methods, ip
         rows.append(f"| {method} | " + " | ".join(cells) + " |")
     rows.append("| full data (teacher) | " + " | ".join(f"{100 * teacher_accuracy:.2f}" for _ in ipcs) + " |")
     accuracy_table = head + "\n".join(rows)
-    w2_rows = [f"| {m} | " + " | ".join(f"{w2[ipc][m]['mean']:.4f}" for ipc in ipcs) + " |" for m in methods]
+    # A decoder suffix changes the images, not the points: W2 is the base method's.
+    w2_rows = [f"| {m} | " + " | ".join(f"{w2[ipc][split_method(m)[0]]['mean']:.4f}" for ipc in ipcs) + " |" for m in methods]
     w2_table = head + "\n".join(w2_rows)
     return (
         "Test accuracy (%), mean ± std over seeds:\n\n" + accuracy_table
@@ -77,6 +79,37 @@ def plot_distilled(path: str, synthetic_set, class_names) -> None:
             ax.set_yticks([])
         axes[c, 0].set_ylabel(class_names[c], fontsize=7, rotation=0, ha="right", va="center")
     fig.suptitle(f"{synthetic_set.method} images, IPC {ipc}, with their weights", fontsize=9)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_pushforward_strips(path: str, strips: dict, class_names) -> None:
+    """One row per point: the VAE decoding of the latent point, then img2img at each strength."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images = strips["images"]  # [classes, points, 1 + strengths, H, W, ch]
+    num_classes, per_class, columns = images.shape[:3]
+    titles = ["VAE"] + [f"s={s:g}" for s in strips["strengths"]]
+    fig, axes = plt.subplots(num_classes * per_class, columns, figsize=(1.1 * columns + 1.2, 1.15 * num_classes * per_class), squeeze=False)
+    for c in range(num_classes):
+        for k in range(per_class):
+            row = c * per_class + k
+            for j in range(columns):
+                ax = axes[row, j]
+                image = images[c, k, j]
+                ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if row == 0:
+                    ax.set_title(titles[j], fontsize=7, pad=2)
+            axes[row, 0].set_ylabel(f"{class_names[int(strips['classes'][c])]} {k}", fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle(f"quantization points (IPC {int(strips['ipc'])}): VAE decoding, then img2img at strength s", fontsize=9)
     fig.tight_layout()
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=110)
@@ -123,6 +156,10 @@ def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict]) -> 
     figure_ipc = min(ipcs, key=lambda k: abs(k - 10))
     figure_method = "ddoq" if ("ddoq", figure_ipc) in synthetic else methods[-1]
     plot_distilled(store.path("distilled.png"), synthetic[figure_method, figure_ipc], run.dataset.class_names)
+    from pqdjax.stages.decode import STRIPS_ARTIFACT
+
+    if store.info(STRIPS_ARTIFACT) is not None:
+        plot_pushforward_strips(store.path("pushforward.png"), store.load_arrays(STRIPS_ARTIFACT), run.dataset.class_names)
     logging.info("report: wrote results.json, results.md and distilled.png to %s", store.workdir)
     return {**results, "table": table}
 
@@ -130,7 +167,7 @@ def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict]) -> 
 def _artifact_seconds(run) -> dict[str, float]:
     """The wall time recorded when each trained artifact was made (it stays when a rerun reuses it)."""
     out = {}
-    for name in ("prior/vae", "teacher/params"):
+    for name in ("prior/vae", "prior/denoiser", "teacher/params"):
         info = run.store.info(name) or {}
         if "seconds" in info:
             out[name] = info["seconds"]

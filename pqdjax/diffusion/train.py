@@ -1,0 +1,51 @@
+"""Training the class-conditioned latent denoiser (epsilon prediction, DDPM schedule, class dropout)."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from pqdjax.models.denoiser import LatentDenoiser
+from pqdjax.models.fast_conv import fast_conv_gradients
+from pqdjax.train import loop
+
+
+def make_denoiser_step(denoiser: LatentDenoiser, tx, class_dropout: float, fast_conv: bool):
+    """data = {'latents': float [N, h, w, c], 'labels': int [N]}."""
+
+    def loss_fn(params, latents, labels, rng):
+        with fast_conv_gradients(fast_conv):
+            return denoiser.loss(params, latents, labels, rng, class_dropout)
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def step(state, data, indices, rng):
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, data["latents"][indices], data["labels"][indices], rng
+        )
+        return loop.apply_gradients(state, grads, tx), {"loss": loss, **metrics}
+
+    return step
+
+
+def train_denoiser(
+    denoiser: LatentDenoiser, latents: np.ndarray, labels: np.ndarray, config: ml_collections.ConfigDict, rng: jax.Array, fast_conv: bool
+):
+    """Trains `denoiser` on latents [N, h, w, c] with labels int [N]; returns (params, last metrics).
+
+    config fields: steps, batch_size, learning_rate, warmup_steps, class_dropout, log_every.
+    """
+    init_rng, train_rng = jax.random.split(rng)
+    params = denoiser.init_params(init_rng)
+    tx = loop.cosine_adam(config.learning_rate, config.steps, config.warmup_steps)
+    step = make_denoiser_step(denoiser, tx, config.class_dropout, fast_conv)
+    data = {"latents": jnp.asarray(latents, jnp.float32), "labels": jnp.asarray(labels, jnp.int32)}
+    state, metrics = loop.train(
+        step, loop.create_train_state(params, tx), data,
+        num_examples=len(latents), num_steps=config.steps, batch_size=config.batch_size,
+        rng=train_rng, name="denoiser", log_every=config.log_every,
+    )
+    return state.params, metrics

@@ -1,0 +1,61 @@
+"""Stage denoiser: the class-conditioned latent diffusion model of the diffusion decoder.
+
+Trained here on the encoded training latents (epsilon prediction on the DDPM
+schedule, labels dropped to the null class for classifier-free guidance) and
+saved with orbax under prior/denoiser; reused when its fingerprint matches.
+Runs only when some method decodes with 'diffusion'.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import numpy as np
+from absl import logging
+
+from pqdjax import artifacts
+from pqdjax.diffusion.train import train_denoiser
+from pqdjax.models import silence_diffusers_deprecation
+from pqdjax.models.denoiser import LatentDenoiser, make_denoiser
+
+ARTIFACT = "prior/denoiser"
+
+
+@dataclasses.dataclass(frozen=True)
+class Denoiser:
+    """model: the UNet with its class embedding and schedule; params: its weights."""
+
+    model: LatentDenoiser
+    params: dict
+    fingerprint: str
+
+
+def needed(config) -> bool:
+    """Whether any synthetic set of the config is decoded by the diffusion decoder."""
+    from pqdjax.stages.decode import decoders_in_use  # the decode stage owns the method names
+
+    return "diffusion" in decoders_in_use(config)
+
+
+def run(run, latents) -> Denoiser | None:
+    if not needed(run.config):
+        return None
+    silence_diffusers_deprecation()
+    config = run.config.denoiser
+    model = make_denoiser(config.model, latents.shape, latents.num_classes)
+    fp = artifacts.fingerprint("denoiser", latents.fingerprint, config, run.config.seed)
+    if run.store.is_complete(ARTIFACT, fp):
+        target = jax.eval_shape(model.init_params, jax.random.key(0))
+        params = run.store.load_params(ARTIFACT, target)
+        logging.info("denoiser: reusing %s", run.store.path(ARTIFACT))
+        return Denoiser(model, params, fp)
+    start = time.perf_counter()
+    points = latents.latents.reshape((-1,) + tuple(latents.shape))
+    params, metrics = train_denoiser(model, points, latents.labels, config.train, run.rng("denoiser"), run.fast_conv)
+    seconds = round(time.perf_counter() - start, 2)
+    num_params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
+    logging.info("denoiser: %d parameters, final loss %.4f (%.1fs)", num_params, metrics.get("loss", float("nan")), seconds)
+    run.store.save_params(ARTIFACT, params, fp, {"seconds": seconds, "num_params": num_params, **metrics})
+    return Denoiser(model, params, fp)
