@@ -46,7 +46,7 @@ def guided_epsilon(eps_fn: EpsFn, params, latents: jax.Array, t: jax.Array, cond
     return eps_uncond + guidance * (eps_cond - eps_uncond)
 
 
-@functools.partial(jax.jit, static_argnames=("eps_fn", "scheduler", "strength", "steps"))
+@functools.partial(jax.jit, static_argnames=("eps_fn", "scheduler", "steps"))
 def img2img(
     eps_fn: EpsFn,
     scheduler,
@@ -56,7 +56,7 @@ def img2img(
     uncond: jax.Array,
     rng: jax.Array,
     *,
-    strength: float,
+    strength: float | jax.Array,
     guidance: float | jax.Array,
     steps: int,
 ) -> jax.Array:
@@ -64,20 +64,18 @@ def img2img(
 
     scheduler: a diffusers FlaxDDIMScheduler (its state is created here);
     cond, uncond: contexts [n, L, D] (class embeddings or text encodings, and
-    their null / negative counterpart); rng: the key of the initial noise.
-    eps_fn and scheduler are static: pass the same objects to reuse the
-    compiled sampler.
+    their null / negative counterpart); rng: the key of the initial noise;
+    strength in [0, 1] and guidance are traced (one compilation serves all
+    values). eps_fn and scheduler are static: pass the same objects to reuse
+    the compiled sampler.
     """
-    first = start_index(steps, strength)
-    if first == steps:
-        return latents
     state = scheduler.set_timesteps(scheduler.create_state(), steps, latents.shape)
     timesteps = state.timesteps
+    # As start_index, traced: the loop runs the last round(steps * strength) steps.
+    first = steps - jnp.clip(jnp.round(steps * jnp.asarray(strength, jnp.float32)).astype(jnp.int32), 0, steps)
     noise = jax.random.normal(rng, latents.shape, latents.dtype)
-    if first == 0:
-        x = noise * state.init_noise_sigma
-    else:
-        x = scheduler.add_noise(state, latents, noise, timesteps[first])
+    noised = scheduler.add_noise(state, latents, noise, timesteps[jnp.minimum(first, steps - 1)])
+    x = jnp.where(first == steps, latents, jnp.where(first == 0, noise * state.init_noise_sigma, noised))
 
     def body(i, x):
         t = timesteps[i]

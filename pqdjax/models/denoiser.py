@@ -15,6 +15,7 @@ params = {"unet": UNet weights, "class_embedding": [C + 1, D]}.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -48,8 +49,9 @@ class LatentDenoiser:
         """The training noise schedule (the forward process)."""
         return FlaxDDPMScheduler(**self.scheduler_config)
 
+    @functools.cached_property
     def ddim_scheduler(self) -> FlaxDDIMScheduler:
-        """The same schedule for deterministic DDIM sampling."""
+        """The same schedule for deterministic DDIM sampling (one object, so the jitted sampler compiles once)."""
         return FlaxDDIMScheduler(**self.scheduler_config, set_alpha_to_one=False, steps_offset=1)
 
     def init_params(self, rng: jax.Array) -> dict:

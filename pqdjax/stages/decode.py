@@ -64,7 +64,7 @@ def denoise_points(denoiser, points: np.ndarray, labels: np.ndarray, rng: jax.Ar
     its position and batch size but not on the other points of the batch.
     """
     model, params = denoiser.model, denoiser.params
-    scheduler = model.ddim_scheduler()
+    scheduler = model.ddim_scheduler
     points = np.asarray(points, np.float32)
     labels = np.asarray(labels, np.int32)
 

@@ -1,0 +1,118 @@
+"""The latent img2img sampler and the class-conditioned denoiser, against a DDIM written out here."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from pqdjax.diffusion import guided_epsilon, img2img, start_index
+from pqdjax.models import silence_diffusers_deprecation
+from pqdjax.models.denoiser import make_denoiser
+
+STEPS = 5
+
+
+@pytest.fixture(scope="module")
+def denoiser():
+    silence_diffusers_deprecation()
+    config = ml_collections.ConfigDict(dict(
+        block_out_channels=(32,), layers_per_block=1, attention_head_dim=8, context_dim=32,
+        num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+    ))
+    model = make_denoiser(config, (7, 7, 4), num_classes=3)
+    params = model.init_params(jax.random.key(0))
+    # Random init leaves the UNet's output conv at zero; perturb every weight so predictions depend on all inputs.
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    params = jax.tree.unflatten(tree, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+    latents = jax.random.normal(jax.random.key(2), (4, 7, 7, 4))
+    labels = jnp.array([0, 1, 2, 1])
+    cond = model.class_context(params, labels)
+    uncond = model.class_context(params, jnp.full(4, model.null_class))
+    return model, params, latents, cond, uncond
+
+
+def _sample(denoiser, rng, strength, guidance=3.0, latents=None):
+    model, params, z, cond, uncond = denoiser
+    z = z if latents is None else latents
+    return img2img(model.epsilon, model.ddim_scheduler, params, z, cond, uncond, rng, strength=strength, guidance=guidance, steps=STEPS)
+
+
+def test_strength_zero_is_the_identity(denoiser):
+    z = denoiser[2]
+    np.testing.assert_array_equal(np.asarray(_sample(denoiser, jax.random.key(3), 0.0)), np.asarray(z))
+    assert start_index(STEPS, 0.0) == STEPS and start_index(STEPS, 1.0) == 0
+
+
+def test_same_key_same_result_other_key_other_result(denoiser):
+    a = _sample(denoiser, jax.random.key(3), 0.6)
+    b = _sample(denoiser, jax.random.key(3), 0.6)
+    c = _sample(denoiser, jax.random.key(4), 0.6)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert np.all(np.isfinite(a)) and np.abs(np.asarray(a) - np.asarray(c)).max() > 1e-3
+
+
+def test_strength_one_starts_from_pure_noise(denoiser):
+    z = denoiser[2]
+    a = _sample(denoiser, jax.random.key(3), 1.0)
+    b = _sample(denoiser, jax.random.key(3), 1.0, latents=z + 5.0)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    # while a partial strength keeps some of the input
+    assert np.abs(np.asarray(_sample(denoiser, jax.random.key(3), 0.6, latents=z + 5.0)) - np.asarray(_sample(denoiser, jax.random.key(3), 0.6))).min() > 0.1
+
+
+def _reference_ddim(model, params, z, context, rng, strength, steps):
+    """DDIM (eta 0) from its closed form, conditional prediction only: the oracle for guidance 1."""
+    betas = np.linspace(1e-4, 0.02, 1000, dtype=np.float64)
+    alphas_cumprod = np.cumprod(1.0 - betas)
+    timesteps = (np.arange(steps) * (1000 // steps))[::-1] + 1  # steps_offset 1
+    first = steps - int(round(steps * strength))
+    noise = np.asarray(jax.random.normal(rng, z.shape, z.dtype), np.float64)
+    a = alphas_cumprod[timesteps[first]]
+    x = np.sqrt(a) * np.asarray(z, np.float64) + np.sqrt(1 - a) * noise
+    for t in timesteps[first:]:
+        eps = np.asarray(model.epsilon(params, jnp.asarray(x, jnp.float32), jnp.full(len(z), t, jnp.int32), context), np.float64)
+        prev = t - 1000 // steps
+        a_t = alphas_cumprod[t]
+        a_prev = alphas_cumprod[prev] if prev >= 0 else alphas_cumprod[0]  # set_alpha_to_one False
+        x0 = (x - np.sqrt(1 - a_t) * eps) / np.sqrt(a_t)
+        x = np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev) * eps
+    return x
+
+
+def test_guidance_one_is_the_conditional_sampler(denoiser):
+    model, params, z, cond, uncond = denoiser
+    rng = jax.random.key(5)
+    guided = _sample(denoiser, rng, 0.6, guidance=1.0)
+    reference = _reference_ddim(model, params, z, cond, rng, 0.6, STEPS)
+    np.testing.assert_allclose(np.asarray(guided), reference, rtol=1e-3, atol=1e-3)
+    # and guidance really changes the result
+    assert np.abs(np.asarray(_sample(denoiser, rng, 0.6, guidance=4.0)) - reference).max() > 1e-2
+
+
+def test_guided_epsilon_combines_the_two_predictions(denoiser):
+    model, params, z, cond, uncond = denoiser
+    t = jnp.full(4, 500, jnp.int32)
+    eps_c = model.epsilon(params, z, t, cond)
+    eps_u = model.epsilon(params, z, t, uncond)
+    assert np.abs(np.asarray(eps_c - eps_u)).max() > 1e-3  # the class matters
+    for guidance in (0.0, 1.0, 7.5):
+        np.testing.assert_allclose(
+            np.asarray(guided_epsilon(model.epsilon, params, z, 500, cond, uncond, guidance)),
+            np.asarray(eps_u + guidance * (eps_c - eps_u)), rtol=1e-4, atol=1e-5,
+        )
+
+
+def test_denoiser_loss_is_the_epsilon_mse_and_pads_7x7(denoiser):
+    model, params, z, _, _ = denoiser
+    assert model.padded_side == 7  # one level: no padding needed
+    eps = model.epsilon(params, z, jnp.full(4, 10, jnp.int32), model.class_context(params, jnp.array([0, 1, 2, 3])))
+    assert eps.shape == z.shape
+    loss, metrics = model.loss(params, z, jnp.array([0, 1, 2, 1]), jax.random.key(6), class_dropout=0.5)
+    assert np.isfinite(float(loss)) and float(loss) == pytest.approx(float(metrics["mse"]))
+
+
+def test_bad_strength_is_refused():
+    with pytest.raises(ValueError, match="strength"):
+        start_index(10, 1.5)
