@@ -19,6 +19,7 @@ D4M's ImageNet settings are the defaults: strength 0.7, guidance 8, 50 DDIM step
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Sequence
 
@@ -66,18 +67,18 @@ class StableDiffusion:
 
     def encode_images(self, images: jax.Array) -> jax.Array:
         """Images [N, H, W, 3] in [-1, 1] -> scaled latents [N, H/8, W/8, 4] (posterior means)."""
-        return vae_lib.encode(self.vae, self.vae_params, images, self.latent_scale)
+        return _encode(self, self.vae_params, images)
 
     def decode_latents(self, latents: jax.Array) -> jax.Array:
         """Scaled latents [N, h, w, 4] -> images [N, 8h, 8w, 3], about [-1, 1]."""
-        return vae_lib.decode(self.vae, self.vae_params, latents, self.latent_scale)
+        return _decode(self, self.vae_params, latents)
 
     def text_context(self, prompts: Sequence[str]) -> jax.Array:
         """Prompts -> the text encoder's last hidden state [n, L, D] (L: the tokenizer's max length, 77 for v1.x)."""
         tokens = self.tokenizer(
             list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="np"
         )
-        return self.text_encoder(tokens.input_ids, params=self.text_params).last_hidden_state
+        return _encode_text(self, self.text_params, tokens.input_ids)
 
     def epsilon(self, unet_params: dict, latents: jax.Array, timesteps: jax.Array, context: jax.Array) -> jax.Array:
         """The UNet's noise prediction [B, h, w, 4] for latents [B, h, w, 4] (channels last, like the sampler's)."""
@@ -108,6 +109,21 @@ class StableDiffusion:
             self.epsilon, self.scheduler, self.unet_params, latents, cond, uncond, rng,
             strength=strength, guidance=guidance, steps=steps,
         )
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode(sd: StableDiffusion, vae_params, images):
+    return vae_lib.encode(sd.vae, vae_params, images, sd.latent_scale)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _decode(sd: StableDiffusion, vae_params, latents):
+    return vae_lib.decode(sd.vae, vae_params, latents, sd.latent_scale)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode_text(sd: StableDiffusion, text_params, input_ids):
+    return sd.text_encoder(input_ids, params=text_params).last_hidden_state
 
 
 def convert_pytorch_weights(state_dict: dict[str, np.ndarray], abstract_params: dict, where: str) -> dict:
