@@ -116,3 +116,25 @@ def test_denoiser_loss_is_the_epsilon_mse_and_pads_7x7(denoiser):
 def test_bad_strength_is_refused():
     with pytest.raises(ValueError, match="strength"):
         start_index(10, 1.5)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("methods", ("random", "ddoq_gan"), "unknown method 'ddoq_gan'"),
+    ("methods", ("random_vae",), "unknown method 'random_vae'"),
+    ("decode.method", "gan", "config.decode.method must be one of"),
+    ("decode.diffusion.strength", 1.5, "strength must be in"),
+    ("denoiser.model.block_out_channels", (48,), "multiples of 32"),
+])
+def test_decode_settings_are_checked(field, value, message):
+    from configs import default
+    from pqdjax.config_checks import ConfigError, validate_config
+
+    config = default.get_config()
+    validate_config(config)
+    *parents, leaf = field.split(".")
+    section = config
+    for part in parents:
+        section = section[part]
+    section[leaf] = value
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config)

@@ -37,12 +37,13 @@ def test_produces_every_artifact(finished_run):
         "prior/vae", "prior/vae.done", "teacher/params", "teacher/params.done",
         "latents.npz", "quantize/ipc2.npz", "synthetic/ddoq_ipc2.npz", "synthetic/d4m_ipc2.npz",
         "synthetic/random_ipc2.npz", "evaluate/ddoq_ipc2_seed0.json",
+        "prior/denoiser", "prior/denoiser.done", "synthetic/ddoq_vae_ipc2.npz", "pushforward.png",
     ):
         assert os.path.exists(os.path.join(workdir, name)), name
     stored = json.load(open(os.path.join(workdir, "results.json")))
     assert stored["config"]["ipcs"] == [2]
-    assert set(stored["accuracy"]) == {"random", "d4m", "ddoq"}
-    for method in ("random", "d4m", "ddoq"):
+    assert set(stored["accuracy"]) == {"random", "d4m", "ddoq", "ddoq_vae"}
+    for method in ("random", "d4m", "ddoq", "ddoq_vae"):
         cell = stored["accuracy"][method]["2"]
         assert 0.0 <= cell["mean"] <= 1.0 and cell["n"] == 1
     w2 = stored["quantization"]["2"]["w2"]
@@ -62,6 +63,11 @@ def test_synthetic_sets_are_consistent(finished_run):
     np.testing.assert_allclose(ddoq["weights"], quantized["weights"])
     np.testing.assert_allclose(d4m["weights"], 0.5)
     np.testing.assert_allclose(ddoq["weights"].sum(1), 1.0, rtol=1e-5)
+    # ddoq_vae: the same points and weights, decoded without the diffusion pushforward
+    ddoq_vae = np.load(os.path.join(workdir, "synthetic/ddoq_vae_ipc2.npz"))
+    np.testing.assert_allclose(ddoq_vae["weights"], ddoq["weights"])
+    assert ddoq_vae["images"].shape == ddoq["images"].shape
+    assert np.abs(ddoq_vae["images"].astype(int) - ddoq["images"].astype(int)).mean() > 1.0
 
 
 def test_rerun_skips_finished_stages(finished_run, monkeypatch):
@@ -72,8 +78,9 @@ def test_rerun_skips_finished_stages(finished_run, monkeypatch):
 
     for module, name in ((autoencoder, "train_vae"), (classifier, "train_classifier"), (distill, "train_student")):
         monkeypatch.setattr(module, name, forbidden)
-    from pqdjax.stages import evaluate, prior, teacher
+    from pqdjax.stages import denoiser, evaluate, prior, teacher
 
+    monkeypatch.setattr(denoiser, "train_denoiser", forbidden)
     monkeypatch.setattr(prior, "train_vae", forbidden)
     monkeypatch.setattr(teacher, "train_classifier", forbidden)
     monkeypatch.setattr(evaluate, "train_student", forbidden)
@@ -97,7 +104,7 @@ def test_a_new_seed_trains_only_new_students(finished_run, monkeypatch):
     config = _config(data_dir)
     config.evaluate.seeds = (0, 1)
     results = pipeline.run(config, workdir)
-    assert sorted(trained) == sorted(f"student {m} IPC 2 seed 1" for m in ("random", "d4m", "ddoq"))
+    assert sorted(trained) == sorted(f"student {m} IPC 2 seed 1" for m in ("random", "d4m", "ddoq", "ddoq_vae"))
     assert results["accuracy"]["ddoq"][2]["n"] == 2
 
 
