@@ -1,4 +1,4 @@
-"""Models: the VAE prior (diffusers), classifiers, and the fast conv-gradient path.
+"""Models: the VAE prior and latent denoiser (diffusers), the Stable Diffusion loader, classifiers, and the fast conv-gradient path.
 
 Every use of diffusers in pqdjax goes through this package.
 """
