@@ -20,8 +20,9 @@ is encoded; each class's latent measure is quantized with K = IPC points by
 Lloyd (k-means++ seeding), weighted by their Voronoi cell masses; a
 class-conditioned latent denoiser (diffusers FlaxUNet2DConditionModel) is
 trained on the latents; the points are pushed forward by img2img with it
-(strength 0.7, guidance 3, 50 DDIM steps) and decoded; students learn from the synthetic images with the teacher's soft labels,
-each image's loss times its weight.
+(strength 0.7, guidance 3, 50 DDIM steps) and decoded; students learn from
+the synthetic images with the teacher's soft labels, each image's loss times
+its weight.
 """
 
 import ml_collections
