@@ -64,13 +64,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     ))
     config.prior.train = ml_collections.ConfigDict(dict(
         steps=400, batch_size=64, learning_rate=2e-3, warmup_steps=50, kl_weight=1e-4, log_every=100,
+        checkpoint_every=100,  # steps between mid-training checkpoints (0: none); a killed run resumes there
     ))
 
     config.teacher = ml_collections.ConfigDict()
     config.teacher.model = _classifier(32)
     config.teacher.train = ml_collections.ConfigDict(dict(
         steps=1200, batch_size=128, learning_rate=2e-3, warmup_steps=50, weight_decay=0.0,
-        crop_padding=2, flip=True, log_every=100,
+        crop_padding=2, flip=True, log_every=100, checkpoint_every=200,
     ))
 
     config.encode = ml_collections.ConfigDict(dict(batch_size=1000))
@@ -115,7 +116,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.evaluate.model = _classifier(32)
     config.evaluate.train = ml_collections.ConfigDict(dict(
         steps=300, batch_size=100, learning_rate=2e-3, warmup_steps=20, weight_decay=0.0,
-        temperature=4.0, crop_padding=2, flip=True, log_every=100,
+        temperature=4.0, crop_padding=2, flip=True, log_every=100, checkpoint_every=100,
     ))
 
     if "table" in options:
@@ -126,11 +127,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.data.test_size = 200
         config.prior.vae.block_out_channels = (8, 8)
         config.prior.vae.norm_num_groups = 4
-        config.prior.train.update(steps=4, batch_size=32, warmup_steps=0, log_every=2)
+        config.prior.train.update(steps=4, batch_size=32, warmup_steps=0, log_every=2, checkpoint_every=2)
         config.teacher.model.width = 8
-        config.teacher.train.update(steps=4, batch_size=32, warmup_steps=0, log_every=2)
+        config.teacher.train.update(steps=4, batch_size=32, warmup_steps=0, log_every=2, checkpoint_every=2)
         config.evaluate.model.width = 8
-        config.evaluate.train.update(steps=3, batch_size=20, warmup_steps=0, log_every=1)
+        config.evaluate.train.update(steps=3, batch_size=20, warmup_steps=0, log_every=1, checkpoint_every=2)
         config.evaluate.seeds = (0,)
         config.ipcs = (2,)
         config.denoiser.model.update(context_dim=32)

@@ -16,6 +16,7 @@ pickle); parameters as orbax checkpoints.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -29,6 +30,7 @@ import jax
 import numpy as np
 
 _MARKER_SUFFIX = ".done"
+_TEMP_INFIX = ".tmp-"  # in the names of the temporary folders of _atomic_path
 
 
 class ArtifactError(RuntimeError):
@@ -56,15 +58,31 @@ def _atomic_path(path: str) -> Iterator[str]:
     """Yields a temporary path next to `path`; renames it onto `path` if the block succeeds."""
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp-", dir=folder)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + _TEMP_INFIX, dir=folder)
     tmp_path = os.path.join(tmp, os.path.basename(path))
     try:
         yield tmp_path
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)
         os.replace(tmp_path, path)
+    except Exception as e:
+        if _is_disk_full(e):
+            raise ArtifactError(
+                f"the disk is full: could not write {path}; free space on that disk or choose a --workdir on another one, then rerun."
+            ) from e
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _is_disk_full(error: BaseException | None) -> bool:
+    """Whether `error`, or an error it was raised from (orbax wraps them), is ENOSPC or EDQUOT."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -93,6 +111,17 @@ class ArtifactStore:
         if not os.access(self.workdir, os.W_OK):
             raise ArtifactError(f"workdir {self.workdir} is not writable; choose a writable --workdir.")
 
+    def remove_temporaries(self) -> list[str]:
+        """Deletes the temporary folders a killed run left behind (one run per workdir at a time)."""
+        removed = []
+        for folder, dirs, _ in os.walk(self.workdir):
+            for d in list(dirs):
+                if _TEMP_INFIX in d:
+                    shutil.rmtree(os.path.join(folder, d), ignore_errors=True)
+                    removed.append(os.path.join(folder, d))
+                    dirs.remove(d)
+        return removed
+
     def path(self, name: str) -> str:
         return os.path.join(self.workdir, name)
 
@@ -117,6 +146,16 @@ class ArtifactStore:
     def _invalidate(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.remove(self._marker(name))
+
+    def remove(self, name: str) -> None:
+        """Deletes an artifact (file or folder), its marker first."""
+        self._invalidate(name)
+        path = self.path(name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
 
     def _mark(self, name: str, fp: str, info: Mapping[str, Any]) -> None:
         write_json(self._marker(name), {"fingerprint": fp, **info})

@@ -66,6 +66,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         for field in ("steps", "batch_size"):
             if section[field] < 1:
                 raise ConfigError(f"config.{path}.{field} must be at least 1, got {section[field]}.")
+        for field, minimum in (("log_every", 1), ("checkpoint_every", 0)):
+            if field in section and (not isinstance(section[field], int) or section[field] < minimum):
+                raise ConfigError(f"config.{path}.{field} must be an integer >= {minimum}, got {section[field]}.")
         if section.learning_rate <= 0:
             raise ConfigError(f"config.{path}.learning_rate must be positive, got {section.learning_rate}.")
 

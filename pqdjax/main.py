@@ -9,12 +9,24 @@ skips the stages that are complete, so an interrupted run resumes.
 """
 
 import logging as std_logging
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pqdjax import parallel, pipeline
+from pqdjax import artifacts, parallel, pipeline
+from pqdjax.config_checks import ConfigError
+from pqdjax.data.grouping import EmptyClassError
+from pqdjax.data.idx import IdxFormatError
+from pqdjax.data.sources import DatasetNotFoundError
 from pqdjax.models import silence_diffusers_deprecation
+
+# Errors that describe a problem with the run's input (config, data, workdir,
+# a diverging run) and say how to fix it: shown as one line, not a traceback.
+INPUT_ERRORS = (
+    ConfigError, DatasetNotFoundError, IdxFormatError, EmptyClassError, artifacts.ArtifactError,
+    FloatingPointError, ValueError,
+)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, with an optional ':arg'.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for the run's artifacts and results.")
@@ -33,9 +45,35 @@ def main(argv: list[str]) -> None:
     logging.get_absl_handler().addFilter(_quiet_third_party_info)
     silence_diffusers_deprecation()
     parallel.initialize_distributed(_CONFIG.value.get("distributed"))  # multi-host: before any device is used
-    results = pipeline.run(_CONFIG.value, _WORKDIR.value)
+    try:
+        results = pipeline.run(_CONFIG.value, _WORKDIR.value)
+    except INPUT_ERRORS as e:
+        logging.debug("the run stopped", exc_info=True)
+        sys.exit(f"pqdjax: error: {_one_line(e)}")
     print(results["table"])
 
 
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a one-line error for a mistyped --config.field override."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.")
+    except (KeyError, AttributeError) as e:  # ml_collections: an override names no field of the config
+        message = e
+        while isinstance(message, BaseException) and message.args:
+            message = message.args[0]
+        field, _, hint = str(message).partition("\n")
+        overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+        sys.exit(
+            f"pqdjax: error: the config has no field {field} (in {', '.join(overrides)}). "
+            + (f"{hint} " if hint else "") + "Override only fields the config file defines (see its get_config)."
+        )
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

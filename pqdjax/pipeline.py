@@ -28,6 +28,7 @@ from pqdjax import artifacts
 from pqdjax.config_checks import validate_config
 from pqdjax.data.sources import ImageDataset, load_dataset
 from pqdjax.models.fast_conv import wanted_on_this_backend
+from pqdjax.train.checkpoint import Checkpoints
 
 
 @dataclasses.dataclass
@@ -57,6 +58,10 @@ class Run:
     def fast_conv(self) -> bool:
         return wanted_on_this_backend(self.config.fast_conv_gradients)
 
+    def checkpoints(self, folder: str, fp: str, train_config: ml_collections.ConfigDict) -> Checkpoints:
+        """Mid-training checkpoints under checkpoints/{folder}, every train_config.checkpoint_every steps."""
+        return Checkpoints(self.store, f"checkpoints/{folder}", fp, train_config.get("checkpoint_every", 0))
+
     def rng(self, *path: str | int) -> jax.Array:
         """A PRNG key for a named purpose, derived from config.seed: rng('evaluate', 'ddoq', 10, 0)."""
         key = jax.random.key(self.config.seed)
@@ -79,6 +84,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     validate_config(config)
     store = artifacts.ArtifactStore(workdir)
+    for leftover in store.remove_temporaries():
+        logging.info("removed %s, left by an interrupted run", leftover)
     artifacts.write_json(os.path.join(store.workdir, "config.json"), json.loads(config.to_json_best_effort()))
     logging.info("workdir %s, JAX backend %s with %d device(s)", store.workdir, jax.default_backend(), jax.device_count())
     run_ = Run(config=config, store=store)

@@ -36,6 +36,10 @@ class DatasetNotFoundError(FileNotFoundError):
     """The dataset is in none of the places we look."""
 
 
+class DatasetFormatError(ValueError):
+    """The images or labels have a shape, type or range the models cannot take."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ImageDataset:
     """A labelled image dataset held in host memory.
@@ -149,7 +153,35 @@ def load_dataset(config: ml_collections.ConfigDict) -> ImageDataset:
     if config.name not in _LOADERS:
         raise ValueError(f"Unknown dataset {config.name!r}; known: {sorted(_LOADERS)}.")
     dataset = _LOADERS[config.name](config)
+    check_images(dataset)
     return limit_dataset(dataset, config.get("train_per_class"), config.get("test_size"))
+
+
+def check_images(dataset: ImageDataset) -> None:
+    """Raises DatasetFormatError unless all images are uint8 [N, H, W, C] of one shape with C = 1 or 3."""
+    where = dataset.source
+    for split in ("train", "test"):
+        images = getattr(dataset, f"{split}_images")
+        if images.ndim != 4:
+            raise DatasetFormatError(f"{where}: {split} images have shape {images.shape}; expected [N, height, width, channels].")
+        if images.shape[-1] not in (1, 3):
+            raise DatasetFormatError(
+                f"{where}: {split} images have {images.shape[-1]} channels; pqdjax takes 1 (grayscale) or 3 (RGB) channels."
+            )
+        if images.dtype != np.uint8:
+            raise DatasetFormatError(f"{where}: {split} images are {images.dtype}; expected uint8 pixels in [0, 255].")
+    if dataset.train_images.shape[1:] != dataset.test_images.shape[1:]:
+        raise DatasetFormatError(
+            f"{where}: train images are {dataset.train_images.shape[1:]} but test images are "
+            f"{dataset.test_images.shape[1:]} (height, width, channels); both splits need the same image shape."
+        )
+    for split in ("train", "test"):
+        labels = getattr(dataset, f"{split}_labels")
+        if labels.size and (labels.min() < 0 or labels.max() >= dataset.num_classes):
+            raise DatasetFormatError(
+                f"{where}: {split} labels span {labels.min()}..{labels.max()}, outside the "
+                f"{dataset.num_classes} classes [0, {dataset.num_classes}); check the label file."
+            )
 
 
 def limit_dataset(dataset: ImageDataset, train_per_class: int | None, test_size: int | None) -> ImageDataset:

@@ -29,7 +29,8 @@ def make_vae(config: ml_collections.ConfigDict, image_size: int, channels: int) 
     if image_size % 2 ** (blocks - 1):
         raise ValueError(
             f"image size {image_size} is not divisible by the VAE's downsampling factor "
-            f"{2 ** (blocks - 1)} (len(block_out_channels) = {blocks})."
+            f"{2 ** (blocks - 1)} (len(block_out_channels) = {blocks}); resize the images or change "
+            "config.prior.vae.block_out_channels."
         )
     return FlaxAutoencoderKL(
         in_channels=channels,

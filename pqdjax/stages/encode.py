@@ -31,8 +31,13 @@ def encode_images(prior, images: np.ndarray, batch_size: int) -> np.ndarray:
     """uint8 [N, H, W, C] -> float32 [N, h, w, c] scaled posterior means, in fixed-size jitted batches."""
     encode = jax.jit(lambda p, x: vae_lib.encode(prior.vae, p, to_model_range(x), prior.latent_scale))
     latents = map_batches(lambda batch: encode(prior.params, batch), images, batch_size)
-    if not np.all(np.isfinite(latents)):
-        raise FloatingPointError("encode: the VAE produced NaN or inf latents; retrain the prior (delete prior/ in the workdir).")
+    finite = np.isfinite(latents.reshape(len(latents), -1)).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise FloatingPointError(
+            f"encode: the VAE produced NaN or inf latents for {len(bad)} of {len(latents)} images "
+            f"(first: image {bad[0]}, in batch {bad[0] // batch_size}); retrain the prior (delete prior/ in the workdir)."
+        )
     return latents
 
 

@@ -14,8 +14,11 @@ from pqdjax.train.classifier import accuracy
 from pqdjax.train.distill import per_class_mean_one, train_student
 
 
-def evaluate_set(run, teacher, synthetic, seed: int) -> dict:
-    """Trains one student on `synthetic` with the teacher's soft labels; returns its record."""
+def evaluate_set(run, teacher, synthetic, seed: int, checkpoints=None) -> dict:
+    """Trains one student on `synthetic` with the teacher's soft labels; returns its record.
+
+    checkpoints: a pqdjax.train.checkpoint.Checkpoints for the student's training, or None.
+    """
     config = run.config.evaluate
     dataset = run.dataset
     start = time.perf_counter()
@@ -26,6 +29,7 @@ def evaluate_set(run, teacher, synthetic, seed: int) -> dict:
     params = train_student(
         student, teacher.model, teacher.params, images, weights, config.train,
         run.rng("evaluate", synthetic.method, synthetic.ipc, seed), run.fast_conv, name=name,
+        checkpoints=checkpoints,
     )
     test_accuracy = accuracy(student, params, dataset.test_images, dataset.test_labels)
     logging.info("%s: test accuracy %.4f", name, test_accuracy)
@@ -46,7 +50,9 @@ def run(run, teacher, synthetic: dict) -> list[dict]:
             if run.store.is_complete(name, fp):
                 records.append(run.store.load_record(name))
                 continue
-            record = evaluate_set(run, teacher, synthetic_set, seed)
+            checkpoints = run.checkpoints(f"evaluate/{method}_ipc{ipc}_seed{seed}", fp, config.train)
+            record = evaluate_set(run, teacher, synthetic_set, seed, checkpoints)
             run.store.save_record(name, record, fp)
+            checkpoints.discard()
             records.append(record)
     return records

@@ -42,7 +42,7 @@ def run(run) -> Prior:
     dataset = run.dataset
     height, width, channels = dataset.image_shape
     if height != width:
-        raise ValueError(f"the VAE needs square images, got {height}x{width}.")
+        raise ValueError(f"the VAE needs square images, got {height}x{width}; crop or resize the images to a square.")
     vae = vae_lib.make_vae(config.vae, height, channels)
     fp = artifacts.fingerprint("prior", run.data_fingerprint, config, run.config.seed)
     if run.store.is_complete(ARTIFACT, fp):
@@ -52,13 +52,15 @@ def run(run) -> Prior:
         logging.info("prior: reusing %s (latent scale %.4f)", run.store.path(ARTIFACT), scale)
         return Prior(vae, params, scale, fp)
     start = time.perf_counter()
-    params = train_vae(vae, dataset.train_images, config.train, run.rng("prior"), run.fast_conv)
+    checkpoints = run.checkpoints("prior", fp, config.train)
+    params = train_vae(vae, dataset.train_images, config.train, run.rng("prior"), run.fast_conv, checkpoints)
     seconds = round(time.perf_counter() - start, 2)
     sample = dataset.train_images[np.asarray(jax.random.permutation(run.rng("prior", "scale"), len(dataset.train_images)))[:5000]]
     scale = latent_scale_of(vae, params, sample)
     reconstruction_mse = _reconstruction_mse(vae, params, dataset.test_images[:1000])
     logging.info("prior: test reconstruction MSE %.4f, latent scale %.4f", reconstruction_mse, scale)
     run.store.save_params(ARTIFACT, params, fp, {"latent_scale": scale, "test_reconstruction_mse": reconstruction_mse, "seconds": seconds})
+    checkpoints.discard()
     return Prior(vae, params, scale, fp)
 
 

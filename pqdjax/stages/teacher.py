@@ -39,9 +39,14 @@ def run(run) -> Teacher:
         logging.info("teacher: reusing %s (test accuracy %.4f)", run.store.path(ARTIFACT), test_accuracy)
         return Teacher(model, params, test_accuracy, fp)
     start = time.perf_counter()
-    params = train_classifier(model, dataset.train_images, dataset.train_labels, config.train, run.rng("teacher"), run.fast_conv)
+    checkpoints = run.checkpoints("teacher", fp, config.train)
+    params = train_classifier(
+        model, dataset.train_images, dataset.train_labels, config.train, run.rng("teacher"), run.fast_conv,
+        checkpoints=checkpoints,
+    )
     seconds = round(time.perf_counter() - start, 2)
     test_accuracy = accuracy(model, params, dataset.test_images, dataset.test_labels)
     logging.info("teacher: test accuracy %.4f", test_accuracy)
     run.store.save_params(ARTIFACT, params, fp, {"test_accuracy": test_accuracy, "seconds": seconds})
+    checkpoints.discard()
     return Teacher(model, params, test_accuracy, fp)

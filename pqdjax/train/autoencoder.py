@@ -31,10 +31,11 @@ def make_vae_step(vae, tx, kl_weight: float, fast_conv: bool):
     return step
 
 
-def train_vae(vae, images: np.ndarray, config: ml_collections.ConfigDict, rng: jax.Array, fast_conv: bool):
+def train_vae(vae, images: np.ndarray, config: ml_collections.ConfigDict, rng: jax.Array, fast_conv: bool, checkpoints=None):
     """Trains `vae` on uint8 images [N, H, W, C]; returns its params.
 
     config fields: steps, batch_size, learning_rate, warmup_steps, kl_weight, log_every.
+    checkpoints: a pqdjax.train.checkpoint.Checkpoints to resume from and save to, or None.
     """
     init_rng, train_rng = jax.random.split(rng)
     params = vae_lib.init_params(vae, init_rng, images.shape[1])
@@ -43,6 +44,6 @@ def train_vae(vae, images: np.ndarray, config: ml_collections.ConfigDict, rng: j
     state, _ = loop.train(
         step, loop.create_train_state(params, tx), {"images": jnp.asarray(images)},
         num_examples=len(images), num_steps=config.steps, batch_size=config.batch_size,
-        rng=train_rng, name="vae", log_every=config.log_every,
+        rng=train_rng, name="vae", log_every=config.log_every, checkpoints=checkpoints,
     )
     return state.params

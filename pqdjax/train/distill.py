@@ -57,11 +57,13 @@ def train_student(
     rng: jax.Array,
     fast_conv: bool,
     name: str = "student",
+    checkpoints=None,
 ):
     """Trains a fresh `student` on (images float [n,H,W,C] in [-1, 1], weights [n]); returns its params.
 
     config fields: steps, batch_size, learning_rate, warmup_steps, weight_decay,
-    temperature, crop_padding, flip, log_every.
+    temperature, crop_padding, flip, log_every. checkpoints: a
+    pqdjax.train.checkpoint.Checkpoints to resume from and save to, or None.
     """
     if not np.all(np.isfinite(images)):
         raise ValueError(f"{name}: the synthetic images contain NaN or inf.")
@@ -77,6 +79,6 @@ def train_student(
     state, _ = loop.train(
         step, loop.create_train_state(params, tx), data, num_examples=len(images),
         num_steps=config.steps, batch_size=config.batch_size, rng=train_rng, name=name,
-        log_every=config.log_every,
+        log_every=config.log_every, checkpoints=checkpoints,
     )
     return state.params

@@ -7,15 +7,15 @@ A trainer supplies a pure step function
 jitted with the state donated; `data` is a pytree of device arrays (the
 examples, and anything else the step reads, such as a teacher's parameters)
 and `indices` the batch of example indices to gather from it. `train`
-draws the batches (a fresh permutation each epoch), calls the step, logs
-metrics with rate and ETA, and stops with `NonFiniteError` when a metric
-becomes NaN or inf.
+draws the batches (a fresh permutation each epoch), calls the step, shows
+progress and metrics with rate and ETA, checkpoints the state every few
+steps (pqdjax.train.checkpoint) and resumes from the newest checkpoint, and
+stops with `NonFiniteError` when a metric becomes NaN or inf.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,8 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
 from flax import struct
+
+from pqdjax.progress import Progress
+from pqdjax.train.checkpoint import Checkpoints
 
 PyTree = Any
 
@@ -61,17 +63,20 @@ def cosine_adam(learning_rate: float, num_steps: int, warmup_steps: int = 0, wei
     return optax.adamw(schedule, weight_decay=weight_decay, mask=decay_mask)
 
 
-def epoch_batches(rng: jax.Array, num_examples: int, batch_size: int, num_steps: int) -> Iterator[jax.Array]:
-    """Yields num_steps index batches: each epoch a new permutation, cut into batches (remainder dropped).
+def epoch_batches(rng: jax.Array, num_examples: int, batch_size: int, num_steps: int, first_step: int = 0) -> Iterator[jax.Array]:
+    """Yields the index batches of steps first_step .. num_steps - 1.
 
+    Each epoch is a new permutation (keyed by the epoch number), cut into
+    batches (remainder dropped), so the batch of a step depends only on
+    (rng, step) and a resumed run sees the batches an uninterrupted one would.
     A batch_size at least num_examples gives the whole set, permuted, every step.
     """
     batch_size = min(batch_size, num_examples)
     per_epoch = num_examples // batch_size
-    step = 0
-    for epoch in range(math.ceil(num_steps / per_epoch)):
+    step = first_step
+    for epoch in range(first_step // per_epoch, math.ceil(num_steps / per_epoch)):
         order = jax.random.permutation(jax.random.fold_in(rng, epoch), num_examples)
-        for b in range(min(per_epoch, num_steps - step)):
+        for b in range(step - epoch * per_epoch, min(per_epoch, num_steps - epoch * per_epoch)):
             yield order[b * batch_size : (b + 1) * batch_size]
             step += 1
 
@@ -96,22 +101,31 @@ def train(
     rng: jax.Array,
     name: str,
     log_every: int = 100,
+    checkpoints: Checkpoints | None = None,
 ) -> tuple[TrainState, dict[str, float]]:
-    """Runs num_steps steps of step_fn; returns the final state and the last metrics (host floats)."""
+    """Runs num_steps steps of step_fn; returns the final state and the last metrics (host floats).
+
+    With `checkpoints`, resumes from the newest matching checkpoint (its state
+    replaces `state`, which then only gives the structure) and saves the state
+    every `checkpoints.every` steps; the result is bit-identical to a run
+    without interruption. Metrics are checked for NaN/inf every log_every
+    steps and before every checkpoint, so no non-finite state is saved.
+    """
     batch_rng, step_rng = jax.random.split(rng)
-    start = time.perf_counter()
+    restored = checkpoints.restore(state) if checkpoints else None
+    state = restored if restored is not None else state
+    first_step = int(state.step)
+    every = checkpoints.every if checkpoints else 0
+    progress = Progress(name, num_steps, log_every=log_every, first=first_step)
     metrics: dict[str, float] = {}
-    for step, indices in enumerate(epoch_batches(batch_rng, num_examples, batch_size, num_steps)):
+    for step, indices in enumerate(epoch_batches(batch_rng, num_examples, batch_size, num_steps, first_step), first_step):
         state, device_metrics = step_fn(state, data, indices, jax.random.fold_in(step_rng, step))
         done = step + 1
-        if done % log_every == 0 or done == num_steps:
+        checkpoint_now = every and done % every == 0
+        if done % log_every == 0 or done == num_steps or checkpoint_now:
             metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
             _check_finite(name, done, metrics)
-            elapsed = time.perf_counter() - start
-            rate = done / elapsed
-            logging.info(
-                "%s: step %d/%d  %s  (%.1f steps/s, ETA %.0fs)",
-                name, done, num_steps, "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()),
-                rate, (num_steps - done) / rate,
-            )
+        if checkpoint_now:
+            checkpoints.save(state, done)
+        progress.update(done, metrics)
     return state, metrics

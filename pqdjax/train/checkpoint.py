@@ -1,0 +1,89 @@
+"""Mid-training checkpoints, so that a killed training run resumes where it stopped.
+
+`train` (pqdjax.train.loop) saves its whole TrainState (params, optimizer
+state, step) every `every` steps as an orbax checkpoint
+
+    {folder}/step_{n:08d}        the state after n steps
+    {folder}/step_{n:08d}.done   its marker: the training fingerprint and n
+
+through pqdjax.artifacts, so a checkpoint is written under a temporary name,
+renamed into place and marked complete last: a kill at any moment leaves
+either a complete checkpoint or none. Only the newest is kept. A checkpoint
+whose fingerprint differs (another config, other data) is never resumed
+from and is deleted. Because the batches and step keys of `train` are pure
+functions of (rng, step), resuming from step n gives bit for bit the state
+of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+from typing import Any
+
+from absl import logging
+
+from pqdjax.artifacts import ArtifactStore
+
+_STEP_NAME = re.compile(r"^step_(\d{8})$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoints:
+    """Where and how often one training run checkpoints.
+
+    store: the run's artifacts; folder: a folder name in the store (e.g.
+    'checkpoints/teacher'); fingerprint: of everything that determines the
+    training (a checkpoint with another one is stale); every: steps between
+    checkpoints (0: never).
+    """
+
+    store: ArtifactStore
+    folder: str
+    fingerprint: str
+    every: int
+
+    def _name(self, step: int) -> str:
+        return f"{self.folder}/step_{step:08d}"
+
+    def _steps_on_disk(self) -> list[int]:
+        path = self.store.path(self.folder)
+        if not os.path.isdir(path):
+            return []
+        return sorted(int(m.group(1)) for m in map(_STEP_NAME.match, os.listdir(path)) if m)
+
+    def latest_step(self) -> int | None:
+        """The step of the newest complete checkpoint with this fingerprint; deletes stale ones."""
+        latest = None
+        for step in self._steps_on_disk():
+            if self.store.is_complete(self._name(step), self.fingerprint):
+                latest = step
+            else:  # incomplete (killed mid-write) or from another config
+                self.store.remove(self._name(step))
+        return latest
+
+    def restore(self, template: Any) -> Any | None:
+        """The newest matching checkpoint restored into `template`'s structure, or None.
+
+        Raises ArtifactError (and unmarks the checkpoint) when it is corrupt or
+        does not match the template; a rerun then starts from scratch.
+        """
+        step = self.latest_step()
+        if step is None:
+            return None
+        state = self.store.load_params(self._name(step), template)
+        logging.info("resuming from %s (step %d)", self.store.path(self._name(step)), step)
+        return state
+
+    def save(self, state: Any, step: int) -> None:
+        """Saves the state after `step` steps, then deletes the older checkpoints."""
+        self.store.save_params(self._name(step), state, self.fingerprint, {"step": step})
+        for old in self._steps_on_disk():
+            if old != step:
+                self.store.remove(self._name(old))
+
+    def discard(self) -> None:
+        """Deletes the folder: call once the trained artifact itself is saved."""
+        shutil.rmtree(self.store.path(self.folder), ignore_errors=True)
