@@ -99,6 +99,12 @@ def write_text(path: str, text: str) -> None:
             f.write(text)
 
 
+def write_bytes(path: str, data: bytes) -> None:
+    with _atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+
 class ArtifactStore:
     """The artifacts of one run, under `workdir`."""
 

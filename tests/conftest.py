@@ -38,6 +38,31 @@ def write_idx_dataset(folder, num_classes=10, train_per_class=30, test_per_class
     return arrays["train"] + arrays["t10k"]
 
 
+@pytest.fixture(scope="session")
+def runlocal_run(tmp_path_factory):
+    """One finished pipeline run of configs/default.py:runlocal on a small IDX dataset, shared by test modules.
+
+    Returns dict(data_dir, workdir, results: what pipeline.run returned,
+    results_json: results.json as this run wrote it; later tests may rerun in workdir).
+    """
+    import json
+
+    from configs import default
+    from pqdjax import pipeline
+
+    root = tmp_path_factory.mktemp("runlocal")
+    data_dir = str(root / "data")
+    os.makedirs(data_dir)
+    write_idx_dataset(data_dir)
+    workdir = str(root / "run")
+    config = default.get_config("runlocal")
+    config.data.data_dir = data_dir
+    results = pipeline.run(config, workdir)
+    with open(os.path.join(workdir, "results.json")) as f:
+        results_json = json.load(f)
+    return dict(data_dir=data_dir, workdir=workdir, results=results, results_json=results_json)
+
+
 @pytest.fixture
 def idx_dataset_dir(tmp_path):
     folder = tmp_path / "fmnist"

@@ -18,22 +18,14 @@ def _config(data_dir):
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    from conftest import write_idx_dataset
-
-    root = tmp_path_factory.mktemp("pipeline")
-    data_dir = str(root / "data")
-    os.makedirs(data_dir)
-    write_idx_dataset(data_dir)
-    workdir = str(root / "run")
-    results = pipeline.run(_config(data_dir), workdir)
-    return data_dir, workdir, results
+def finished_run(runlocal_run):
+    return runlocal_run["data_dir"], runlocal_run["workdir"], runlocal_run["results"]
 
 
 def test_produces_every_artifact(finished_run):
     _, workdir, results = finished_run
     for name in (
-        "config.json", "results.json", "results.md", "distilled.png",
+        "config.json", "results.json", "results.md", "distilled.png", "accuracy_vs_ipc.png", "weights_ipc2.png",
         "prior/vae", "prior/vae.done", "teacher/params", "teacher/params.done",
         "latents.npz", "quantize/ipc2.npz", "synthetic/ddoq_ipc2.npz", "synthetic/d4m_ipc2.npz",
         "synthetic/random_ipc2.npz", "evaluate/ddoq_ipc2_seed0.json",
@@ -49,7 +41,7 @@ def test_produces_every_artifact(finished_run):
     w2 = stored["quantization"]["2"]["w2"]
     # Voronoi weights are the W2-optimal weights on the points.
     assert all(v <= u * (1 + 1e-3) for v, u in zip(w2["ddoq"]["per_class"], w2["d4m"]["per_class"]))
-    assert set(stored["stage_seconds"]) >= {"prior", "teacher", "encode", "quantize", "decode", "evaluate", "total"}
+    assert set(stored["timing"]["stage_seconds"]) >= {"prior", "teacher", "encode", "quantize", "decode", "evaluate", "total"}
     assert "| ddoq |" in results["table"] and "full data (teacher)" in results["table"]
 
 

@@ -1,9 +1,12 @@
-"""Stage report: results.json, results.md and distilled.png in the workdir.
+"""Stage report: results.json, results.md and the figures in the workdir.
 
 results.json holds every figure of the run with the config that produced it;
-results.md the accuracy table (mean ± std over seeds, per method and IPC),
-the teacher's accuracy and W2 per method; distilled.png the DDOQ images of
-every class with their weights.
+all wall times are under its "timing" key, the only part that differs between
+two runs of the same config and seed. results.md has the accuracy table
+(mean ± std over seeds, per method and IPC), the teacher's accuracy and W2
+per method; distilled.png the DDOQ images of every class with their weights;
+accuracy_vs_ipc.png the accuracy against IPC per method with error bars;
+weights_ipc{K}.png the histogram of the Voronoi weights per class.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import os
 import numpy as np
 from absl import logging
 
-from pqdjax import artifacts
+from pqdjax import artifacts, figures
 from pqdjax.config_checks import split_method
 
 
@@ -146,9 +149,14 @@ def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict]) -> 
         "teacher_test_accuracy": teacher.test_accuracy,
         "accuracy": summary,
         "quantization": quantization,
-        "evaluations": sorted(records, key=lambda r: (r["method"], r["ipc"], r["seed"])),
-        "stage_seconds": run.stage_seconds,
-        "artifact_seconds": _artifact_seconds(run),
+        "evaluations": sorted(
+            ({k: v for k, v in r.items() if k != "seconds"} for r in records), key=lambda r: (r["method"], r["ipc"], r["seed"])
+        ),
+        "timing": {  # wall times in seconds: the one part of results.json that varies from run to run
+            "stage_seconds": run.stage_seconds,
+            "artifact_seconds": _artifact_seconds(run),
+            "student_seconds": {f"{r['method']}_ipc{r['ipc']}_seed{r['seed']}": r.get("seconds") for r in records},
+        },
     }
     store = run.store
     artifacts.write_json(store.path("results.json"), results)
@@ -160,7 +168,10 @@ def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict]) -> 
 
     if store.info(STRIPS_ARTIFACT) is not None:
         plot_pushforward_strips(store.path("pushforward.png"), store.load_arrays(STRIPS_ARTIFACT), run.dataset.class_names)
-    logging.info("report: wrote results.json, results.md and distilled.png to %s", store.workdir)
+    figures.accuracy_vs_ipc(store.path("accuracy_vs_ipc.png"), summary, methods, teacher.test_accuracy)
+    for ipc in ipcs:
+        figures.weight_histograms(store.path(f"weights_ipc{ipc}.png"), quantized[ipc].arrays["weights"], run.dataset.class_names)
+    logging.info("report: wrote results.json, results.md and the figures to %s", store.workdir)
     return {**results, "table": table}
 
 

@@ -85,5 +85,13 @@ class Checkpoints:
                 self.store.remove(self._name(old))
 
     def discard(self) -> None:
-        """Deletes the folder: call once the trained artifact itself is saved."""
-        shutil.rmtree(self.store.path(self.folder), ignore_errors=True)
+        """Deletes the folder, and its parents left empty: call once the trained artifact itself is saved."""
+        folder = self.store.path(self.folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        parent = os.path.dirname(folder)
+        while parent.startswith(self.store.workdir + os.sep):
+            try:
+                os.rmdir(parent)  # only when empty
+            except OSError:
+                break
+            parent = os.path.dirname(parent)

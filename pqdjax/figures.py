@@ -1,0 +1,91 @@
+"""The report's figures, as PNG files written atomically.
+
+    accuracy_vs_ipc     student test accuracy against IPC, one line per method,
+                        error bars of one standard deviation over seeds, the
+                        teacher ("full data") as a dashed line
+    weight_histograms   per class, the histogram of the quantizer's Voronoi
+                        weights times K (1 is the uniform weight of D4M)
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from pqdjax import artifacts
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str, dpi: int = 110) -> None:
+    """Renders `fig` to PNG in memory, then writes it atomically (no half-written PNG), and closes it."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    _pyplot().close(fig)
+    artifacts.write_bytes(path, buffer.getvalue())
+
+
+def accuracy_vs_ipc(
+    path: str,
+    summary: Mapping[str, Mapping[int, Mapping[str, float]]],
+    methods: Sequence[str],
+    teacher_accuracy: float | None = None,
+) -> None:
+    """summary: {method: {ipc: {'mean', 'std', ...}}} of accuracies in [0, 1] (stages.report.summarize)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    ipcs_seen: set[int] = set()
+    for method in methods:
+        cells = summary.get(method, {})
+        ipcs = sorted(cells)
+        ipcs_seen.update(ipcs)
+        means = [100 * cells[k]["mean"] for k in ipcs]
+        stds = [100 * cells[k]["std"] for k in ipcs]
+        ax.errorbar(ipcs, means, yerr=stds, marker="o", capsize=4, label=method)
+    if teacher_accuracy is not None:
+        ax.axhline(100 * teacher_accuracy, color="gray", linestyle="--", label="full data (teacher)")
+    if len(ipcs_seen) > 1:
+        ax.set_xscale("log")
+    ax.set_xticks(sorted(ipcs_seen), [str(k) for k in sorted(ipcs_seen)])
+    ax.minorticks_off()
+    ax.set_xlabel("images per class (IPC)")
+    ax.set_ylabel("student test accuracy (%)")
+    ax.set_title("Accuracy against IPC (mean ± std over seeds)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def weight_histograms(path: str, weights: np.ndarray, class_names: Sequence[str], title: str = "") -> None:
+    """weights: [C, K], each row a class's point weights summing to 1; one histogram of K * w per class."""
+    plt = _pyplot()
+    weights = np.asarray(weights, np.float64)
+    num_classes, k = weights.shape
+    scaled = weights * k  # 1 = uniform
+    edges = np.histogram_bin_edges(scaled, bins=min(20, max(5, k)))
+    columns = min(5, num_classes)
+    rows = -(-num_classes // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 1.9 * rows), sharex=True, squeeze=False)
+    for c in range(rows * columns):
+        ax = axes.flat[c]
+        if c >= num_classes:
+            ax.axis("off")
+            continue
+        ax.hist(scaled[c], bins=edges, color="tab:blue")
+        ax.axvline(1.0, color="gray", linestyle="--", linewidth=1)
+        ax.set_title(str(class_names[c]), fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("K × weight", fontsize=8)
+    fig.suptitle(title or f"Voronoi weights per class (K = {k}; dashed: uniform)", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
