@@ -41,6 +41,7 @@ class Progress:
         self.start = time.perf_counter()
         self._last_draw = 0.0
         self._drawn = False
+        self._last_logged = first
 
     def line(self, done: int, metrics: Mapping[str, float] | None = None) -> str:
         """'name: 120/400 steps (30%)  loss=0.52  12.3 steps/s, ETA 23s'."""
@@ -53,10 +54,12 @@ class Progress:
         return text + f"  {rate:.3g} {self.unit}/s, ETA {eta}"
 
     def update(self, done: int, metrics: Mapping[str, float] | None = None) -> None:
-        """Call after each unit; logs on log_every multiples and at the end, redraws the live line."""
-        if (self.log_every and done % self.log_every == 0) or done == self.total:
+        """Call as units are done; logs each time `done` passes a multiple of log_every and at the end."""
+        passed_multiple = self.log_every and done // self.log_every > self._last_logged // self.log_every
+        if passed_multiple or done == self.total:
             self._clear()
             logging.info("%s", self.line(done, metrics))
+            self._last_logged = done
         elif self.live and time.perf_counter() - self._last_draw >= self.min_redraw_seconds:
             self.stream.write("\r\x1b[K" + self.line(done, metrics))
             self.stream.flush()

@@ -30,7 +30,7 @@ class Latents:
 def encode_images(prior, images: np.ndarray, batch_size: int) -> np.ndarray:
     """uint8 [N, H, W, C] -> float32 [N, h, w, c] scaled posterior means, in fixed-size jitted batches."""
     encode = jax.jit(lambda p, x: vae_lib.encode(prior.vae, p, to_model_range(x), prior.latent_scale))
-    latents = map_batches(lambda batch: encode(prior.params, batch), images, batch_size)
+    latents = map_batches(lambda batch: encode(prior.params, batch), images, batch_size, progress="encode")
     finite = np.isfinite(latents.reshape(len(latents), -1)).all(axis=1)
     if not finite.all():
         bad = np.flatnonzero(~finite)
