@@ -1,5 +1,6 @@
 # make demo: set up, then run the default experiment (Fashion-MNIST, ~10 min on 2 CPU cores).
 # make test: set up, then run the fast test suite.
+# make notebooks: execute the notebooks in notebooks/ in full, outputs into the .ipynb files.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data demo test test-all table clean
+.PHONY: setup data demo test test-all table notebooks clean
 
 setup: $(STAMP)
 
@@ -35,6 +36,10 @@ test: setup data
 
 test-all: setup data
 	$(BIN)/python -m pytest -q -m ''
+
+# Executes every notebook in full and writes its outputs (plots included) to the paired .ipynb.
+notebooks: setup data
+	$(BIN)/jupytext --to ipynb --execute --run-path $(CURDIR) notebooks/[0-9][0-9]_*.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

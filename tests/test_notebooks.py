@@ -1,0 +1,96 @@
+"""Every notebook in notebooks/ runs headless in quick mode and its claims agree; the .ipynb files stay paired.
+
+Each notebook is a jupytext percent-format source notebooks/NN_name.py paired
+with notebooks/NN_name.ipynb, which holds the outputs of a full run
+(`make notebooks`). Here the .py source is executed by a real Jupyter kernel
+(nbclient + ipykernel) with PQDJAX_NOTEBOOK_QUICK=1, which shrinks the sizes;
+every notebook ends by printing one `CHECK <claim>: agrees|DISAGREES` line per
+claim it tests.
+"""
+
+import glob
+import os
+import re
+
+import jupytext
+import nbclient
+import nbformat
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCES = sorted(glob.glob(os.path.join(ROOT, "notebooks", "[0-9][0-9]_*.py")))
+CHECK_LINE = re.compile(r"^CHECK (.+): (agrees|DISAGREES)$", re.MULTILINE)
+
+
+def _stream_text(notebook) -> str:
+    return "".join(
+        output.get("text", "")
+        for cell in notebook.cells if cell.cell_type == "code"
+        for output in cell.get("outputs", []) if output.get("output_type") == "stream"
+    )
+
+
+def _name(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def test_there_are_notebooks():
+    assert len(SOURCES) >= 2, SOURCES
+
+
+@pytest.fixture(scope="module")
+def shared_run_workdir(tmp_path_factory):
+    """One small finished run for the notebooks that read a workdir: the runlocal config on a test IDX dataset."""
+    from conftest import write_idx_dataset
+
+    from pqdjax import runs
+
+    root = tmp_path_factory.mktemp("notebook_run")
+    data_dir = str(root / "data")
+    os.makedirs(data_dir)
+    write_idx_dataset(data_dir)
+    os.environ["PQDJAX_FASHION_MNIST_DIR"] = data_dir  # read by configs/default.py's 'auto' source
+    try:
+        # a missing workdir makes find_or_make_run run the runlocal config into a temporary folder
+        workdir = runs.find_or_make_run(str(root / "missing"))
+    finally:
+        del os.environ["PQDJAX_FASHION_MNIST_DIR"]
+    assert runs.is_finished(workdir)
+    return workdir
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=_name)
+def test_notebook_runs_and_its_claims_agree(source, monkeypatch, request):
+    notebook = jupytext.read(source)
+    monkeypatch.setenv("PQDJAX_NOTEBOOK_QUICK", "1")
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    monkeypatch.delenv("XLA_FLAGS", raising=False)  # one CPU device, as on a user's laptop
+    if "PQDJAX_RUN_WORKDIR" in jupytext.writes(notebook, "py:percent"):
+        monkeypatch.setenv("PQDJAX_RUN_WORKDIR", request.getfixturevalue("shared_run_workdir"))
+    client = nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": ROOT}})
+    client.execute()  # raises CellExecutionError, with the traceback, if a cell fails
+    text = _stream_text(notebook)
+    checks = CHECK_LINE.findall(text)
+    assert checks, f"{_name(source)} printed no CHECK lines:\n{text[-2000:]}"
+    disagreeing = [claim for claim, verdict in checks if verdict != "agrees"]
+    assert not disagreeing, f"{_name(source)}: claims that disagree in quick mode: {disagreeing}"
+    assert any(output.get("data", {}).get("image/png") for cell in notebook.cells for output in cell.get("outputs", [])), "no PNG output"
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=_name)
+def test_executed_notebook_is_paired_with_its_source(source):
+    """The committed .ipynb has the .py's cells, was fully executed without errors, and keeps its plots."""
+    paired = os.path.splitext(source)[0] + ".ipynb"
+    assert os.path.exists(paired), f"{paired} is missing; run `make notebooks`."
+    executed = nbformat.read(paired, as_version=4)
+    expected = jupytext.read(source)
+    sources = lambda nb: [(c.cell_type, c.source.strip()) for c in nb.cells]
+    assert sources(executed) == sources(expected), f"{paired} is out of date with its .py source; run `make notebooks`."
+    code_cells = [c for c in executed.cells if c.cell_type == "code"]
+    assert all(c.get("execution_count") for c in code_cells), f"{paired} has cells that were not executed."
+    outputs = [o for c in code_cells for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"], f"{paired} holds an error output."
+    assert any(o.get("data", {}).get("image/png") for o in outputs), f"{paired} holds no PNG figure."
+    text = _stream_text(executed)
+    assert CHECK_LINE.findall(text) and "DISAGREES" not in text, f"{paired}: the full run's claims do not all agree."
+    assert "mode: full" in text and "mode: quick" not in text, f"{paired} must hold the outputs of a full (not quick) run."
