@@ -94,3 +94,10 @@ def test_executed_notebook_is_paired_with_its_source(source):
     text = _stream_text(executed)
     assert CHECK_LINE.findall(text) and "DISAGREES" not in text, f"{paired}: the full run's claims do not all agree."
     assert "mode: full" in text and "mode: quick" not in text, f"{paired} must hold the outputs of a full (not quick) run."
+
+
+def test_load_run_names_the_fix_for_a_folder_without_a_run(tmp_path):
+    from pqdjax import runs
+
+    with pytest.raises(FileNotFoundError, match="no finished run"):
+        runs.load_run(str(tmp_path))
