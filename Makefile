@@ -39,7 +39,7 @@ test-all: setup data
 
 # Executes every notebook in full and writes its outputs (plots included) to the paired .ipynb.
 notebooks: setup data
-	$(BIN)/jupytext --to ipynb --execute --run-path $(CURDIR) notebooks/[0-9][0-9]_*.py
+	$(BIN)/python notebooks/execute.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
