@@ -55,8 +55,8 @@ from pqdjax.theory import normal, rates
 QUICK = os.environ.get("PQDJAX_NOTEBOOK_QUICK") == "1"  # small sizes for the test suite
 DIMS = (1, 2) if QUICK else (1, 2, 3, 4)
 KS = (4, 8, 16, 32) if QUICK else (4, 8, 16, 32, 64, 128)
-N_TRAIN = 2000 if QUICK else 10000  # the sample that is quantized
-N_TEST = 4000 if QUICK else 20000  # a fresh sample on which the distortion is measured
+N_TRAIN = 2000 if QUICK else 6000  # the sample that is quantized
+N_TEST = 4000 if QUICK else 10000  # a fresh sample on which the distortion is measured
 checks = {}
 print("mode:", "quick" if QUICK else "full")
 
