@@ -50,9 +50,15 @@ def gaussian_mixture(weights, means, stds) -> GaussianMixture:
 
 
 def point_mixture(points: jax.Array, weights: jax.Array) -> GaussianMixture:
-    """The discrete measure sum_k w_k delta_{c_k} as a zero-variance mixture. points [K, d], weights [K]."""
+    """The discrete measure sum_k w_k delta_{c_k} as a zero-variance mixture. points [K, d], weights [K].
+
+    The weights are renormalised to sum to 1: Voronoi weights summed in float32
+    from many small masses can be off by 1e-5, which would leave the cdf short
+    of the top quantile levels.
+    """
     points = jnp.asarray(points, jnp.float32)
-    return GaussianMixture(jnp.asarray(weights, jnp.float32), points, jnp.zeros(points.shape[:1], jnp.float32))
+    weights = jnp.asarray(weights, jnp.float32)
+    return GaussianMixture(weights / jnp.sum(weights), points, jnp.zeros(points.shape[:1], jnp.float32))
 
 
 def noised(mixture: GaussianMixture, alpha: jax.Array, sigma: jax.Array) -> GaussianMixture:
