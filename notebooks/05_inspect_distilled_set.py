@@ -69,11 +69,12 @@ num_classes = run.quantized[run.ipcs[0]]["weights"].shape[0]
 class_names = FASHION_MNIST_CLASSES if num_classes == len(FASHION_MNIST_CLASSES) else [f"class {c}" for c in range(num_classes)]
 figure_dir = tempfile.mkdtemp(prefix="pqdjax-inspect-")
 for ipc in run.ipcs[:1] if QUICK else run.ipcs:
-    if ("ddoq", ipc) not in run.synthetic:
+    method = next((m for m in ("ddoq", *run.methods) if (m, ipc) in run.synthetic and m.startswith("ddoq")), None)
+    if method is None:
         continue
-    stored = run.synthetic["ddoq", ipc]
-    path = os.path.join(figure_dir, f"ddoq_ipc{ipc}.png")
-    plot_distilled(path, types.SimpleNamespace(method="ddoq", images=stored["images"], weights=stored["weights"]), class_names)
+    stored = run.synthetic[method, ipc]
+    path = os.path.join(figure_dir, f"{method}_ipc{ipc}.png")
+    plot_distilled(path, types.SimpleNamespace(method=method, images=stored["images"], weights=stored["weights"]), class_names)
     display(Image(filename=path))
 
 # %% [markdown]
@@ -108,8 +109,9 @@ for method in run.methods:
     means = [100 * cells[str(k)]["mean"] for k in ipcs]
     stds = [100 * cells[str(k)]["std"] for k in ipcs]
     axes[0].errorbar(ipcs, means, yerr=stds, fmt="o-", capsize=3, label=method)
-    w2 = [run.results["quantization"][str(k)]["w2"][method]["mean"] for k in ipcs]
-    axes[1].plot(ipcs, w2, "o-", label=method)
+    w2_ipcs = [k for k in ipcs if method in run.results["quantization"][str(k)]["w2"]]  # one W2 per weighted point set
+    if w2_ipcs:
+        axes[1].plot(w2_ipcs, [run.results["quantization"][str(k)]["w2"][method]["mean"] for k in w2_ipcs], "o-", label=method)
 axes[0].axhline(100 * run.results["teacher_test_accuracy"], color="k", ls="--", label="full data (teacher)")
 axes[0].set(xscale="log", xlabel="IPC", ylabel="student test accuracy (%)", title="accuracy (mean +- std over seeds)")
 axes[1].set(xscale="log", yscale="log", xlabel="IPC", ylabel="mean W2 to the class latents", title="W2 of each method's weighted set")
@@ -135,8 +137,8 @@ print(f"largest difference between stored and recounted Voronoi weights: {max_er
 checks["stored DDOQ weights = Voronoi cell masses recounted from the latents (to 1e-4)"] = max_error <= 1e-4
 checks["DDOQ weights sum to 1 per class"] = all(np.allclose(run.quantized[k]["weights"].sum(1), 1.0, atol=1e-5) for k in run.ipcs)
 synthetic_keys = [(m, k) for (m, k) in run.synthetic if k in run.quantized]
-checks["the synthetic sets carry those weights (ddoq) and uniform ones (d4m, random)"] = all(
-    np.allclose(run.synthetic[m, k]["weights"], run.quantized[k]["weights"] if m == "ddoq" else 1.0 / k, atol=1e-6)
+checks["the synthetic sets carry those weights (ddoq*) and uniform ones (d4m*, random)"] = all(
+    np.allclose(run.synthetic[m, k]["weights"], run.quantized[k]["weights"] if m.startswith("ddoq") else 1.0 / k, atol=1e-6)
     for m, k in synthetic_keys)
 for claim, ok in checks.items():
     print(f"CHECK {claim}: {'agrees' if ok else 'DISAGREES'}")
