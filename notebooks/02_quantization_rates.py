@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from pqdjax.quantize import distortion, quantize
+from pqdjax.quantize import Lloyd, distortion, quantize
 from pqdjax.theory import normal, rates
 
 QUICK = os.environ.get("PQDJAX_NOTEBOOK_QUICK") == "1"  # small sizes for the test suite
@@ -64,7 +64,7 @@ print("mode:", "quick" if QUICK else "full")
 # ## Distortion of Lloyd's quantizer against K
 
 # %%
-quantize_jit = jax.jit(quantize, static_argnames=("k", "max_iter"))
+quantize_jit = jax.jit(quantize, static_argnames=("k", "method"))
 SAMPLERS = {"uniform": jax.random.uniform, "normal": jax.random.normal}
 
 
@@ -75,7 +75,7 @@ def distortion_curve(name: str, d: int) -> np.ndarray:
     x_test = SAMPLERS[name](jax.random.fold_in(key, 1), (N_TEST, d))
     out = []
     for k in KS:
-        q = quantize_jit(x, jnp.full(N_TRAIN, 1.0 / N_TRAIN), k, jax.random.fold_in(key, k), max_iter=200, tol=1e-5)
+        q = quantize_jit(x, jnp.full(N_TRAIN, 1.0 / N_TRAIN), k, jax.random.fold_in(key, k), method=Lloyd(max_iter=200, tol=1e-5))
         out.append(float(distortion(x_test, jnp.full(N_TEST, 1.0 / N_TEST), q.points)))
     return np.array(out)
 

@@ -47,7 +47,7 @@ import numpy as np
 
 from pqdjax import runs
 from pqdjax.data.grouping import class_indices
-from pqdjax.quantize import quantize, wasserstein2
+from pqdjax.quantize import Lloyd, quantize, wasserstein2
 from pqdjax.theory import mixture
 
 QUICK = os.environ.get("PQDJAX_NOTEBOOK_QUICK") == "1"  # small sizes for the test suite
@@ -57,14 +57,14 @@ KS = (10,) if QUICK else (5, 10, 20, 50)
 checks = {}
 print("mode:", "quick" if QUICK else "full")
 
-quantize_jit = jax.jit(quantize, static_argnames=("k", "max_iter"))
+quantize_jit = jax.jit(quantize, static_argnames=("k", "method"))
 w2_jit = jax.jit(wasserstein2)
 
 
 def compare_weights(x: jax.Array, k: int, rng: jax.Array) -> dict:
     """Lloyd's K points for the uniform measure on the rows of x; W2 to it with Voronoi and with uniform weights."""
     mass = jnp.full(x.shape[0], 1.0 / x.shape[0])
-    q = quantize_jit(x, mass, k, rng, max_iter=100)
+    q = quantize_jit(x, mass, k, rng, method=Lloyd(max_iter=100))
     w2_voronoi, ok_v = w2_jit(x, mass, q.points, q.weights)
     w2_uniform, ok_u = w2_jit(x, mass, q.points, jnp.full(k, 1.0 / k))
     return {
@@ -102,7 +102,7 @@ for d in DIMS:
 
 x2 = mixture.sample(synthetic_measure(2), jax.random.key(2), N)
 row = synthetic[2][-1]
-q = quantize_jit(x2, jnp.full(N, 1.0 / N), row["k"], jax.random.key(row["k"]), max_iter=100)
+q = quantize_jit(x2, jnp.full(N, 1.0 / N), row["k"], jax.random.key(row["k"]), method=Lloyd(max_iter=100))
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
 axes[0].scatter(x2[:, 0], x2[:, 1], s=2, c=np.asarray(q.assignment) % 10, cmap="tab10", alpha=0.4)
 axes[0].scatter(q.points[:, 0], q.points[:, 1], s=4000 * np.asarray(q.weights), c="k", alpha=0.7)

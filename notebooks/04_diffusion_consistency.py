@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from pqdjax.quantize import assign, quantize
+from pqdjax.quantize import Lloyd, assign, quantize
 from pqdjax.theory import diffusion, mixture, rates
 
 QUICK = os.environ.get("PQDJAX_NOTEBOOK_QUICK") == "1"  # small sizes for the test suite
@@ -80,10 +80,10 @@ levels = mixture.quantile_levels(N_LEVELS)
 
 # %%
 sample = mixture.quantiles_1d(mu, levels)[:, None]  # [N_LEVELS, 1], equal masses
-quantize_jit = jax.jit(quantize, static_argnames=("k", "max_iter"))
+quantize_jit = jax.jit(quantize, static_argnames=("k", "method"))
 quantizers = {}
 for k in KS:
-    q = quantize_jit(sample, jnp.full(N_LEVELS, 1.0 / N_LEVELS), k, jax.random.key(k), max_iter=500, tol=1e-7)
+    q = quantize_jit(sample, jnp.full(N_LEVELS, 1.0 / N_LEVELS), k, jax.random.key(k), method=Lloyd(max_iter=500, tol=1e-7))
     quantizers[k] = mixture.point_mixture(q.points, q.weights)
 w2_data = {k: float(mixture.wasserstein_1d(mu, nu, n_levels=N_LEVELS)) for k, nu in quantizers.items()}
 print("W2(mu, nu_K):", {k: round(v, 4) for k, v in w2_data.items()})

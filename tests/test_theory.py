@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pqdjax.quantize import quantize
+from pqdjax.quantize import Lloyd, quantize
 from pqdjax.theory import diffusion, mixture, normal, rates
 
 
@@ -42,7 +42,7 @@ def test_normal_closed_forms_agree_with_scipy_and_with_lloyd_on_samples():
     assert float(dist) == pytest.approx(np.trapezoid(d2 * stats.norm.pdf(grid), grid), rel=1e-4)
     # the library's Lloyd on a large sample finds the same quantizer
     x = jax.random.normal(jax.random.key(0), (10000, 1))
-    q = quantize(x, jnp.full(10000, 1 / 10000), 5, jax.random.key(1), max_iter=200, tol=0.0)
+    q = quantize(x, jnp.full(10000, 1 / 10000), 5, jax.random.key(1), Lloyd(max_iter=200, tol=0.0))
     np.testing.assert_allclose(np.sort(q.points[:, 0]), points, atol=0.05)
 
 
