@@ -37,10 +37,25 @@ class ArtifactError(RuntimeError):
     """An artifact cannot be read or written."""
 
 
+# Config fields that change how a stage reports or checkpoints, never what it computes:
+# left out of fingerprints, so that changing them redoes no work.
+UNFINGERPRINTED_FIELDS = frozenset({"log_every", "checkpoint_every"})
+
+
 def fingerprint(*parts: Any) -> str:
     """A short stable hash of JSON-serialisable parts (configs as dicts, other fingerprints)."""
-    text = json.dumps(parts, sort_keys=True, default=_json_default)
+    text = json.dumps(_without_unfingerprinted(parts), sort_keys=True, default=_json_default)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _without_unfingerprinted(value: Any) -> Any:
+    if hasattr(value, "to_dict"):  # ml_collections.ConfigDict
+        value = value.to_dict()
+    if isinstance(value, dict):
+        return {k: _without_unfingerprinted(v) for k, v in value.items() if k not in UNFINGERPRINTED_FIELDS}
+    if isinstance(value, (list, tuple)):
+        return [_without_unfingerprinted(v) for v in value]
+    return value
 
 
 def _json_default(value: Any) -> Any:

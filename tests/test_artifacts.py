@@ -14,6 +14,16 @@ def test_fingerprint_is_stable_and_sensitive():
     assert a != artifacts.fingerprint("x", {"a": [1, 2], "b": 2})
 
 
+def test_fingerprint_ignores_logging_and_checkpoint_intervals():
+    import ml_collections
+
+    config = ml_collections.ConfigDict({"train": {"steps": 5, "log_every": 1, "checkpoint_every": 2}})
+    changed = ml_collections.ConfigDict({"train": {"steps": 5, "log_every": 7, "checkpoint_every": 9}})
+    assert artifacts.fingerprint(config) == artifacts.fingerprint(changed)
+    changed.train.steps = 6
+    assert artifacts.fingerprint(config) != artifacts.fingerprint(changed)
+
+
 def test_arrays_roundtrip_and_marker(tmp_path):
     store = artifacts.ArtifactStore(str(tmp_path))
     assert not store.is_complete("q/a.npz", "f1")
