@@ -47,7 +47,7 @@ from pqdjax import runs
 from pqdjax.data.grouping import class_indices
 from pqdjax.data.sources import FASHION_MNIST_CLASSES
 from pqdjax.quantize import assign, cell_masses
-from pqdjax.stages.report import plot_distilled
+from pqdjax.figures import distilled_grid
 
 QUICK = os.environ.get("PQDJAX_NOTEBOOK_QUICK") == "1"  # the test suite's setting (nothing to shrink here but the figure count)
 checks = {}
@@ -74,7 +74,7 @@ for ipc in run.ipcs[:1] if QUICK else run.ipcs:
         continue
     stored = run.synthetic[method, ipc]
     path = os.path.join(figure_dir, f"{method}_ipc{ipc}.png")
-    plot_distilled(path, types.SimpleNamespace(method=method, images=stored["images"], weights=stored["weights"]), class_names)
+    distilled_grid(path, types.SimpleNamespace(method=method, images=stored["images"], weights=stored["weights"]), class_names)
     display(Image(filename=path))
 
 # %% [markdown]

@@ -89,3 +89,47 @@ def weight_histograms(path: str, weights: np.ndarray, class_names: Sequence[str]
     fig.suptitle(title or f"Voronoi weights per class (K = {k}; dashed: uniform)", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def distilled_grid(path: str, synthetic_set, class_names: Sequence[str]) -> None:
+    """A grid of the set's images, one row per class, each titled with its weight."""
+    plt = _pyplot()
+    images, weights = synthetic_set.images, synthetic_set.weights
+    num_classes, ipc = weights.shape
+    fig, axes = plt.subplots(num_classes, ipc, figsize=(1.1 * ipc + 1.2, 1.25 * num_classes), squeeze=False)
+    for c in range(num_classes):
+        for k in range(ipc):
+            ax = axes[c, k]
+            image = images[c, k]
+            ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
+            ax.set_title(f"w={weights[c, k]:.3f}", fontsize=7, pad=2)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[c, 0].set_ylabel(class_names[c], fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle(f"{synthetic_set.method} images, IPC {ipc}, with their weights", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def pushforward_strips(path: str, strips: dict, class_names: Sequence[str]) -> None:
+    """One row per point: the VAE decoding of the latent point, then img2img at each strength."""
+    plt = _pyplot()
+    images = strips["images"]  # [classes, points, 1 + strengths, H, W, ch]
+    num_classes, per_class, columns = images.shape[:3]
+    titles = ["VAE"] + [f"s={s:g}" for s in strips["strengths"]]
+    fig, axes = plt.subplots(num_classes * per_class, columns, figsize=(1.1 * columns + 1.2, 1.15 * num_classes * per_class), squeeze=False)
+    for c in range(num_classes):
+        for k in range(per_class):
+            row = c * per_class + k
+            for j in range(columns):
+                ax = axes[row, j]
+                image = images[c, k, j]
+                ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if row == 0:
+                    ax.set_title(titles[j], fontsize=7, pad=2)
+            axes[row, 0].set_ylabel(f"{class_names[int(strips['classes'][c])]} {k}", fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle(f"quantization points (IPC {int(strips['ipc'])}): VAE decoding, then img2img at strength s", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)

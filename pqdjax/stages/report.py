@@ -12,7 +12,6 @@ weights_ipc{K}.png the histogram of the Voronoi weights per class.
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 from absl import logging
@@ -62,64 +61,6 @@ def markdown_table(summary: dict, w2: dict, teacher_accuracy: float, methods, ip
     )
 
 
-def plot_distilled(path: str, synthetic_set, class_names) -> None:
-    """A grid of the set's images, one row per class, each titled with its weight."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    images, weights = synthetic_set.images, synthetic_set.weights
-    num_classes, ipc = weights.shape
-    fig, axes = plt.subplots(num_classes, ipc, figsize=(1.1 * ipc + 1.2, 1.25 * num_classes), squeeze=False)
-    for c in range(num_classes):
-        for k in range(ipc):
-            ax = axes[c, k]
-            image = images[c, k]
-            ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
-            ax.set_title(f"w={weights[c, k]:.3f}", fontsize=7, pad=2)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[c, 0].set_ylabel(class_names[c], fontsize=7, rotation=0, ha="right", va="center")
-    fig.suptitle(f"{synthetic_set.method} images, IPC {ipc}, with their weights", fontsize=9)
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def plot_pushforward_strips(path: str, strips: dict, class_names) -> None:
-    """One row per point: the VAE decoding of the latent point, then img2img at each strength."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    images = strips["images"]  # [classes, points, 1 + strengths, H, W, ch]
-    num_classes, per_class, columns = images.shape[:3]
-    titles = ["VAE"] + [f"s={s:g}" for s in strips["strengths"]]
-    fig, axes = plt.subplots(num_classes * per_class, columns, figsize=(1.1 * columns + 1.2, 1.15 * num_classes * per_class), squeeze=False)
-    for c in range(num_classes):
-        for k in range(per_class):
-            row = c * per_class + k
-            for j in range(columns):
-                ax = axes[row, j]
-                image = images[c, k, j]
-                ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if row == 0:
-                    ax.set_title(titles[j], fontsize=7, pad=2)
-            axes[row, 0].set_ylabel(f"{class_names[int(strips['classes'][c])]} {k}", fontsize=7, rotation=0, ha="right", va="center")
-    fig.suptitle(f"quantization points (IPC {int(strips['ipc'])}): VAE decoding, then img2img at strength s", fontsize=9)
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
 def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict]) -> dict:
     config = run.config
     ipcs = sorted(quantized)
@@ -163,11 +104,11 @@ def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict]) -> 
     artifacts.write_text(store.path("results.md"), f"# Results\n\n{table}\nStage wall times (s): {run.stage_seconds}\n")
     figure_ipc = min(ipcs, key=lambda k: abs(k - 10))
     figure_method = "ddoq" if ("ddoq", figure_ipc) in synthetic else methods[-1]
-    plot_distilled(store.path("distilled.png"), synthetic[figure_method, figure_ipc], run.dataset.class_names)
+    figures.distilled_grid(store.path("distilled.png"), synthetic[figure_method, figure_ipc], run.dataset.class_names)
     from pqdjax.stages.decode import STRIPS_ARTIFACT
 
     if store.info(STRIPS_ARTIFACT) is not None:
-        plot_pushforward_strips(store.path("pushforward.png"), store.load_arrays(STRIPS_ARTIFACT), run.dataset.class_names)
+        figures.pushforward_strips(store.path("pushforward.png"), store.load_arrays(STRIPS_ARTIFACT), run.dataset.class_names)
     figures.accuracy_vs_ipc(store.path("accuracy_vs_ipc.png"), summary, methods, teacher.test_accuracy)
     for ipc in ipcs:
         figures.weight_histograms(store.path(f"weights_ipc{ipc}.png"), quantized[ipc].arrays["weights"], run.dataset.class_names)
