@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -180,6 +180,28 @@ class ArtifactStore:
 
     def _mark(self, name: str, fp: str, info: Mapping[str, Any]) -> None:
         write_json(self._marker(name), {"fingerprint": fp, **info})
+
+    # -- files and folders made by a function ------------------------------------------------------------------
+
+    def write_artifact(self, name: str, fill: Callable[[str], None], fp: str, info: Mapping[str, Any] = {}) -> None:
+        """Calls fill(path) to create a file or folder at a temporary path, renames it onto `name`, then marks it complete."""
+        self._invalidate(name)
+        with _atomic_path(self.path(name)) as tmp:
+            fill(tmp)
+        self._mark(name, fp, info)
+
+    def finish_folder(self, partial: str, name: str, fp: str, info: Mapping[str, Any] = {}) -> None:
+        """Renames `partial`, a folder filled in place over time (streamed to, resumed), onto `name` and marks it complete.
+
+        `partial` must not contain ".tmp-" (remove_temporaries would delete it on
+        the next start), and nothing marks it complete before this rename.
+        """
+        self._invalidate(name)
+        target = self.path(name)
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target)
+        os.replace(self.path(partial), target)
+        self._mark(name, fp, info)
 
     # -- arrays -----------------------------------------------------------------
 

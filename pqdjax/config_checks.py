@@ -32,12 +32,7 @@ class ConfigError(ValueError):
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first bad field and what it accepts."""
     if config.data.name == "imagenet2012":
-        raise ConfigError(
-            "the ImageNet-1K pipeline (configs/in1k.py) is not wired into pqdjax.main yet: it needs the Stable "
-            "Diffusion encode (per-class latents on disk) and img2img decode stages. Its parts run on their own: "
-            "pqdjax.models.convert_torchvision (teacher), pqdjax.train.imagenet_student (students), "
-            "pqdjax.data.imagenet (tfds input), pqdjax.quantize (clvq_stream), pqdjax.parallel (mesh)."
-        )
+        raise ConfigError("config.data.name 'imagenet2012' is the ImageNet pipeline's; check it with validate_imagenet_config.")
     ipcs = tuple(config.ipcs)
     if not ipcs or any(not isinstance(k, int) or k < 1 for k in ipcs):
         raise ConfigError(f"config.ipcs must be positive integers, got {ipcs}.")
@@ -71,6 +66,44 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 raise ConfigError(f"config.{path}.{field} must be an integer >= {minimum}, got {section[field]}.")
         if section.learning_rate <= 0:
             raise ConfigError(f"config.{path}.learning_rate must be positive, got {section.learning_rate}.")
+
+
+def validate_imagenet_config(config: ml_collections.ConfigDict) -> None:
+    """The checks of configs/in1k.py-style configs (pqdjax.imagenet_pipeline); raises ConfigError."""
+    ipcs = tuple(config.ipcs)
+    if not ipcs or any(not isinstance(k, int) or k < 1 for k in ipcs) or len(set(ipcs)) != len(ipcs):
+        raise ConfigError(f"config.ipcs must be distinct positive integers, got {ipcs}.")
+    methods = tuple(config.methods)
+    if not methods or set(methods) - {"d4m", "ddoq"} or len(set(methods)) != len(methods):
+        raise ConfigError(f"config.methods must be distinct names from ('d4m', 'ddoq') on ImageNet, got {methods}.")
+    if config.quantize.method not in ("clvq", "lloyd"):
+        raise ConfigError(f"config.quantize.method must be 'clvq' or 'lloyd' on ImageNet, got {config.quantize.method!r}.")
+    if config.prior.kind not in ("stable_diffusion", "tiny_random"):
+        raise ConfigError(f"config.prior.kind must be 'stable_diffusion' or 'tiny_random', got {config.prior.kind!r}.")
+    if config.prior.kind == "stable_diffusion" and not config.prior.pretrained_dir:
+        raise ConfigError(
+            "config.prior.pretrained_dir is empty: set it to a Stable Diffusion v1.x folder in diffusers' layout "
+            "(or a hub repo id), e.g. --config.prior.pretrained_dir=/models/stable-diffusion-v1-5."
+        )
+    if not config.teacher.checkpoint and config.prior.kind != "tiny_random":
+        raise ConfigError(
+            "config.teacher.checkpoint is empty: set it to torchvision's ResNet-18 weights (.safetensors or .pth), "
+            "e.g. --config.teacher.checkpoint=/models/resnet18-f37072fd.pth."
+        )
+    decode = config.decode
+    if not 0.0 <= decode.strength <= 1.0 or decode.num_inference_steps < 1 or decode.guidance_scale < 0:
+        raise ConfigError(
+            "config.decode needs strength in [0, 1], num_inference_steps >= 1 and guidance_scale >= 0, got "
+            f"{decode.strength}, {decode.num_inference_steps}, {decode.guidance_scale}."
+        )
+    if not 1 <= config.data.num_classes <= 1000:
+        raise ConfigError(f"config.data.num_classes must be in [1, 1000] (the first classes of ImageNet-1K), got {config.data.num_classes}.")
+    seeds = tuple(config.evaluate.seeds)
+    if not seeds or any(not isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"config.evaluate.seeds must be distinct integers, got {seeds}.")
+    train = config.evaluate.train
+    if train.epochs < 1 or train.batch_size < 1 or train.learning_rate <= 0:
+        raise ConfigError("config.evaluate.train needs epochs >= 1, batch_size >= 1 and a positive learning_rate.")
 
 
 def _validate_decode(config: ml_collections.ConfigDict) -> None:

@@ -118,3 +118,23 @@ def shard_host_batch(mesh: Mesh, local_batch: PyTree) -> PyTree:
 def replicate(mesh: Mesh, tree: PyTree) -> PyTree:
     """Places a pytree on every device of the mesh."""
     return jax.device_put(tree, replicated(mesh))
+
+
+def process_local_rows(array: jax.Array) -> np.ndarray:
+    """This process's rows of an array sharded over 'data' on its leading axis, in global order, on the host.
+
+    With shard_host_batch, these are exactly the rows this process put in.
+    """
+    parts = {}
+    for shard in array.addressable_shards:
+        start = (shard.index[0].start or 0) if shard.index else 0
+        parts.setdefault(start, shard.data)  # replicas of a row block (other mesh axes) are read once
+    return np.concatenate([np.asarray(parts[start]) for start in sorted(parts)])
+
+
+def sync_processes(name: str) -> None:
+    """A barrier across the processes of a multi-host run (nothing to wait for with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

@@ -2,6 +2,9 @@
 
     data -> prior -> teacher -> encode -> denoiser -> quantize -> decode -> evaluate -> report
 
+(ImageNet-1K, config.data.name 'imagenet2012', runs the stages of
+pqdjax.imagenet_pipeline instead.)
+
 Each stage lives in pqdjax/stages/ and takes the `Run` (config, artifact
 store, lazily loaded dataset, PRNG keys) and the outputs of the stages before
 it. Every output carries a fingerprint: a hash of the config fields that
@@ -25,7 +28,7 @@ import ml_collections
 from absl import logging
 
 from pqdjax import artifacts
-from pqdjax.config_checks import validate_config
+from pqdjax.config_checks import validate_config, validate_imagenet_config
 from pqdjax.data.sources import ImageDataset, load_dataset
 from pqdjax.models.fast_conv import wanted_on_this_backend
 from pqdjax.train.checkpoint import Checkpoints
@@ -49,6 +52,13 @@ class Run:
             dataset.num_classes, dataset.source, time.perf_counter() - start,
         )
         return dataset
+
+    @functools.cached_property
+    def mesh(self) -> jax.sharding.Mesh:
+        """The one Mesh of the run's sharded stages (config.mesh; default: a 'data' axis over all devices)."""
+        from pqdjax import parallel
+
+        return parallel.make_mesh(self.config.get("mesh"))
 
     @property
     def data_fingerprint(self) -> str:
@@ -82,13 +92,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs (or resumes) the experiment of `config` in `workdir`; returns the report (see stages.report)."""
     from pqdjax.stages import decode, denoiser, encode, evaluate, prior, quantize, report, teacher
 
-    validate_config(config)
+    imagenet = config.data.name == "imagenet2012"
+    if imagenet:
+        validate_imagenet_config(config)
+    else:
+        validate_config(config)
     store = artifacts.ArtifactStore(workdir)
     for leftover in store.remove_temporaries():
         logging.info("removed %s, left by an interrupted run", leftover)
     artifacts.write_json(os.path.join(store.workdir, "config.json"), json.loads(config.to_json_best_effort()))
     logging.info("workdir %s, JAX backend %s with %d device(s)", store.workdir, jax.default_backend(), jax.device_count())
     run_ = Run(config=config, store=store)
+    if imagenet:
+        from pqdjax import imagenet_pipeline
+
+        return imagenet_pipeline.run_stages(run_)
     total_start = time.perf_counter()
     prior_out = _timed(run_, "prior", prior.run, run_)
     teacher_out = _timed(run_, "teacher", teacher.run, run_)

@@ -52,19 +52,23 @@ def test_unprepared_imagenet_is_a_clear_error(tmp_path):
         imagenet.open_split("train", data_dir=str(tmp_path))
 
 
-def test_in1k_config_options_and_its_clear_not_wired_error():
+def test_in1k_config_options_and_its_clear_errors_for_missing_weights():
     from configs import in1k
 
-    from pqdjax.config_checks import ConfigError, validate_config
+    from pqdjax.config_checks import ConfigError, validate_imagenet_config
 
     config = in1k.get_config("ipc=50,quantizer=lloyd,student=resnet50")
     assert config.ipcs == (50,) and config.quantize.method == "lloyd" and config.evaluate.model.arch == "resnet50"
     assert config.evaluate.train.temperature == 20.0 and config.decode.strength == 0.7 and config.decode.guidance_scale == 8.0
     local = in1k.get_config("runlocal")
-    assert local.evaluate.train.epochs == 1 and local.teacher.model.arch == "resnet10"
+    assert local.teacher.model.arch == "resnet10" and local.prior.kind == "tiny_random" and local.data.mock_examples > 0
+    validate_imagenet_config(local)
     with pytest.raises(ValueError, match="unknown option"):
         in1k.get_config("ipcs=10")
     with pytest.raises(ValueError, match="quantizer"):
         in1k.get_config("quantizer=kmeans")
-    with pytest.raises(ConfigError, match="not wired"):
-        validate_config(config)
+    with pytest.raises(ConfigError, match="pretrained_dir is empty"):
+        validate_imagenet_config(config)
+    config.prior.pretrained_dir = "/models/sd"
+    with pytest.raises(ConfigError, match="teacher.checkpoint is empty"):
+        validate_imagenet_config(config)

@@ -42,3 +42,21 @@ def test_resnet50_shapes():
     assert len([k for k in variables["params"] if k.startswith("layer3_")]) == 6
     out = jax.eval_shape(lambda v, x: model.apply(v, x), variables, jnp.ones((2, 32, 32, 3)))
     assert out.shape == (2, 3)
+
+
+def test_tiny_torchvision_checkpoint_round_trips_through_the_converter(tmp_path):
+    """tiny_checkpoints writes a torchvision state dict that convert_torchvision turns back into the same variables."""
+    import numpy as np
+
+    from pqdjax.models.tiny_checkpoints import resnet_to_torchvision, write_tiny_torchvision_resnet
+
+    model = ResNet(num_classes=5, depth_name="resnet10", width=4)
+    path = str(tmp_path / "tiny.safetensors")
+    written = write_tiny_torchvision_resnet(path, model, seed=3)
+    state = convert_torchvision.load_state_dict(path)
+    assert state["layer2.0.downsample.1.running_var"].shape == (8,) and state["conv1.weight"].shape == (4, 3, 7, 7)
+    assert set(state) == set(resnet_to_torchvision(written))
+    loaded = convert_torchvision.load_torchvision_resnet(path, model)
+    assert jax.tree.structure(loaded) == jax.tree.structure(written)
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(written)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

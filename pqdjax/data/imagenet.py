@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import math
 import os
 from collections.abc import Iterator, Sequence
 
@@ -92,6 +93,71 @@ def open_split(split: str, data_dir: str | None = None, name: str = TFDS_NAME):
             f"`tfds build {name} --manual_dir=DIR --data_dir=DATA_DIR --file_format=array_record` once "
             "(needs TensorFlow), then set config.data.tfds_data_dir=DATA_DIR."
         ) from e
+
+
+class FoldedLabels:
+    """A data source whose labels are taken modulo `num_classes` (tfds mock data: a few classes, each with examples)."""
+
+    def __init__(self, source, num_classes: int):
+        self.source, self.num_classes = source, num_classes
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> dict:
+        example = dict(self.source[i])
+        return {**example, "label": int(example["label"]) % self.num_classes}
+
+
+def open_configured_split(config, split: str):
+    """The split of config.data (fields tfds_data_dir, num_classes, mock_examples).
+
+    With mock_examples > 0 the source is tfds.testing.mock_data's random
+    imagenet2012 (that many examples of random size in every split, labels
+    folded into the first num_classes classes), for smoke runs without ImageNet.
+    """
+    mock = config.get("mock_examples", 0)
+    if not mock:
+        return open_split(split, config.tfds_data_dir)
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=mock):
+        source = open_split(split)
+    return FoldedLabels(source, config.num_classes)
+
+
+def steps_per_process(num_examples: int, batch_size: int) -> int:
+    """Batches every process runs over a split of num_examples shared by process_shard: the largest part's count.
+
+    Processes must run the same number of sharded steps, so those with a
+    smaller part pad with fully masked batches (`equal_host_batches`).
+    """
+    return math.ceil(math.ceil(num_examples / jax.process_count()) / batch_size)
+
+
+def equal_host_batches(source, num_examples: int, spec: "BatchSpec", first_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """host_batches over this process's part of the first num_examples, then all-masked batches up to steps_per_process.
+
+    first_batch: batches to skip (without reading them) when resuming.
+    """
+    indices = process_shard(num_examples)
+    total = steps_per_process(num_examples, spec.batch_size)
+    yielded = first_batch
+    for batch in host_batches(source, indices[first_batch * spec.batch_size :], spec):
+        yield batch
+        yielded += 1
+    if yielded < total:
+        empty = _empty_batch(spec)
+        for _ in range(total - yielded):
+            yield empty
+
+
+def _empty_batch(spec: "BatchSpec") -> dict[str, np.ndarray]:
+    """A batch of the right shapes with every row masked out."""
+    return {
+        "images": np.zeros((spec.batch_size, spec.crop, spec.crop, 3), np.uint8), "labels": np.zeros(spec.batch_size, np.int32),
+        "index": np.zeros(spec.batch_size, np.int64), "mask": np.zeros(spec.batch_size, bool),
+    }
 
 
 @dataclasses.dataclass(frozen=True)

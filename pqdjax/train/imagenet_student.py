@@ -103,6 +103,16 @@ def jit_data_parallel(step, mesh):
     return jax.jit(step, in_shardings=(rep, rep, data, rep), out_shardings=(rep, rep), donate_argnums=0)
 
 
+@functools.lru_cache(maxsize=8)
+def _compiled(student: nn.Module, teacher: nn.Module, settings: tuple, num_steps: int, mesh):
+    """(optimizer, jitted state init, jitted data-parallel step), cached: students with equal settings compile once."""
+    config = ml_collections.ConfigDict(dict(settings))
+    tx = make_optimizer(config, num_steps)
+    init_fn = jax.jit(lambda rng: create_state(student, rng, config.image_size, tx))
+    step = make_kd_step(student, teacher, tx, config.temperature, config.image_size, config.cutmix_beta)
+    return tx, init_fn, jit_data_parallel(step, mesh)
+
+
 def _checkpoint_manager(directory: str, config: ml_collections.ConfigDict):
     import orbax.checkpoint as ocp  # slow to import; only resumable runs need it
 
@@ -153,11 +163,11 @@ def train_student(
     batch_size = min(config.batch_size, n - n % devices)
     parallel.check_batch_size(mesh, batch_size)
     num_steps = config.epochs * (n // batch_size)
-    tx = make_optimizer(config, num_steps)
+    settings = tuple((k, config.get(k)) for k in ("learning_rate", "warmup_steps", "weight_decay", "temperature", "image_size", "cutmix_beta"))
+    tx, init_fn, step_fn = _compiled(student, teacher, settings, num_steps, mesh)
     init_rng, batch_rng, step_rng = jax.random.split(rng, 3)
-    state = parallel.replicate(mesh, create_state(student, init_rng, config.image_size, tx))
+    state = parallel.replicate(mesh, init_fn(init_rng))
     teacher_variables = parallel.replicate(mesh, teacher_variables)
-    step_fn = jit_data_parallel(make_kd_step(student, teacher, tx, config.temperature, config.image_size, config.cutmix_beta), mesh)
 
     manager = _checkpoint_manager(checkpoint_dir, config) if checkpoint_dir else None
     state, start = _restore_latest(manager, state) if manager else (state, 0)

@@ -1,0 +1,156 @@
+"""ImageNet stage decode: the quantization points pushed forward to 224 px PNGs by Stable Diffusion img2img.
+
+For every IPC K and class c, each of the K latent points is noised to
+config.decode.strength and denoised by DDIM (config.decode.num_inference_steps
+of the schedule, classifier-free guidance config.decode.guidance_scale) with
+the prompt = the class's name (pqdjax/data/imagenet_classes.txt) against
+config.decode.negative_prompt, decoded by the VAE and resized to
+config.decode.image_size (D4M: strength 0.7, guidance 8, 50 steps, 224 px).
+
+    synthetic/ipc{K}/images/class{c:04d}_{k:03d}.png   the K images of class c
+    synthetic/ipc{K}/groups/{c:04d}.json                marks a group of classes done (resume)
+    synthetic/ipc{K}/manifest_{method}.csv              file,label,weight per image
+
+d4m and ddoq share the images (the same points); their manifests differ in
+the weights: 1/K for d4m, the Voronoi cell masses for ddoq (summing to 1
+per class). Classes are decoded config.decode.batch_size // K at a time,
+the batch sharded over this process's devices; each process decodes its
+part of the classes, process 0 writes the manifests.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import io
+import os
+
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from PIL import Image
+
+from pqdjax import artifacts, parallel
+from pqdjax.data import imagenet
+from pqdjax.data.preprocess import to_uint8
+from pqdjax.diffusion import img2img
+from pqdjax.progress import Progress
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticSet:
+    """One method's distilled set at one IPC: its manifest (a path in the store) and fingerprint."""
+
+    method: str
+    ipc: int
+    manifest: str
+    fingerprint: str
+
+
+def read_manifest(path: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(absolute image paths, labels int32 [n], weights float32 [n]) of a manifest CSV."""
+    folder = os.path.dirname(path)
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    files = [os.path.join(folder, r["file"]) for r in rows]
+    return files, np.asarray([int(r["label"]) for r in rows], np.int32), np.asarray([float(r["weight"]) for r in rows], np.float32)
+
+
+def load_images(files: list[str]) -> np.ndarray:
+    """uint8 [n, H, W, 3] from PNG files of one size."""
+    return np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def pushforward(sd, points: np.ndarray, prompts: list[str], rng: jax.Array, config, mesh: Mesh) -> np.ndarray:
+    """Latent points [n, h, w, 4] -> uint8 images [n, S, S, 3] (S = config.image_size) by img2img + VAE decoding.
+
+    The batch is padded to a multiple of the mesh's devices and sharded over them.
+    """
+    n = len(points)
+    extra = -n % mesh.size
+    pad = lambda a: np.concatenate([a, np.repeat(a[-1:], extra, axis=0)]) if extra else a
+    prompts = list(prompts) + [prompts[-1]] * extra
+    sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
+    put = lambda a: jax.device_put(np.asarray(a), sharding)
+    cond = put(sd.text_context(prompts))
+    uncond = put(sd.text_context([config.negative_prompt] * len(prompts)))
+    unet_params = jax.device_put(sd.unet_params, NamedSharding(mesh, PartitionSpec()))
+    latents = img2img(
+        sd.epsilon, sd.scheduler, unet_params, put(pad(points)), cond, uncond, rng,
+        strength=config.strength, guidance=config.guidance_scale, steps=config.num_inference_steps,
+    )
+    images = _resize(sd.decode_latents(latents), config.image_size)
+    return to_uint8(np.asarray(images))[:n]
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _resize(images: jax.Array, size: int) -> jax.Array:
+    """[n, H, W, C] -> [n, size, size, C], bicubic (antialiased when shrinking)."""
+    return jax.image.resize(images, (images.shape[0], size, size, images.shape[-1]), "bicubic", antialias=True)
+
+
+def decode_ipc(run, prior, latents, quantized, ipc: int, fp: str) -> None:
+    """Writes the PNGs of this process's classes (resuming finished groups), then process 0 writes the manifests."""
+    config = run.config.decode
+    store = run.store
+    prompts = imagenet.class_prompts()
+    mesh = Mesh(np.asarray(jax.local_devices()), (parallel.DATA_AXIS,))
+    mine = [int(c) for c in imagenet.process_shard(latents.num_classes)]
+    per_call = max(1, config.batch_size // ipc)
+    groups = [mine[i : i + per_call] for i in range(0, len(mine), per_call)]
+    bar = Progress(f"decode IPC {ipc}", len(groups), unit="groups", log_every=max(1, len(groups) // 10))
+    for g, classes in enumerate(groups, 1):
+        record = f"synthetic/ipc{ipc}/groups/{classes[0]:04d}.json"
+        if store.is_complete(record, fp):
+            continue
+        points = np.concatenate([quantized.load(store, c)["points"] for c in classes]).reshape((-1,) + latents.shape)
+        labels = np.repeat(classes, ipc)
+        images = pushforward(prior.sd, points, [prompts[c] for c in labels], run.rng("decode", ipc, classes[0]), config, mesh)
+        files = []
+        for i, (image, c) in enumerate(zip(images, labels)):
+            files.append(f"images/class{c:04d}_{i % ipc:03d}.png")
+            artifacts.write_bytes(store.path(f"synthetic/ipc{ipc}/{files[-1]}"), _png_bytes(image))
+        store.save_record(record, {"classes": classes, "files": files}, fp)
+        bar.update(g)
+    parallel.sync_processes(f"decode_ipc{ipc}")
+
+
+def write_manifest(run, quantized, ipc: int, method: str, num_classes: int, name: str, fp: str) -> None:
+    """file,label,weight for every image; weights from the quantization (ddoq) or uniform (d4m)."""
+    lines = ["file,label,weight"]
+    for c in range(num_classes):
+        weights = quantized.load(run.store, c)["weights"] if method == "ddoq" else np.full(ipc, 1.0 / ipc)
+        lines += [f"images/class{c:04d}_{k:03d}.png,{c},{float(w):.9g}" for k, w in enumerate(weights)]
+    text = "\n".join(lines) + "\n"
+
+    def write(path):
+        with open(path, "w") as f:
+            f.write(text)
+
+    run.store.write_artifact(name, write, fp, {"images": num_classes * ipc})
+
+
+def run(run, prior, latents, quantized: dict) -> dict[tuple[str, int], SyntheticSet]:
+    out = {}
+    for ipc, q in quantized.items():
+        fp = artifacts.fingerprint("imagenet_decode", q.fingerprint, prior.fingerprint, run.config.decode, run.config.seed)
+        names = {m: f"synthetic/ipc{ipc}/manifest_{m}.csv" for m in run.config.methods}
+        if not all(run.store.is_complete(n, fp) for n in names.values()):
+            decode_ipc(run, prior, latents, q, ipc, fp)
+            if jax.process_index() == 0:
+                for method, name in names.items():
+                    write_manifest(run, q, ipc, method, latents.num_classes, name, fp)
+            parallel.sync_processes(f"manifest_ipc{ipc}")
+        else:
+            logging.info("decode: reusing the synthetic images of IPC %d", ipc)
+        for method, name in names.items():
+            out[method, ipc] = SyntheticSet(method, ipc, run.store.path(name), fp)
+    return out

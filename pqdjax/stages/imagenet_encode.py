@@ -1,0 +1,214 @@
+"""ImageNet stage encode: every training image to its Stable Diffusion latent, streamed to disk per class.
+
+1.28M images x 16,384 floats (512 px) do not fit in host memory, so latents
+are appended to one raw float32 file per class as they are produced:
+
+    encode/latents/process{p}/class{c:04d}.f32   rows [n_c, d] (d = h*w*4, row-major over [h, w, 4])
+    encode/latents/process{p}.done               marker: fingerprint, shape, rows per class
+
+Each process encodes its own part of the training split (process_shard) in
+batches of data.batch_size_per_device x its local devices; the global batch
+is sharded over the Mesh's 'data' axis and the VAE runs under jit on all
+devices. Latents are the posterior mean, or a sample (config.prior.latent_sample)
+whose noise key is folded from the image's index, so a latent does not
+depend on batching or sharding; then times the VAE's scaling factor.
+
+Resuming: while a process encodes, its files live in process{p}.partial/
+with progress.json (batches done, rows per class), rewritten atomically every
+config.encode.flush_every batches after the rows are written. A
+rerun truncates the class files to the recorded rows and continues with the
+next batch; at the end the folder is renamed to process{p} and marked.
+Rows whose label is not below config.data.num_classes are dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from pqdjax import artifacts, parallel
+from pqdjax.data import imagenet
+from pqdjax.models import vae as vae_lib
+from pqdjax.progress import Progress
+
+FOLDER = "encode/latents"
+# The fields of config.data that determine the latents (not, e.g., the validation crop).
+ENCODE_DATA_FIELDS = ("name", "tfds_data_dir", "train_split", "encode_resize", "encode_crop", "num_classes", "train_limit", "mock_examples")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassLatents:
+    """The per-class latent files of every process.
+
+    folders: one per process, each holding class{c:04d}.f32; counts: int [P, C] rows per
+    process and class; shape: a latent's (h, w, c); d = h * w * c.
+    """
+
+    folders: tuple[str, ...]
+    counts: np.ndarray
+    shape: tuple[int, int, int]
+    num_classes: int
+    fingerprint: str
+
+    @property
+    def dim(self) -> int:
+        return int(np.prod(self.shape))
+
+    def class_size(self, c: int) -> int:
+        return int(self.counts[:, c].sum())
+
+    def _memmaps(self, c: int) -> list[np.ndarray]:
+        return [
+            np.memmap(os.path.join(folder, class_file(c)), np.float32, "r", shape=(int(n), self.dim))
+            for folder, n in zip(self.folders, self.counts[:, c]) if n
+        ]
+
+    def batches(self, c: int, batch_size: int) -> Iterator[np.ndarray]:
+        """Class c's latents [<= batch_size, d], read from disk in order (memory: one batch)."""
+        for part in self._memmaps(c):
+            for start in range(0, len(part), batch_size):
+                yield np.array(part[start : start + batch_size])
+
+    def head(self, c: int, n: int) -> np.ndarray:
+        """The first min(n, n_c) latents of class c [<= n, d]."""
+        rows, total = [], 0
+        for batch in self.batches(c, n):
+            rows.append(batch[: n - total])
+            total += len(rows[-1])
+            if total >= n:
+                break
+        return np.concatenate(rows)
+
+    def load(self, c: int) -> np.ndarray:
+        """All of class c's latents [n_c, d] in memory."""
+        return np.concatenate([np.asarray(m) for m in self._memmaps(c)])
+
+
+def class_file(c: int) -> str:
+    return f"class{c:04d}.f32"
+
+
+class _ClassFiles:
+    """Append-only raw float32 files, one per class, in `folder`; `counts` rows each so far.
+
+    A file is opened for each append (1,000 classes would exceed common open-file limits).
+    """
+
+    def __init__(self, folder: str, dim: int, counts: np.ndarray):
+        os.makedirs(folder, exist_ok=True)
+        self.folder, self.dim, self.counts = folder, dim, counts.copy()
+        for c, n in enumerate(self.counts):
+            path = os.path.join(folder, class_file(c))
+            if os.path.exists(path):
+                os.truncate(path, int(n) * dim * 4)  # drop rows written after the last recorded progress
+
+    def append(self, latents: np.ndarray, labels: np.ndarray) -> None:
+        for c in np.unique(labels):
+            rows = np.ascontiguousarray(latents[labels == c], np.float32)
+            with open(os.path.join(self.folder, class_file(int(c))), "ab") as f:
+                f.write(rows.tobytes())
+            self.counts[c] += len(rows)
+
+
+def encode_fn(prior, mesh, sample: bool, rng: jax.Array):
+    """jit of (vae_params, images uint8 [B, H, W, 3], index int [B]) -> scaled latents [B, h, w, 4], B sharded on 'data'."""
+    sd = prior.sd
+    rep, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+
+    def encode(params, images, index):
+        x = images.astype(jnp.float32) / 127.5 - 1.0
+        if not sample:
+            return vae_lib.encode(sd.vae, params, x, sd.latent_scale)
+        keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(index)
+        return jax.vmap(lambda k, xi: vae_lib.encode(sd.vae, params, xi[None], sd.latent_scale, rng=k)[0])(keys, x)
+
+    return jax.jit(encode, in_shardings=(rep, data, data), out_shardings=data)
+
+
+def _num_train_examples(config, source) -> int:
+    limit = config.data.get("train_limit") or 0
+    return min(len(source), limit) if limit else len(source)
+
+
+def encode_process_part(run, prior, name: str, fp: str) -> None:
+    """Encodes this process's part of the training split into the artifact `name` (resuming a partial one)."""
+    config = run.config
+    data = config.data
+    source = imagenet.open_configured_split(data, data.train_split)
+    num_examples = _num_train_examples(config, source)
+    spec = imagenet.BatchSpec(data.batch_size_per_device * jax.local_device_count(), data.encode_resize, data.encode_crop)
+    total = imagenet.steps_per_process(num_examples, spec.batch_size)
+    mesh = run.mesh
+    shape = jax.eval_shape(lambda p, x: vae_lib.encode(prior.sd.vae, p, x), prior.sd.vae_params,
+                           jax.ShapeDtypeStruct((1, spec.crop, spec.crop, 3), jnp.float32)).shape[1:]
+    dim = int(np.prod(shape))
+
+    partial = name + ".partial"
+    progress_path = os.path.join(run.store.path(partial), "progress.json")
+    state = _read_progress(progress_path, fp, data.num_classes)
+    if state["batches"] == 0:
+        shutil.rmtree(run.store.path(partial), ignore_errors=True)  # another config's leftovers
+    else:
+        logging.info("encode: resuming after batch %d of %d", state["batches"], total)
+    files = _ClassFiles(run.store.path(partial), dim, np.asarray(state["counts"], np.int64))
+    encode = encode_fn(prior, mesh, bool(config.prior.latent_sample), run.rng("encode", "sample"))
+    params = parallel.replicate(mesh, prior.sd.vae_params)
+    flush_every = config.encode.get("flush_every", 50)
+    bar = Progress("encode", total, unit="batches", log_every=max(1, total // 10), first=state["batches"])
+    batches = imagenet.equal_host_batches(source, num_examples, spec, first_batch=state["batches"])
+    for b, batch in enumerate(batches, state["batches"]):
+        arrays = parallel.shard_host_batch(mesh, {"images": batch["images"], "index": batch["index"]})
+        latents = parallel.process_local_rows(encode(params, arrays["images"], arrays["index"])).reshape(len(batch["index"]), dim)
+        keep = batch["mask"] & (batch["labels"] < data.num_classes)
+        if not np.isfinite(latents[keep]).all():
+            raise FloatingPointError(
+                f"encode: the VAE produced NaN or inf latents in batch {b}; check config.prior.pretrained_dir's VAE weights."
+            )
+        files.append(latents[keep], batch["labels"][keep])
+        done = b + 1
+        if done % flush_every == 0 or done == total:
+            artifacts.write_json(progress_path, {"fingerprint": fp, "batches": done, "counts": files.counts.tolist()})
+        bar.update(done)
+    os.remove(progress_path)
+    counts = files.counts.tolist()
+    run.store.finish_folder(partial, name, fp, {"counts": counts, "shape": list(shape), "examples": num_examples})
+
+
+def _read_progress(path: str, fp: str, num_classes: int) -> dict:
+    try:
+        with open(path) as f:
+            state = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        state = {}
+    if state.get("fingerprint") != fp or len(state.get("counts", [])) != num_classes:
+        return {"batches": 0, "counts": [0] * num_classes}
+    return state
+
+
+def run(run, prior) -> ClassLatents:
+    config = run.config
+    inputs = {k: config.data.get(k) for k in ENCODE_DATA_FIELDS}
+    fp = artifacts.fingerprint("imagenet_encode", prior.fingerprint, inputs, config.prior.latent_sample, config.seed)
+    name = f"{FOLDER}/process{jax.process_index()}"
+    if run.store.is_complete(name, fp):
+        logging.info("encode: reusing %s", run.store.path(name))
+    else:
+        encode_process_part(run, prior, name, fp)
+    parallel.sync_processes("encode")
+    names = [f"{FOLDER}/process{p}" for p in range(jax.process_count())]
+    infos = [run.store.info(n) for n in names]
+    if any(info is None or info.get("fingerprint") != fp for info in infos):
+        raise artifacts.ArtifactError(f"encode: not every process's latents are in {run.store.path(FOLDER)}; is the workdir on a filesystem all hosts share?")
+    counts = np.asarray([info["counts"] for info in infos], np.int64)
+    shape = tuple(infos[0]["shape"])
+    logging.info("encode: %d latents of shape %s in %d classes (%d to %d per class)",
+                 counts.sum(), shape, counts.shape[1], counts.sum(0).min(), counts.sum(0).max())
+    return ClassLatents(tuple(run.store.path(n) for n in names), counts, shape, config.data.num_classes, fp)

@@ -1,0 +1,80 @@
+"""ImageNet stage evaluate: a fresh student per (method, IPC, seed) by the RDED/D4M protocol, validated sharded.
+
+The student (config.evaluate.model, 1,000 outputs like the teacher) trains on
+the PNGs of a manifest with the teacher's soft labels at temperature 20 and
+each image's weight rescaled to mean 1 per class (pqdjax.train.imagenet_student:
+data-parallel over the Mesh, orbax checkpoints under checkpoints/ so that a
+killed run resumes), then is validated on config.data.test_split at resize
+256 / center crop 224 (pqdjax.train.imagenet_eval). One record per student:
+evaluate/{method}_ipc{K}_seed{s}.json.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import numpy as np
+from absl import logging
+
+from pqdjax import artifacts
+from pqdjax.data import imagenet
+from pqdjax.models.classifiers import make_classifier
+from pqdjax.stages.imagenet_decode import load_images, read_manifest
+from pqdjax.train.distill import per_class_mean_one
+from pqdjax.train.imagenet_eval import sharded_accuracy
+from pqdjax.train.imagenet_student import train_student
+
+
+def per_image_weights(labels: np.ndarray, weights: np.ndarray, num_classes: int) -> np.ndarray:
+    """Manifest weights [n] (summing to 1 per class) -> weights of mean 1 per class [n]."""
+    order = np.argsort(labels, kind="stable")
+    per_class = np.bincount(labels, minlength=num_classes)
+    present = per_class[per_class > 0]
+    if len(set(present.tolist())) != 1:
+        raise ValueError(f"the manifest has unequal numbers of images per class ({sorted(set(present.tolist()))}).")
+    grid = per_class_mean_one(weights[order].reshape(len(present), present[0]))
+    out = np.empty_like(weights)
+    out[order] = grid.reshape(-1)
+    return out
+
+
+def evaluate_set(run, teacher, synthetic, seed: int, checkpoint_dir: str) -> dict:
+    config = run.config
+    start = time.perf_counter()
+    files, labels, weights = read_manifest(synthetic.manifest)
+    images = load_images(files)
+    student = make_classifier(config.evaluate.model, imagenet.NUM_CLASSES)
+    name = f"student {synthetic.method} IPC {synthetic.ipc} seed {seed}"
+    variables, info = train_student(
+        student, teacher.model, teacher.variables, images, per_image_weights(labels, weights, config.data.num_classes),
+        config.evaluate.train, run.rng("evaluate", synthetic.method, synthetic.ipc, seed), run.mesh,
+        checkpoint_dir=checkpoint_dir, name=name,
+    )
+    data = config.data
+    source = imagenet.open_configured_split(data, data.test_split)
+    num_examples = min(len(source), data.get("test_limit") or len(source))
+    test_accuracy = sharded_accuracy(student, variables, source, num_examples, data, run.mesh, name=f"{name} accuracy")
+    logging.info("%s: validation accuracy %.4f after %d steps", name, test_accuracy, info["steps"])
+    return {
+        "method": synthetic.method, "ipc": synthetic.ipc, "seed": seed, "test_accuracy": test_accuracy,
+        "steps": info["steps"], "images": len(files), "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+def run(run, teacher, synthetic: dict) -> list[dict]:
+    config = run.config.evaluate
+    settings = {k: v for k, v in config.to_dict().items() if k != "seeds"}  # adding seeds redoes nothing
+    eval_data = {k: run.config.data.get(k) for k in ("test_split", "eval_resize", "eval_crop", "num_classes", "test_limit", "mock_examples")}
+    records = []
+    for (method, ipc), synthetic_set in synthetic.items():
+        for seed in config.seeds:
+            name = f"evaluate/{method}_ipc{ipc}_seed{seed}.json"
+            fp = artifacts.fingerprint("imagenet_evaluate", teacher.fingerprint, synthetic_set.fingerprint, settings, eval_data, seed)
+            if not run.store.is_complete(name, fp):
+                # The fingerprint in the folder name: a changed config never resumes another's checkpoint.
+                checkpoints = run.store.path(f"checkpoints/evaluate/{method}_ipc{ipc}_seed{seed}_{fp}")
+                run.store.save_record(name, evaluate_set(run, teacher, synthetic_set, seed, checkpoints), fp)
+                shutil.rmtree(checkpoints, ignore_errors=True)
+            records.append(run.store.load_record(name))
+    return records

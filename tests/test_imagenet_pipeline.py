@@ -1,0 +1,144 @@
+"""The ImageNet-1K pipeline end to end under configs/in1k.py:runlocal: tfds mock data, tiny random SD and ResNet checkpoints."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("tensorflow_datasets")
+
+from configs import in1k  # noqa: E402
+from pqdjax import artifacts, pipeline  # noqa: E402
+from pqdjax.data import imagenet  # noqa: E402
+from pqdjax.stages import imagenet_decode, imagenet_encode  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def in1k_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("in1k") / "run")
+    config = in1k.get_config("runlocal")
+    results = pipeline.run(config, workdir)
+    return dict(config=config, workdir=workdir, results=results)
+
+
+def _manifest(workdir, method, ipc):
+    with open(os.path.join(workdir, f"synthetic/ipc{ipc}/manifest_{method}.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_manifests_pngs_and_results(in1k_run):
+    config, workdir, results = in1k_run["config"], in1k_run["workdir"], in1k_run["results"]
+    (ipc,), classes = config.ipcs, config.data.num_classes
+    ddoq, d4m = _manifest(workdir, "ddoq", ipc), _manifest(workdir, "d4m", ipc)
+    assert len(ddoq) == len(d4m) == classes * ipc
+    assert [r["file"] for r in ddoq] == [r["file"] for r in d4m]  # the same images, other weights
+    labels = np.asarray([int(r["label"]) for r in ddoq])
+    np.testing.assert_array_equal(labels, np.repeat(np.arange(classes), ipc))
+    for rows, uniform in ((ddoq, False), (d4m, True)):
+        weights = np.asarray([float(r["weight"]) for r in rows]).reshape(classes, ipc)
+        np.testing.assert_allclose(weights.sum(1), 1.0, atol=1e-6)
+        assert np.all(weights >= 0)
+        if uniform:
+            np.testing.assert_allclose(weights, 1.0 / ipc)
+    images = [Image.open(os.path.join(workdir, f"synthetic/ipc{ipc}", r["file"])) for r in ddoq]
+    assert all(im.size == (224, 224) and im.mode == "RGB" for im in images)
+    pixels = np.stack([np.asarray(im) for im in images])
+    assert pixels.std() > 1  # decoded images, not blank
+
+    with open(os.path.join(workdir, "results.json")) as f:
+        stored = json.load(f)
+    assert {"config", "teacher_test_accuracy", "accuracy", "quantization", "evaluations", "timing", "synthetic"} <= stored.keys()
+    assert 0.0 <= stored["teacher_test_accuracy"] <= 1.0
+    assert sorted(stored["accuracy"]) == ["d4m", "ddoq"]
+    for record in stored["evaluations"]:
+        assert 0.0 <= record["test_accuracy"] <= 1.0 and record["images"] == classes * ipc and record["steps"] >= 1
+    assert len(stored["quantization"][str(ipc)]["distortion_per_class"]) == classes
+    assert "| ddoq |" in results["table"]
+
+
+def test_latents_on_disk_are_the_vae_encodings_of_each_class(in1k_run):
+    """Per-class latent files equal the SD VAE's posterior means of that class's mock images, encoded one by one."""
+    from pqdjax.models.stable_diffusion import load_stable_diffusion
+
+    config, workdir = in1k_run["config"], in1k_run["workdir"]
+    data = config.data
+    sd = load_stable_diffusion(os.path.join(workdir, "prior/tiny_stable_diffusion"))
+    source = imagenet.open_configured_split(data, data.train_split)
+    images = np.stack([imagenet.resize_and_center_crop(source[i]["image"], data.encode_resize, data.encode_crop) for i in range(len(source))])
+    labels = np.asarray([source[i]["label"] for i in range(len(source))])
+    want = np.asarray(sd.encode_images(images.astype(np.float32) / 127.5 - 1.0)).reshape(len(images), -1)
+    info = artifacts.ArtifactStore(workdir).info("encode/latents/process0")
+    assert sum(info["counts"]) == len(source)
+    for c in range(data.num_classes):
+        got = np.fromfile(os.path.join(workdir, "encode/latents/process0", f"class{c:04d}.f32"), np.float32).reshape(-1, want.shape[1])
+        np.testing.assert_allclose(got, want[labels == c], atol=1e-4, err_msg=f"class {c}")
+
+
+def test_ddoq_weights_are_the_voronoi_masses_of_the_stored_points(in1k_run):
+    config, workdir = in1k_run["config"], in1k_run["workdir"]
+    (ipc,) = config.ipcs
+    store = artifacts.ArtifactStore(workdir)
+    weights = np.asarray([float(r["weight"]) for r in _manifest(workdir, "ddoq", ipc)]).reshape(-1, ipc)
+    for c in range(config.data.num_classes):
+        x = np.fromfile(os.path.join(workdir, "encode/latents/process0", f"class{c:04d}.f32"), np.float32)
+        q = store.load_arrays(f"quantize/ipc{ipc}/class{c:04d}.npz")
+        x = x.reshape(-1, q["points"].shape[1])
+        nearest = np.argmin(((x[:, None, :] - q["points"][None]) ** 2).sum(-1), axis=1)
+        np.testing.assert_allclose(weights[c], np.bincount(nearest, minlength=ipc) / len(x), atol=1e-6)
+
+
+def test_a_rerun_does_no_work(in1k_run, monkeypatch):
+    config, workdir = in1k_run["config"], in1k_run["workdir"]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a rerun of a finished run redid work")
+
+    monkeypatch.setattr(imagenet_encode, "encode_process_part", refuse)
+    monkeypatch.setattr(imagenet_decode, "pushforward", refuse)
+    monkeypatch.setattr("pqdjax.stages.imagenet_quantize.quantize_streaming", refuse)
+    monkeypatch.setattr("pqdjax.stages.imagenet_evaluate.evaluate_set", refuse)
+    monkeypatch.setattr("pqdjax.stages.imagenet_teacher.sharded_accuracy", refuse)
+    again = pipeline.run(config, workdir)
+    first = in1k_run["results"]
+    assert {k: v for k, v in again.items() if k != "timing"} == {k: v for k, v in first.items() if k != "timing"}
+
+
+def test_an_interrupted_encode_resumes_to_the_same_files(in1k_run, monkeypatch, tmp_path):
+    """Killed after some batches (progress recorded every batch), a rerun continues and writes the same files."""
+    config, workdir = in1k_run["config"], in1k_run["workdir"]
+    config = in1k.get_config("runlocal")
+    config.encode.flush_every = 1
+    run = pipeline.Run(config=config, store=artifacts.ArtifactStore(workdir))
+    from pqdjax.stages import imagenet_prior
+
+    prior = imagenet_prior.run(run)
+    name, fp = "encode/resume_check", "fp"
+    calls = {"n": 0}
+    original = imagenet_encode._ClassFiles.append
+
+    def append_then_die(self, latents, labels):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # as a kill between two batches
+        original(self, latents, labels)
+
+    monkeypatch.setattr(imagenet_encode._ClassFiles, "append", append_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        imagenet_encode.encode_process_part(run, prior, name, fp)
+    assert run.store.info(name) is None  # nothing marked complete
+    with open(run.store.path(name + ".partial/progress.json")) as f:
+        assert json.load(f)["batches"] == 2
+    monkeypatch.setattr(imagenet_encode._ClassFiles, "append", original)
+    resumed_batches = []
+    real_batches = imagenet.equal_host_batches
+    monkeypatch.setattr(imagenet, "equal_host_batches", lambda *a, **k: resumed_batches.append(k.get("first_batch")) or real_batches(*a, **k))
+    imagenet_encode.encode_process_part(run, prior, name, fp)
+    assert resumed_batches == [2]
+    reference = run.store.path("encode/latents/process0")
+    for c in range(config.data.num_classes):
+        with open(os.path.join(reference, f"class{c:04d}.f32"), "rb") as a, open(run.store.path(f"{name}/class{c:04d}.f32"), "rb") as b:
+            assert a.read() == b.read(), f"class {c}"
+    assert run.store.info(name)["counts"] == run.store.info("encode/latents/process0")["counts"]
