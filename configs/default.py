@@ -3,7 +3,7 @@ r"""DDOQ vs D4M vs random real images on Fashion-MNIST, on a laptop CPU.
 Command:
     python -m pqdjax.main --config=configs/default.py --workdir=runs/default
 Options (after a colon, comma-separated):
-    configs/default.py:table      the full table: IPC 1, 10, 50 x 3 methods x 3 seeds
+    configs/default.py:table      the full table: IPC 1, 10, 50 x 4 methods x 3 seeds
     configs/default.py:runlocal   a tiny smoke run (a few hundred images, tiny models)
 Hardware: 2 CPU cores, no accelerator.
 Runtime (measured, see README.md): about 11.5 minutes from nothing on 2 CPU

@@ -135,7 +135,12 @@ for ipc in run.ipcs:
         max_error = max(max_error, float(jnp.max(jnp.abs(recounted - weights[c]))))
 print(f"largest difference between stored and recounted Voronoi weights: {max_error:.2e}")
 checks["stored DDOQ weights = Voronoi cell masses recounted from the latents (to 1e-4)"] = max_error <= 1e-4
-checks["DDOQ weights sum to 1 per class"] = all(np.allclose(run.quantized[k]["weights"].sum(1), 1.0, atol=1e-5) for k in run.ipcs)
+# A cell mass is a float32 sum of up to n sample masses, so a class's weights sum to 1 up to
+# about n * eps (7e-4 for Fashion-MNIST's 6,000 images per class).
+sum_tolerance = max(len(idx) for idx in groups) * float(np.finfo(np.float32).eps)
+sum_error = max(float(np.max(np.abs(run.quantized[k]["weights"].sum(1) - 1.0))) for k in run.ipcs)
+print(f"largest |sum of a class's weights - 1|: {sum_error:.1e} (float32 accumulation bound {sum_tolerance:.1e})")
+checks["DDOQ weights sum to 1 per class (up to float32 accumulation)"] = sum_error <= sum_tolerance
 synthetic_keys = [(m, k) for (m, k) in run.synthetic if k in run.quantized]
 checks["the synthetic sets carry those weights (ddoq*) and uniform ones (d4m*, random)"] = all(
     np.allclose(run.synthetic[m, k]["weights"], run.quantized[k]["weights"] if m.startswith("ddoq") else 1.0 / k, atol=1e-6)
