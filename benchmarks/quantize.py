@@ -1,7 +1,7 @@
 r"""Quantization kernels side by side: pqdjax Lloyd vs scikit-learn KMeans vs ott-jax k_means.
 
 Command (under the machine's CPU lock, from the repository root):
-    flock /tmp/pqdjax-cpu.lock python -m benchmarks.quantize [--repeats=5] [--quick]
+    flock /tmp/pqdjax-cpu.lock python -m benchmarks.quantize [--repeats=5] [--quick] [--shape=0|1|2]
 
 Each solver starts from the same k-means++ centres and runs the same number of
 Lloyd iterations (tolerance 0, the iteration count fixed), so times and
@@ -144,12 +144,13 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="small shapes, for a smoke test")
+    parser.add_argument("--shape", type=int, default=None,
+                        help="run only the Lloyd comparison at this index of the shape list (0, 1 or 2), no CLVQ memory")
     parser.add_argument("--clvq-child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.clvq_child:
         _clvq_peak_rss_child(*map(int, args.clvq_child.split(",")))
         return
-    rng = np.random.default_rng(0)
     report = {"devices": str(jax.devices()), "cpu_count": os.cpu_count(), "sgemm_gflops": sgemm_rates(args.repeats)}
     print(json.dumps(report), flush=True)
     if args.quick:
@@ -158,15 +159,21 @@ def main():
     else:
         shapes = [((1, 50_000, 256), 100), ((100, 1300, 1024), 10), ((100, 1300, 1024), 50)]
         ns = (100_000, 1_000_000)
+    indices = range(len(shapes)) if args.shape is None else [args.shape]
+    if args.shape is not None:
+        ns = ()
     results = []
-    for (classes, n, d), k in shapes:
-        row = compare_lloyd(_blobs(rng, classes, n, d), k, args.iterations, args.repeats)
+    for index in indices:
+        (classes, n, d), k = shapes[index]
+        # Each shape's data from its own seed, so a one-shape run (--shape) measures the same data.
+        row = compare_lloyd(_blobs(np.random.default_rng(index), classes, n, d), k, args.iterations, args.repeats)
         row["fraction_of_sgemm"] = {s: g / report["sgemm_gflops"]["numpy"] for s, g in row["gflops"].items()}
         results.append(row)
         print(json.dumps(row), flush=True)
     report["lloyd"] = results
-    report["clvq_memory"] = clvq_memory(ns)
-    print(json.dumps(report["clvq_memory"]), flush=True)
+    if ns:
+        report["clvq_memory"] = clvq_memory(ns)
+        print(json.dumps(report["clvq_memory"]), flush=True)
 
 
 if __name__ == "__main__":

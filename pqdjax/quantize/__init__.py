@@ -72,9 +72,17 @@ def quantize(x: jax.Array, mass: jax.Array, k: int, rng: jax.Array, method="lloy
     return solver(method)(x, mass, k, rng)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "method"))
-def _quantize_batched(x, mass, rngs, k, method):
-    return jax.vmap(lambda xc, mc, rc: method(xc, mc, k, rc))(x, mass, rngs)
+@functools.partial(jax.jit, static_argnames=("k", "method", "mesh"))
+def _quantize_batched(x, mass, rngs, k, method, mesh=None):
+    per_class = jax.vmap(lambda xc, mc, rc: method(xc, mc, k, rc))
+    if mesh is None:
+        return per_class(x, mass, rngs)
+    # Each device quantizes its own classes (Lloyd runs them one after another, which a
+    # partitioner could not split over the class axis without gathering it).
+    spec = PartitionSpec(CLASS_AXIS)
+    # check_vma=False: the solvers build their loop carries from constants, which shard_map
+    # would otherwise type as replicated rather than per-device.
+    return jax.shard_map(per_class, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)(x, mass, rngs)
 
 
 def class_mesh(devices=None) -> Mesh:
@@ -106,5 +114,5 @@ def quantize_classes(x, mass, k: int, rngs: jax.Array, method="lloyd", mesh: Mes
     pad = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], extra, axis=0)]) if extra else a
     sharding = NamedSharding(mesh, PartitionSpec(CLASS_AXIS))
     x, mass, rngs = (jax.device_put(pad(jnp.asarray(a)), sharding) for a in (x, mass, rngs))
-    out = _quantize_batched(x, mass, rngs, k, method)
+    out = _quantize_batched(x, mass, rngs, k, method, mesh)
     return jax.tree.map(lambda a: a[:num_classes], out)

@@ -12,6 +12,7 @@ classes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -152,7 +153,7 @@ def _reseed_empty(x, mass, centers, masses, d2_min):
     return jnp.where(empty[:, None], x[far[jnp.clip(rank, 0, k - 1)]], centers)
 
 
-def lloyd(x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int = 100, tol: float = 1e-4) -> Quantization:
+def _lloyd(x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int = 100, tol: float = 1e-4) -> Quantization:
     """Runs Lloyd iterations from `init` until the centres move less than the tolerance.
 
     Convergence follows scikit-learn: stop when the squared centre shift,
@@ -228,6 +229,39 @@ def lloyd(x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int = 100, t
         iterations=iterations,
         converged=(shift <= threshold) | stable,
     )
+
+
+def lloyd(x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int = 100, tol: float = 1e-4) -> Quantization:
+    """Lloyd iterations from `init` (see _lloyd); under jax.vmap, one measure after another.
+
+    Vmapped, a while loop runs every measure for as many iterations as the
+    slowest one and turns each branch into both branches; here vmap runs the
+    measures in sequence (lax.map), each stopping on its own, as scikit-learn
+    does when fitting one measure after another.
+
+    Args:
+      x: [n, d] samples. mass: [n] non-negative weights summing to 1.
+      init: [K, d] initial centres (K <= n). max_iter: iteration bound (static).
+      tol: relative tolerance (0 runs until the assignment is stable or max_iter).
+    Returns:
+      Quantization of `x` with the points Lloyd converged to.
+    """
+    return _one_measure_at_a_time(max_iter, float(tol))(x, mass, init)
+
+
+@functools.lru_cache(maxsize=None)
+def _one_measure_at_a_time(max_iter: int, tol: float):
+    @jax.custom_batching.custom_vmap
+    def run(x, mass, init):
+        return _lloyd(x, mass, init, max_iter, tol)
+
+    @run.def_vmap
+    def run_batched(axis_size, in_batched, x, mass, init):
+        args = tuple(a if batched else jnp.broadcast_to(a, (axis_size, *a.shape)) for a, batched in zip((x, mass, init), in_batched))
+        out = jax.lax.map(lambda a: run(*a), args)
+        return out, jax.tree.map(lambda _: True, out)
+
+    return run
 
 
 @dataclasses.dataclass(frozen=True)
