@@ -246,18 +246,28 @@ def lloyd(x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int = 100, t
     Returns:
       Quantization of `x` with the points Lloyd converged to.
     """
-    return _one_measure_at_a_time(max_iter, float(tol))(x, mass, init)
+    # Python numbers stay static (tol = 0 then skips the variance pass); traced ones are operands.
+    static_iter = max_iter if isinstance(max_iter, int) else None
+    static_tol = float(tol) if isinstance(tol, (int, float)) else None
+    traced = tuple(value for value, static in ((max_iter, static_iter), (tol, static_tol)) if static is None)
+    return _one_measure_at_a_time(static_iter, static_tol)(x, mass, init, *traced)
 
 
 @functools.lru_cache(maxsize=None)
-def _one_measure_at_a_time(max_iter: int, tol: float):
+def _one_measure_at_a_time(static_iter: int | None, static_tol: float | None):
+    """_lloyd as a custom_vmap function of (x, mass, init, then max_iter and tol where not static)."""
+
     @jax.custom_batching.custom_vmap
-    def run(x, mass, init):
+    def run(*args):
+        x, mass, init, *traced = args
+        traced = iter(traced)
+        max_iter = static_iter if static_iter is not None else next(traced)
+        tol = static_tol if static_tol is not None else next(traced)
         return _lloyd(x, mass, init, max_iter, tol)
 
     @run.def_vmap
-    def run_batched(axis_size, in_batched, x, mass, init):
-        args = tuple(a if batched else jnp.broadcast_to(a, (axis_size, *a.shape)) for a, batched in zip((x, mass, init), in_batched))
+    def run_batched(axis_size, in_batched, *args):
+        args = tuple(a if batched else jnp.broadcast_to(a, (axis_size, *jnp.shape(a))) for a, batched in zip(args, in_batched))
         out = jax.lax.map(lambda a: run(*a), args)
         return out, jax.tree.map(lambda _: True, out)
 
