@@ -8,12 +8,14 @@ Command:
 Options (after a colon, comma-separated):
     ipc=N            images per class (the paper's table: 10, 50, 100, 200); default 10
     quantizer=NAME   'clvq' (streaming, default) or 'lloyd'
-    student=ARCH     resnet18 (default), resnet50, resnet101
+    student=ARCH     resnet18 (default), resnet50, resnet101, mobilenet_v2
     runlocal         the whole in1k code path on a CPU in about a minute: tfds
                      mock data (48 random images per split, labels folded into 4
                      classes), a tiny random Stable Diffusion and a tiny random
                      ResNet teacher written as checkpoint files into the workdir
                      and loaded by the real loaders, IPC 2, 2 student epochs
+                     of a tiny ResNet-10 (or, with student=mobilenet_v2, a
+                     MobileNet-V2 at width multiplier 0.25)
     e.g. configs/in1k.py:ipc=50,quantizer=clvq
 Hardware: a TPU v4-32 slice (16 hosts; every host runs the same command, and
     jax.distributed finds the others) or one node with 8 GPUs (A100/H100). The
@@ -62,7 +64,7 @@ what is complete and resumes what was interrupted):
 
 import ml_collections
 
-_STUDENTS = ("resnet18", "resnet50", "resnet101")
+_STUDENTS = ("resnet18", "resnet50", "resnet101", "mobilenet_v2")
 
 
 def _parse(arg: str | None) -> dict:
@@ -135,7 +137,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         )
         config.prior.update(kind="tiny_random")
         config.teacher.model.update(arch="resnet10", width=8)
-        config.evaluate.model.update(arch="resnet10", width=4)
+        if student == "mobilenet_v2":
+            config.evaluate.model.update(width_multiplier=0.25)  # tiny MobileNet-V2 (its last conv keeps 1,280 channels)
+        else:
+            config.evaluate.model.update(arch="resnet10", width=4)
         config.evaluate.train.update(epochs=2, batch_size=8, image_size=32, log_every=1, checkpoint_every=1)
         config.decode.update(num_inference_steps=4, batch_size=8)
         config.quantize.update(batch_size=8, max_iter=20)

@@ -6,6 +6,7 @@ import flax.linen as nn
 import ml_collections
 
 from pqdjax.models.convnet import ConvNet
+from pqdjax.models.mobilenet import MobileNetV2
 from pqdjax.models.resnet import ARCHITECTURES as RESNETS
 from pqdjax.models.resnet import ResNet
 
@@ -17,9 +18,14 @@ def make_classifier(config: ml_collections.ConfigDict, num_classes: int) -> nn.M
     'resnet10' | 'resnet18' | 'resnet34' | 'resnet50' | 'resnet101': torchvision's ResNet
     (BatchNorm: its variables include 'batch_stats', and it takes `train=`),
     with an optional config.width (default 64) for tiny test models.
+    'mobilenet_v2': torchvision's MobileNet-V2 (BatchNorm, `train=` likewise), with an
+    optional config.width_multiplier (default 1.0) for tiny test models.
     """
     if config.arch == "convnet":
         return ConvNet(num_classes=num_classes, width=config.width, depth=config.depth, norm=config.norm)
     if config.arch in RESNETS:
         return ResNet(num_classes=num_classes, depth_name=config.arch, width=config.get("width", 64))
-    raise ValueError(f"unknown classifier arch {config.arch!r}; known: 'convnet', {', '.join(map(repr, RESNETS))}.")
+    if config.arch == "mobilenet_v2":
+        return MobileNetV2(num_classes=num_classes, width_multiplier=config.get("width_multiplier", 1.0))
+    known = ", ".join(map(repr, ("convnet", *RESNETS, "mobilenet_v2")))
+    raise ValueError(f"unknown classifier arch {config.arch!r}; known: {known}.")
