@@ -146,3 +146,15 @@ def test_one_kd_step_as_imagenet_student_gives_a_finite_loss_and_changes_the_mod
     old, new = state.train.params["classifier_1"]["kernel"], new_state.train.params["classifier_1"]["kernel"]
     assert not np.allclose(old, new)
     assert not np.allclose(state.batch_stats["features_0_1"]["mean"], new_state.batch_stats["features_0_1"]["mean"])
+
+
+def test_in1k_config_student_option():
+    from configs import in1k
+
+    config = in1k.get_config("student=mobilenet_v2")
+    assert isinstance(make_classifier(config.evaluate.model, 1000), MobileNetV2)
+    local = in1k.get_config("runlocal,student=mobilenet_v2")
+    assert local.evaluate.model.arch == "mobilenet_v2" and local.evaluate.model.width_multiplier == 0.25
+    assert in1k.get_config("runlocal").evaluate.model.arch == "resnet10"
+    with pytest.raises(ValueError, match="student must be one of.*mobilenet_v2"):
+        in1k.get_config("student=mobilenet_v3")
