@@ -158,3 +158,83 @@ def test_in1k_config_student_option():
     assert in1k.get_config("runlocal").evaluate.model.arch == "resnet10"
     with pytest.raises(ValueError, match="student must be one of.*mobilenet_v2"):
         in1k.get_config("student=mobilenet_v3")
+
+
+def _torch_mobilenet_v2(num_classes: int, width: float):
+    """MobileNet-V2 written directly in torch (torchvision's module layout and forward), the second implementation."""
+    import torch
+    from torch import nn as tnn
+
+    def conv_bn_relu6(cin, cout, kernel, stride, groups=1):
+        conv = tnn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False)
+        return tnn.Sequential(conv, tnn.BatchNorm2d(cout), tnn.ReLU6())
+
+    class Block(tnn.Module):
+        def __init__(self, cin, cout, stride, t):
+            super().__init__()
+            hidden = int(round(cin * t))
+            layers = [conv_bn_relu6(cin, hidden, 1, 1)] if t != 1 else []
+            layers += [conv_bn_relu6(hidden, hidden, 3, stride, hidden), tnn.Conv2d(hidden, cout, 1, bias=False), tnn.BatchNorm2d(cout)]
+            self.conv, self.residual = tnn.Sequential(*layers), stride == 1 and cin == cout
+
+        def forward(self, x):
+            return x + self.conv(x) if self.residual else self.conv(x)
+
+    class Net(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            channels = make_divisible(32 * width)
+            features = [conv_bn_relu6(3, channels, 3, 2)]
+            for t, c, n, s in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)):
+                for b in range(n):
+                    features.append(Block(channels, make_divisible(c * width), s if b == 0 else 1, t))
+                    channels = make_divisible(c * width)
+            features.append(conv_bn_relu6(channels, 1280, 1, 1))
+            self.features = tnn.Sequential(*features)
+            self.classifier = tnn.Sequential(tnn.Dropout(0.2), tnn.Linear(1280, num_classes))
+
+        def forward(self, x):
+            return self.classifier(torch.flatten(tnn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+    return Net()
+
+
+def _torch_state_to_flax(state: dict) -> dict:
+    """torchvision MobileNet-V2 state-dict keys -> the flax tree: `features.2.conv.1.0.weight` -> params/features_2/conv_1_0/kernel."""
+    variables = {"params": {}, "batch_stats": {}}
+    for key, tensor in state.items():
+        *path, leaf = key.split(".")
+        value = tensor.detach().numpy()
+        if leaf == "num_batches_tracked":
+            continue
+        names = ["_".join(path[:2]), "_".join(path[2:])] if len(path) > 2 and path[2] == "conv" else ["_".join(path)]
+        collection, leaf = {"running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}.get(leaf, ("params", leaf))
+        if leaf == "weight":
+            leaf = {4: "kernel", 2: "kernel", 1: "scale"}[value.ndim]
+            value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T if value.ndim == 2 else value
+        node = variables[collection]
+        for name in names[:-1]:
+            node = node.setdefault(name, {})
+        node.setdefault(names[-1], {})[leaf] = jnp.asarray(value)
+    return variables
+
+
+def test_forward_matches_a_torch_implementation(tiny):
+    """Torch weights (random BatchNorm statistics) converted by key name: same tree as ours, same logits in eval mode."""
+    torch = pytest.importorskip("torch")
+    model, ours = tiny
+    torch.manual_seed(0)
+    net = _torch_mobilenet_v2(5, 0.25).eval()
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5), module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5), module.bias.uniform_(-0.2, 0.2)
+    variables = _torch_state_to_flax(net.state_dict())
+    assert jax.tree.structure(variables) == jax.tree.structure(ours)
+    jax.tree.map(lambda a, b: np.testing.assert_equal(a.shape, b.shape), variables, ours)
+    x = np.random.default_rng(3).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+    np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=1e-4)
