@@ -36,24 +36,26 @@ def class_indices(labels: np.ndarray, num_classes: int) -> list[np.ndarray]:
     return groups
 
 
-def pad_classes(values: np.ndarray, groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Stacks each class's rows into a [C, n_max, ...] array padded with zeros.
+def stack_padded(per_class: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Stacks per-class arrays [n_c, ...] into one [C, n_max, ...] array padded with zeros.
 
-    Args:
-      values: [N, ...] per-sample values (e.g. latents [N, d]).
-      groups: per-class index arrays, as from `class_indices`.
     Returns:
-      padded: [C, n_max, ...], class c's samples first, then zeros.
-      mass: float32 [C, n_max], 1/n_c on class c's samples and 0 on padding,
+      padded: [C, n_max, ...], class c's rows first, then zeros.
+      mass: float32 [C, n_max], 1/n_c on class c's rows and 0 on padding,
         so each class's empirical measure is (padded[c], mass[c]).
     """
-    n_max = max(len(g) for g in groups)
-    padded = np.zeros((len(groups), n_max) + values.shape[1:], values.dtype)
-    mass = np.zeros((len(groups), n_max), np.float32)
-    for c, g in enumerate(groups):
-        padded[c, : len(g)] = values[g]
-        mass[c, : len(g)] = 1.0 / len(g)
+    n_max = max(len(rows) for rows in per_class)
+    padded = np.zeros((len(per_class), n_max) + per_class[0].shape[1:], per_class[0].dtype)
+    mass = np.zeros((len(per_class), n_max), np.float32)
+    for c, rows in enumerate(per_class):
+        padded[c, : len(rows)] = rows
+        mass[c, : len(rows)] = 1.0 / len(rows)
     return padded, mass
+
+
+def pad_classes(values: np.ndarray, groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """`stack_padded` of each class's rows of `values` [N, ...]; groups: per-class index arrays, as from `class_indices`."""
+    return stack_padded([values[g] for g in groups])
 
 
 def select_random(groups: list[np.ndarray], k: int, rng: jax.Array) -> np.ndarray:

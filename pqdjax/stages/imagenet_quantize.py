@@ -25,7 +25,7 @@ from absl import logging
 
 from pqdjax import artifacts, parallel
 from pqdjax.data import imagenet
-from pqdjax.data.grouping import EmptyClassError
+from pqdjax.data.grouping import EmptyClassError, stack_padded
 from pqdjax.progress import Progress
 from pqdjax.quantize import class_mesh, clvq_stream, kmeans_plus_plus, quantize_classes, solver
 
@@ -68,12 +68,7 @@ def quantize_streaming(latents, c: int, ipc: int, rng: jax.Array, config) -> dic
 
 def quantize_in_memory(latents, classes: list[int], ipc: int, keys: jax.Array, config, mesh) -> list[dict[str, np.ndarray]]:
     """Lloyd on a few classes at once: padded to a common size with zero mass, class axis sharded over `mesh`."""
-    loaded = [latents.load(c) for c in classes]
-    n = max(len(x) for x in loaded)
-    x = np.zeros((len(classes), n, latents.dim), np.float32)
-    mass = np.zeros((len(classes), n), np.float32)
-    for i, rows in enumerate(loaded):
-        x[i, : len(rows)], mass[i, : len(rows)] = rows, 1.0 / len(rows)
+    x, mass = stack_padded([latents.load(c) for c in classes])
     method = solver("lloyd", max_iter=config.max_iter, tol=config.tol)
     q = jax.device_get(quantize_classes(jnp.asarray(x), jnp.asarray(mass), ipc, keys, method, mesh=mesh))
     return [{"points": q.points[i], "weights": q.weights[i], "distortion": q.distortion[i]} for i in range(len(classes))]
