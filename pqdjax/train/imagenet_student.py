@@ -200,24 +200,3 @@ def _standard_save(state):
     import orbax.checkpoint as ocp
 
     return ocp.args.StandardSave(state)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _predict(model: nn.Module, variables, images: jax.Array) -> jax.Array:
-    return model.apply(variables, normalize(images.astype(jnp.float32) / 255.0), train=False)
-
-
-def accuracy(model: nn.Module, variables, batches) -> float:
-    """Top-1 accuracy over an iterable of {'images': uint8 [B, 224, 224, 3], 'labels': [B], 'mask': bool [B]}.
-
-    The mask marks the real rows of a padded final batch.
-    """
-    correct = total = 0
-    for batch in batches:
-        predictions = np.argmax(np.asarray(_predict(model, variables, jnp.asarray(batch["images"]))), axis=1)
-        mask = np.asarray(batch["mask"], bool)
-        correct += int(np.sum((predictions == np.asarray(batch["labels"])) & mask))
-        total += int(mask.sum())
-    if total == 0:
-        raise ValueError("accuracy: no examples.")
-    return correct / total
