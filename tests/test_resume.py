@@ -92,12 +92,18 @@ def test_checkpoints_of_another_config_are_ignored_and_deleted(tmp_path, monkeyp
     assert not os.path.exists(tmp_path / "ckpt" / "step_00000003")
 
 
-def test_corrupt_checkpoint_is_a_clear_error_then_a_fresh_start(tmp_path, monkeypatch):
+def _checkpoints_of_a_run_killed_at_step_3(tmp_path, monkeypatch) -> Checkpoints:
+    """A training run killed right after its step-3 checkpoint; returns its Checkpoints."""
     store = artifacts.ArtifactStore(str(tmp_path))
     checkpoints = Checkpoints(store, "ckpt", "fp", every=3)
     _kill_after_checkpoint(monkeypatch, at_step=3)
     with pytest.raises(Killed):
         _train(checkpoints)
+    return checkpoints
+
+
+def test_corrupt_checkpoint_is_a_clear_error_then_a_fresh_start(tmp_path, monkeypatch):
+    checkpoints = _checkpoints_of_a_run_killed_at_step_3(tmp_path, monkeypatch)
     for folder, _, files in os.walk(tmp_path / "ckpt" / "step_00000003"):
         for name in files:
             path = os.path.join(folder, name)
@@ -109,11 +115,7 @@ def test_corrupt_checkpoint_is_a_clear_error_then_a_fresh_start(tmp_path, monkey
 
 
 def test_checkpoint_of_another_model_is_a_clear_error(tmp_path, monkeypatch):
-    store = artifacts.ArtifactStore(str(tmp_path))
-    checkpoints = Checkpoints(store, "ckpt", "fp", every=3)
-    _kill_after_checkpoint(monkeypatch, at_step=3)
-    with pytest.raises(Killed):
-        _train(checkpoints)
+    checkpoints = _checkpoints_of_a_run_killed_at_step_3(tmp_path, monkeypatch)
     images, labels = _two_class_images(n=40)
     wider = ConvNet(num_classes=2, width=8, depth=1)  # same fingerprint, other shapes
     with pytest.raises(artifacts.ArtifactError, match="does not match the model"):
