@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from pqdjax.quantize import block_bounds
 from pqdjax.quantize.voronoi import assign, cell_masses, nearest, squared_distances, squared_norms
 
 
@@ -110,6 +111,12 @@ def kmeans_plus_plus(x: jax.Array, mass: jax.Array, k: int, rng: jax.Array, n_lo
 # Rows per block of the fused assign-and-accumulate pass: a block's [rows, K] distances and
 # [rows, d] samples stay in cache between the matmul, the minimum and the cell sums.
 BLOCK_ROWS = 4096
+# Rows per block with block bounds: smaller blocks of cell-sorted samples span fewer cells
+# (more points ruled out) but add a loop step each.
+BOUNDED_BLOCK_ROWS = 1024
+# "auto" uses block bounds from this many samples and points on (below, the bounds cost more than they save).
+BOUNDED_MIN_ROWS = 8 * BOUNDED_BLOCK_ROWS
+BOUNDED_MIN_POINTS = 32
 
 
 def _blocks(n: int, block_rows: int) -> tuple[int, int]:
@@ -153,6 +160,21 @@ def _reseed_empty(x, mass, centers, masses, d2_min):
     return jnp.where(empty[:, None], x[far[jnp.clip(rank, 0, k - 1)]], centers)
 
 
+def _new_centers(x, mass, points, sums, masses, d2_min):
+    """Barycentres of the cells (an empty cell re-seeded), the squared shift summed over centres, any empty."""
+    empty = jnp.any(masses <= 0)
+    centers = sums / jnp.maximum(masses, jnp.finfo(x.dtype).tiny)[:, None]
+    centers = jax.lax.cond(empty, _reseed_empty, lambda *args: args[2], x, mass, centers, masses, d2_min)
+    return centers, jnp.sum(jnp.square(centers - points)), empty
+
+
+def _keep_going(max_iter, threshold):
+    def cond(state):
+        i, shift, stable = state[-4:-1]
+        return (i < max_iter) & (shift > threshold) & ~stable
+    return cond
+
+
 def _lloyd(x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int = 100, tol: float = 1e-4) -> Quantization:
     """Runs Lloyd iterations from `init` until the centres move less than the tolerance.
 
@@ -190,19 +212,12 @@ def _lloyd(x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int = 100, 
         assignment, d2_min, _, masses = one_pass(points)
         return assignment, d2_min, masses
 
-    def cond(state):
-        i, shift, stable = state[4:7]
-        return (i < max_iter) & (shift > threshold) & ~stable
-
     def body(state):
         points, previous_assignment, _, _, i, _, _, _ = state
         assignment, d2_min, sums, masses = one_pass(points)
         # As in scikit-learn: an unchanged assignment is strict convergence.
         stable = jnp.all((assignment == previous_assignment) | (mass <= 0))
-        empty = jnp.any(masses <= 0)
-        centers = sums / jnp.maximum(masses, jnp.finfo(x.dtype).tiny)[:, None]
-        centers = jax.lax.cond(empty, _reseed_empty, lambda *args: args[2], x, mass, centers, masses, d2_min)
-        shift = jnp.sum(jnp.square(centers - points))
+        centers, shift, empty = _new_centers(x, mass, points, sums, masses, d2_min)
         # A stable assignment with no empty cell gives back the same centres bit for bit,
         # so this pass's assignment, distances and masses already belong to the new centres.
         return centers, assignment, d2_min, masses, i + 1, shift, stable, stable & ~empty
@@ -217,7 +232,8 @@ def _lloyd(x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int = 100, 
         jnp.bool_(False),
         jnp.bool_(False),
     )
-    points, assignment, d2_min, masses, iterations, shift, stable, current = jax.lax.while_loop(cond, body, init_state)
+    points, assignment, d2_min, masses, iterations, shift, stable, current = jax.lax.while_loop(
+        _keep_going(max_iter, threshold), body, init_state)
     assignment, d2_min, masses = jax.lax.cond(
         current, lambda p: (assignment, d2_min, masses), final_pass, points,
     )
@@ -231,7 +247,96 @@ def _lloyd(x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int = 100, 
     )
 
 
-def lloyd(x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int = 100, tol: float = 1e-4) -> Quantization:
+def _lloyd_bounded(x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int, tol: float = 1e-4) -> Quantization:
+    """_lloyd with block bounds (pqdjax.quantize.block_bounds): the same iterates, fewer distances on clustered data.
+
+    The first iteration runs in the input order; its assignment sorts the
+    samples by cell, so that each block of BOUNDED_BLOCK_ROWS contiguous rows
+    spans few cells. From the second iteration on, each block computes its
+    distances only to the points its bounds leave as candidates. Outputs are
+    in the input order. Needs max_iter >= 1 (static).
+    """
+    x = x.astype(jnp.float32)
+    mass = mass.astype(jnp.float32)
+    n, d = x.shape
+    k = init.shape[0]
+    threshold = tolerance_threshold(x, mass, tol)
+    points = init.astype(jnp.float32)
+
+    # Iteration 1, in the input order (the plain pass).
+    count, rows = _blocks(n, BLOCK_ROWS)
+    pad = count * rows - n
+    first, first_d2, sums, masses = _assign_and_accumulate(
+        jnp.pad(x, ((0, pad), (0, 0))).reshape(count, rows, d), jnp.pad(mass, (0, pad)).reshape(count, rows),
+        jnp.pad(squared_norms(x), (0, pad)).reshape(count, rows), points)
+    first, first_d2 = first.reshape(-1)[:n], first_d2.reshape(-1)[:n]
+    centers, shift, _ = _new_centers(x, mass, points, sums, masses, first_d2)
+
+    # The rest on samples sorted by cell, the cells in the order of a nearest-neighbour tour of
+    # their points. Pad rows repeat the last sample (zero mass), which keeps the last block's
+    # bounds as tight as the others'.
+    tour_position = jnp.zeros((k,), jnp.int32).at[block_bounds.chain_order(points)].set(jnp.arange(k, dtype=jnp.int32))
+    order = jnp.argsort(tour_position[first], stable=True)
+    xs, ms = x[order], mass[order]
+    count, rows = _blocks(n, BOUNDED_BLOCK_ROWS)
+    pad = count * rows - n
+    x_blocks = jnp.pad(xs, ((0, pad), (0, 0)), mode="edge").reshape(count, rows, d)
+    mass_blocks = jnp.pad(ms, (0, pad)).reshape(count, rows)
+    sq_blocks = squared_norms(x_blocks)
+    caps = block_bounds.candidate_caps(k)
+
+    def one_pass(points, bounds):
+        assignment, d2_min, sums, masses, bounds = block_bounds.bounded_pass(
+            x_blocks, mass_blocks, sq_blocks, points, bounds, caps)
+        return assignment.reshape(-1)[:n], d2_min.reshape(-1)[:n], sums, masses, bounds
+
+    def body(state):
+        points, bounds, previous_assignment, _, _, i, _, _, _ = state
+        assignment, d2_min, sums, masses, bounds = one_pass(points, bounds)
+        stable = jnp.all((assignment == previous_assignment) | (ms <= 0))
+        centers, shift, empty = _new_centers(xs, ms, points, sums, masses, d2_min)
+        # As in _lloyd, a stable assignment gives back the same centres bit for bit, except
+        # on the first sorted pass (its sums add the samples in another order than iteration 1's).
+        return (centers, block_bounds.move(bounds, points, centers), assignment, d2_min, masses, i + 1,
+                shift, stable, stable & ~empty & (i >= 2))
+
+    init_state = (
+        centers, block_bounds.BlockBounds.unknown(count, k), first[order], first_d2[order], masses,
+        jnp.int32(1), shift, jnp.bool_(False), jnp.bool_(False),
+    )
+    points, bounds, assignment, d2_min, masses, iterations, shift, stable, current = jax.lax.while_loop(
+        _keep_going(max_iter, threshold), body, init_state)
+    def final_pass(points, bounds):
+        assignment, d2_min, _, masses, _ = one_pass(points, bounds)
+        return assignment, d2_min, masses
+
+    assignment, d2_min, masses = jax.lax.cond(
+        current, lambda *_: (assignment, d2_min, masses), final_pass, points, bounds,
+    )
+    return Quantization(
+        points=points,
+        weights=masses,
+        assignment=jnp.zeros((n,), jnp.int32).at[order].set(assignment),
+        distortion=jnp.sum(ms * d2_min),
+        iterations=iterations,
+        converged=(shift <= threshold) | stable,
+    )
+
+
+def uses_block_bounds(n: int, k: int, max_iter, bounds: bool | None = None) -> bool:
+    """Whether `lloyd` runs with block bounds: `bounds` if given (True needs a static max_iter >= 1),
+    else from BOUNDED_MIN_ROWS samples and BOUNDED_MIN_POINTS points on."""
+    static = isinstance(max_iter, int) and max_iter >= 1
+    if bounds is None:
+        return static and n >= BOUNDED_MIN_ROWS and k >= BOUNDED_MIN_POINTS
+    if bounds and not static:
+        raise ValueError(f"Lloyd with block bounds needs a static max_iter >= 1 (a Python int), got {max_iter!r}.")
+    return bool(bounds)
+
+
+def lloyd(
+    x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int = 100, tol: float = 1e-4, bounds: bool | None = None,
+) -> Quantization:
     """Lloyd iterations from `init` (see _lloyd); under jax.vmap, one measure after another.
 
     Vmapped, a while loop runs every measure for as many iterations as the
@@ -243,19 +348,22 @@ def lloyd(x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int = 100, t
       x: [n, d] samples. mass: [n] non-negative weights summing to 1.
       init: [K, d] initial centres (K <= n). max_iter: iteration bound (static).
       tol: relative tolerance (0 runs until the assignment is stable or max_iter).
+      bounds: skip distances with block bounds (_lloyd_bounded; same iterates, faster
+        on clustered data); None decides from the sizes (uses_block_bounds).
     Returns:
       Quantization of `x` with the points Lloyd converged to.
     """
+    with_bounds = uses_block_bounds(x.shape[0], init.shape[0], max_iter, bounds)
     # Python numbers stay static (tol = 0 then skips the variance pass); traced ones are operands.
     static_iter = max_iter if isinstance(max_iter, int) else None
     static_tol = float(tol) if isinstance(tol, (int, float)) else None
     traced = tuple(value for value, static in ((max_iter, static_iter), (tol, static_tol)) if static is None)
-    return _one_measure_at_a_time(static_iter, static_tol)(x, mass, init, *traced)
+    return _one_measure_at_a_time(static_iter, static_tol, with_bounds)(x, mass, init, *traced)
 
 
 @functools.lru_cache(maxsize=None)
-def _one_measure_at_a_time(static_iter: int | None, static_tol: float | None):
-    """_lloyd as a custom_vmap function of (x, mass, init, then max_iter and tol where not static)."""
+def _one_measure_at_a_time(static_iter: int | None, static_tol: float | None, with_bounds: bool = False):
+    """_lloyd (or _lloyd_bounded) as a custom_vmap function of (x, mass, init, then max_iter and tol where not static)."""
 
     @jax.custom_batching.custom_vmap
     def run(*args):
@@ -263,7 +371,7 @@ def _one_measure_at_a_time(static_iter: int | None, static_tol: float | None):
         traced = iter(traced)
         max_iter = static_iter if static_iter is not None else next(traced)
         tol = static_tol if static_tol is not None else next(traced)
-        return _lloyd(x, mass, init, max_iter, tol)
+        return (_lloyd_bounded if with_bounds else _lloyd)(x, mass, init, max_iter, tol)
 
     @run.def_vmap
     def run_batched(axis_size, in_batched, *args):
@@ -279,11 +387,13 @@ class Lloyd:
     """Lloyd's algorithm from k-means++ seeds (static options; hashable, so a jit static argument).
 
     max_iter: iteration bound. tol: scikit-learn's relative tolerance.
+    bounds: skip distances with block bounds (True, False, or None: from the sizes).
     """
 
     max_iter: int = 100
     tol: float = 1e-4
+    bounds: bool | None = None
 
     def __call__(self, x: jax.Array, mass: jax.Array, k: int, rng: jax.Array) -> Quantization:
         """x: [n, d], mass: [n] -> Quantization with K = k points."""
-        return lloyd(x, mass, kmeans_plus_plus(x, mass, k, rng), self.max_iter, self.tol)
+        return lloyd(x, mass, kmeans_plus_plus(x, mass, k, rng), self.max_iter, self.tol, self.bounds)

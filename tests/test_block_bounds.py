@@ -1,0 +1,126 @@
+"""Lloyd with block bounds (pqdjax.quantize.block_bounds): valid bounds, the same iterates as plain Lloyd."""
+
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans
+
+from pqdjax import quantize as q
+from pqdjax.quantize.voronoi import squared_norms
+
+block_bounds = importlib.import_module("pqdjax.quantize.block_bounds")
+lloyd_module = importlib.import_module("pqdjax.quantize.lloyd")
+
+
+def _mixture(n, d, clusters, seed, spread):
+    """Gaussian mixture with unit-variance centres, as in the quantization benchmark: [n, d] float32."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 1, (clusters, d))
+    return (centers[rng.integers(0, clusters, n)] + rng.normal(0, spread, (n, d))).astype(np.float32)
+
+
+def _uniform(n):
+    return jnp.full((n,), 1.0 / n, jnp.float32)
+
+
+def _sorted_blocks(x, init, rows):
+    """Samples sorted by their cell under `init` (cells in tour order) and cut into blocks of `rows`, as _lloyd_bounded does."""
+    first, _ = q.assign(x, init)
+    tour_position = jnp.argsort(block_bounds.chain_order(init))
+    xs = x[jnp.argsort(tour_position[first], stable=True)]
+    count = -(-x.shape[0] // rows)
+    pad = count * rows - x.shape[0]
+    x_blocks = jnp.pad(xs, ((0, pad), (0, 0)), mode="edge").reshape(count, rows, -1)
+    mass_blocks = jnp.pad(_uniform(x.shape[0]), (0, pad)).reshape(count, rows)
+    return x_blocks, mass_blocks, squared_norms(x_blocks)
+
+
+def test_bounds_hold_and_rule_out_most_points():
+    # High-dimensional clusters split by more points than clusters, as in the benchmark.
+    x = jnp.asarray(_mixture(8192, 64, 8, seed=0, spread=0.5))
+    k = 48
+    init = q.kmeans_plus_plus(x, _uniform(len(x)), k, jax.random.key(0))
+    x_blocks, mass_blocks, sq_blocks = _sorted_blocks(x, init, rows=1024)
+    caps = block_bounds.candidate_caps(k)
+    run = jax.jit(lambda p, b: block_bounds.bounded_pass(x_blocks, mass_blocks, sq_blocks, p, b, caps))
+    xb64 = np.asarray(x_blocks, np.float64)
+    points = init
+    bounds = block_bounds.BlockBounds.unknown(x_blocks.shape[0], k)
+    gathered = []
+    for _ in range(5):
+        candidates = np.asarray(jnp.sum(bounds.lower <= bounds.upper[:, None], axis=1))
+        gathered.append(np.mean(candidates <= max(caps)))
+        assignment, d2, sums, masses, new_bounds = run(points, bounds)
+        # The same pass with every distance computed: the same nearest points, sums and masses.
+        full = run(points, block_bounds.BlockBounds.unknown(x_blocks.shape[0], k))
+        np.testing.assert_array_equal(np.asarray(assignment), np.asarray(full[0]))
+        np.testing.assert_allclose(np.asarray(sums), np.asarray(full[2]), atol=1e-6)
+        np.testing.assert_allclose(np.asarray(masses), np.asarray(full[3]), atol=1e-6)
+        centers = sums / masses[:, None]
+        bounds = block_bounds.move(new_bounds, points, centers)
+        points = centers
+        # Oracle in float64: the moved bounds hold for the new points.
+        dist = np.sqrt(((xb64[:, :, None, :] - np.asarray(points, np.float64)[None, None]) ** 2).sum(-1))  # [B, r, K]
+        np.testing.assert_array_less(np.asarray(bounds.lower), dist.min(axis=1) + 1e-9)
+        own = np.take_along_axis(dist, np.asarray(assignment)[..., None], axis=2)[..., 0]
+        np.testing.assert_array_less(own.max(axis=1), np.asarray(bounds.upper) + 1e-9)
+        # Every sample's nearest new point is still a candidate of its block.
+        nearest = dist.argmin(axis=2)
+        candidate = np.asarray(bounds.lower <= bounds.upper[:, None])
+        assert np.take_along_axis(candidate, nearest, axis=1).all()
+    assert gathered[0] == 0.0  # nothing known before the first pass
+    # Once the points move less than in the first iteration, most blocks compute a few distances only.
+    assert min(gathered[2:]) > 0.8, gathered
+
+
+@pytest.mark.parametrize("tol", [0.0, 1e-4])
+def test_bounded_lloyd_runs_the_same_iterations_as_plain_lloyd(tol):
+    x = jnp.asarray(_mixture(6000, 8, 12, seed=1, spread=0.3))
+    init = q.kmeans_plus_plus(x, _uniform(len(x)), 40, jax.random.key(1))
+    plain = q.lloyd(x, _uniform(len(x)), init, max_iter=60, tol=tol, bounds=False)
+    bounded = q.lloyd(x, _uniform(len(x)), init, max_iter=60, tol=tol, bounds=True)
+    assert int(plain.iterations) > 5
+    assert int(bounded.iterations) == int(plain.iterations)
+    assert bool(bounded.converged) == bool(plain.converged)
+    np.testing.assert_array_equal(np.asarray(bounded.assignment), np.asarray(plain.assignment))
+    np.testing.assert_allclose(np.asarray(bounded.points), np.asarray(plain.points), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(bounded.weights), np.asarray(plain.weights), atol=1e-6)
+    np.testing.assert_allclose(float(bounded.distortion), float(plain.distortion), rtol=1e-5)
+
+
+def test_bounded_lloyd_matches_sklearn_with_same_init():
+    x = _mixture(5000, 16, 10, seed=2, spread=0.4)
+    init = np.asarray(q.kmeans_plus_plus(jnp.asarray(x), _uniform(len(x)), 32, jax.random.key(2)))
+    ours = q.lloyd(jnp.asarray(x), _uniform(len(x)), jnp.asarray(init), max_iter=20, tol=0.0, bounds=True)
+    ref = KMeans(32, init=init, n_init=1, max_iter=20, tol=0.0, algorithm="lloyd").fit(x.astype(np.float64))
+    assert int(ours.iterations) == ref.n_iter_
+    np.testing.assert_allclose(float(ours.distortion) * len(x), ref.inertia_, rtol=1e-4)
+    np.testing.assert_array_equal(np.asarray(ours.assignment), ref.labels_)
+
+
+def test_bounded_lloyd_under_vmap_equals_one_measure_at_a_time():
+    xs = jnp.asarray(np.stack([_mixture(3000, 8, 6, seed=s, spread=0.3) for s in range(2)]))
+    mass = jnp.stack([_uniform(3000)] * 2)
+    inits = jax.vmap(lambda a, m, r: q.kmeans_plus_plus(a, m, 16, r))(xs, mass, jax.random.split(jax.random.key(3), 2))
+    batched = jax.jit(jax.vmap(lambda a, m, c: q.lloyd(a, m, c, 30, 1e-4, bounds=True)))(xs, mass, inits)
+    for c in range(2):
+        single = q.lloyd(xs[c], mass[c], inits[c], 30, 1e-4, bounds=True)
+        np.testing.assert_array_equal(np.asarray(batched.assignment[c]), np.asarray(single.assignment))
+        np.testing.assert_allclose(np.asarray(batched.points[c]), np.asarray(single.points), atol=1e-6)
+
+
+def test_candidate_caps_and_when_bounds_are_used():
+    assert block_bounds.candidate_caps(100) == (8, 16, 32)
+    assert block_bounds.candidate_caps(8) == ()  # nothing to gather below K = 8: always the full path
+    assert all(cap % 8 == 0 and cap < 1000 for cap in block_bounds.candidate_caps(1000))
+    big, few = lloyd_module.BOUNDED_MIN_ROWS, lloyd_module.BOUNDED_MIN_POINTS
+    assert lloyd_module.uses_block_bounds(big, few, 100)
+    assert not lloyd_module.uses_block_bounds(big - 1, few, 100)
+    assert not lloyd_module.uses_block_bounds(big, few - 1, 100)
+    assert not lloyd_module.uses_block_bounds(big, few, 100, bounds=False)
+    assert lloyd_module.uses_block_bounds(10, 2, 100, bounds=True)
+    with pytest.raises(ValueError, match="static max_iter"):
+        lloyd_module.uses_block_bounds(10, 2, jnp.int32(5), bounds=True)
