@@ -1,18 +1,25 @@
-r"""Quantization kernels side by side: pqdjax Lloyd vs scikit-learn KMeans vs ott-jax k_means.
+r"""Quantization kernels side by side: pqdjax Lloyd vs scikit-learn KMeans (lloyd, elkan) vs ott-jax k_means.
 
 Command (under the machine's CPU lock, from the repository root):
-    flock /tmp/pqdjax-cpu.lock python -m benchmarks.quantize [--repeats=5] [--quick] [--shape=0|1|2]
+    flock /tmp/pqdjax-cpu.lock python -m benchmarks.quantize [--repeats=5] [--quick] [--shape=0|1|2|3]
 
 Each solver starts from the same k-means++ centres and runs the same number of
 Lloyd iterations (tolerance 0, the iteration count fixed), so times and
-inertias compare like for like. Reported: median wall time over --repeats runs
-(after one warm-up run that compiles), GFLOP/s counting the distance matmul's
-2 N K d flops per iteration, and that rate as a fraction of the machine's
-measured sgemm rate (numpy/OpenBLAS and XLA, 4096^3). Shapes:
-  * one measure: N = 50,000, d = 256, K = 100;
+inertias compare like for like. The solvers take turns within each of
+--repeats rounds (after one warm-up run each, which compiles). Reported: median
+wall time, the median over rounds of each per-round time ratio (the speed-ups),
+GFLOP/s counting the distance matmul's 2 N K d flops per iteration (as plain
+Lloyd computes them; block bounds skip most of them), and that rate as a
+fraction of the machine's measured sgemm rate (numpy/OpenBLAS and XLA, 4096^3).
+Shapes:
+  * one measure of a Gaussian mixture: N = 50,000, d = 256, K = 100 (pqdjax with
+    block bounds, which `uses_block_bounds` picks at this size, and without);
   * ImageNet-like, scaled to this machine: 100 classes x 1,300 latents, d = 1,024,
     K = 10 and 50; pqdjax quantizes all classes in one vmapped call, scikit-learn
-    and ott-jax loop over the classes.
+    and ott-jax loop over the classes;
+  * one measure of standard normal samples (no clusters: the bounds rule out
+    little, which measures what they cost when they do not pay), N = 50,000,
+    d = 256, K = 100.
 Last, CLVQ's peak memory (streamed mini-batches, in a fresh process per N)
 for N = 10^5 and 10^6 samples of dimension 256.
 """
@@ -20,6 +27,7 @@ for N = 10^5 and 10^6 samples of dimension 256.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import resource
@@ -35,6 +43,8 @@ from sklearn.cluster import KMeans
 
 from pqdjax import quantize as q
 
+lloyd_module = importlib.import_module("pqdjax.quantize.lloyd")
+
 
 def _median_time(fn, repeats: int) -> float:
     fn()  # warm-up: compiles
@@ -44,6 +54,23 @@ def _median_time(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+def _interleaved_times(fns: dict, repeats: int) -> dict[str, list[float]]:
+    """Wall times of each fn over `repeats` rounds, the fns taking turns within a round.
+
+    The machine's speed drifts by 10-30% over minutes (shared cores); taking turns
+    exposes every solver to the same drift, and per-round ratios cancel most of it.
+    """
+    for fn in fns.values():
+        fn()  # warm-up: compiles
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def sgemm_rates(repeats: int) -> dict[str, float]:
@@ -67,50 +94,72 @@ def _blobs(rng, classes, n, d, centers_per_class=20):
     return x + rng.normal(0, 0.5, x.shape).astype(np.float32)
 
 
+def _normal(rng, classes, n, d):
+    """Standard normal samples, no clusters (block bounds rule out little): [classes, n, d] float32."""
+    return rng.normal(size=(classes, n, d)).astype(np.float32)
+
+
 def compare_lloyd(x: np.ndarray, k: int, iterations: int, repeats: int, seed: int = 0) -> dict:
-    """x: [C, n, d]. Same k-means++ init, `iterations` Lloyd iterations, per solver."""
+    """x: [C, n, d]. Same k-means++ init, `iterations` Lloyd iterations, per solver, taking turns.
+
+    Solvers: pqdjax `lloyd` as the quantize stage runs it (block bounds where
+    `uses_block_bounds` picks them), pqdjax without bounds when that differs,
+    scikit-learn KMeans (lloyd, and elkan: its exact bound-based variant) and
+    ott-jax k_means.
+    """
     classes, n, d = x.shape
     mass = np.full((classes, n), 1.0 / n, np.float32)
     keys = jax.random.split(jax.random.key(seed), classes)
     xj, mj = jnp.asarray(x), jnp.asarray(mass)
     init = jax.jit(jax.vmap(lambda a, m, r: q.kmeans_plus_plus(a, m, k, r)))(xj, mj, keys)
     init_np = np.asarray(init)
+    bounded = lloyd_module.uses_block_bounds(n, k, iterations)
 
-    ours_fn = jax.jit(jax.vmap(lambda a, m, c: q.lloyd(a, m, c, max_iter=iterations, tol=0.0)))
-    ours = ours_fn(xj, mj, init)
-    ours_t = _median_time(lambda: jax.block_until_ready(ours_fn(xj, mj, init)), repeats)
+    def ours(bounds):
+        fn = jax.jit(jax.vmap(lambda a, m, c: q.lloyd(a, m, c, max_iter=iterations, tol=0.0, bounds=bounds)))
+        return lambda: jax.block_until_ready(fn(xj, mj, init))
 
-    def sklearn_run():
-        return [KMeans(k, init=init_np[c], n_init=1, max_iter=iterations, tol=0.0, algorithm="lloyd").fit(x[c]) for c in range(classes)]
-
-    fits = sklearn_run()
-    sk_t = _median_time(sklearn_run, repeats)
+    def sklearn(algorithm):
+        return lambda: [KMeans(k, init=init_np[c], n_init=1, max_iter=iterations, tol=0.0, algorithm=algorithm).fit(x[c])
+                        for c in range(classes)]
 
     ott_fn = jax.jit(lambda a, c: ott_k_means.k_means(
         a, k, init=lambda geom, k, rng: c, n_init=1, tol=0.0, min_iterations=iterations, max_iterations=iterations))
+    solvers = {"pqdjax": ours(None)}
+    if bounded:
+        solvers["pqdjax_no_bounds"] = ours(False)
+    solvers |= {"sklearn": sklearn("lloyd"), "sklearn_elkan": sklearn("elkan"),
+                "ott": lambda: jax.block_until_ready([ott_fn(xj[c], init[c]) for c in range(classes)])}
+    results = {name: fn() for name, fn in solvers.items()}
+    times = _interleaved_times(solvers, repeats)
+    seconds = {name: float(np.median(t)) for name, t in times.items()}
 
-    def ott_run():
-        return [ott_fn(xj[c], init[c]) for c in range(classes)]
+    def inertia(name):
+        out = results[name]
+        if name.startswith("pqdjax"):
+            return float(np.sum(np.asarray(out.distortion) * n))
+        if name.startswith("sklearn"):
+            return float(sum(f.inertia_ for f in out))
+        return float(sum(float(o.error) for o in out))
 
-    ott_out = ott_run()
-    ott_t = _median_time(lambda: jax.block_until_ready(ott_run()), repeats)
-
-    ours_inertia = float(np.sum(np.asarray(ours.distortion) * n))
-    sk_inertia = float(sum(f.inertia_ for f in fits))
-    ott_inertia = float(sum(float(o.error) for o in ott_out))
-    ours_iters = np.asarray(ours.iterations)
-    sk_iters = np.array([f.n_iter_ for f in fits])
+    ours_iters = np.asarray(results["pqdjax"].iterations)
+    sk_iters = np.array([f.n_iter_ for f in results["sklearn"]])
     flops = 2.0 * n * k * d * float(ours_iters.sum())
+    inertias = {name: inertia(name) for name in solvers}
+    per_round = lambda a, b: float(np.median(np.asarray(times[a]) / np.asarray(times[b])))
     return {
         "shape": f"{classes} x {n} x {d}, K={k}",
+        "block_bounds": bounded,
         "iterations": {"pqdjax": ours_iters.tolist() if classes <= 4 else float(ours_iters.mean()),
                        "sklearn": sk_iters.tolist() if classes <= 4 else float(sk_iters.mean())},
-        "seconds": {"pqdjax": ours_t, "sklearn": sk_t, "ott": ott_t},
-        "gflops": {"pqdjax": flops / ours_t / 1e9, "sklearn": flops / sk_t / 1e9, "ott": flops / ott_t / 1e9},
-        "inertia": {"pqdjax": ours_inertia, "sklearn": sk_inertia, "ott": ott_inertia},
-        "inertia_rel_diff_vs_sklearn": abs(ours_inertia - sk_inertia) / sk_inertia,
-        "speedup_vs_sklearn": sk_t / ours_t,
-        "speedup_vs_ott": ott_t / ours_t,
+        "seconds": seconds,
+        "gflops": {name: flops / t / 1e9 for name, t in seconds.items()},
+        "inertia": inertias,
+        "inertia_rel_diff_vs_sklearn": abs(inertias["pqdjax"] - inertias["sklearn"]) / inertias["sklearn"],
+        # Median over rounds of the per-round time ratio (robust to the machine's drift).
+        "speedup_vs_sklearn": per_round("sklearn", "pqdjax"),
+        "speedup_vs_sklearn_elkan": per_round("sklearn_elkan", "pqdjax"),
+        "speedup_vs_ott": per_round("ott", "pqdjax"),
     }
 
 
@@ -145,7 +194,7 @@ def main():
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="small shapes, for a smoke test")
     parser.add_argument("--shape", type=int, default=None,
-                        help="run only the Lloyd comparison at this index of the shape list (0, 1 or 2), no CLVQ memory")
+                        help="run only the Lloyd comparison at this index of the shape list (0-3), no CLVQ memory")
     parser.add_argument("--clvq-child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.clvq_child:
@@ -154,19 +203,21 @@ def main():
     report = {"devices": str(jax.devices()), "cpu_count": os.cpu_count(), "sgemm_gflops": sgemm_rates(args.repeats)}
     print(json.dumps(report), flush=True)
     if args.quick:
-        shapes = [((1, 5000, 64), 20), ((8, 300, 128), 5)]
+        shapes = [(_blobs, (1, 9000, 32), 40), (_blobs, (8, 300, 128), 5)]
         ns = (20_000, 80_000)
     else:
-        shapes = [((1, 50_000, 256), 100), ((100, 1300, 1024), 10), ((100, 1300, 1024), 50)]
+        shapes = [(_blobs, (1, 50_000, 256), 100), (_blobs, (100, 1300, 1024), 10), (_blobs, (100, 1300, 1024), 50),
+                  (_normal, (1, 50_000, 256), 100)]
         ns = (100_000, 1_000_000)
     indices = range(len(shapes)) if args.shape is None else [args.shape]
     if args.shape is not None:
         ns = ()
     results = []
     for index in indices:
-        (classes, n, d), k = shapes[index]
+        make, (classes, n, d), k = shapes[index]
         # Each shape's data from its own seed, so a one-shape run (--shape) measures the same data.
-        row = compare_lloyd(_blobs(np.random.default_rng(index), classes, n, d), k, args.iterations, args.repeats)
+        row = compare_lloyd(make(np.random.default_rng(index), classes, n, d), k, args.iterations, args.repeats)
+        row["data"] = "Gaussian mixture" if make is _blobs else "standard normal"
         row["fraction_of_sgemm"] = {s: g / report["sgemm_gflops"]["numpy"] for s, g in row["gflops"].items()}
         results.append(row)
         print(json.dumps(row), flush=True)
