@@ -84,6 +84,13 @@ def chain_order(points: jax.Array) -> jax.Array:
     return jax.lax.fori_loop(1, k, step, start)[0]
 
 
+def gatherable(bounds: BlockBounds, caps: tuple[int, ...]) -> jax.Array:
+    """Fraction of blocks whose candidates fit the largest gathered size (0 without sizes)."""
+    if not caps:
+        return jnp.zeros((), jnp.float32)
+    return jnp.mean(jnp.sum(bounds.lower <= bounds.upper[:, None], axis=1) <= max(caps))
+
+
 def expansion_slack(x_sq_max: jax.Array, points_sq_max: jax.Array, d: int) -> jax.Array:
     """Bound on the float32 rounding error of |x|^2 - 2 x.c + |c|^2 (a d-term dot product)."""
     return 2.0 * (d + 2) * jnp.finfo(jnp.float32).eps * (x_sq_max + points_sq_max)

@@ -117,6 +117,8 @@ BOUNDED_BLOCK_ROWS = 1024
 # "auto" uses block bounds from this many samples and points on (below, the bounds cost more than they save).
 BOUNDED_MIN_ROWS = 8 * BOUNDED_BLOCK_ROWS
 BOUNDED_MIN_POINTS = 32
+# Below this fraction of blocks with few enough candidates to gather, Lloyd stops using the bounds.
+BOUNDED_MIN_GATHERED = 0.5
 
 
 def _blocks(n: int, block_rows: int) -> tuple[int, int]:
@@ -253,8 +255,10 @@ def _lloyd_bounded(x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int
     The first iteration runs in the input order; its assignment sorts the
     samples by cell, so that each block of BOUNDED_BLOCK_ROWS contiguous rows
     spans few cells. From the second iteration on, each block computes its
-    distances only to the points its bounds leave as candidates. Outputs are
-    in the input order. Needs max_iter >= 1 (static).
+    distances only to the points its bounds leave as candidates. If after the
+    fourth iteration fewer than BOUNDED_MIN_GATHERED of the blocks have few
+    enough candidates to gather, the remaining iterations are plain passes. Outputs are in the input order. Needs
+    max_iter >= 1 (static).
     """
     x = x.astype(jnp.float32)
     mass = mass.astype(jnp.float32)
@@ -266,10 +270,14 @@ def _lloyd_bounded(x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int
     # Iteration 1, in the input order (the plain pass).
     count, rows = _blocks(n, BLOCK_ROWS)
     pad = count * rows - n
-    first, first_d2, sums, masses = _assign_and_accumulate(
-        jnp.pad(x, ((0, pad), (0, 0))).reshape(count, rows, d), jnp.pad(mass, (0, pad)).reshape(count, rows),
-        jnp.pad(squared_norms(x), (0, pad)).reshape(count, rows), points)
-    first, first_d2 = first.reshape(-1)[:n], first_d2.reshape(-1)[:n]
+    plain_blocks = (jnp.pad(x, ((0, pad), (0, 0))).reshape(count, rows, d), jnp.pad(mass, (0, pad)).reshape(count, rows),
+                    jnp.pad(squared_norms(x), (0, pad)).reshape(count, rows))
+
+    def plain_pass(points):
+        assignment, d2_min, sums, masses = _assign_and_accumulate(*plain_blocks, points)
+        return assignment.reshape(-1)[:n], d2_min.reshape(-1)[:n], sums, masses
+
+    first, first_d2, sums, masses = plain_pass(points)
     centers, shift, _ = _new_centers(x, mass, points, sums, masses, first_d2)
 
     # The rest on samples sorted by cell, the cells in the order of a nearest-neighbour tour of
@@ -277,47 +285,64 @@ def _lloyd_bounded(x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int
     # bounds as tight as the others'.
     tour_position = jnp.zeros((k,), jnp.int32).at[block_bounds.chain_order(points)].set(jnp.arange(k, dtype=jnp.int32))
     order = jnp.argsort(tour_position[first], stable=True)
-    xs, ms = x[order], mass[order]
     count, rows = _blocks(n, BOUNDED_BLOCK_ROWS)
     pad = count * rows - n
-    x_blocks = jnp.pad(xs, ((0, pad), (0, 0)), mode="edge").reshape(count, rows, d)
-    mass_blocks = jnp.pad(ms, (0, pad)).reshape(count, rows)
-    sq_blocks = squared_norms(x_blocks)
+    # One gather builds the sorted, padded blocks (copying x is most of the sorting's cost).
+    rows_taken = jnp.concatenate([order, jnp.full((pad,), order[-1], order.dtype)])
+    x_blocks = x[rows_taken].reshape(count, rows, d)
+    mass_blocks = jnp.where(jnp.arange(count * rows) < n, mass[rows_taken], 0.0).reshape(count, rows)
+    sq_blocks = plain_blocks[2].reshape(-1)[rows_taken].reshape(count, rows)
+    xs, ms = x_blocks.reshape(count * rows, d), mass_blocks.reshape(-1)  # sorted samples, pad rows last
     caps = block_bounds.candidate_caps(k)
 
-    def one_pass(points, bounds):
-        assignment, d2_min, sums, masses, bounds = block_bounds.bounded_pass(
-            x_blocks, mass_blocks, sq_blocks, points, bounds, caps)
-        return assignment.reshape(-1)[:n], d2_min.reshape(-1)[:n], sums, masses, bounds
+    def one_pass(points, bounds, pruning):
+        """A pass with the bounds over the sorted blocks, or without them over the input's
+        blocks (the plain pass's speed); outputs in the sorted order either way."""
+        def bounded(points, bounds):
+            assignment, d2_min, sums, masses, bounds = block_bounds.bounded_pass(
+                x_blocks, mass_blocks, sq_blocks, points, bounds, caps)
+            return assignment.reshape(-1)[:n], d2_min.reshape(-1)[:n], sums, masses, bounds
+
+        def plain(points, bounds):
+            assignment, d2_min, sums, masses = plain_pass(points)
+            return assignment[order], d2_min[order], sums, masses, bounds
+
+        return jax.lax.cond(pruning, bounded, plain, points, bounds)
 
     def body(state):
-        points, bounds, previous_assignment, _, _, i, _, _, _ = state
-        assignment, d2_min, sums, masses, bounds = one_pass(points, bounds)
-        stable = jnp.all((assignment == previous_assignment) | (ms <= 0))
-        centers, shift, empty = _new_centers(xs, ms, points, sums, masses, d2_min)
-        # As in _lloyd, a stable assignment gives back the same centres bit for bit, except
-        # on the first sorted pass (its sums add the samples in another order than iteration 1's).
-        return (centers, block_bounds.move(bounds, points, centers), assignment, d2_min, masses, i + 1,
-                shift, stable, stable & ~empty & (i >= 2))
+        points, bounds, pruning, was_pruning, previous_assignment, _, _, i, _, _, _ = state
+        assignment, d2_min, sums, masses, bounds = one_pass(points, bounds, pruning)
+        stable = jnp.all((assignment == previous_assignment) | (ms[:n] <= 0))
+        centers, shift, empty = _new_centers(xs, ms, points, sums, masses, jnp.pad(d2_min, (0, pad)))
+        bounds = block_bounds.move(bounds, points, centers)
+        # Where the bounds rule out too little (unclustered data), the rest of the iterations
+        # run without them; they are judged from the third sorted pass, when the points
+        # have stopped making the long first moves that loosen every bound.
+        still_pruning = pruning & ((i < 3) | (block_bounds.gatherable(bounds, caps) >= BOUNDED_MIN_GATHERED))
+        # As in _lloyd, a stable assignment gives back the same centres bit for bit when this
+        # pass added the samples in the same order as the one before (same kind of pass).
+        current = stable & ~empty & (pruning == was_pruning)
+        return (centers, bounds, still_pruning, pruning, assignment, d2_min, masses, i + 1, shift, stable, current)
 
     init_state = (
-        centers, block_bounds.BlockBounds.unknown(count, k), first[order], first_d2[order], masses,
-        jnp.int32(1), shift, jnp.bool_(False), jnp.bool_(False),
+        centers, block_bounds.BlockBounds.unknown(count, k), jnp.bool_(bool(caps)), jnp.bool_(False),
+        first[order], first_d2[order], masses, jnp.int32(1), shift, jnp.bool_(False), jnp.bool_(False),
     )
-    points, bounds, assignment, d2_min, masses, iterations, shift, stable, current = jax.lax.while_loop(
+    points, bounds, pruning, _, assignment, d2_min, masses, iterations, shift, stable, current = jax.lax.while_loop(
         _keep_going(max_iter, threshold), body, init_state)
-    def final_pass(points, bounds):
-        assignment, d2_min, _, masses, _ = one_pass(points, bounds)
+
+    def final_pass(points, bounds, pruning):
+        assignment, d2_min, _, masses, _ = one_pass(points, bounds, pruning)
         return assignment, d2_min, masses
 
     assignment, d2_min, masses = jax.lax.cond(
-        current, lambda *_: (assignment, d2_min, masses), final_pass, points, bounds,
+        current, lambda *_: (assignment, d2_min, masses), final_pass, points, bounds, pruning,
     )
     return Quantization(
         points=points,
         weights=masses,
         assignment=jnp.zeros((n,), jnp.int32).at[order].set(assignment),
-        distortion=jnp.sum(ms * d2_min),
+        distortion=jnp.sum(ms[:n] * d2_min),
         iterations=iterations,
         converged=(shift <= threshold) | stable,
     )
