@@ -76,12 +76,12 @@ def test_bounds_hold_and_rule_out_most_points():
     assert min(gathered[2:]) > 0.8, gathered
 
 
-@pytest.mark.parametrize("tol", [0.0, 1e-4])
-def test_bounded_lloyd_runs_the_same_iterations_as_plain_lloyd(tol):
-    x = jnp.asarray(_mixture(6000, 8, 12, seed=1, spread=0.3))
-    init = q.kmeans_plus_plus(x, _uniform(len(x)), 40, jax.random.key(1))
-    plain = q.lloyd(x, _uniform(len(x)), init, max_iter=60, tol=tol, bounds=False)
-    bounded = q.lloyd(x, _uniform(len(x)), init, max_iter=60, tol=tol, bounds=True)
+def test_bounded_lloyd_runs_the_same_iterations_as_plain_lloyd_and_scikit_learn():
+    x = _mixture(6000, 8, 12, seed=1, spread=0.3)
+    xj, mass = jnp.asarray(x), _uniform(len(x))
+    init = q.kmeans_plus_plus(xj, mass, 40, jax.random.key(1))
+    plain = q.lloyd(xj, mass, init, max_iter=60, tol=1e-4, bounds=False)
+    bounded = q.lloyd(xj, mass, init, max_iter=60, tol=1e-4, bounds=True)
     assert int(plain.iterations) > 5
     assert int(bounded.iterations) == int(plain.iterations)
     assert bool(bounded.converged) == bool(plain.converged)
@@ -89,27 +89,11 @@ def test_bounded_lloyd_runs_the_same_iterations_as_plain_lloyd(tol):
     np.testing.assert_allclose(np.asarray(bounded.points), np.asarray(plain.points), atol=1e-5)
     np.testing.assert_allclose(np.asarray(bounded.weights), np.asarray(plain.weights), atol=1e-6)
     np.testing.assert_allclose(float(bounded.distortion), float(plain.distortion), rtol=1e-5)
-
-
-def test_bounded_lloyd_matches_sklearn_with_same_init():
-    x = _mixture(5000, 16, 10, seed=2, spread=0.4)
-    init = np.asarray(q.kmeans_plus_plus(jnp.asarray(x), _uniform(len(x)), 32, jax.random.key(2)))
-    ours = q.lloyd(jnp.asarray(x), _uniform(len(x)), jnp.asarray(init), max_iter=20, tol=0.0, bounds=True)
-    ref = KMeans(32, init=init, n_init=1, max_iter=20, tol=0.0, algorithm="lloyd").fit(x.astype(np.float64))
-    assert int(ours.iterations) == ref.n_iter_
-    np.testing.assert_allclose(float(ours.distortion) * len(x), ref.inertia_, rtol=1e-4)
-    np.testing.assert_array_equal(np.asarray(ours.assignment), ref.labels_)
-
-
-def test_bounded_lloyd_under_vmap_equals_one_measure_at_a_time():
-    xs = jnp.asarray(np.stack([_mixture(3000, 8, 6, seed=s, spread=0.3) for s in range(2)]))
-    mass = jnp.stack([_uniform(3000)] * 2)
-    inits = jax.vmap(lambda a, m, r: q.kmeans_plus_plus(a, m, 16, r))(xs, mass, jax.random.split(jax.random.key(3), 2))
-    batched = jax.jit(jax.vmap(lambda a, m, c: q.lloyd(a, m, c, 30, 1e-4, bounds=True)))(xs, mass, inits)
-    for c in range(2):
-        single = q.lloyd(xs[c], mass[c], inits[c], 30, 1e-4, bounds=True)
-        np.testing.assert_array_equal(np.asarray(batched.assignment[c]), np.asarray(single.assignment))
-        np.testing.assert_allclose(np.asarray(batched.points[c]), np.asarray(single.points), atol=1e-6)
+    # An independent implementation from the same init: scikit-learn's KMeans in float64.
+    ref = KMeans(40, init=np.asarray(init), n_init=1, max_iter=60, tol=1e-4, algorithm="lloyd").fit(x.astype(np.float64))
+    assert int(bounded.iterations) == ref.n_iter_
+    np.testing.assert_allclose(float(bounded.distortion) * len(x), ref.inertia_, rtol=1e-4)
+    np.testing.assert_array_equal(np.asarray(bounded.assignment), ref.labels_)
 
 
 def test_candidate_caps_and_when_bounds_are_used():
