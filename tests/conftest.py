@@ -7,9 +7,10 @@ import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# One persistent XLA compilation cache for the session, inherited by the pipeline runs and
-# notebook kernels the tests start as subprocesses: most of a tiny run's time is compiling,
-# and the same programs recur (a killed run and its rerun, the shared runlocal runs).
+# One persistent XLA compilation cache for the session, inherited by the pytest-xdist workers
+# and by the pipeline runs and notebook kernels the tests start as subprocesses: most of a
+# tiny run's time is compiling, and the same programs recur (a killed run and its rerun, the
+# shared runlocal runs). The process that made it removes it.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="pqdjax-test-xla-cache-")
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
@@ -46,6 +47,19 @@ def write_idx_dataset(folder, num_classes=10, train_per_class=30, test_per_class
         idx.write_idx(os.path.join(folder, f"{split}-labels-idx1-ubyte.gz"), labels)
         arrays[split] = (images, labels)
     return arrays["train"] + arrays["t10k"]
+
+
+# Modules that share the session's runlocal_run: with pytest-xdist (`-n 2 --dist loadgroup`,
+# as `make test` runs) they go to one worker, which runs the pipeline once for both.
+RUNLOCAL_MODULES = {"test_pipeline", "test_kill_resume"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Groups the tests by module for `--dist loadgroup` (a module's fixtures are built once),
+    the modules that share runlocal_run in one group."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        item.add_marker(pytest.mark.xdist_group("runlocal" if module in RUNLOCAL_MODULES else module))
 
 
 @pytest.fixture(scope="session")
