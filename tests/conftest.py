@@ -54,6 +54,7 @@ def write_idx_dataset(folder, num_classes=10, train_per_class=30, test_per_class
 RUNLOCAL_MODULES = {"test_pipeline", "test_kill_resume"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(config, items):
     """Groups the tests by module for `--dist loadgroup` (a module's fixtures are built once),
     the modules that share runlocal_run in one group."""

@@ -1,3 +1,5 @@
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -143,3 +145,16 @@ def test_w2_of_a_measure_to_itself_is_small():
     spread = float(jnp.sqrt(jnp.mean(jnp.sum((x - x.mean(0)) ** 2, 1))))
     assert float(w2) < 0.05 * spread
     assert q.wasserstein2_exact(x, _uniform(50), x, _uniform(50)) < 1e-6
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e3])
+def test_tolerance_threshold_is_tol_times_the_mean_feature_variance(offset):
+    # offset 1e3: E|x|^2 - |E x|^2 would cancel to noise in float32, so the two-pass form is used.
+    rng = np.random.default_rng(4)
+    x = rng.normal(0, 1, (700, 9)) * rng.uniform(0.1, 3, 9) + offset
+    mass = rng.dirichlet(np.ones(len(x)))
+    mean = mass @ x
+    expected = 1e-4 * np.mean(mass @ (x - mean) ** 2)  # float64 oracle
+    tolerance_threshold = importlib.import_module("pqdjax.quantize.lloyd").tolerance_threshold
+    threshold = tolerance_threshold(jnp.asarray(x, jnp.float32), jnp.asarray(mass, jnp.float32), 1e-4)
+    np.testing.assert_allclose(float(threshold), expected, rtol=1e-3)

@@ -58,16 +58,27 @@ def finish(x: jax.Array, mass: jax.Array, points: jax.Array, iterations, converg
     )
 
 
-def tolerance_threshold(x: jax.Array, mass: jax.Array, tol: float) -> jax.Array:
+def tolerance_threshold(x: jax.Array, mass: jax.Array, tol: float, x_sq: jax.Array | None = None) -> jax.Array:
     """scikit-learn's absolute tolerance: tol * mean per-feature variance of mu.
 
-    Both moments are matrix-vector products (XLA:CPU runs a row-weighted sum over
-    the samples as a reduction several times slower); tol = 0 costs nothing.
+    The variance is (E|x|^2 - |E x|^2) / d: one matrix-vector product for E x
+    and one for E|x|^2 from |x|^2 (`x_sq`, [n], which Lloyd computes anyway).
+    Where that difference keeps less than a thousandth of E|x|^2 (samples far
+    from the origin for their spread, so cancellation would eat its digits), the
+    two-pass form E|x - E x|^2 / d instead. tol = 0 costs nothing.
     """
     if isinstance(tol, (int, float)) and tol == 0:
         return jnp.zeros((), x.dtype)
-    mean = jnp.matmul(mass, x, precision=jax.lax.Precision.HIGHEST)
-    return tol * jnp.mean(jnp.matmul(mass, jnp.square(x - mean), precision=jax.lax.Precision.HIGHEST))
+    highest = jax.lax.Precision.HIGHEST
+    mean = jnp.matmul(mass, x, precision=highest)
+    second_moment = jnp.dot(mass, squared_norms(x) if x_sq is None else x_sq, precision=highest)
+    spread = second_moment - jnp.dot(mean, mean, precision=highest)
+
+    def two_pass(_):
+        return jnp.sum(jnp.matmul(mass, jnp.square(x - mean), precision=highest))
+
+    spread = jax.lax.cond(spread > 1e-3 * second_moment, lambda s: s, two_pass, spread)
+    return tol * spread / x.shape[1]
 
 
 def kmeans_plus_plus(x: jax.Array, mass: jax.Array, k: int, rng: jax.Array, n_local_trials: int | None = None) -> jax.Array:
@@ -199,12 +210,12 @@ def _lloyd(x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int = 100, 
     mass = mass.astype(jnp.float32)
     n, d = x.shape
     k = init.shape[0]
-    threshold = tolerance_threshold(x, mass, tol)
     count, rows = _blocks(n, BLOCK_ROWS)
     pad = count * rows - n  # zero-mass rows: they join no cell and are cut from the outputs
     x_blocks = jnp.pad(x, ((0, pad), (0, 0))).reshape(count, rows, d)
     mass_blocks = jnp.pad(mass, (0, pad)).reshape(count, rows)
     sq_blocks = squared_norms(x_blocks)
+    threshold = tolerance_threshold(x, mass, tol, sq_blocks.reshape(-1)[:n])
 
     def one_pass(points):
         assignment, d2_min, sums, masses = _assign_and_accumulate(x_blocks, mass_blocks, sq_blocks, points)
@@ -264,14 +275,15 @@ def _lloyd_bounded(x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int
     mass = mass.astype(jnp.float32)
     n, d = x.shape
     k = init.shape[0]
-    threshold = tolerance_threshold(x, mass, tol)
     points = init.astype(jnp.float32)
 
     # Iteration 1, in the input order (the plain pass).
     count, rows = _blocks(n, BLOCK_ROWS)
     pad = count * rows - n
+    x_sq = squared_norms(x)
+    threshold = tolerance_threshold(x, mass, tol, x_sq)
     plain_blocks = (jnp.pad(x, ((0, pad), (0, 0))).reshape(count, rows, d), jnp.pad(mass, (0, pad)).reshape(count, rows),
-                    jnp.pad(squared_norms(x), (0, pad)).reshape(count, rows))
+                    jnp.pad(x_sq, (0, pad)).reshape(count, rows))
 
     def plain_pass(points):
         assignment, d2_min, sums, masses = _assign_and_accumulate(*plain_blocks, points)
