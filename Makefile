@@ -31,12 +31,12 @@ demo: setup data
 table: setup data
 	$(BIN)/python -m pqdjax.main --config=configs/default.py:table --workdir=runs/table
 
-# Two pytest-xdist workers, a module's tests on one worker (tests/conftest.py groups them).
+# Two pytest-xdist workers, each test file on one worker (its module fixtures built once).
 test: setup data
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-all: setup data
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m ''
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m ''
 
 # Executes every notebook in full and writes its outputs (plots included) to the paired .ipynb.
 notebooks: setup data

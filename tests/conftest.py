@@ -49,20 +49,6 @@ def write_idx_dataset(folder, num_classes=10, train_per_class=30, test_per_class
     return arrays["train"] + arrays["t10k"]
 
 
-# Modules that share the session's runlocal_run: with pytest-xdist (`-n 2 --dist loadgroup`,
-# as `make test` runs) they go to one worker, which runs the pipeline once for both.
-RUNLOCAL_MODULES = {"test_pipeline", "test_kill_resume"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the groups
-def pytest_collection_modifyitems(config, items):
-    """Groups the tests by module for `--dist loadgroup` (a module's fixtures are built once),
-    the modules that share runlocal_run in one group."""
-    for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1]
-        item.add_marker(pytest.mark.xdist_group("runlocal" if module in RUNLOCAL_MODULES else module))
-
-
 @pytest.fixture(scope="session")
 def runlocal_run(tmp_path_factory):
     """One finished pipeline run of configs/default.py:runlocal on a small IDX dataset, shared by test modules.
