@@ -1,7 +1,7 @@
 r"""Quantization kernels side by side: pqdjax Lloyd vs scikit-learn KMeans (lloyd, elkan) vs ott-jax k_means.
 
 Command (under the machine's CPU lock, from the repository root):
-    flock /tmp/pqdjax-cpu.lock python -m benchmarks.quantize [--repeats=5] [--quick] [--shape=0|1|2|3]
+    flock /tmp/pqdjax-cpu.lock python -m benchmarks.quantize [--repeats=5] [--quick] [--shape=0|1|2|3] [--tolerance]
 
 Each solver starts from the same k-means++ centres and runs the same number of
 Lloyd iterations (tolerance 0, the iteration count fixed), so times and
@@ -21,7 +21,9 @@ Shapes:
     little, which measures what they cost when they do not pay), N = 50,000,
     d = 256, K = 100.
 Last, CLVQ's peak memory (streamed mini-batches, in a fresh process per N)
-for N = 10^5 and 10^6 samples of dimension 256.
+for N = 10^5 and 10^6 samples of dimension 256. --tolerance times only
+Lloyd's tolerance (the mean per-feature variance) per class against numpy's,
+on 100 x 1,300 x 1,024.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from ott.tools import k_means as ott_k_means
 from sklearn.cluster import KMeans
 
 from pqdjax import quantize as q
+from pqdjax.quantize.voronoi import squared_norms
 
 lloyd_module = importlib.import_module("pqdjax.quantize.lloyd")
 
@@ -163,6 +166,31 @@ def compare_lloyd(x: np.ndarray, k: int, iterations: int, repeats: int, seed: in
     }
 
 
+def tolerance_cost(classes=100, n=1300, d=1024, repeats=5) -> dict:
+    """Per-class time of Lloyd's tolerance (tol * mean per-feature variance) against scikit-learn's.
+
+    pqdjax: `tolerance_threshold` over the classes in one jitted lax.map, with |x|^2
+    given (Lloyd's pass computes it anyway) and computed; scikit-learn's KMeans
+    computes `tol * np.mean(np.var(x, axis=0))` per fit (here with numpy).
+    """
+    x = np.random.default_rng(7).normal(size=(classes, n, d)).astype(np.float32)
+    xj = jnp.asarray(x)
+    mass = jnp.full((classes, n), 1.0 / n, jnp.float32)
+    x_sq = jax.jit(jax.vmap(squared_norms))(xj)
+    given = jax.jit(lambda a, m, s: jax.lax.map(lambda t: lloyd_module.tolerance_threshold(*t[:2], 1e-4, t[2]), (a, m, s)))
+    computed = jax.jit(lambda a, m: jax.lax.map(lambda t: lloyd_module.tolerance_threshold(*t, 1e-4), (a, m)))
+    times = _interleaved_times({
+        "pqdjax, |x|^2 given": lambda: jax.block_until_ready(given(xj, mass, x_sq)),
+        "pqdjax": lambda: jax.block_until_ready(computed(xj, mass)),
+        "numpy (scikit-learn's formula)": lambda: [1e-4 * np.mean(np.var(x[c], axis=0)) for c in range(classes)],
+    }, repeats)
+    ours = np.asarray(given(xj, mass, x_sq))
+    reference = np.array([1e-4 * np.mean(np.var(x[c].astype(np.float64), axis=0)) for c in range(classes)])
+    return {"shape": f"{classes} x {n} x {d}",
+            "ms_per_class": {name: 1e3 * float(np.median(t)) / classes for name, t in times.items()},
+            "max_rel_diff_vs_float64": float(np.max(np.abs(ours - reference) / reference))}
+
+
 def _clvq_peak_rss_child(n: int, d: int, k: int, batch: int) -> None:
     """Runs in a fresh process: streams n samples in mini-batches made on the fly, prints peak RSS (MiB)."""
     def batches():
@@ -195,10 +223,14 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small shapes, for a smoke test")
     parser.add_argument("--shape", type=int, default=None,
                         help="run only the Lloyd comparison at this index of the shape list (0-3), no CLVQ memory")
+    parser.add_argument("--tolerance", action="store_true", help="only the tolerance's cost per class, against numpy")
     parser.add_argument("--clvq-child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.clvq_child:
         _clvq_peak_rss_child(*map(int, args.clvq_child.split(",")))
+        return
+    if args.tolerance:
+        print(json.dumps(tolerance_cost(repeats=args.repeats)))
         return
     report = {"devices": str(jax.devices()), "cpu_count": os.cpu_count(), "sgemm_gflops": sgemm_rates(args.repeats)}
     print(json.dumps(report), flush=True)

@@ -61,21 +61,22 @@ def finish(x: jax.Array, mass: jax.Array, points: jax.Array, iterations, converg
 def tolerance_threshold(x: jax.Array, mass: jax.Array, tol: float, x_sq: jax.Array | None = None) -> jax.Array:
     """scikit-learn's absolute tolerance: tol * mean per-feature variance of mu.
 
-    The variance is (E|x|^2 - |E x|^2) / d: one matrix-vector product for E x
-    and one for E|x|^2 from |x|^2 (`x_sq`, [n], which Lloyd computes anyway).
-    Where that difference keeps less than a thousandth of E|x|^2 (samples far
-    from the origin for their spread, so cancellation would eat its digits), the
-    two-pass form E|x - E x|^2 / d instead. tol = 0 costs nothing.
+    The variance is (E|x|^2 - |E x|^2) / d: E x as a column sum of mass * x
+    (which XLA:CPU fuses into one pass, about ten times faster than the
+    vector-matrix product mass @ x) and E|x|^2 from |x|^2 (`x_sq`, [n], which
+    Lloyd computes anyway). Where that difference keeps less than a thousandth
+    of E|x|^2 (samples far from the origin for their spread, so cancellation
+    would eat its digits), the two-pass form E|x - E x|^2 / d instead.
+    tol = 0 costs nothing.
     """
     if isinstance(tol, (int, float)) and tol == 0:
         return jnp.zeros((), x.dtype)
-    highest = jax.lax.Precision.HIGHEST
-    mean = jnp.matmul(mass, x, precision=highest)
-    second_moment = jnp.dot(mass, squared_norms(x) if x_sq is None else x_sq, precision=highest)
-    spread = second_moment - jnp.dot(mean, mean, precision=highest)
+    mean = jnp.sum(mass[:, None] * x, axis=0)
+    second_moment = jnp.dot(mass, squared_norms(x) if x_sq is None else x_sq, precision=jax.lax.Precision.HIGHEST)
+    spread = second_moment - jnp.sum(jnp.square(mean))
 
     def two_pass(_):
-        return jnp.sum(jnp.matmul(mass, jnp.square(x - mean), precision=highest))
+        return jnp.sum(mass[:, None] * jnp.square(x - mean))
 
     spread = jax.lax.cond(spread > 1e-3 * second_moment, lambda s: s, two_pass, spread)
     return tol * spread / x.shape[1]
