@@ -269,8 +269,8 @@ def _lloyd_bounded(x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int
     spans few cells. From the second iteration on, each block computes its
     distances only to the points its bounds leave as candidates. If after the
     fourth iteration fewer than BOUNDED_MIN_GATHERED of the blocks have few
-    enough candidates to gather, the remaining iterations are plain passes. Outputs are in the input order. Needs
-    max_iter >= 1 (static).
+    enough candidates to gather, the remaining iterations are plain passes.
+    Outputs are in the input order. Needs max_iter >= 1 (static).
     """
     x = x.astype(jnp.float32)
     mass = mass.astype(jnp.float32)
