@@ -1,7 +1,7 @@
 r"""Quantization kernels side by side: pqdjax Lloyd vs scikit-learn KMeans (lloyd, elkan) vs ott-jax k_means.
 
 Command (under the machine's CPU lock, from the repository root):
-    flock /tmp/pqdjax-cpu.lock python -m benchmarks.quantize [--repeats=5] [--quick] [--shape=0|1|2|3] [--tolerance]
+    flock /tmp/pqdjax-cpu.lock python -m benchmarks.quantize [--repeats=5] [--quick] [--shape=0|1|2|3] [--tolerance] [--clvq-memory]
 
 Each solver starts from the same k-means++ centres and runs the same number of
 Lloyd iterations (tolerance 0, the iteration count fixed), so times and
@@ -224,6 +224,7 @@ def main():
     parser.add_argument("--shape", type=int, default=None,
                         help="run only the Lloyd comparison at this index of the shape list (0-3), no CLVQ memory")
     parser.add_argument("--tolerance", action="store_true", help="only the tolerance's cost per class, against numpy")
+    parser.add_argument("--clvq-memory", action="store_true", help="only CLVQ's peak memory for N = 10^5 and 10^6")
     parser.add_argument("--clvq-child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.clvq_child:
@@ -231,6 +232,9 @@ def main():
         return
     if args.tolerance:
         print(json.dumps(tolerance_cost(repeats=args.repeats)))
+        return
+    if args.clvq_memory:
+        print(json.dumps(clvq_memory((100_000, 1_000_000))))
         return
     report = {"devices": str(jax.devices()), "cpu_count": os.cpu_count(), "sgemm_gflops": sgemm_rates(args.repeats)}
     print(json.dumps(report), flush=True)
