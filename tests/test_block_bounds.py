@@ -29,13 +29,8 @@ def _uniform(n):
 def _sorted_blocks(x, init, rows):
     """Samples sorted by their cell under `init` (cells in tour order) and cut into blocks of `rows`, as _lloyd_bounded does."""
     first, _ = q.assign(x, init)
-    tour_position = jnp.argsort(block_bounds.chain_order(init))
-    xs = x[jnp.argsort(tour_position[first], stable=True)]
-    count = -(-x.shape[0] // rows)
-    pad = count * rows - x.shape[0]
-    x_blocks = jnp.pad(xs, ((0, pad), (0, 0)), mode="edge").reshape(count, rows, -1)
-    mass_blocks = jnp.pad(_uniform(x.shape[0]), (0, pad)).reshape(count, rows)
-    return x_blocks, mass_blocks, squared_norms(x_blocks)
+    order = block_bounds.tour_sorted_order(first, init)
+    return block_bounds.gather_blocks(x, _uniform(x.shape[0]), squared_norms(x), order, -(-x.shape[0] // rows), rows)
 
 
 def test_bounds_hold_and_rule_out_most_points():
@@ -60,7 +55,7 @@ def test_bounds_hold_and_rule_out_most_points():
         np.testing.assert_allclose(np.asarray(sums), np.asarray(full[2]), atol=1e-6)
         np.testing.assert_allclose(np.asarray(masses), np.asarray(full[3]), atol=1e-6)
         centers = sums / masses[:, None]
-        bounds = block_bounds.move(new_bounds, points, centers)
+        bounds = block_bounds.move(new_bounds, points, centers, assignment)
         points = centers
         # Oracle in float64: the moved bounds hold for the new points.
         dist = np.sqrt(((xb64[:, :, None, :] - np.asarray(points, np.float64)[None, None]) ** 2).sum(-1))  # [B, r, K]

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from pqdjax.quantize.voronoi import squared_distances
+from pqdjax.quantize.voronoi import nearest_partial, squared_distances, squared_norms
 
 
 @struct.dataclass
@@ -40,21 +40,15 @@ class BlockBounds:
     Attributes:
       lower: [B, K] lower bound on the distance from any sample of the block to point k.
       upper: [B] upper bound on the distance from any sample of the block to its own point.
-      members: bool [B, K], whether some sample of the block is assigned to point k.
     """
 
     lower: jax.Array
     upper: jax.Array
-    members: jax.Array
 
     @classmethod
     def unknown(cls, blocks: int, k: int) -> "BlockBounds":
         """Bounds that rule nothing out (every point a candidate): the first pass computes them."""
-        return cls(
-            lower=jnp.zeros((blocks, k), jnp.float32),
-            upper=jnp.full((blocks,), jnp.inf, jnp.float32),
-            members=jnp.ones((blocks, k), jnp.bool_),
-        )
+        return cls(lower=jnp.zeros((blocks, k), jnp.float32), upper=jnp.full((blocks,), jnp.inf, jnp.float32))
 
 
 def candidate_caps(k: int) -> tuple[int, ...]:
@@ -84,6 +78,27 @@ def chain_order(points: jax.Array) -> jax.Array:
     return jax.lax.fori_loop(1, k, step, start)[0]
 
 
+def tour_sorted_order(assignment: jax.Array, points: jax.Array) -> jax.Array:
+    """Sample order that groups the cells, the cells along chain_order(points): int32 [n] -> int32 [n]."""
+    k = points.shape[0]
+    tour_position = jnp.zeros((k,), jnp.int32).at[chain_order(points)].set(jnp.arange(k, dtype=jnp.int32))
+    return jnp.argsort(tour_position[assignment], stable=True)
+
+
+def gather_blocks(x, mass, x_sq, order, count: int, rows: int):
+    """Samples in `order`, cut into `count` blocks of `rows`: ([count, rows, d], [count, rows], [count, rows] |x|^2).
+
+    x: [n, d]; mass, x_sq: [n]; order: int [n]. Pad rows repeat the last sample with zero
+    mass, which keeps the last block's bounds as tight as the others'. One gather per array
+    (copying x is most of the sorting's cost).
+    """
+    n, d = x.shape
+    pad = count * rows - n
+    rows_taken = jnp.concatenate([order, jnp.full((pad,), order[-1], order.dtype)])
+    mass_blocks = jnp.where(jnp.arange(count * rows) < n, mass[rows_taken], 0.0)
+    return x[rows_taken].reshape(count, rows, d), mass_blocks.reshape(count, rows), x_sq[rows_taken].reshape(count, rows)
+
+
 def gatherable(bounds: BlockBounds, caps: tuple[int, ...]) -> jax.Array:
     """Fraction of blocks whose candidates fit the largest gathered size (0 without sizes)."""
     if not caps:
@@ -107,7 +122,7 @@ def bounded_block(xb, mb, sqb, points, points_sq, lower, upper, caps: tuple[int,
     Returns:
       assignment int32 [r] (lowest index among equally near points, as `voronoi.nearest`),
       squared distance to it [r], cell sums of mass * x [K, d], cell masses [K], and the
-      block's new (lower [K], upper, members bool [K]), exact up to the rounding slack.
+      block's new (lower [K], upper), exact up to the rounding slack.
     """
     k, d = points.shape
     candidates = lower <= upper
@@ -117,12 +132,8 @@ def bounded_block(xb, mb, sqb, points, points_sq, lower, upper, caps: tuple[int,
     def nearest_among(rows_points, rows_sq):
         # Position (lowest among ties) of each sample's nearest row, its partial distance, and
         # the block's smallest squared distance to each row.
-        m = rows_points.shape[0]
-        cross = jnp.matmul(xb, rows_points.T, precision=jax.lax.Precision.HIGHEST)
-        partial = rows_sq - 2.0 * cross  # [r, m]
-        minimum = jnp.min(partial, axis=1)
-        position = jnp.min(jnp.where(partial == minimum[:, None], jnp.arange(m, dtype=jnp.int32), m), axis=1)
-        return jnp.minimum(position, m - 1), minimum, jnp.min(partial + sqb[:, None], axis=0)
+        partial, position, minimum = nearest_partial(xb, rows_points, rows_sq)
+        return position, minimum, jnp.min(partial + sqb[:, None], axis=0)
 
     def among_candidates(cap):
         def run(_):
@@ -146,10 +157,9 @@ def bounded_block(xb, mb, sqb, points, points_sq, lower, upper, caps: tuple[int,
     # Cell sums by a segment sum (one-hot matmuls over the candidates measured slower).
     sums = jax.ops.segment_sum(mb[:, None] * xb, assignment, num_segments=k)
     masses = jax.ops.segment_sum(mb, assignment, num_segments=k)
-    members = jnp.zeros((k,), jnp.bool_).at[assignment].set(True)
     d2_min = jnp.maximum(minimum + sqb, 0.0)
     new_upper = jnp.sqrt(jnp.max(d2_min) + slack)
-    return assignment, d2_min, sums, masses, (new_lower, new_upper, members)
+    return assignment, d2_min, sums, masses, (new_lower, new_upper)
 
 
 def bounded_pass(x_blocks, mass_blocks, sq_blocks, points, bounds: BlockBounds, caps: tuple[int, ...]):
@@ -160,7 +170,7 @@ def bounded_pass(x_blocks, mass_blocks, sq_blocks, points, bounds: BlockBounds, 
     cell masses [K], and the bounds recomputed for `points`.
     """
     k, d = points.shape
-    points_sq = jnp.matmul(jnp.square(points), jnp.ones((d,), points.dtype), precision=jax.lax.Precision.HIGHEST)
+    points_sq = squared_norms(points)
 
     def block(carry, blk):
         sums, masses = carry
@@ -170,18 +180,21 @@ def bounded_pass(x_blocks, mass_blocks, sq_blocks, points, bounds: BlockBounds, 
         return (sums + block_sums, masses + block_masses), (assignment, d2_min, new_bounds)
 
     zeros = (jnp.zeros((k, d), x_blocks.dtype), jnp.zeros((k,), x_blocks.dtype))
-    (sums, masses), (assignment, d2_min, (lower, upper, members)) = jax.lax.scan(
+    (sums, masses), (assignment, d2_min, (lower, upper)) = jax.lax.scan(
         block, zeros, (x_blocks, mass_blocks, sq_blocks, bounds.lower, bounds.upper))
-    return assignment, d2_min, sums, masses, BlockBounds(lower=lower, upper=upper, members=members)
+    return assignment, d2_min, sums, masses, BlockBounds(lower=lower, upper=upper)
 
 
-def move(bounds: BlockBounds, old_points: jax.Array, new_points: jax.Array) -> BlockBounds:
-    """Bounds for `new_points` [K, d] from bounds for `old_points` [K, d] (triangle inequality)."""
+def move(bounds: BlockBounds, old_points: jax.Array, new_points: jax.Array, assignment: jax.Array) -> BlockBounds:
+    """Bounds for `new_points` [K, d] from bounds for `old_points` [K, d] (triangle inequality).
+
+    assignment: int [B, r], each block's samples' points (old_points' cells): a block's
+    upper bound grows by the largest step among its own points.
+    """
     d = new_points.shape[1]
     eps = jnp.finfo(jnp.float32).eps
     step = jnp.sqrt(jnp.sum(jnp.square(new_points - old_points), axis=1))
     # Rounding of the difference and of its norm: a few ulps of the points' size.
     scale = jnp.sqrt(jnp.max(jnp.sum(jnp.square(new_points), axis=1)) + jnp.max(jnp.sum(jnp.square(old_points), axis=1)))
     step = step * (1.0 + 4.0 * eps) + 2.0 * (d + 2) ** 0.5 * eps * scale
-    own_step = jnp.max(jnp.where(bounds.members, step[None, :], 0.0), axis=1)
-    return BlockBounds(lower=bounds.lower - step[None, :], upper=bounds.upper + own_step, members=bounds.members)
+    return BlockBounds(lower=bounds.lower - step[None, :], upper=bounds.upper + jnp.max(step[assignment], axis=1))

@@ -165,6 +165,25 @@ def _assign_and_accumulate(x_blocks, mass_blocks, sq_blocks, points):
     return assignment, d2_min, sums, masses
 
 
+def _padded_blocks(x: jax.Array, mass: jax.Array, block_rows: int):
+    """x [n, d], mass [n] in blocks of about block_rows rows: ([B, r, d], [B, r], [B, r] |x|^2).
+
+    Appended rows are zeros with zero mass: they join no cell and are cut from the outputs.
+    """
+    n, d = x.shape
+    count, rows = _blocks(n, block_rows)
+    pad = count * rows - n
+    x_blocks = jnp.pad(x, ((0, pad), (0, 0))).reshape(count, rows, d)
+    return x_blocks, jnp.pad(mass, (0, pad)).reshape(count, rows), squared_norms(x_blocks)
+
+
+def _plain_pass(blocks, n: int, points: jax.Array):
+    """_assign_and_accumulate over `blocks` (_padded_blocks), outputs cut to the n samples:
+    assignment int32 [n], squared distances [n], cell sums [K, d], cell masses [K]."""
+    assignment, d2_min, sums, masses = _assign_and_accumulate(*blocks, points)
+    return assignment.reshape(-1)[:n], d2_min.reshape(-1)[:n], sums, masses
+
+
 def _reseed_empty(x, mass, centers, masses, d2_min):
     """The j-th empty cell takes the j-th farthest sample (distinct samples for distinct cells)."""
     k = centers.shape[0]
@@ -211,16 +230,9 @@ def _lloyd(x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int = 100, 
     mass = mass.astype(jnp.float32)
     n, d = x.shape
     k = init.shape[0]
-    count, rows = _blocks(n, BLOCK_ROWS)
-    pad = count * rows - n  # zero-mass rows: they join no cell and are cut from the outputs
-    x_blocks = jnp.pad(x, ((0, pad), (0, 0))).reshape(count, rows, d)
-    mass_blocks = jnp.pad(mass, (0, pad)).reshape(count, rows)
-    sq_blocks = squared_norms(x_blocks)
-    threshold = tolerance_threshold(x, mass, tol, sq_blocks.reshape(-1)[:n])
-
-    def one_pass(points):
-        assignment, d2_min, sums, masses = _assign_and_accumulate(x_blocks, mass_blocks, sq_blocks, points)
-        return assignment.reshape(-1)[:n], d2_min.reshape(-1)[:n], sums, masses
+    blocks = _padded_blocks(x, mass, BLOCK_ROWS)
+    threshold = tolerance_threshold(x, mass, tol, blocks[2].reshape(-1)[:n])
+    one_pass = functools.partial(_plain_pass, blocks, n)
 
     def final_pass(points):
         assignment, d2_min, _, masses = one_pass(points)
@@ -279,32 +291,19 @@ def _lloyd_bounded(x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int
     points = init.astype(jnp.float32)
 
     # Iteration 1, in the input order (the plain pass).
-    count, rows = _blocks(n, BLOCK_ROWS)
-    pad = count * rows - n
-    x_sq = squared_norms(x)
+    plain_blocks = _padded_blocks(x, mass, BLOCK_ROWS)
+    x_sq = plain_blocks[2].reshape(-1)[:n]
     threshold = tolerance_threshold(x, mass, tol, x_sq)
-    plain_blocks = (jnp.pad(x, ((0, pad), (0, 0))).reshape(count, rows, d), jnp.pad(mass, (0, pad)).reshape(count, rows),
-                    jnp.pad(x_sq, (0, pad)).reshape(count, rows))
-
-    def plain_pass(points):
-        assignment, d2_min, sums, masses = _assign_and_accumulate(*plain_blocks, points)
-        return assignment.reshape(-1)[:n], d2_min.reshape(-1)[:n], sums, masses
-
+    plain_pass = functools.partial(_plain_pass, plain_blocks, n)
     first, first_d2, sums, masses = plain_pass(points)
     centers, shift, _ = _new_centers(x, mass, points, sums, masses, first_d2)
 
     # The rest on samples sorted by cell, the cells in the order of a nearest-neighbour tour of
-    # their points. Pad rows repeat the last sample (zero mass), which keeps the last block's
-    # bounds as tight as the others'.
-    tour_position = jnp.zeros((k,), jnp.int32).at[block_bounds.chain_order(points)].set(jnp.arange(k, dtype=jnp.int32))
-    order = jnp.argsort(tour_position[first], stable=True)
+    # their points.
+    order = block_bounds.tour_sorted_order(first, points)
     count, rows = _blocks(n, BOUNDED_BLOCK_ROWS)
     pad = count * rows - n
-    # One gather builds the sorted, padded blocks (copying x is most of the sorting's cost).
-    rows_taken = jnp.concatenate([order, jnp.full((pad,), order[-1], order.dtype)])
-    x_blocks = x[rows_taken].reshape(count, rows, d)
-    mass_blocks = jnp.where(jnp.arange(count * rows) < n, mass[rows_taken], 0.0).reshape(count, rows)
-    sq_blocks = plain_blocks[2].reshape(-1)[rows_taken].reshape(count, rows)
+    x_blocks, mass_blocks, sq_blocks = block_bounds.gather_blocks(x, mass, x_sq, order, count, rows)
     xs, ms = x_blocks.reshape(count * rows, d), mass_blocks.reshape(-1)  # sorted samples, pad rows last
     caps = block_bounds.candidate_caps(k)
 
@@ -327,7 +326,8 @@ def _lloyd_bounded(x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int
         assignment, d2_min, sums, masses, bounds = one_pass(points, bounds, pruning)
         stable = jnp.all((assignment == previous_assignment) | (ms[:n] <= 0))
         centers, shift, empty = _new_centers(xs, ms, points, sums, masses, jnp.pad(d2_min, (0, pad)))
-        bounds = block_bounds.move(bounds, points, centers)
+        # Pad rows copy the last sample, so they share its point.
+        bounds = block_bounds.move(bounds, points, centers, jnp.pad(assignment, (0, pad), mode="edge").reshape(count, rows))
         # Where the bounds rule out too little (unclustered data), the rest of the iterations
         # run without them; they are judged from the third sorted pass, when the points
         # have stopped making the long first moves that loosen every bound.

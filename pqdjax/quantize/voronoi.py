@@ -26,22 +26,32 @@ def squared_norms(x: jax.Array) -> jax.Array:
     return jnp.matmul(jnp.square(x), jnp.ones(x.shape[-1], x.dtype), precision=jax.lax.Precision.HIGHEST)
 
 
-def nearest(x: jax.Array, points: jax.Array, x_sq: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    """Nearest point by the expanded distance, for one block of samples: [b, d], [K, d] -> (int32 [b], [b]).
+def nearest_partial(x: jax.Array, points: jax.Array, points_sq: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Partial distances |c|^2 - 2 x.c and the nearest point of each row: [b, d], [K, d], [K] ->
+    (partial [b, K], int32 index [b], minimum [b]).
 
-    argmin_k |c_k|^2 - 2 x.c_k needs no |x|^2: one matmul, then the row minimum and the
-    lowest index that attains it (two plain reductions, which XLA vectorises; a
-    variadic argmin reduction and a gather are several times slower on CPU). |x|^2 is
-    added back only to the minimum. x_sq: optional precomputed [b] |x|^2.
+    One matmul, then the row minimum and the lowest index that attains it (two plain
+    reductions, which XLA vectorises; a variadic argmin reduction and a gather are
+    several times slower on CPU). A NaN row matches no minimum; the index is clamped
+    so it stays in range.
     """
     k = points.shape[0]
     cross = jnp.matmul(x, points.T, precision=jax.lax.Precision.HIGHEST)
-    partial = jnp.sum(points * points, axis=1) - 2.0 * cross
+    partial = points_sq - 2.0 * cross
     minimum = jnp.min(partial, axis=1)
     index = jnp.min(jnp.where(partial == minimum[:, None], jnp.arange(k, dtype=jnp.int32), k), axis=1)
+    return partial, jnp.minimum(index, k - 1), minimum
+
+
+def nearest(x: jax.Array, points: jax.Array, x_sq: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Nearest point by the expanded distance, for one block of samples: [b, d], [K, d] -> (int32 [b], [b]).
+
+    argmin_k |c_k|^2 - 2 x.c_k needs no |x|^2 (nearest_partial); |x|^2 is added back
+    only to the minimum. x_sq: optional precomputed [b] |x|^2.
+    """
+    _, index, minimum = nearest_partial(x, points, jnp.sum(points * points, axis=1))
     x_sq = squared_norms(x) if x_sq is None else x_sq
-    # A NaN row matches no minimum; clamp so the index stays in range.
-    return jnp.minimum(index, k - 1), jnp.maximum(minimum + x_sq, 0.0)
+    return index, jnp.maximum(minimum + x_sq, 0.0)
 
 
 def assign(
