@@ -35,9 +35,9 @@ def _classifier(width: int) -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     options = [a for a in (arg or "").split(",") if a]
-    unknown = set(options) - {"table", "runlocal"}
+    unknown = set(options) - {"table", "runlocal", "pretrain", "sweep"}
     if unknown:
-        raise ValueError(f"unknown option(s) {sorted(unknown)} for configs/default.py; known: table, runlocal.")
+        raise ValueError(f"unknown option(s) {sorted(unknown)} for configs/default.py; known: table, runlocal, pretrain, sweep.")
 
     config = ml_collections.ConfigDict()
     config.seed = 0
@@ -54,25 +54,35 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         tfds_data_dir="",
         train_per_class=0,  # 0: all
         test_size=0,  # 0: all
+        evaluate_on="test",  # 'validation': the last validation_per_class training images of each class instead
+        validation_per_class=500,
     ))
 
+    # The VAE, teacher and denoiser are loaded from the files shipped in pretrained/fashion_mnist
+    # (their manifest says how they were trained and what they measure); a weights field set
+    # to '' trains that component in the run with the train settings below, and the pretrain
+    # option trains all three from nothing with exactly these settings and ships them.
+    shipped = "pretrained/fashion_mnist/"
     config.prior = ml_collections.ConfigDict()
+    config.prior.weights = shipped + "vae.safetensors"
     config.prior.vae = ml_collections.ConfigDict(dict(
-        block_out_channels=(16, 16, 32),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
+        arch="conv",  # pqdjax.models.conv_vae: residual conv blocks; 28x28x1 -> 7x7x8
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        latent_channels=8,
+        patch=2,
     ))
     config.prior.train = ml_collections.ConfigDict(dict(
-        steps=400, batch_size=64, learning_rate=2e-3, warmup_steps=50, kl_weight=1e-4, log_every=100,
-        checkpoint_every=100,  # steps between mid-training checkpoints (0: none); a killed run resumes there
+        steps=3000, batch_size=128, learning_rate=2e-3, warmup_steps=100, kl_weight=1e-4, log_every=100,
+        checkpoint_every=500,  # steps between mid-training checkpoints (0: none); a killed run resumes there
     ))
 
     config.teacher = ml_collections.ConfigDict()
-    config.teacher.model = _classifier(32)
+    config.teacher.weights = shipped + "teacher.safetensors"
+    config.teacher.model = _classifier(64)
     config.teacher.train = ml_collections.ConfigDict(dict(
-        steps=1200, batch_size=128, learning_rate=2e-3, warmup_steps=50, weight_decay=0.0,
-        crop_padding=2, flip=True, log_every=100, checkpoint_every=200,
+        steps=7000, batch_size=128, learning_rate=2e-3, warmup_steps=200, weight_decay=0.0,
+        crop_padding=2, flip=True, log_every=250, checkpoint_every=500,
     ))
 
     config.encode = ml_collections.ConfigDict(dict(batch_size=1000))
@@ -90,20 +100,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # The class-conditioned latent denoiser of the diffusion decoder (pqdjax.models.denoiser).
     config.denoiser = ml_collections.ConfigDict()
+    config.denoiser.weights = shipped + "denoiser.safetensors"
     config.denoiser.model = ml_collections.ConfigDict(dict(
-        # One level at the latents' 7x7 (the class reaches it through the mid block's
-        # cross-attention): on 2 CPU cores ~50 ms a step at batch 64, where (32, 64) takes twice that.
-        block_out_channels=(32,),
+        # Two levels (7x7 padded to 8x8, then 4x4); the class reaches the UNet through the
+        # cross-attention of the second level, the mid block and the first up block.
+        block_out_channels=(64, 128),
         layers_per_block=1,
         attention_head_dim=8,
-        context_dim=64,
+        context_dim=128,
+        # Stable Diffusion's noise schedule, the one D4M's strength refers to: strength 0.7
+        # leaves a signal-to-noise ratio of about 0.10 (DDPM's linear schedule: 0.009).
         num_train_timesteps=1000,
-        beta_schedule="linear",  # the DDPM schedule
-        beta_start=1e-4,
-        beta_end=0.02,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
     ))
     config.denoiser.train = ml_collections.ConfigDict(dict(
-        steps=1500, batch_size=64, learning_rate=1e-3, warmup_steps=50, class_dropout=0.1, log_every=250,
+        steps=6000, batch_size=128, learning_rate=1e-3, warmup_steps=200, class_dropout=0.1, ema_decay=0.999,
+        log_every=250, checkpoint_every=1000,
     ))
 
     # 'vae': decode the points directly; 'diffusion': img2img with the denoiser, then the VAE (DDOQ, D4M).
@@ -123,11 +137,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if "table" in options:
         config.ipcs = (1, 10, 50)
         config.evaluate.seeds = (0, 1, 2)
+    if "pretrain" in options:
+        # Train the VAE, teacher and denoiser from nothing with the settings above, measure them
+        # and write them with their manifest into config.export_pretrained; no distillation.
+        for section in (config.prior, config.teacher, config.denoiser):
+            section.weights = ""
+        config.export_pretrained = shipped
+        config.export_samples_per_class = 100
+    if "sweep" in options:
+        # pqdjax.sweep: strength x guidance on held-out training images (never the test set).
+        config.data.evaluate_on = "validation"
+        config.methods = ("d4m", "ddoq")
+        config.sweep = ml_collections.ConfigDict(dict(strengths=(0.3, 0.5, 0.7, 0.85, 1.0), guidances=(1.5, 3.0, 6.0)))
     if "runlocal" in options:
+        for section in (config.prior, config.teacher, config.denoiser):
+            section.weights = ""
         config.data.train_per_class = 30
         config.data.test_size = 200
-        config.prior.vae.block_out_channels = (8, 8)
-        config.prior.vae.norm_num_groups = 4
+        config.prior.vae.update(block_out_channels=(8, 8), layers_per_block=1, latent_channels=4)
         config.prior.train.update(steps=4, batch_size=32, warmup_steps=0, log_every=2, checkpoint_every=2)
         config.teacher.model.width = 8
         config.teacher.train.update(steps=4, batch_size=32, warmup_steps=0, log_every=2, checkpoint_every=2)
@@ -135,8 +162,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.evaluate.train.update(steps=3, batch_size=20, warmup_steps=0, log_every=1, checkpoint_every=2)
         config.evaluate.seeds = (0,)
         config.ipcs = (2,)
-        config.denoiser.model.update(context_dim=32)
-        config.denoiser.train.update(steps=3, batch_size=32, warmup_steps=0, log_every=1)
+        config.denoiser.model.update(block_out_channels=(32,), context_dim=32)
+        config.denoiser.train.update(steps=3, batch_size=32, warmup_steps=0, log_every=1, checkpoint_every=2)
         config.decode.diffusion.update(steps=4, batch_size=8)
         config.decode.figure_strengths = (0.5, 1.0)
+        config.data.validation_per_class = 5
+        if "pretrain" in options:
+            config.export_samples_per_class = 4
+        if "sweep" in options:
+            config.sweep.update(strengths=(0.5, 1.0), guidances=(3.0,))
     return config

@@ -109,7 +109,7 @@ def validate_imagenet_config(config: ml_collections.ConfigDict) -> None:
 def _validate_decode(config: ml_collections.ConfigDict) -> None:
     if config.decode.method not in KNOWN_DECODERS:
         raise ConfigError(f"config.decode.method must be one of {KNOWN_DECODERS}, got {config.decode.method!r}.")
-    if "diffusion" not in {decoder_of(m, config) for m in config.methods}:
+    if "diffusion" not in {decoder_of(m, config) for m in config.methods} and not config.get("export_pretrained"):
         return
     diffusion = config.decode.diffusion
     if not 0.0 <= diffusion.strength <= 1.0:
@@ -125,6 +125,8 @@ def _validate_decode(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("config.denoiser.train needs steps >= 1, batch_size >= 1 and a positive learning_rate.")
     if not 0.0 <= train.class_dropout < 1.0:
         raise ConfigError(f"config.denoiser.train.class_dropout must be in [0, 1), got {train.class_dropout}.")
+    if not 0.0 <= train.ema_decay < 1.0:
+        raise ConfigError(f"config.denoiser.train.ema_decay must be in [0, 1) (0: no averaging), got {train.ema_decay}.")
     bad = [c for c in config.denoiser.model.block_out_channels if c < 32 or c % 32]
     if bad:
         raise ConfigError(

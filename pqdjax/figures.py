@@ -5,6 +5,10 @@
                         teacher ("full data") as a dashed line
     weight_histograms   per class, the histogram of the quantizer's Voronoi
                         weights times K (1 is the uniform weight of D4M)
+    sweep_curves        teacher agreement, cell consistency and student validation
+                        accuracy against strength, a line per guidance (pqdjax.sweep)
+    image_grid          images in rows per class (distilled_grid: a synthetic set
+                        with its weights; the shipped denoiser's samples)
 """
 
 from __future__ import annotations
@@ -91,24 +95,32 @@ def weight_histograms(path: str, weights: np.ndarray, class_names: Sequence[str]
     save_figure(fig, path)
 
 
-def distilled_grid(path: str, synthetic_set, class_names: Sequence[str]) -> None:
-    """A grid of the set's images, one row per class, each titled with its weight."""
+def image_grid(path: str, images: np.ndarray, class_names: Sequence[str], title: str, captions: np.ndarray | None = None) -> None:
+    """uint8 images [C, n, H, W, ch] as a grid, one row per class named on the left; captions [C, n] of str above each."""
     plt = _pyplot()
-    images, weights = synthetic_set.images, synthetic_set.weights
-    num_classes, ipc = weights.shape
-    fig, axes = plt.subplots(num_classes, ipc, figsize=(1.1 * ipc + 1.2, 1.25 * num_classes), squeeze=False)
+    num_classes, n = images.shape[:2]
+    fig, axes = plt.subplots(num_classes, n, figsize=(1.1 * n + 1.2, 1.25 * num_classes), squeeze=False)
     for c in range(num_classes):
-        for k in range(ipc):
+        for k in range(n):
             ax = axes[c, k]
             image = images[c, k]
             ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
-            ax.set_title(f"w={weights[c, k]:.3f}", fontsize=7, pad=2)
+            if captions is not None:
+                ax.set_title(captions[c, k], fontsize=7, pad=2)
             ax.set_xticks([])
             ax.set_yticks([])
         axes[c, 0].set_ylabel(class_names[c], fontsize=7, rotation=0, ha="right", va="center")
-    fig.suptitle(f"{synthetic_set.method} images, IPC {ipc}, with their weights", fontsize=9)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def distilled_grid(path: str, synthetic_set, class_names: Sequence[str]) -> None:
+    """A grid of the set's images, one row per class, each titled with its weight."""
+    weights = synthetic_set.weights
+    captions = np.vectorize(lambda w: f"w={w:.3f}")(weights)
+    title = f"{synthetic_set.method} images, IPC {weights.shape[1]}, with their weights"
+    image_grid(path, synthetic_set.images, class_names, title, captions)
 
 
 def pushforward_strips(path: str, strips: dict, class_names: Sequence[str]) -> None:
@@ -131,5 +143,27 @@ def pushforward_strips(path: str, strips: dict, class_names: Sequence[str]) -> N
                     ax.set_title(titles[j], fontsize=7, pad=2)
             axes[row, 0].set_ylabel(f"{class_names[int(strips['classes'][c])]} {k}", fontsize=7, rotation=0, ha="right", va="center")
     fig.suptitle(f"quantization points (IPC {int(strips['ipc'])}): VAE decoding, then img2img at strength s", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def sweep_curves(path: str, records: Sequence[Mapping]) -> None:
+    """records: pqdjax.sweep's, one per (guidance, strength, method); values averaged over methods per setting."""
+    plt = _pyplot()
+    panels = (("teacher_agreement", "teacher agreement (%)"), ("cell_consistency", "cell consistency (%)"),
+              ("validation_accuracy", "student validation accuracy (%)"))
+    fig, axes = plt.subplots(1, 3, figsize=(11.0, 3.3))
+    for guidance in sorted({r["guidance"] for r in records}):
+        strengths = sorted({r["strength"] for r in records if r["guidance"] == guidance})
+        for ax, (key, label) in zip(axes, panels):
+            values = []
+            for s in strengths:
+                cell = [r[key] for r in records if r["guidance"] == guidance and r["strength"] == s and r[key] is not None]
+                values.append(100 * float(np.mean(cell)) if cell else np.nan)
+            ax.plot(strengths, values, marker="o", label=f"guidance {guidance:g}")
+            ax.set_xlabel("strength")
+            ax.set_ylabel(label)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("img2img strength and guidance on the validation split (mean over methods)", fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)

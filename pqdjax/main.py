@@ -3,6 +3,8 @@ r"""Runs a pqdjax experiment: distil a dataset and evaluate it.
     python -m pqdjax.main --config=configs/default.py --workdir=runs/default
     python -m pqdjax.main --config=configs/default.py:table --workdir=runs/table
     python -m pqdjax.main --config=configs/default.py --workdir=runs/x --config.evaluate.seeds=0,1,2
+    python -m pqdjax.main --config=configs/default.py:sweep --workdir=runs/sweep       (pqdjax.sweep)
+    python -m pqdjax.main --config=configs/default.py:pretrain --workdir=runs/pretrain (the shipped weights)
 
 Every stage writes its artifact under --workdir; rerunning the same command
 skips the stages that are complete, so an interrupted run resumes.
@@ -14,7 +16,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pqdjax import artifacts, parallel, pipeline
+from pqdjax import artifacts, parallel, pipeline, sweep
 from pqdjax.config_checks import ConfigError
 from pqdjax.data.grouping import EmptyClassError
 from pqdjax.data.idx import IdxFormatError
@@ -46,7 +48,10 @@ def main(argv: list[str]) -> None:
     silence_diffusers_deprecation()
     parallel.initialize_distributed(_CONFIG.value.get("distributed"))  # multi-host: before any device is used
     try:
-        results = pipeline.run(_CONFIG.value, _WORKDIR.value)
+        if _CONFIG.value.get("sweep"):
+            results = sweep.run(_CONFIG.value, _WORKDIR.value)
+        else:
+            results = pipeline.run(_CONFIG.value, _WORKDIR.value)
     except INPUT_ERRORS as e:
         logging.debug("the run stopped", exc_info=True)
         sys.exit(f"pqdjax: error: {_one_line(e)}")

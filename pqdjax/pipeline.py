@@ -1,6 +1,10 @@
 """Runs the stages of a distillation experiment in order, skipping finished ones.
 
-    data -> prior -> teacher -> encode -> denoiser -> quantize -> decode -> evaluate -> report
+    data -> prior -> teacher -> encode -> denoiser -> quantize -> decode -> fidelity -> evaluate -> report
+
+(With config.export_pretrained set, the `pretrain` option of configs/default.py,
+the run stops after the denoiser and ships the VAE, teacher and denoiser:
+pqdjax.stages.export.)
 
 (ImageNet-1K, config.data.name 'imagenet2012', runs the stages of
 pqdjax.imagenet_pipeline instead.)
@@ -90,7 +94,7 @@ def _timed(run: Run, name: str, fn, *args):
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs (or resumes) the experiment of `config` in `workdir`; returns the report (see stages.report)."""
-    from pqdjax.stages import decode, denoiser, encode, evaluate, prior, quantize, report, teacher
+    from pqdjax.stages import decode, denoiser, encode, evaluate, export, fidelity, prior, quantize, report, teacher
 
     imagenet = config.data.name == "imagenet2012"
     if imagenet:
@@ -112,8 +116,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     teacher_out = _timed(run_, "teacher", teacher.run, run_)
     latents = _timed(run_, "encode", encode.run, run_, prior_out)
     denoiser_out = _timed(run_, "denoiser", denoiser.run, run_, latents)
+    if config.get("export_pretrained"):
+        components = _timed(run_, "export", export.run, run_, prior_out, teacher_out, denoiser_out, config.export_pretrained)
+        return {"table": json.dumps({name: entry["quality"] for name, entry in components.items()}, indent=2)}
     quantized = _timed(run_, "quantize", quantize.run, run_, latents)
     synthetic = _timed(run_, "decode", decode.run, run_, prior_out, latents, quantized, denoiser_out)
+    fidelities = _timed(run_, "fidelity", fidelity.run, run_, prior_out, teacher_out, latents, quantized, synthetic)
     evaluations = _timed(run_, "evaluate", evaluate.run, run_, teacher_out, synthetic)
     run_.stage_seconds["total"] = round(time.perf_counter() - total_start, 2)
-    return report.run(run_, teacher_out, quantized, synthetic, evaluations)
+    return report.run(run_, teacher_out, quantized, synthetic, evaluations, fidelities)

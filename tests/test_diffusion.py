@@ -11,6 +11,8 @@ from pqdjax.models import silence_diffusers_deprecation
 from pqdjax.models.denoiser import make_denoiser
 
 STEPS = 5
+# Stable Diffusion's scaled-linear schedule, written out: betas linear in sqrt between 0.00085 and 0.012.
+SD_BETAS = np.linspace(np.sqrt(0.00085), np.sqrt(0.012), 1000, dtype=np.float64) ** 2
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +20,7 @@ def denoiser():
     silence_diffusers_deprecation()
     config = ml_collections.ConfigDict(dict(
         block_out_channels=(32,), layers_per_block=1, attention_head_dim=8, context_dim=32,
-        num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+        num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
     ))
     model = make_denoiser(config, (7, 7, 4), num_classes=3)
     params = model.init_params(jax.random.key(0))
@@ -64,8 +66,7 @@ def test_strength_one_starts_from_pure_noise(denoiser):
 
 def _reference_ddim(model, params, z, context, rng, strength, steps):
     """DDIM (eta 0) from its closed form, conditional prediction only: the oracle for guidance 1."""
-    betas = np.linspace(1e-4, 0.02, 1000, dtype=np.float64)
-    alphas_cumprod = np.cumprod(1.0 - betas)
+    alphas_cumprod = np.cumprod(1.0 - SD_BETAS)
     timesteps = (np.arange(steps) * (1000 // steps))[::-1] + 1  # steps_offset 1
     first = steps - int(round(steps * strength))
     noise = np.asarray(jax.random.normal(rng, z.shape, z.dtype), np.float64)
@@ -104,13 +105,33 @@ def test_guided_epsilon_combines_the_two_predictions(denoiser):
         )
 
 
-def test_denoiser_loss_is_the_epsilon_mse_and_pads_7x7(denoiser):
+def test_the_schedule_is_stable_diffusions(denoiser):
+    model = denoiser[0]
+    state = model.ddpm_scheduler().create_state()
+    np.testing.assert_allclose(np.asarray(state.common.alphas_cumprod, np.float64), np.cumprod(1.0 - SD_BETAS), rtol=1e-5)
+    # strength 0.7 of 50 DDIM steps starts at timestep 701, where the signal-to-noise ratio is about 0.1
+    # (D4M's setting); on DDPM's linear schedule (1e-4 -> 0.02) it would be about 0.009.
+    a = np.cumprod(1.0 - SD_BETAS)[701]
+    assert 0.08 < a / (1 - a) < 0.12
+
+
+def test_denoiser_loss_against_a_noising_written_out(denoiser):
     model, params, z, _, _ = denoiser
     assert model.padded_side == 7  # one level: no padding needed
-    eps = model.epsilon(params, z, jnp.full(4, 10, jnp.int32), model.class_context(params, jnp.array([0, 1, 2, 3])))
+    labels = jnp.array([0, 1, 2, 1])
+    rng = jax.random.key(6)
+    loss, _ = model.loss(params, z, labels, rng, class_dropout=0.5)
+    # the same draws as LatentDenoiser.loss, then q(z_t | z_0) from the closed-form schedule
+    t_rng, noise_rng, drop_rng = jax.random.split(rng, 3)
+    t = np.asarray(jax.random.randint(t_rng, (4,), 0, 1000))
+    noise = np.asarray(jax.random.normal(noise_rng, z.shape, z.dtype), np.float64)
+    dropped = np.where(np.asarray(jax.random.bernoulli(drop_rng, 0.5, (4,))), model.null_class, np.asarray(labels))
+    a = np.cumprod(1.0 - SD_BETAS)[t][:, None, None, None]
+    noisy = np.sqrt(a) * np.asarray(z, np.float64) + np.sqrt(1 - a) * noise
+    eps = model.epsilon(params, jnp.asarray(noisy, jnp.float32), jnp.asarray(t, jnp.int32), model.class_context(params, jnp.asarray(dropped)))
     assert eps.shape == z.shape
-    loss, metrics = model.loss(params, z, jnp.array([0, 1, 2, 1]), jax.random.key(6), class_dropout=0.5)
-    assert np.isfinite(float(loss)) and float(loss) == pytest.approx(float(metrics["mse"]))
+    expected = np.mean(np.square(np.asarray(eps, np.float64) - noise))
+    assert float(loss) == pytest.approx(expected, rel=1e-4)
 
 
 def test_bad_strength_is_refused():

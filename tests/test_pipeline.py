@@ -43,6 +43,11 @@ def test_produces_every_artifact(finished_run):
     assert all(v <= u * (1 + 1e-3) for v, u in zip(w2["ddoq"]["per_class"], w2["d4m"]["per_class"]))
     assert set(stored["timing"]["stage_seconds"]) >= {"prior", "teacher", "encode", "quantize", "decode", "evaluate", "total"}
     assert "| ddoq |" in results["table"] and "full data (teacher)" in results["table"]
+    for method in ("random", "d4m", "ddoq", "ddoq_vae"):
+        record = stored["fidelity"][method]["2"]
+        assert 0.0 <= record["teacher_agreement"] <= 1.0 and record["w2_images"] > 0
+        assert (record["cell_consistency"] is None) == (method == "random")
+    assert "teacher agreement" in results["table"]
 
 
 def test_synthetic_sets_are_consistent(finished_run):
@@ -52,7 +57,12 @@ def test_synthetic_sets_are_consistent(finished_run):
     quantized = np.load(os.path.join(workdir, "quantize/ipc2.npz"))
     assert ddoq["images"].shape == (10, 2, 28, 28, 1) and ddoq["images"].dtype == np.uint8
     np.testing.assert_array_equal(ddoq["images"], d4m["images"])  # same points, different weights
-    np.testing.assert_allclose(ddoq["weights"], quantized["weights"])
+    # ddoq's weights are the Voronoi masses of the points, recounted here from the latents
+    latents = np.load(os.path.join(workdir, "latents.npz"))
+    for c in range(10):
+        x = latents["latents"][latents["labels"] == c].astype(np.float64)
+        nearest = np.argmin(((x[:, None] - quantized["points"][c][None].astype(np.float64)) ** 2).sum(-1), axis=1)
+        np.testing.assert_allclose(ddoq["weights"][c], np.bincount(nearest, minlength=2) / len(x), atol=1e-6)
     np.testing.assert_allclose(d4m["weights"], 0.5)
     np.testing.assert_allclose(ddoq["weights"].sum(1), 1.0, rtol=1e-5)
     # ddoq_vae: the same points and weights, decoded without the diffusion pushforward

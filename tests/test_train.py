@@ -120,3 +120,20 @@ def test_predict_logits_pads_the_last_batch():
     full = classifier.predict_logits(model, params, images, batch_size=10)
     batched = classifier.predict_logits(model, params, images, batch_size=4)
     np.testing.assert_allclose(batched, full, rtol=1e-5, atol=1e-5)
+
+
+def test_ema_follows_the_params_as_written_out():
+    """Plain SGD (lr 0.5) on f(p) = p^2 / 2 for three steps, with decay 0.9, against the recursion by hand."""
+    tx = optax.sgd(0.5)
+    state = loop.create_train_state({"p": jnp.array([4.0, -2.0])}, tx, ema=True)
+    p, ema = np.array([4.0, -2.0]), np.array([4.0, -2.0])
+    for _ in range(3):
+        state = loop.apply_gradients(state, {"p": state.params["p"]}, tx, ema_decay=0.9)
+        p = p - 0.5 * p
+        ema = 0.9 * ema + 0.1 * p
+    np.testing.assert_allclose(state.params["p"], p, rtol=1e-6)
+    np.testing.assert_allclose(state.ema_params["p"], ema, rtol=1e-6)
+    assert abs(float(state.ema_params["p"][0]) - 3.218) < 1e-5  # 0.9^3 * 4 + 0.1 * (0.81 * 2 + 0.9 * 1 + 0.5)
+    with pytest.raises(ValueError, match="ema_decay"):
+        loop.apply_gradients(state, {"p": state.params["p"]}, tx)
+    assert loop.create_train_state({"p": jnp.zeros(2)}, tx).ema_params is None

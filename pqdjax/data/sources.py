@@ -147,14 +147,42 @@ _LOADERS = {"fashion_mnist": _fashion_mnist}
 def load_dataset(config: ml_collections.ConfigDict) -> ImageDataset:
     """Loads the dataset named by `config.name`, limited per class as configured.
 
-    config fields: name, source, data_dir, and optional train_per_class /
-    test_size limits (used by small configs and tests).
+    config fields: name, source, data_dir, optional train_per_class /
+    test_size limits (used by small configs and tests), and evaluate_on:
+    'test', or 'validation' to hold out config.validation_per_class training
+    images per class as the evaluation split in place of the test set (for
+    choosing settings without looking at the test set).
     """
     if config.name not in _LOADERS:
         raise ValueError(f"Unknown dataset {config.name!r}; known: {sorted(_LOADERS)}.")
     dataset = _LOADERS[config.name](config)
     check_images(dataset)
-    return limit_dataset(dataset, config.get("train_per_class"), config.get("test_size"))
+    dataset = limit_dataset(dataset, config.get("train_per_class"), config.get("test_size"))
+    evaluate_on = config.get("evaluate_on", "test")
+    if evaluate_on == "validation":
+        return hold_out_validation(dataset, config.validation_per_class)
+    if evaluate_on != "test":
+        raise ValueError(f"config.data.evaluate_on must be 'test' or 'validation', got {evaluate_on!r}.")
+    return dataset
+
+
+def hold_out_validation(dataset: ImageDataset, per_class: int) -> ImageDataset:
+    """The last `per_class` training images of each class become the evaluation split (test_*); the test set is dropped."""
+    counts = np.bincount(dataset.train_labels, minlength=dataset.num_classes)
+    if per_class < 1 or per_class >= counts.min():
+        raise ValueError(
+            f"config.data.validation_per_class must be in [1, {counts.min() - 1}] (the smallest class has "
+            f"{counts.min()} training images), got {per_class}."
+        )
+    held = np.concatenate([np.flatnonzero(dataset.train_labels == c)[-per_class:] for c in range(dataset.num_classes)])
+    held.sort()
+    keep = np.setdiff1d(np.arange(len(dataset.train_labels)), held)
+    return dataclasses.replace(
+        dataset,
+        train_images=dataset.train_images[keep], train_labels=dataset.train_labels[keep],
+        test_images=dataset.train_images[held], test_labels=dataset.train_labels[held],
+        source=f"{dataset.source} (evaluated on {per_class} held-out training images per class, not the test set)",
+    )
 
 
 def check_images(dataset: ImageDataset) -> None:

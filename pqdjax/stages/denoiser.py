@@ -1,9 +1,12 @@
 """Stage denoiser: the class-conditioned latent diffusion model of the diffusion decoder.
 
-Trained here on the encoded training latents (epsilon prediction on the DDPM
-schedule, labels dropped to the null class for classifier-free guidance) and
-saved with orbax under prior/denoiser; reused when its fingerprint matches.
-Runs only when some method decodes with 'diffusion'.
+Trained here on the encoded training latents (epsilon prediction on the
+denoiser's noise schedule, labels dropped to the null class for
+classifier-free guidance, mid-training checkpoints every
+config.denoiser.train.checkpoint_every steps) and saved with orbax under
+prior/denoiser as the EMA of its weights; reused when its fingerprint matches.
+Runs only when some method decodes with 'diffusion'. Loaded from shipped
+weights (the EMA) when config.denoiser.weights names a file (pqdjax.pretrained).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from pqdjax import artifacts
+from pqdjax import artifacts, pretrained
 from pqdjax.diffusion.train import train_denoiser
 from pqdjax.models import silence_diffusers_deprecation
 from pqdjax.models.denoiser import LatentDenoiser, make_denoiser
@@ -33,10 +36,10 @@ class Denoiser:
 
 
 def needed(config) -> bool:
-    """Whether any synthetic set of the config is decoded by the diffusion decoder."""
+    """Whether any synthetic set of the config is decoded by the diffusion decoder, or the run ships the denoiser."""
     from pqdjax.stages.decode import decoders_in_use  # the decode stage owns the method names
 
-    return "diffusion" in decoders_in_use(config)
+    return "diffusion" in decoders_in_use(config) or bool(config.get("export_pretrained"))
 
 
 def run(run, latents) -> Denoiser | None:
@@ -45,6 +48,11 @@ def run(run, latents) -> Denoiser | None:
     silence_diffusers_deprecation()
     config = run.config.denoiser
     model = make_denoiser(config.model, latents.shape, latents.num_classes)
+    if config.get("weights"):
+        target = jax.eval_shape(model.init_params, jax.random.key(0))
+        params, entry = pretrained.load_params(config.weights, target, config.model)
+        logging.info("denoiser: shipped %s (teacher agreement of its samples %.3f)", config.weights, entry["quality"]["teacher_agreement"])
+        return Denoiser(model, params, artifacts.fingerprint("denoiser", entry["sha256"]))
     fp = artifacts.fingerprint("denoiser", latents.fingerprint, config, run.config.seed)
     if run.store.is_complete(ARTIFACT, fp):
         target = jax.eval_shape(model.init_params, jax.random.key(0))
@@ -53,9 +61,11 @@ def run(run, latents) -> Denoiser | None:
         return Denoiser(model, params, fp)
     start = time.perf_counter()
     points = latents.latents.reshape((-1,) + tuple(latents.shape))
-    params, metrics = train_denoiser(model, points, latents.labels, config.train, run.rng("denoiser"), run.fast_conv)
+    checkpoints = run.checkpoints("denoiser", fp, config.train)
+    params, metrics = train_denoiser(model, points, latents.labels, config.train, run.rng("denoiser"), run.fast_conv, checkpoints)
     seconds = round(time.perf_counter() - start, 2)
     num_params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
     logging.info("denoiser: %d parameters, final loss %.4f (%.1fs)", num_params, metrics.get("loss", float("nan")), seconds)
     run.store.save_params(ARTIFACT, params, fp, {"seconds": seconds, "num_params": num_params, **metrics})
+    checkpoints.discard()
     return Denoiser(model, params, fp)

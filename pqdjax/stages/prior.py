@@ -1,4 +1,9 @@
-"""Stage prior: the VAE whose latent space is quantized, trained here and saved in the workdir."""
+"""Stage prior: the VAE whose latent space is quantized.
+
+Loaded from shipped weights when config.prior.weights names a file
+(pqdjax.pretrained: checked against its manifest, which also gives the
+latent scale), else trained here and saved in the workdir.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from diffusers import FlaxAutoencoderKL
 
-from pqdjax import artifacts
+from pqdjax import artifacts, pretrained
 from pqdjax.batching import map_batches
 from pqdjax.data.preprocess import to_model_range
 from pqdjax.models import vae as vae_lib
@@ -24,7 +28,7 @@ ARTIFACT = "prior/vae"
 class Prior:
     """vae: the module; params: its weights; latent_scale: latents are encoder means times this."""
 
-    vae: FlaxAutoencoderKL
+    vae: vae_lib.VAE
     params: dict
     latent_scale: float
     fingerprint: str
@@ -44,6 +48,11 @@ def run(run) -> Prior:
     if height != width:
         raise ValueError(f"the VAE needs square images, got {height}x{width}; crop or resize the images to a square.")
     vae = vae_lib.make_vae(config.vae, height, channels)
+    if config.get("weights"):
+        target = jax.eval_shape(lambda: vae_lib.init_params(vae, jax.random.key(0), height))
+        params, entry = pretrained.load_params(config.weights, target, config.vae)
+        logging.info("prior: shipped VAE %s (test PSNR %.2f dB)", config.weights, entry["quality"]["test_psnr_db"])
+        return Prior(vae, params, entry["latent_scale"], artifacts.fingerprint("prior", entry["sha256"]))
     fp = artifacts.fingerprint("prior", run.data_fingerprint, config, run.config.seed)
     if run.store.is_complete(ARTIFACT, fp):
         target = jax.eval_shape(lambda: vae_lib.init_params(vae, jax.random.key(0), height))
@@ -57,14 +66,22 @@ def run(run) -> Prior:
     seconds = round(time.perf_counter() - start, 2)
     sample = dataset.train_images[np.asarray(jax.random.permutation(run.rng("prior", "scale"), len(dataset.train_images)))[:5000]]
     scale = latent_scale_of(vae, params, sample)
-    reconstruction_mse = _reconstruction_mse(vae, params, dataset.test_images[:1000])
-    logging.info("prior: test reconstruction MSE %.4f, latent scale %.4f", reconstruction_mse, scale)
-    run.store.save_params(ARTIFACT, params, fp, {"latent_scale": scale, "test_reconstruction_mse": reconstruction_mse, "seconds": seconds})
+    reconstruction_mse = _reconstruction_mse(vae, params, dataset.test_images)
+    psnr = float(10.0 * np.log10(4.0 / reconstruction_mse))
+    logging.info("prior: test reconstruction MSE %.4f (PSNR %.2f dB), latent scale %.4f", reconstruction_mse, psnr, scale)
+    info = {"latent_scale": scale, "test_reconstruction_mse": reconstruction_mse, "test_psnr_db": psnr, "seconds": seconds}
+    run.store.save_params(ARTIFACT, params, fp, info)
     checkpoints.discard()
     return Prior(vae, params, scale, fp)
 
 
-def _reconstruction_mse(vae, params, images: np.ndarray) -> float:
-    x = to_model_range(images)
-    reconstruction = jax.jit(lambda p, x: vae_lib.decode(vae, p, vae_lib.encode(vae, p, x)))(params, x)
-    return float(jnp.mean(jnp.square(reconstruction - x)))
+def _reconstruction_mse(vae, params, images: np.ndarray, batch_size: int = 500) -> float:
+    """Mean squared error in [-1, 1] of the reconstructions (through the posterior mean, clipped) of uint8 images."""
+    fn = jax.jit(lambda p, x: jnp.sum(jnp.square(jnp.clip(vae_lib.decode(vae, p, vae_lib.encode(vae, p, to_model_range(x))), -1, 1) - to_model_range(x)), axis=(1, 2, 3)))
+    errors = map_batches(lambda batch: fn(params, batch), images, batch_size)
+    return float(np.sum(errors) / images.size)
+
+
+def test_psnr_db(prior: Prior, images: np.ndarray) -> float:
+    """PSNR (dB, peak-to-peak 2 in [-1, 1]) of the VAE's reconstructions of uint8 images [N, H, W, C]."""
+    return float(10.0 * np.log10(4.0 / _reconstruction_mse(prior.vae, prior.params, images)))

@@ -3,8 +3,9 @@
 results.json holds every figure of the run with the config that produced it;
 all wall times are under its "timing" key, the only part that differs between
 two runs of the same config and seed. results.md has the accuracy table
-(mean ± std over seeds, per method and IPC), the teacher's accuracy and W2
-per method; distilled.png the DDOQ images of every class with their weights;
+(mean ± std over seeds, per method and IPC), the teacher's accuracy, W2
+per method and the pushforward's fidelity per synthetic set (teacher
+agreement, cell consistency, W2 of the re-encoded images: stages.fidelity); distilled.png the DDOQ images of every class with their weights;
 accuracy_vs_ipc.png the accuracy against IPC per method with error bars;
 weights_ipc{K}.png the histogram of the Voronoi weights per class.
 """
@@ -61,7 +62,23 @@ def markdown_table(summary: dict, w2: dict, teacher_accuracy: float, methods, ip
     )
 
 
-def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict]) -> dict:
+def fidelity_table(fidelities: dict, methods, ipcs) -> str:
+    """Per synthetic set: teacher agreement (%), cell consistency (%), W2 of the re-encoded images / of the points."""
+    head = "| method | IPC | teacher agreement (%) | cell consistency (%) | W2 images | W2 points |\n|---|---|---|---|---|---|\n"
+    rows = []
+    for ipc in ipcs:
+        for method in methods:
+            r = fidelities.get((method, ipc))
+            if r is None:
+                continue
+            consistency = "-" if r["cell_consistency"] is None else f"{100 * r['cell_consistency']:.1f}"
+            rows.append(
+                f"| {method} | {ipc} | {100 * r['teacher_agreement']:.1f} | {consistency} | {r['w2_images']:.4f} | {r['w2_points']:.4f} |"
+            )
+    return head + "\n".join(rows) + "\n"
+
+
+def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict], fidelities: dict) -> dict:
     config = run.config
     ipcs = sorted(quantized)
     methods = list(config.methods)
@@ -85,11 +102,18 @@ def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict]) -> 
         for ipc in ipcs
     }
     table = markdown_table(summary, w2, teacher.test_accuracy, methods, ipcs)
+    table += (
+        "\nWhat the pushforward kept (stages.fidelity): the share of images the teacher labels as their class, "
+        "the share whose re-encoded latent stays in its point's Voronoi cell, and W2 from the class's latent "
+        "measure to the re-encoded images with the set's weights beside W2 to the points:\n\n"
+        + fidelity_table(fidelities, methods, ipcs)
+    )
     results = {
         "config": json.loads(config.to_json_best_effort()),
         "teacher_test_accuracy": teacher.test_accuracy,
         "accuracy": summary,
         "quantization": quantization,
+        "fidelity": {m: {ipc: r for (m2, ipc), r in sorted(fidelities.items()) if m2 == m} for m in methods},
         "evaluations": sorted(
             ({k: v for k, v in r.items() if k != "seconds"} for r in records), key=lambda r: (r["method"], r["ipc"], r["seed"])
         ),

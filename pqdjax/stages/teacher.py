@@ -1,4 +1,9 @@
-"""Stage teacher: a classifier trained on the full training set; its soft labels train the students."""
+"""Stage teacher: a classifier trained on the full training set; its soft labels train the students.
+
+Loaded from shipped weights when config.teacher.weights names a file
+(pqdjax.pretrained), else trained here. Its test accuracy is measured in
+every run, also for shipped weights.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from pqdjax import artifacts
+from pqdjax import artifacts, pretrained
 from pqdjax.models.classifiers import make_classifier
 from pqdjax.train.classifier import accuracy, train_classifier
 
@@ -31,9 +36,15 @@ def run(run) -> Teacher:
     config = run.config.teacher
     dataset = run.dataset
     model = make_classifier(config.model, dataset.num_classes)
+    target = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + dataset.image_shape))["params"])
+    if config.get("weights"):
+        params, entry = pretrained.load_params(config.weights, target, config.model)
+        fp = artifacts.fingerprint("teacher", entry["sha256"])
+        test_accuracy = accuracy(model, params, dataset.test_images, dataset.test_labels)
+        logging.info("teacher: shipped %s, test accuracy %.4f (manifest: %.4f)", config.weights, test_accuracy, entry["quality"]["test_accuracy"])
+        return Teacher(model, params, test_accuracy, fp)
     fp = artifacts.fingerprint("teacher", run.data_fingerprint, config, run.config.seed)
     if run.store.is_complete(ARTIFACT, fp):
-        target = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + dataset.image_shape))["params"])
         params = run.store.load_params(ARTIFACT, target)
         test_accuracy = run.store.info(ARTIFACT)["test_accuracy"]
         logging.info("teacher: reusing %s (test accuracy %.4f)", run.store.path(ARTIFACT), test_accuracy)

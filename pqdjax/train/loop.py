@@ -37,20 +37,36 @@ class NonFiniteError(FloatingPointError):
 
 @struct.dataclass
 class TrainState:
-    """step: int32 scalar; params and opt_state: pytrees."""
+    """step: int32 scalar; params and opt_state: pytrees; ema_params: an exponential
+    moving average of params (same tree), or None where the trainer keeps none."""
 
     step: jax.Array
     params: PyTree
     opt_state: PyTree
+    ema_params: PyTree = None
 
 
-def create_train_state(params: PyTree, tx: optax.GradientTransformation) -> TrainState:
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+def create_train_state(params: PyTree, tx: optax.GradientTransformation, ema: bool = False) -> TrainState:
+    """A state at step 0; with ema=True its ema_params start as a copy of params."""
+    ema_params = jax.tree.map(jnp.copy, params) if ema else None
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), ema_params=ema_params)
 
 
-def apply_gradients(state: TrainState, grads: PyTree, tx: optax.GradientTransformation) -> TrainState:
+def ema_update(ema_params: PyTree, params: PyTree, decay: float | jax.Array) -> PyTree:
+    """decay * ema + (1 - decay) * params, leaf by leaf."""
+    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+
+
+def apply_gradients(state: TrainState, grads: PyTree, tx: optax.GradientTransformation, ema_decay: float | None = None) -> TrainState:
+    """One optimizer update; the EMA (where the state has one) follows the new params with `ema_decay`."""
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    return TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = state.ema_params
+    if ema_params is not None:
+        if ema_decay is None:
+            raise ValueError("this train state keeps an EMA of its params: pass ema_decay to apply_gradients.")
+        ema_params = ema_update(ema_params, params, ema_decay)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params)
 
 
 def cosine_adam(learning_rate: float, num_steps: int, warmup_steps: int = 0, weight_decay: float = 0.0, decay_mask=None) -> optax.GradientTransformation:

@@ -1,0 +1,91 @@
+"""Stage export (the pretrain run only): the trained VAE, teacher and denoiser, measured and shipped.
+
+`configs/default.py:pretrain` sets config.export_pretrained to a folder; after
+the denoiser stage the pipeline calls `run` here, which writes one
+safetensors file per component and the manifest (pqdjax.pretrained) with
+what each one measures:
+
+    vae       PSNR of its reconstructions of every test image
+    teacher   test accuracy
+    denoiser  teacher agreement of its class-conditional samples (strength 1,
+              the config's guidance and steps): the share of samples the
+              teacher labels as the class they were drawn for
+
+and samples.png, a grid of those samples (a row per class).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+import jax
+import numpy as np
+from absl import logging
+
+from pqdjax import figures, pretrained
+from pqdjax.data.preprocess import to_uint8
+from pqdjax.stages import denoiser as denoiser_stage
+from pqdjax.stages import prior as prior_stage
+from pqdjax.stages import teacher as teacher_stage
+from pqdjax.stages.decode import decode_with_vae, denoise_points
+from pqdjax.stages.fidelity import teacher_agreement
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, JAX backend {jax.default_backend()}"
+
+
+def class_conditional_samples(run, prior, denoiser, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images [C * per_class, H, W, ch] sampled from pure noise (strength 1) for each class, and their labels."""
+    settings = run.config.decode.diffusion
+    num_classes = denoiser.model.num_classes
+    labels = np.repeat(np.arange(num_classes), per_class)
+    noise_like = np.zeros((len(labels),) + tuple(denoiser.model.latent_shape), np.float32)
+    latents = denoise_points(
+        denoiser, noise_like, labels, run.rng("export", "samples"),
+        strength=1.0, guidance=settings.guidance, steps=settings.steps, batch_size=settings.batch_size,
+    )
+    return to_uint8(decode_with_vae(run, prior, None, latents, labels)), labels
+
+
+def run(run, prior, teacher, denoiser, folder: str) -> dict:
+    """Writes the three components and the manifest into `folder`; returns the manifest's components."""
+    start = time.perf_counter()
+    config, dataset, store = run.config, run.dataset, run.store
+    folder = pretrained.resolve(folder)
+    psnr = prior_stage.test_psnr_db(prior, dataset.test_images)
+    samples, labels = class_conditional_samples(run, prior, denoiser, config.export_samples_per_class)
+    agreement = teacher_agreement(teacher, samples, labels)
+    per_class = [teacher_agreement(teacher, samples[labels == c], labels[labels == c]) for c in range(dataset.num_classes)]
+    logging.info("export: VAE test PSNR %.2f dB, teacher test accuracy %.4f, denoiser sample agreement %.4f", psnr, teacher.test_accuracy, agreement)
+
+    def entry(file, artifact, section, model_config, quality, **extra):
+        return dict(
+            file=file, model_config=model_config.to_dict(), train_config=section.train.to_dict(),
+            data=config.data.to_dict(), seed=config.seed, train_seconds=store.info(artifact).get("seconds"),
+            machine=machine(), quality=quality, **extra,
+        )
+
+    os.makedirs(folder, exist_ok=True)
+    pretrained.save_params(os.path.join(folder, "vae.safetensors"), prior.params)
+    pretrained.save_params(os.path.join(folder, "teacher.safetensors"), teacher.params)
+    pretrained.save_params(os.path.join(folder, "denoiser.safetensors"), denoiser.params)
+    components = {
+        "vae": entry("vae.safetensors", prior_stage.ARTIFACT, config.prior, config.prior.vae,
+                     {"test_psnr_db": round(psnr, 3)}, latent_scale=prior.latent_scale),
+        "teacher": entry("teacher.safetensors", teacher_stage.ARTIFACT, config.teacher, config.teacher.model,
+                         {"test_accuracy": teacher.test_accuracy}),
+        "denoiser": entry("denoiser.safetensors", denoiser_stage.ARTIFACT, config.denoiser, config.denoiser.model, {
+            "teacher_agreement": agreement, "teacher_agreement_per_class": [round(a, 4) for a in per_class],
+            "samples": len(labels), "strength": 1.0, "guidance": config.decode.diffusion.guidance,
+            "steps": config.decode.diffusion.steps,
+        }),
+    }
+    pretrained.write_manifest(folder, components)
+    grid = samples.reshape((dataset.num_classes, -1) + samples.shape[1:])[:, :10]
+    title = f"class-conditional samples of the denoiser (strength 1, guidance {config.decode.diffusion.guidance:g}); teacher agreement {agreement:.3f}"
+    figures.image_grid(os.path.join(folder, "samples.png"), grid, dataset.class_names, title)
+    logging.info("export: wrote %s (%.1fs)", folder, time.perf_counter() - start)
+    return components

@@ -1,0 +1,94 @@
+"""Stage fidelity: what the pushforward kept, for every synthetic set.
+
+The student trains on images, not on latent points, so whether a decoder
+keeps what the quantizer found is measured on the images themselves:
+
+    teacher_agreement  share of the set's images that the teacher labels as
+                       the class they were made for
+    cell_consistency   share of images whose re-encoded latent (the VAE
+                       encoder's mean) lies in the Voronoi cell of the point it
+                       was decoded from, among its class's K points (None for
+                       random real images, which come from no point)
+    w2_images          W2 from the class's latent measure to the re-encoded
+                       images with the set's weights, mean over classes: what
+                       the student actually trains on, beside the quantize
+                       stage's W2 of the points (w2_points)
+
+One record per set, fidelity/{method}_ipc{K}.json, reused while the set,
+the prior, the teacher and the latents are unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from absl import logging
+
+from pqdjax import artifacts
+from pqdjax.config_checks import split_method
+from pqdjax.data.grouping import class_indices, pad_classes
+from pqdjax.quantize import wasserstein2_classes
+from pqdjax.stages.encode import encode_images
+from pqdjax.train.classifier import predict_logits
+
+
+def teacher_agreement(teacher, images: np.ndarray, labels: np.ndarray) -> float:
+    """Share of uint8 images [N, H, W, C] that the teacher labels as labels [N]."""
+    predicted = np.argmax(predict_logits(teacher.model, teacher.params, images), axis=1)
+    return float(np.mean(predicted == np.asarray(labels)))
+
+
+def cell_consistency(reencoded: np.ndarray, points: np.ndarray) -> float:
+    """Share of (c, k) whose reencoded[c, k] is nearer to points[c, k] than to any other points[c, j].
+
+    reencoded, points: [C, K, d]. Ties go to the lowest index (as pqdjax.quantize.voronoi.assign).
+    """
+    d2 = np.sum(np.square(reencoded[:, :, None, :].astype(np.float64) - points[:, None, :, :]), axis=-1)  # [C, K, K]
+    nearest = np.argmin(d2, axis=-1)
+    return float(np.mean(nearest == np.arange(points.shape[1])[None, :]))
+
+
+def measure(run, prior, teacher, latents, quantized, synthetic) -> dict:
+    """The record of one synthetic set (see the module docstring)."""
+    config = run.config.quantize
+    images = synthetic.images  # [C, K, H, W, ch]
+    num_classes, ipc = images.shape[:2]
+    flat_images = images.reshape((-1,) + images.shape[2:])
+    labels = np.repeat(np.arange(num_classes), ipc)
+    reencoded = encode_images(prior, flat_images, run.config.encode.batch_size).reshape(num_classes, ipc, -1)
+    padded, mass = pad_classes(latents.latents, class_indices(latents.labels, latents.num_classes))
+    w2, _ = wasserstein2_classes(
+        padded, mass, reencoded, synthetic.weights, config.w2_exact_max_size, config.w2_relative_epsilon, config.w2_max_iterations,
+    )
+    base, _ = split_method(synthetic.method)
+    record = {
+        "method": synthetic.method, "ipc": ipc,
+        "teacher_agreement": teacher_agreement(teacher, flat_images, labels),
+        "cell_consistency": None if base == "random" else cell_consistency(reencoded, quantized.arrays["points"]),
+        "w2_images": float(np.mean(w2)),
+        "w2_points": float(np.mean(quantized.arrays[f"w2_{base}"])),
+    }
+    return record
+
+
+def run(run, prior, teacher, latents, quantized: dict, synthetic: dict) -> dict[tuple[str, int], dict]:
+    """The fidelity record of every synthetic set, keyed like `synthetic` by (method, IPC)."""
+    out = {}
+    for (method, ipc), synthetic_set in synthetic.items():
+        name = f"fidelity/{method}_ipc{ipc}.json"
+        fp = artifacts.fingerprint(
+            "fidelity", synthetic_set.fingerprint, prior.fingerprint, teacher.fingerprint, latents.fingerprint,
+            quantized[ipc].fingerprint, run.config.quantize, run.config.encode,
+        )
+        if run.store.is_complete(name, fp):
+            out[method, ipc] = run.store.load_record(name)
+            continue
+        record = measure(run, prior, teacher, latents, quantized[ipc], synthetic_set)
+        run.store.save_record(name, record, fp)
+        out[method, ipc] = record
+        consistency = record["cell_consistency"]
+        logging.info(
+            "fidelity %s IPC %d: teacher agreement %.3f, cell consistency %s, W2 of the images %.3f (of the points %.3f)",
+            method, ipc, record["teacher_agreement"], "-" if consistency is None else f"{consistency:.3f}",
+            record["w2_images"], record["w2_points"],
+        )
+    return out

@@ -1,0 +1,84 @@
+"""The pushforward metrics of stages.fidelity, each against a small case computed by hand."""
+
+import itertools
+import types
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from pqdjax.data.preprocess import to_model_range
+from pqdjax.models import vae as vae_lib
+from pqdjax.stages import fidelity
+
+
+class FirstPixels(nn.Module):
+    """A parameter-free 'teacher': the logits are the first C pixels of the image."""
+
+    num_classes: int = 3
+
+    def __call__(self, x):
+        return x.reshape(len(x), -1)[:, : self.num_classes]
+
+
+def _teacher():
+    return types.SimpleNamespace(model=FirstPixels(), params={})
+
+
+def test_teacher_agreement_counts_the_images_labelled_as_their_class():
+    images = np.zeros((4, 2, 2, 1), np.uint8)
+    # argmax of the first 3 pixels: 1, 0, 2, 2
+    images[0, 0, 1] = 200
+    images[1, 0, 0] = 200
+    images[2, 1, 0] = 200
+    images[3, 1, 0] = 90
+    labels = np.array([1, 0, 0, 2])  # right, right, wrong, right
+    assert fidelity.teacher_agreement(_teacher(), images, labels) == 0.75
+
+
+def test_cell_consistency_by_hand():
+    points = np.array([[[0.0, 0.0], [4.0, 0.0], [0.0, 4.0]]])  # one class, K = 3
+    reencoded = np.array([[[0.5, 0.1], [1.5, 0.0], [0.2, 3.0]]])  # nearest: 0, 0, 2
+    assert fidelity.cell_consistency(reencoded, points) == 2 / 3
+    two_classes = np.concatenate([points, points])
+    both = np.concatenate([reencoded, np.array([[[3.9, 0.1], [4.0, 0.2], [0.0, 5.0]]])])  # second class: 1, 1, 2
+    assert fidelity.cell_consistency(both, two_classes) == (2 + 2) / 6
+
+
+def test_measure_against_brute_force_transport():
+    """W2 of the re-encoded images (uniform weights, n = K = 3 per class: an assignment) by trying every permutation."""
+    config = ml_collections.ConfigDict(dict(arch="conv", block_out_channels=(8,), layers_per_block=1, latent_channels=2, patch=2))
+    vae = vae_lib.make_vae(config, 4, 1)
+    params = vae_lib.init_params(vae, jax.random.key(0), 4)
+    prior = types.SimpleNamespace(vae=vae, params=params, latent_scale=1.3)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 3, 4, 4, 1), dtype=np.uint8)  # [C, K, H, W, ch]
+    data = rng.integers(0, 256, (6, 4, 4, 1), dtype=np.uint8)
+    encode = lambda x: np.asarray(vae_lib.encode(vae, params, to_model_range(x), 1.3), np.float64).reshape(len(x), -1)
+    latents = types.SimpleNamespace(latents=encode(data).astype(np.float32), labels=np.array([0, 1, 0, 1, 1, 0]), num_classes=2)
+    points = rng.normal(size=(2, 3, 8)).astype(np.float32)
+    quantized = types.SimpleNamespace(arrays={"points": points, "w2_d4m": np.array([1.0, 2.0])})
+    synthetic = types.SimpleNamespace(method="d4m", images=images, weights=np.full((2, 3), 1 / 3, np.float32))
+    run = types.SimpleNamespace(config=ml_collections.ConfigDict(dict(
+        quantize=dict(w2_exact_max_size=10_000_000, w2_relative_epsilon=3e-3, w2_max_iterations=1000),
+        encode=dict(batch_size=4),
+    )))
+    teacher = types.SimpleNamespace(model=FirstPixels(num_classes=2), params={})
+    record = fidelity.measure(run, prior, teacher, latents, quantized, synthetic)
+
+    w2 = []
+    consistent = 0
+    for c in range(2):
+        x = latents.latents[latents.labels == c].astype(np.float64)
+        z = encode(images[c])
+        cost = ((x[:, None] - z[None]) ** 2).sum(-1)
+        w2.append(np.sqrt(min(np.mean(cost[np.arange(3), list(p)]) for p in itertools.permutations(range(3)))))
+        d = ((z[:, None] - points[c][None].astype(np.float64)) ** 2).sum(-1)
+        consistent += int(np.sum(np.argmin(d, axis=1) == np.arange(3)))
+    np.testing.assert_allclose(record["w2_images"], np.mean(w2), rtol=1e-5)
+    assert record["cell_consistency"] == consistent / 6
+    assert record["w2_points"] == 1.5
+    flat = images.reshape(6, 4, 4, 1)
+    expected_agreement = np.mean(np.argmax(flat.reshape(6, -1)[:, :2], axis=1) == np.repeat([0, 1], 3))
+    assert record["teacher_agreement"] == expected_agreement
