@@ -34,6 +34,39 @@ def test_vae_rejects_indivisible_size():
         vae_lib.make_vae(TINY_VAE, 15, 1)
 
 
+CONV_VAE = ml_collections.ConfigDict(dict(arch="conv", block_out_channels=(8, 16), layers_per_block=1, latent_channels=3, patch=2))
+
+
+def test_space_to_depth_against_numpy_and_its_inverse():
+    from pqdjax.models.conv_vae import depth_to_space, space_to_depth
+
+    x = np.arange(2 * 4 * 6 * 3, dtype=np.float32).reshape(2, 4, 6, 3)
+    folded = np.asarray(space_to_depth(jnp.asarray(x), 2))
+    assert folded.shape == (2, 2, 3, 12)
+    # pixel (2i + a, 2j + b, c) lands at (i, j, (a * 2 + b) * 3 + c)
+    for i, j, a, b, c in [(0, 0, 0, 0, 0), (1, 2, 1, 0, 2), (0, 1, 1, 1, 1)]:
+        assert folded[1, i, j, (a * 2 + b) * 3 + c] == x[1, 2 * i + a, 2 * j + b, c]
+    np.testing.assert_array_equal(np.asarray(depth_to_space(jnp.asarray(folded), 2)), x)
+
+
+def test_conv_vae_shapes_scale_and_a_kl_against_diffusers():
+    from diffusers.models.vae_flax import FlaxDiagonalGaussianDistribution
+
+    vae = vae_lib.make_vae(CONV_VAE, 16, 1)
+    params = vae_lib.init_params(vae, jax.random.key(0), 16)
+    assert vae_lib.latent_shape(vae, 16) == (4, 4, 3)  # patch 2, then one halving
+    images = jax.random.uniform(jax.random.key(1), (3, 16, 16, 1), minval=-1, maxval=1)
+    z = vae_lib.encode(vae, params, images, 2.0)
+    assert z.shape == (3, 4, 4, 3)
+    np.testing.assert_allclose(vae_lib.decode(vae, params, z, 2.0), vae_lib.decode(vae, params, z / 2.0, 1.0), rtol=1e-5, atol=1e-6)
+    assert vae_lib.decode(vae, params, z, 2.0).shape == images.shape
+    posterior = vae_lib.posterior(vae, params, images)
+    reference = FlaxDiagonalGaussianDistribution(jnp.concatenate([posterior.mean, posterior.logvar], axis=-1))
+    np.testing.assert_allclose(posterior.kl(), reference.kl(), rtol=1e-5)
+    with pytest.raises(ValueError, match="not divisible"):
+        vae_lib.make_vae(CONV_VAE, 18, 1)
+
+
 def _fit(loss_fn, params, steps=30, lr=3e-3):
     tx = optax.adam(lr)
     opt_state = tx.init(params)
