@@ -103,11 +103,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.denoiser.weights = shipped + "denoiser.safetensors"
     config.denoiser.model = ml_collections.ConfigDict(dict(
         # Two levels (7x7 padded to 8x8, then 4x4); the class reaches the UNet through the
-        # cross-attention of the second level, the mid block and the first up block.
-        block_out_channels=(64, 128),
+        # cross-attention of the second level, the mid block and the first up block. On 2 CPU
+        # cores a training step at batch 128 takes 0.30 s; (64, 64) 0.47 s, (64, 128) 1.05 s.
+        block_out_channels=(32, 64),
         layers_per_block=1,
         attention_head_dim=8,
-        context_dim=128,
+        context_dim=64,
         # Stable Diffusion's noise schedule, the one D4M's strength refers to: strength 0.7
         # leaves a signal-to-noise ratio of about 0.10 (DDPM's linear schedule: 0.009).
         num_train_timesteps=1000,
@@ -116,7 +117,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         beta_end=0.012,
     ))
     config.denoiser.train = ml_collections.ConfigDict(dict(
-        steps=6000, batch_size=128, learning_rate=1e-3, warmup_steps=200, class_dropout=0.1, ema_decay=0.999,
+        steps=4000, batch_size=128, learning_rate=1e-3, warmup_steps=200, class_dropout=0.1, ema_decay=0.999,
         log_every=250, checkpoint_every=1000,
     ))
 
@@ -148,7 +149,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # pqdjax.sweep: strength x guidance on held-out training images (never the test set).
         config.data.evaluate_on = "validation"
         config.methods = ("d4m", "ddoq")
-        config.sweep = ml_collections.ConfigDict(dict(strengths=(0.3, 0.5, 0.7, 0.85, 1.0), guidances=(1.5, 3.0, 6.0)))
+        config.sweep = ml_collections.ConfigDict(dict(strengths=(0.5, 0.7, 0.85, 1.0), guidances=(2.0, 4.0)))
     if "runlocal" in options:
         for section in (config.prior, config.teacher, config.denoiser):
             section.weights = ""

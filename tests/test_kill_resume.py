@@ -79,7 +79,7 @@ def _run(data_dir, workdir, kill_at=None):
         "--config=configs/default.py:runlocal", f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
     ]
     env = dict(os.environ, KILL_AT=kill_at or "")
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
 
 
 def _results(workdir):

@@ -67,7 +67,7 @@ def test_notebook_runs_and_its_claims_agree(source, monkeypatch, request):
     monkeypatch.delenv("XLA_FLAGS", raising=False)  # one CPU device, as on a user's laptop
     if "PQDJAX_RUN_WORKDIR" in jupytext.writes(notebook, "py:percent"):
         monkeypatch.setenv("PQDJAX_RUN_WORKDIR", request.getfixturevalue("shared_run_workdir"))
-    client = nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": ROOT}})
+    client = nbclient.NotebookClient(notebook, timeout=None, startup_timeout=600, kernel_name="python3", resources={"metadata": {"path": ROOT}})
     client.execute()  # raises CellExecutionError, with the traceback, if a cell fails
     text = _stream_text(notebook)
     checks = CHECK_LINE.findall(text)
