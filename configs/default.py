@@ -164,7 +164,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.evaluate.seeds = (0,)
         config.ipcs = (2,)
         config.denoiser.model.update(block_out_channels=(32,), context_dim=32)
-        config.denoiser.train.update(steps=3, batch_size=32, warmup_steps=0, log_every=1, checkpoint_every=2)
+        config.denoiser.train.update(steps=3, batch_size=32, warmup_steps=0, log_every=1, checkpoint_every=2, ema_decay=0.0)
         config.decode.diffusion.update(steps=4, batch_size=8)
         config.decode.figure_strengths = (0.5, 1.0)
         config.data.validation_per_class = 5

@@ -127,6 +127,14 @@ def _validate_decode(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.denoiser.train.class_dropout must be in [0, 1), got {train.class_dropout}.")
     if not 0.0 <= train.ema_decay < 1.0:
         raise ConfigError(f"config.denoiser.train.ema_decay must be in [0, 1) (0: no averaging), got {train.ema_decay}.")
+    if train.ema_decay**train.steps > 0.05:
+        raise ConfigError(
+            f"config.denoiser.train.ema_decay={train.ema_decay} over {train.steps} steps leaves "
+            f"{100 * train.ema_decay**train.steps:.0f}% of the random initialisation in the sampled weights; "
+            "lower ema_decay (e.g. 0 for short runs) or train longer."
+        )
+    if config.get("export_pretrained") and any(config[s].get("weights") for s in ("prior", "teacher", "denoiser")):
+        raise ConfigError("config.export_pretrained ships what the run trains: set config.prior/teacher/denoiser.weights to ''.")
     bad = [c for c in config.denoiser.model.block_out_channels if c < 32 or c % 32]
     if bad:
         raise ConfigError(

@@ -58,9 +58,11 @@ def sha256_of(path: str) -> str:
 
 
 def _error(path: str, problem: str) -> PretrainedError:
+    relative = os.path.relpath(path, REPO_ROOT)
+    restore = "" if relative.startswith("..") else f"restore the file (git checkout -- {relative}) or "
     return PretrainedError(
-        f"pretrained weights {path}: {problem}; restore the file (git checkout -- {os.path.relpath(path, REPO_ROOT)}) "
-        f"or retrain it with `{RETRAIN_COMMAND}`, or set the config's weights field to '' to train it in the run."
+        f"pretrained weights {path}: {problem}; {restore}retrain it with `{RETRAIN_COMMAND}`, "
+        "or set the config's weights field to '' to train it in the run."
     )
 
 
@@ -94,12 +96,15 @@ def save_params(path: str, params: Mapping[str, Any]) -> None:
     artifacts.write_bytes(path, save(_flat(params)))
 
 
-def load_params(path: str, target: Mapping[str, Any], model_config: Mapping[str, Any] | None = None) -> tuple[dict, dict]:
+def load_params(
+    path: str, target: Mapping[str, Any], model_config: Mapping[str, Any] | None = None, dataset: str | None = None,
+) -> tuple[dict, dict]:
     """The parameters in the shipped file `path`, checked; returns (params, manifest entry).
 
     target: a tree of arrays or ShapeDtypeStructs (jax.eval_shape of the model's
     init) giving every tensor's name and shape. model_config: the run's
-    architecture config, which must equal the one the manifest records.
+    architecture config, which must equal the one the manifest records;
+    dataset: the run's config.data.name, which must be the one it was trained on.
     """
     from safetensors import SafetensorError
     from safetensors.numpy import load
@@ -111,8 +116,11 @@ def load_params(path: str, target: Mapping[str, Any], model_config: Mapping[str,
     digest = sha256_of(path)
     if digest != entry["sha256"]:
         raise _error(path, f"sha256 {digest[:12]}... differs from the manifest's {entry['sha256'][:12]}... (corrupt or replaced)")
+    if dataset is not None and entry.get("data", {}).get("name") != dataset:
+        raise _error(path, f"trained on {entry.get('data', {}).get('name')!r}, the run's data is {dataset!r}")
     if model_config is not None:
-        wanted = json.loads(json.dumps(dict(model_config), default=list))
+        as_dict = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
+        wanted = json.loads(json.dumps(as_dict, default=list))
         if wanted != entry["model_config"]:
             raise _error(path, f"trained with model config {entry['model_config']}, the run asks for {wanted}")
     with open(path, "rb") as f:

@@ -14,6 +14,13 @@ students are redone. Written to the workdir:
     sweep.md    the same as a table, and the chosen setting
     sweep.png   the three against strength, a line per guidance
 
+Every grid point writes the same synthetic/, fidelity/ and evaluate/ names
+(results.json is the last point's): a rerun of an interrupted sweep redoes
+the points after the first, and sweep.json is the record of the grid. The
+shipped VAE, teacher and denoiser were trained on all training images, the
+held-out ones included; only the quantization and the students are kept
+from them, so validation scores are somewhat optimistic, never test-set ones.
+
 The chosen setting maximises the student validation accuracy averaged over
 the config's methods (d4m and ddoq share the decoded images, so their mean is
 the decoder's quality for both weightings).

@@ -50,9 +50,15 @@ def run(run, latents) -> Denoiser | None:
     model = make_denoiser(config.model, latents.shape, latents.num_classes)
     if config.get("weights"):
         target = jax.eval_shape(model.init_params, jax.random.key(0))
-        params, entry = pretrained.load_params(config.weights, target, config.model)
+        params, entry = pretrained.load_params(config.weights, target, config.model, run.config.data.name)
+        vae_weights = run.config.prior.get("weights")
+        if not vae_weights or pretrained.manifest_entry(vae_weights)["sha256"] != entry["vae_sha256"]:
+            raise pretrained.PretrainedError(
+                f"the shipped denoiser {config.weights} models the latents of the VAE with sha256 {entry['vae_sha256'][:12]}..., "
+                f"not of config.prior.weights={vae_weights!r}; ship both together, or set config.denoiser.weights='' to train it here."
+            )
         logging.info("denoiser: shipped %s (teacher agreement of its samples %.3f)", config.weights, entry["quality"]["teacher_agreement"])
-        return Denoiser(model, params, artifacts.fingerprint("denoiser", entry["sha256"]))
+        return Denoiser(model, params, artifacts.fingerprint("denoiser", latents.fingerprint, entry["sha256"]))
     fp = artifacts.fingerprint("denoiser", latents.fingerprint, config, run.config.seed)
     if run.store.is_complete(ARTIFACT, fp):
         target = jax.eval_shape(model.init_params, jax.random.key(0))

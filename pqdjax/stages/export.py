@@ -81,7 +81,7 @@ def run(run, prior, teacher, denoiser, folder: str) -> dict:
             "teacher_agreement": agreement, "teacher_agreement_per_class": [round(a, 4) for a in per_class],
             "samples": len(labels), "strength": 1.0, "guidance": config.decode.diffusion.guidance,
             "steps": config.decode.diffusion.steps,
-        }),
+        }, vae_sha256=pretrained.sha256_of(os.path.join(folder, "vae.safetensors"))),
     }
     pretrained.write_manifest(folder, components)
     grid = samples.reshape((dataset.num_classes, -1) + samples.shape[1:])[:, :10]

@@ -50,9 +50,10 @@ def run(run) -> Prior:
     vae = vae_lib.make_vae(config.vae, height, channels)
     if config.get("weights"):
         target = jax.eval_shape(lambda: vae_lib.init_params(vae, jax.random.key(0), height))
-        params, entry = pretrained.load_params(config.weights, target, config.vae)
+        params, entry = pretrained.load_params(config.weights, target, config.vae, run.config.data.name)
         logging.info("prior: shipped VAE %s (test PSNR %.2f dB)", config.weights, entry["quality"]["test_psnr_db"])
-        return Prior(vae, params, entry["latent_scale"], artifacts.fingerprint("prior", entry["sha256"]))
+        # the data stays in the fingerprint: the latents and everything after them depend on it
+        return Prior(vae, params, entry["latent_scale"], artifacts.fingerprint("prior", run.data_fingerprint, entry["sha256"]))
     fp = artifacts.fingerprint("prior", run.data_fingerprint, config, run.config.seed)
     if run.store.is_complete(ARTIFACT, fp):
         target = jax.eval_shape(lambda: vae_lib.init_params(vae, jax.random.key(0), height))

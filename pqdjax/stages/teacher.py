@@ -1,4 +1,4 @@
-"""Stage teacher: a classifier trained on the full training set; its soft labels train the students.
+"""Stage teacher: a classifier trained on the run's training images; its soft labels train the students.
 
 Loaded from shipped weights when config.teacher.weights names a file
 (pqdjax.pretrained), else trained here. Its test accuracy is measured in
@@ -38,8 +38,8 @@ def run(run) -> Teacher:
     model = make_classifier(config.model, dataset.num_classes)
     target = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + dataset.image_shape))["params"])
     if config.get("weights"):
-        params, entry = pretrained.load_params(config.weights, target, config.model)
-        fp = artifacts.fingerprint("teacher", entry["sha256"])
+        params, entry = pretrained.load_params(config.weights, target, config.model, run.config.data.name)
+        fp = artifacts.fingerprint("teacher", run.data_fingerprint, entry["sha256"])  # the data: its test accuracy
         test_accuracy = accuracy(model, params, dataset.test_images, dataset.test_labels)
         logging.info("teacher: shipped %s, test accuracy %.4f (manifest: %.4f)", config.weights, test_accuracy, entry["quality"]["test_accuracy"])
         return Teacher(model, params, test_accuracy, fp)
