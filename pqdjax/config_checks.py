@@ -49,6 +49,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 f"decoder suffix from {KNOWN_DECODERS} (e.g. 'ddoq_vae')."
             )
     _validate_decode(config)
+    if config.get("export_pretrained") and any(config[s].get("weights") for s in ("prior", "teacher", "denoiser")):
+        raise ConfigError("config.export_pretrained ships what the run trains: set config.prior/teacher/denoiser.weights to ''.")
     seeds = tuple(config.evaluate.seeds)
     if not seeds or any(not isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
         raise ConfigError(f"config.evaluate.seeds must be distinct integers, got {seeds}.")
@@ -133,8 +135,6 @@ def _validate_decode(config: ml_collections.ConfigDict) -> None:
             f"{100 * train.ema_decay**train.steps:.0f}% of the random initialisation in the sampled weights; "
             "lower ema_decay (e.g. 0 for short runs) or train longer."
         )
-    if config.get("export_pretrained") and any(config[s].get("weights") for s in ("prior", "teacher", "denoiser")):
-        raise ConfigError("config.export_pretrained ships what the run trains: set config.prior/teacher/denoiser.weights to ''.")
     bad = [c for c in config.denoiser.model.block_out_channels if c < 32 or c % 32]
     if bad:
         raise ConfigError(

@@ -28,13 +28,12 @@ from pqdjax.config_checks import split_method
 from pqdjax.data.grouping import class_indices, pad_classes
 from pqdjax.quantize import wasserstein2_classes
 from pqdjax.stages.encode import encode_images
-from pqdjax.train.classifier import predict_logits
+from pqdjax.train.classifier import accuracy
 
 
 def teacher_agreement(teacher, images: np.ndarray, labels: np.ndarray) -> float:
-    """Share of uint8 images [N, H, W, C] that the teacher labels as labels [N]."""
-    predicted = np.argmax(predict_logits(teacher.model, teacher.params, images), axis=1)
-    return float(np.mean(predicted == np.asarray(labels)))
+    """Share of uint8 images [N, H, W, C] that the teacher labels as labels [N]: its accuracy on them."""
+    return accuracy(teacher.model, teacher.params, images, labels)
 
 
 def cell_consistency(reencoded: np.ndarray, points: np.ndarray) -> float:

@@ -68,7 +68,7 @@ def run(run) -> Prior:
     sample = dataset.train_images[np.asarray(jax.random.permutation(run.rng("prior", "scale"), len(dataset.train_images)))[:5000]]
     scale = latent_scale_of(vae, params, sample)
     reconstruction_mse = _reconstruction_mse(vae, params, dataset.test_images)
-    psnr = float(10.0 * np.log10(4.0 / reconstruction_mse))
+    psnr = _psnr_db(reconstruction_mse)
     logging.info("prior: test reconstruction MSE %.4f (PSNR %.2f dB), latent scale %.4f", reconstruction_mse, psnr, scale)
     info = {"latent_scale": scale, "test_reconstruction_mse": reconstruction_mse, "test_psnr_db": psnr, "seconds": seconds}
     run.store.save_params(ARTIFACT, params, fp, info)
@@ -78,11 +78,22 @@ def run(run) -> Prior:
 
 def _reconstruction_mse(vae, params, images: np.ndarray, batch_size: int = 500) -> float:
     """Mean squared error in [-1, 1] of the reconstructions (through the posterior mean, clipped) of uint8 images."""
-    fn = jax.jit(lambda p, x: jnp.sum(jnp.square(jnp.clip(vae_lib.decode(vae, p, vae_lib.encode(vae, p, to_model_range(x))), -1, 1) - to_model_range(x)), axis=(1, 2, 3)))
-    errors = map_batches(lambda batch: fn(params, batch), images, batch_size)
+
+    @jax.jit
+    def squared_errors(params, batch):  # per image [B]
+        x = to_model_range(batch)
+        reconstruction = jnp.clip(vae_lib.decode(vae, params, vae_lib.encode(vae, params, x)), -1, 1)
+        return jnp.sum(jnp.square(reconstruction - x), axis=(1, 2, 3))
+
+    errors = map_batches(lambda batch: squared_errors(params, batch), images, batch_size)
     return float(np.sum(errors) / images.size)
+
+
+def _psnr_db(mse: float) -> float:
+    """PSNR in dB of a mean squared error in [-1, 1] (peak-to-peak 2)."""
+    return float(10.0 * np.log10(4.0 / mse))
 
 
 def test_psnr_db(prior: Prior, images: np.ndarray) -> float:
     """PSNR (dB, peak-to-peak 2 in [-1, 1]) of the VAE's reconstructions of uint8 images [N, H, W, C]."""
-    return float(10.0 * np.log10(4.0 / _reconstruction_mse(prior.vae, prior.params, images)))
+    return _psnr_db(_reconstruction_mse(prior.vae, prior.params, images))

@@ -54,7 +54,7 @@ def create_train_state(params: PyTree, tx: optax.GradientTransformation, ema: bo
 
 def ema_update(ema_params: PyTree, params: PyTree, decay: float | jax.Array) -> PyTree:
     """decay * ema + (1 - decay) * params, leaf by leaf."""
-    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+    return optax.incremental_update(params, ema_params, 1.0 - decay)
 
 
 def apply_gradients(state: TrainState, grads: PyTree, tx: optax.GradientTransformation, ema_decay: float | None = None) -> TrainState:
