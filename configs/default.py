@@ -78,9 +78,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.teacher = ml_collections.ConfigDict()
     config.teacher.weights = shipped + "teacher.safetensors"
-    config.teacher.model = _classifier(64)
+    config.teacher.model = _classifier(128)  # the DC/DM/MTT benchmarks' ConvNet-3
     config.teacher.train = ml_collections.ConfigDict(dict(
-        steps=7000, batch_size=128, learning_rate=2e-3, warmup_steps=200, weight_decay=0.0,
+        steps=7500, batch_size=128, learning_rate=2e-3, warmup_steps=200, weight_decay=0.0,
         crop_padding=2, flip=True, log_every=250, checkpoint_every=500,
     ))
 
@@ -151,7 +151,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # pqdjax.sweep: strength x guidance on held-out training images (never the test set).
         config.data.evaluate_on = "validation"
         config.methods = ("d4m", "ddoq")
-        config.sweep = ml_collections.ConfigDict(dict(strengths=(0.5, 0.7, 0.85, 1.0), guidances=(2.0, 4.0)))
+        # the chosen setting: the best validation accuracy among those that keep the class (teacher agreement)
+        # and the point (cell consistency) of the pushforward (pqdjax.sweep)
+        config.sweep = ml_collections.ConfigDict(dict(
+            strengths=(0.5, 0.6, 0.7, 0.85, 1.0), guidances=(2.0, 4.0), min_teacher_agreement=0.9, min_cell_consistency=0.5,
+        ))
     if "runlocal" in options:
         for section in (config.prior, config.teacher, config.denoiser):
             section.weights = ""

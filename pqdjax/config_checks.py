@@ -49,8 +49,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 f"decoder suffix from {KNOWN_DECODERS} (e.g. 'ddoq_vae')."
             )
     _validate_decode(config)
-    if config.get("export_pretrained") and any(config[s].get("weights") for s in ("prior", "teacher", "denoiser")):
-        raise ConfigError("config.export_pretrained ships what the run trains: set config.prior/teacher/denoiser.weights to ''.")
+    if config.get("export_pretrained"):
+        _validate_export(config)
     seeds = tuple(config.evaluate.seeds)
     if not seeds or any(not isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
         raise ConfigError(f"config.evaluate.seeds must be distinct integers, got {seeds}.")
@@ -140,3 +140,21 @@ def _validate_decode(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"config.denoiser.model.block_out_channels must be multiples of 32 (diffusers' GroupNorm has 32 groups), got {bad}."
         )
+
+
+def _validate_export(config) -> None:
+    """What the pretrain run ships: what it trains, plus components loaded from the folder it writes (kept)."""
+    import os
+
+    from pqdjax import pretrained
+
+    folder = pretrained.resolve(config.export_pretrained)
+    for section in ("prior", "teacher", "denoiser"):
+        weights = config[section].get("weights")
+        if weights and os.path.dirname(pretrained.resolve(weights)) != folder.rstrip(os.sep):
+            raise ConfigError(
+                f"config.{section}.weights={weights!r} is not in config.export_pretrained={config.export_pretrained!r}: "
+                "the pretrain run ships what it trains and keeps only components of the folder it writes; set it to ''."
+            )
+    if config.denoiser.get("weights") and not config.prior.get("weights"):
+        raise ConfigError("the pretrain run retrains the VAE but keeps the shipped denoiser, which models the old VAE's latents: set config.denoiser.weights to '' too.")

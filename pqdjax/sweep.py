@@ -23,7 +23,14 @@ from them, so validation scores are somewhat optimistic, never test-set ones.
 
 The chosen setting maximises the student validation accuracy averaged over
 the config's methods (d4m and ddoq share the decoded images, so their mean is
-the decoder's quality for both weightings).
+the decoder's quality for both weightings) among the settings whose
+pushforward keeps what the method relies on: the class (teacher agreement at
+least config.sweep.min_teacher_agreement) and the point (cell consistency, the
+share of images that re-encode into their point's Voronoi cell, at least
+config.sweep.min_cell_consistency). An image far outside its point's cell no
+longer represents the cell's mass, so its Voronoi weight (DDOQ) and the W2
+argument lose their meaning. When no setting qualifies, the best overall is
+chosen and the report says so; the best overall is always reported beside it.
 """
 
 from __future__ import annotations
@@ -57,7 +64,9 @@ def run(config, workdir: str) -> dict:
                     "teacher_agreement": fidelity["teacher_agreement"], "cell_consistency": fidelity["cell_consistency"],
                     "validation_accuracy": accuracy["mean"], "validation_accuracy_std": accuracy["std"],
                 })
-    chosen = choose(records)
+    chosen = choose(records, config.sweep.get("min_teacher_agreement", 0.0), config.sweep.get("min_cell_consistency", 0.0))
+    if not chosen["constrained"]:
+        logging.warning("sweep: no setting reaches the minimum teacher agreement and cell consistency; chose the best overall")
     table = markdown(records, chosen)
     store = artifacts.ArtifactStore(workdir)
     artifacts.write_json(store.path("sweep.json"), {"records": records, "chosen": chosen})
@@ -66,13 +75,34 @@ def run(config, workdir: str) -> dict:
     return {"records": records, "chosen": chosen, "table": table}
 
 
-def choose(records: list[dict]) -> dict:
-    """The (strength, guidance) with the highest validation accuracy averaged over methods, and that average."""
-    by_setting: dict[tuple[float, float], list[float]] = {}
+def choose(records: list[dict], min_teacher_agreement: float = 0.0, min_cell_consistency: float = 0.0) -> dict:
+    """The (strength, guidance) with the highest validation accuracy averaged over methods, among the qualifying ones.
+
+    A setting qualifies when its teacher agreement and cell consistency, averaged
+    over methods, reach the minima (a missing cell consistency counts as 0).
+    Returns {'strength', 'guidance', 'validation_accuracy', 'constrained'} and
+    'best_overall', the unconstrained choice in the same form; 'constrained' is
+    False when no setting qualified (the chosen one is then the best overall).
+    """
+    by_setting: dict[tuple[float, float], list[dict]] = {}
     for r in records:
-        by_setting.setdefault((r["strength"], r["guidance"]), []).append(r["validation_accuracy"])
-    (strength, guidance), accuracies = max(by_setting.items(), key=lambda item: np.mean(item[1]))
-    return {"strength": strength, "guidance": guidance, "validation_accuracy": float(np.mean(accuracies))}
+        by_setting.setdefault((r["strength"], r["guidance"]), []).append(r)
+    mean = lambda rows, key: float(np.mean([r[key] or 0.0 for r in rows]))
+    summary = {
+        setting: {
+            "strength": setting[0], "guidance": setting[1], "validation_accuracy": mean(rows, "validation_accuracy"),
+            "teacher_agreement": mean(rows, "teacher_agreement"), "cell_consistency": mean(rows, "cell_consistency"),
+        }
+        for setting, rows in by_setting.items()
+    }
+    best = lambda candidates: max(candidates, key=lambda c: c["validation_accuracy"])
+    overall = best(summary.values())
+    qualifying = [
+        c for c in summary.values()
+        if c["teacher_agreement"] >= min_teacher_agreement and c["cell_consistency"] >= min_cell_consistency
+    ]
+    chosen = best(qualifying) if qualifying else overall
+    return {**chosen, "constrained": bool(qualifying), "best_overall": overall}
 
 
 def markdown(records: list[dict], chosen: dict) -> str:
@@ -86,8 +116,9 @@ def markdown(records: list[dict], chosen: dict) -> str:
             f"| {r['guidance']:g} | {r['strength']:g} | {r['method']} | {100 * r['teacher_agreement']:.1f} | {consistency} "
             f"| {100 * r['validation_accuracy']:.2f} ± {100 * r['validation_accuracy_std']:.2f} |"
         )
-    return (
-        "\n".join(rows)
-        + f"\n\nChosen: strength {chosen['strength']:g}, guidance {chosen['guidance']:g} "
-        + f"(validation accuracy {100 * chosen['validation_accuracy']:.2f}%, mean over methods).\n"
+    describe = lambda c: (
+        f"strength {c['strength']:g}, guidance {c['guidance']:g} (validation accuracy {100 * c['validation_accuracy']:.2f}%, "
+        f"teacher agreement {100 * c['teacher_agreement']:.1f}%, cell consistency {100 * c['cell_consistency']:.1f}%; means over methods)"
     )
+    rule = "best of the settings that keep class and cell" if chosen["constrained"] else "no setting keeps class and cell: best overall"
+    return "\n".join(rows) + f"\n\nChosen ({rule}): {describe(chosen)}.\nBest overall: {describe(chosen['best_overall'])}.\n"

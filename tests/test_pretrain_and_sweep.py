@@ -37,6 +37,33 @@ def test_pretrain_ships_what_a_run_then_loads(idx_dataset_dir, tmp_path, monkeyp
         run_config[section].weights = str(tmp_path / "shipped" / f"{file}.safetensors")
     results = pipeline.run(run_config, str(tmp_path / "run"))
     assert results["teacher_test_accuracy"] == pytest.approx(manifest["components"]["teacher"]["quality"]["test_accuracy"], abs=1e-6)
+    monkeypatch.undo()
+
+    # the teacher retrained alone: the VAE and denoiser files and their training records are kept
+    shipped = tmp_path / "shipped"
+    before = {name: (shipped / f"{name}.safetensors").read_bytes() for name in ("vae", "teacher", "denoiser")}
+    config.teacher.train.steps += 2
+    config.prior.weights = str(shipped / "vae.safetensors")
+    config.denoiser.weights = str(shipped / "denoiser.safetensors")
+    pipeline.run(config, str(tmp_path / "pretrain_teacher"))
+    after = json.load(open(shipped / pretrained.MANIFEST))["components"]
+    for name in ("vae", "denoiser"):
+        assert (shipped / f"{name}.safetensors").read_bytes() == before[name]
+        kept = {k: v for k, v in manifest["components"][name].items() if k != "quality"}
+        assert {k: v for k, v in after[name].items() if k != "quality"} == kept
+    assert (shipped / "teacher.safetensors").read_bytes() != before["teacher"]
+    assert after["teacher"]["train_config"]["steps"] == config.teacher.train.steps
+    assert after["teacher"]["sha256"] == pretrained.sha256_of(str(shipped / "teacher.safetensors"))
+
+    # kept components come from the folder being written, and a kept denoiser needs the kept VAE
+    from pqdjax.config_checks import ConfigError, validate_config
+
+    config.prior.weights = str(tmp_path / "elsewhere" / "vae.safetensors")
+    with pytest.raises(ConfigError, match="is not in config.export_pretrained"):
+        validate_config(config)
+    config.prior.weights = ""
+    with pytest.raises(ConfigError, match="keeps the shipped denoiser"):
+        validate_config(config)
 
 
 def test_the_validation_split_is_held_out_training_images(idx_dataset_dir):
@@ -62,8 +89,33 @@ def test_sweep_picks_the_best_validation_setting(idx_dataset_dir, tmp_path):
     out = sweep.run(config, str(tmp_path))
     records = out["records"]
     assert {(r["strength"], r["guidance"]) for r in records} == {(0.5, 3.0), (1.0, 3.0)}
-    best = max({(r["strength"], r["guidance"]) for r in records},
-               key=lambda s: np.mean([r["validation_accuracy"] for r in records if (r["strength"], r["guidance"]) == s]))
+    settings = {(r["strength"], r["guidance"]) for r in records}
+    mean = lambda s, key: np.mean([r[key] or 0.0 for r in records if (r["strength"], r["guidance"]) == s])
+    keeps = [s for s in settings if mean(s, "teacher_agreement") >= 0.9 and mean(s, "cell_consistency") >= 0.5]
+    best = max(keeps or settings, key=lambda s: mean(s, "validation_accuracy"))
     assert (out["chosen"]["strength"], out["chosen"]["guidance"]) == best
+    assert out["chosen"]["constrained"] == bool(keeps)
     for name in ("sweep.json", "sweep.md", "sweep.png"):
         assert os.path.exists(tmp_path / name)
+
+
+def _record(strength, accuracy, agreement, consistency, method="d4m"):
+    return {"strength": strength, "guidance": 4.0, "method": method, "validation_accuracy": accuracy,
+            "teacher_agreement": agreement, "cell_consistency": consistency}
+
+
+def test_sweep_choice_keeps_class_and_cell():
+    records = [
+        _record(0.5, 0.70, 0.95, 0.90), _record(0.5, 0.72, 0.95, 0.80, "ddoq"),  # qualifies, mean accuracy 0.71
+        _record(0.7, 0.74, 0.95, 0.45), _record(0.7, 0.74, 0.95, 0.45, "ddoq"),  # best overall, loses the cell
+        _record(0.6, 0.73, 0.85, 0.60), _record(0.6, 0.73, 0.85, 0.60, "ddoq"),  # loses the class
+    ]
+    chosen = sweep.choose(records, min_teacher_agreement=0.9, min_cell_consistency=0.5)
+    assert (chosen["strength"], chosen["constrained"]) == (0.5, True)
+    assert chosen["validation_accuracy"] == pytest.approx(0.71) and chosen["cell_consistency"] == pytest.approx(0.85)
+    assert chosen["best_overall"]["strength"] == 0.7
+    assert sweep.choose(records)["strength"] == 0.7  # no minima: the best overall
+    fallback = sweep.choose(records, min_teacher_agreement=0.99)
+    assert (fallback["strength"], fallback["constrained"]) == (0.7, False)
+    # a set without a cell consistency (no points) never qualifies on it
+    assert not sweep.choose([_record(0.5, 0.7, 0.95, None)], min_cell_consistency=0.5)["constrained"]

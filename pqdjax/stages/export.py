@@ -12,6 +12,16 @@ what each one measures:
               teacher labels as the class they were drawn for
 
 and samples.png, a grid of those samples (a row per class).
+
+A component the run loaded from `folder` itself (its config weights field
+names a file there) is kept: its file and the training record of its
+manifest entry stay, and only its quality is measured again (the teacher
+agreement of the denoiser's samples depends on the teacher). So one
+component can be retrained alone, e.g. the teacher:
+
+    python -m pqdjax.main --config=configs/default.py:pretrain --workdir=runs/pretrain \
+        --config.prior.weights=pretrained/fashion_mnist/vae.safetensors \
+        --config.denoiser.weights=pretrained/fashion_mnist/denoiser.safetensors
 """
 
 from __future__ import annotations
@@ -50,6 +60,22 @@ def class_conditional_samples(run, prior, denoiser, per_class: int) -> tuple[np.
     return to_uint8(decode_with_vae(run, prior, None, latents, labels)), labels
 
 
+# component name -> (config section, file name, artifact of the stage that trains it)
+COMPONENTS = {
+    "vae": ("prior", "vae.safetensors", prior_stage.ARTIFACT),
+    "teacher": ("teacher", "teacher.safetensors", teacher_stage.ARTIFACT),
+    "denoiser": ("denoiser", "denoiser.safetensors", denoiser_stage.ARTIFACT),
+}
+
+
+def kept_components(config) -> dict[str, dict]:
+    """The components the run loads from its export folder: name -> their manifest entry (kept as trained)."""
+    return {
+        name: pretrained.manifest_entry(config[section].weights)
+        for name, (section, _, _) in COMPONENTS.items() if config[section].get("weights")
+    }
+
+
 def run(run, prior, teacher, denoiser, folder: str) -> dict:
     """Writes the three components and the manifest into `folder`; returns the manifest's components."""
     start = time.perf_counter()
@@ -61,23 +87,28 @@ def run(run, prior, teacher, denoiser, folder: str) -> dict:
     per_class = [teacher_agreement(teacher, samples[labels == c], labels[labels == c]) for c in range(dataset.num_classes)]
     logging.info("export: VAE test PSNR %.2f dB, teacher test accuracy %.4f, denoiser sample agreement %.4f", psnr, teacher.test_accuracy, agreement)
 
-    def entry(file, artifact, section, model_config, quality, **extra):
+    kept = kept_components(config)
+    trained = {"vae": prior.params, "teacher": teacher.params, "denoiser": denoiser.params}
+    os.makedirs(folder, exist_ok=True)
+    for name, (_, file, _) in COMPONENTS.items():
+        if name not in kept:
+            pretrained.save_params(os.path.join(folder, file), trained[name])
+
+    def entry(name, model_config, quality, **extra):
+        if name in kept:  # as trained then, measured now
+            record = {k: v for k, v in kept[name].items() if k not in ("sha256", "bytes")}
+            return {**record, "quality": quality}
+        section, file, artifact = COMPONENTS[name]
         return dict(
-            file=file, model_config=model_config.to_dict(), train_config=section.train.to_dict(),
+            file=file, model_config=model_config.to_dict(), train_config=config[section].train.to_dict(),
             data=config.data.to_dict(), seed=config.seed, train_seconds=store.info(artifact).get("seconds"),
             machine=machine(), quality=quality, **extra,
         )
 
-    os.makedirs(folder, exist_ok=True)
-    pretrained.save_params(os.path.join(folder, "vae.safetensors"), prior.params)
-    pretrained.save_params(os.path.join(folder, "teacher.safetensors"), teacher.params)
-    pretrained.save_params(os.path.join(folder, "denoiser.safetensors"), denoiser.params)
     components = {
-        "vae": entry("vae.safetensors", prior_stage.ARTIFACT, config.prior, config.prior.vae,
-                     {"test_psnr_db": round(psnr, 3)}, latent_scale=prior.latent_scale),
-        "teacher": entry("teacher.safetensors", teacher_stage.ARTIFACT, config.teacher, config.teacher.model,
-                         {"test_accuracy": teacher.test_accuracy}),
-        "denoiser": entry("denoiser.safetensors", denoiser_stage.ARTIFACT, config.denoiser, config.denoiser.model, {
+        "vae": entry("vae", config.prior.vae, {"test_psnr_db": round(psnr, 3)}, latent_scale=prior.latent_scale),
+        "teacher": entry("teacher", config.teacher.model, {"test_accuracy": teacher.test_accuracy}),
+        "denoiser": entry("denoiser", config.denoiser.model, {
             "teacher_agreement": agreement, "teacher_agreement_per_class": [round(a, 4) for a in per_class],
             "samples": len(labels), "strength": 1.0, "guidance": config.decode.diffusion.guidance,
             "steps": config.decode.diffusion.steps,
