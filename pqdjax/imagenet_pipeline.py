@@ -1,12 +1,13 @@
 """The ImageNet-1K pipeline (configs/in1k.py): Stable Diffusion latents, quantization, img2img, RDED/D4M students.
 
-    prior -> teacher -> encode -> quantize -> decode -> evaluate -> report
+    prior -> teacher -> encode -> quantize -> decode -> fidelity -> evaluate -> report
 
     prior     Stable Diffusion v1.x loaded (or a tiny random one written for smoke runs)
     teacher   torchvision ResNet weights converted to flax {'params', 'batch_stats'}
     encode    tfds imagenet2012 train -> SD VAE latents, sharded, streamed to disk per class
     quantize  per class K = IPC points and Voronoi weights (CLVQ streamed, or Lloyd)
     decode    img2img from each point with the class name as prompt -> 224 px PNGs + manifests
+    fidelity  teacher agreement, cell consistency, W2 of the re-encoded images, per set
     evaluate  a student per method, IPC and seed, validated at resize 256 / crop 224
     report    results.json and results.md in the workdir
 
@@ -27,8 +28,10 @@ import numpy as np
 from absl import logging
 
 from pqdjax import artifacts
-from pqdjax.stages import imagenet_decode, imagenet_encode, imagenet_evaluate, imagenet_prior, imagenet_quantize, imagenet_teacher
-from pqdjax.stages.report import summarize
+from pqdjax.stages import (
+    imagenet_decode, imagenet_encode, imagenet_evaluate, imagenet_fidelity, imagenet_prior, imagenet_quantize, imagenet_teacher,
+)
+from pqdjax.stages.report import FIDELITY_INTRO, fidelity_table, summarize
 
 
 def run_stages(run) -> dict:
@@ -41,9 +44,10 @@ def run_stages(run) -> dict:
     latents = _timed(run, "encode", imagenet_encode.run, run, prior)
     quantized = _timed(run, "quantize", imagenet_quantize.run, run, latents)
     synthetic = _timed(run, "decode", imagenet_decode.run, run, prior, latents, quantized)
+    fidelities = _timed(run, "fidelity", imagenet_fidelity.run, run, prior, teacher, latents, quantized, synthetic)
     records = _timed(run, "evaluate", imagenet_evaluate.run, run, teacher, synthetic)
     run.stage_seconds["total"] = round(time.perf_counter() - total_start, 2)
-    return report(run, teacher, latents, quantized, synthetic, records)
+    return report(run, teacher, latents, quantized, synthetic, records, fidelities)
 
 
 def markdown_table(summary: dict, teacher_accuracy: float, methods, ipcs) -> str:
@@ -60,7 +64,7 @@ def markdown_table(summary: dict, teacher_accuracy: float, methods, ipcs) -> str
     return "Validation top-1 accuracy (%), mean ± std over seeds:\n\n" + head + "\n".join(rows) + "\n"
 
 
-def report(run, teacher, latents, quantized: dict, synthetic: dict, records: list[dict]) -> dict:
+def report(run, teacher, latents, quantized: dict, synthetic: dict, records: list[dict], fidelities: dict) -> dict:
     """Writes results.json (wall times under 'timing') and results.md; returns results.json's dict plus 'table'."""
     config = run.config
     ipcs = sorted(quantized)
@@ -74,11 +78,13 @@ def report(run, teacher, latents, quantized: dict, synthetic: dict, records: lis
             "w2": {"ddoq": {"mean": float(np.sqrt(np.maximum(distortion, 0)).mean()), "per_class": np.sqrt(np.maximum(distortion, 0)).tolist()}},
         }
     table = markdown_table(summary, teacher.test_accuracy, list(config.methods), ipcs)
+    table += FIDELITY_INTRO + fidelity_table(fidelities, list(config.methods), ipcs)
     results = {
         "config": json.loads(config.to_json_best_effort()),
         "teacher_test_accuracy": teacher.test_accuracy,
         "accuracy": summary,
         "quantization": quantization,
+        "fidelity": {m: {ipc: r for (m2, ipc), r in sorted(fidelities.items()) if m2 == m} for m in config.methods},
         "latents": {"shape": list(latents.shape), "per_class": latents.counts.sum(0).tolist()},
         "synthetic": {f"{m}_ipc{k}": os.path.relpath(s.manifest, run.store.workdir) for (m, k), s in sorted(synthetic.items())},
         "evaluations": sorted(

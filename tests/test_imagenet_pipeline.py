@@ -90,6 +90,22 @@ def test_ddoq_weights_are_the_voronoi_masses_of_the_stored_points(in1k_run):
         np.testing.assert_allclose(weights[c], np.bincount(nearest, minlength=ipc) / len(x), atol=1e-6)
 
 
+def test_fidelity_of_every_set(in1k_run):
+    """d4m and ddoq share images and points: equal agreement and consistency; their W2 differ only by the weights."""
+    config, results = in1k_run["config"], in1k_run["results"]
+    (ipc,) = config.ipcs
+    d4m, ddoq = results["fidelity"]["d4m"][ipc], results["fidelity"]["ddoq"][ipc]
+    for key in ("teacher_agreement", "cell_consistency"):
+        assert d4m[key] == ddoq[key] and 0.0 <= d4m[key] <= 1.0
+        assert d4m[key] * config.data.num_classes * ipc == pytest.approx(round(d4m[key] * config.data.num_classes * ipc))
+    # Voronoi weights make the nearest-point map optimal: the points' W2 is sqrt(distortion), the minimum over weights
+    w2_ddoq = results["quantization"][ipc]["w2"]["ddoq"]["mean"]
+    assert ddoq["w2_points"] == pytest.approx(w2_ddoq, rel=1e-4)
+    assert d4m["w2_points"] >= ddoq["w2_points"] - 1e-5
+    assert d4m["w2_images"] > 0 and ddoq["w2_images"] > 0
+    assert "| ddoq | 2 |" in results["table"] and "cell consistency" in results["table"]
+
+
 def test_a_rerun_does_no_work(in1k_run, monkeypatch):
     config, workdir = in1k_run["config"], in1k_run["workdir"]
 
@@ -101,6 +117,7 @@ def test_a_rerun_does_no_work(in1k_run, monkeypatch):
     monkeypatch.setattr("pqdjax.stages.imagenet_quantize.quantize_streaming", refuse)
     monkeypatch.setattr("pqdjax.stages.imagenet_evaluate.evaluate_set", refuse)
     monkeypatch.setattr("pqdjax.stages.imagenet_teacher.sharded_accuracy", refuse)
+    monkeypatch.setattr("pqdjax.stages.imagenet_fidelity.measure", refuse)
     again = pipeline.run(config, workdir)
     first = in1k_run["results"]
     assert {k: v for k, v in again.items() if k != "timing"} == {k: v for k, v in first.items() if k != "timing"}

@@ -62,6 +62,13 @@ def markdown_table(summary: dict, w2: dict, teacher_accuracy: float, methods, ip
     )
 
 
+FIDELITY_INTRO = (
+    "\nWhat the pushforward kept (stages.fidelity): the share of images the teacher labels as their class, "
+    "the share whose re-encoded latent stays in its point's Voronoi cell, and W2 from the class's latent "
+    "measure to the re-encoded images with the set's weights beside W2 to the points:\n\n"
+)
+
+
 def fidelity_table(fidelities: dict, methods, ipcs) -> str:
     """Per synthetic set: teacher agreement (%), cell consistency (%), W2 of the re-encoded images / of the points."""
     head = "| method | IPC | teacher agreement (%) | cell consistency (%) | W2 images | W2 points |\n|---|---|---|---|---|---|\n"
@@ -102,12 +109,7 @@ def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict], fid
         for ipc in ipcs
     }
     table = markdown_table(summary, w2, teacher.test_accuracy, methods, ipcs)
-    table += (
-        "\nWhat the pushforward kept (stages.fidelity): the share of images the teacher labels as their class, "
-        "the share whose re-encoded latent stays in its point's Voronoi cell, and W2 from the class's latent "
-        "measure to the re-encoded images with the set's weights beside W2 to the points:\n\n"
-        + fidelity_table(fidelities, methods, ipcs)
-    )
+    table += FIDELITY_INTRO + fidelity_table(fidelities, methods, ipcs)
     results = {
         "config": json.loads(config.to_json_best_effort()),
         "teacher_test_accuracy": teacher.test_accuracy,

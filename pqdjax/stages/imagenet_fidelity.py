@@ -1,0 +1,112 @@
+"""ImageNet stage fidelity: what the Stable Diffusion pushforward kept, for every synthetic set.
+
+The same three measures as the default pipeline's fidelity stage
+(pqdjax.stages.fidelity), on the PNGs of each manifest:
+
+    teacher_agreement  share of the set's images that the teacher (validation
+                       preprocessing: torchvision normalisation, argmax over the
+                       run's classes) labels as the class they were made for
+    cell_consistency   share of images whose re-encoded latent lies in the
+                       Voronoi cell of the point it was decoded from, among its
+                       class's K points: each PNG resized to the encoder's input
+                       size (data.encode_crop), SD VAE posterior mean, scaled
+    w2_images          W2 from the class's latent measure (its latent file) to
+                       the re-encoded images with the set's weights, mean over
+                       classes, beside w2_points, the same W2 for the points
+
+One class at a time, so memory holds one class's latents; every process
+computes the same record (the PNGs are on the shared workdir) and process 0
+writes fidelity/{method}_ipc{K}.json.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from pqdjax import artifacts
+from pqdjax.batching import map_batches
+from pqdjax.data import imagenet
+from pqdjax.quantize import wasserstein2_classes
+from pqdjax.stages.fidelity import cell_consistency
+from pqdjax.stages.imagenet_decode import load_images, read_manifest
+
+BATCH_SIZE = 32
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _teacher_predictions(model, variables, images: jax.Array, num_classes: int) -> jax.Array:
+    """uint8 [B, 224, 224, 3] -> predicted class [B] among the first num_classes."""
+    logits = model.apply(variables, imagenet.normalize(images.astype(jnp.float32) / 255.0), train=False)
+    return jnp.argmax(logits[:, :num_classes], axis=-1)
+
+
+def teacher_agreement(teacher, images: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+    """Share of uint8 images [N, H, W, 3] the teacher labels as labels [N]."""
+    predictions = map_batches(lambda b: _teacher_predictions(teacher.model, teacher.variables, b, num_classes), images, BATCH_SIZE)
+    return float(np.mean(predictions == labels))
+
+
+def reencode(prior, images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 PNG pixels [N, H, W, 3] -> scaled SD latents [N, d] at the encoder's input size `size`."""
+    resized = np.stack([imagenet.resize_and_center_crop(image, size, size) for image in images])
+    sd = prior.sd
+    return map_batches(lambda b: sd.encode_images(jnp.asarray(b, jnp.float32) / 127.5 - 1.0), resized, BATCH_SIZE).reshape(len(images), -1)
+
+
+def measure(run, prior, teacher, latents, quantized, synthetic) -> dict:
+    """The record of one synthetic set (see the module docstring)."""
+    config, store = run.config, run.store
+    files, labels, weights = read_manifest(synthetic.manifest)
+    ipc, num_classes = synthetic.ipc, latents.num_classes
+    order = np.lexsort((np.arange(len(labels)), labels))  # class-major, as the points
+    if not np.array_equal(labels[order], np.repeat(np.arange(num_classes), ipc)):
+        raise ValueError(f"fidelity: {synthetic.manifest} does not hold {ipc} images of each of the {num_classes} classes.")
+    images = load_images([files[i] for i in order])
+    labels, weights = labels[order], weights[order].reshape(num_classes, ipc)
+    agreement = teacher_agreement(teacher, images, labels, config.data.num_classes)
+    reencoded = reencode(prior, images, config.data.encode_crop).reshape(num_classes, ipc, -1)
+    q = config.quantize
+    w2_settings = (q.get("w2_exact_max_size", 10_000_000), q.get("w2_relative_epsilon", 3e-3), q.get("w2_max_iterations", 20000))
+    points, w2_images, w2_points = [], [], []
+    for c in range(num_classes):
+        class_points = quantized.load(store, c)["points"]
+        x = latents.load(c)[None]
+        mass = np.full((1, x.shape[1]), 1.0 / x.shape[1], np.float32)
+        w2_images.append(wasserstein2_classes(x, mass, reencoded[c][None], weights[c][None], *w2_settings)[0][0])
+        w2_points.append(wasserstein2_classes(x, mass, class_points[None], weights[c][None], *w2_settings)[0][0])
+        points.append(class_points)
+    return {
+        "method": synthetic.method, "ipc": ipc,
+        "teacher_agreement": agreement,
+        "cell_consistency": cell_consistency(reencoded, np.stack(points)),
+        "w2_images": float(np.mean(w2_images)),
+        "w2_points": float(np.mean(w2_points)),
+    }
+
+
+def run(run, prior, teacher, latents, quantized: dict, synthetic: dict) -> dict[tuple[str, int], dict]:
+    """The fidelity record of every synthetic set, keyed like `synthetic` by (method, IPC)."""
+    out = {}
+    for (method, ipc), synthetic_set in synthetic.items():
+        name = f"fidelity/{method}_ipc{ipc}.json"
+        fp = artifacts.fingerprint(
+            "imagenet_fidelity", synthetic_set.fingerprint, prior.fingerprint, teacher.fingerprint, latents.fingerprint,
+            quantized[ipc].fingerprint, run.config.quantize, run.config.data.encode_crop, run.config.data.num_classes,
+        )
+        if run.store.is_complete(name, fp):
+            out[method, ipc] = run.store.load_record(name)
+            continue
+        record = measure(run, prior, teacher, latents, quantized[ipc], synthetic_set)
+        if jax.process_index() == 0:
+            run.store.save_record(name, record, fp)
+        out[method, ipc] = record
+        logging.info(
+            "fidelity %s IPC %d: teacher agreement %.3f, cell consistency %.3f, W2 of the images %.3f (of the points %.3f)",
+            method, ipc, record["teacher_agreement"], record["cell_consistency"], record["w2_images"], record["w2_points"],
+        )
+    return out
