@@ -67,29 +67,17 @@ what is complete and resumes what was interrupted):
 
 import ml_collections
 
+from pqdjax.config_options import parse_arg
+
 _STUDENTS = ("resnet18", "resnet50", "resnet101", "mobilenet_v2")
 
 
-def _parse(arg: str | None) -> dict:
-    options = {}
-    for item in (a for a in (arg or "").split(",") if a):
-        key, _, value = item.partition("=")
-        options[key] = value if value else True
-    known = {"ipc", "quantizer", "student", "runlocal"}
-    if set(options) - known:
-        raise ValueError(f"unknown option(s) {sorted(set(options) - known)} for configs/in1k.py; known: {sorted(known)}.")
-    return options
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    options = _parse(arg)
-    ipc = int(options.get("ipc", 10))
-    quantizer = options.get("quantizer", "clvq")
-    student = options.get("student", "resnet18")
-    if quantizer not in ("clvq", "lloyd"):
-        raise ValueError(f"configs/in1k.py: quantizer must be 'clvq' or 'lloyd', got {quantizer!r}.")
-    if student not in _STUDENTS:
-        raise ValueError(f"configs/in1k.py: student must be one of {_STUDENTS}, got {student!r}.")
+    options = parse_arg(
+        arg, "configs/in1k.py", choices={"quantizer": ("clvq", "lloyd"), "student": _STUDENTS},
+        ipc=10, quantizer="clvq", student="resnet18", runlocal=False,
+    )
+    ipc, quantizer, student = options.ipc, options.quantizer, options.student
 
     config = ml_collections.ConfigDict()
     config.seed = 0

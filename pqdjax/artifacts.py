@@ -28,13 +28,14 @@ from typing import Any
 
 import jax
 import numpy as np
+from pqdjax.errors import InputError
 
 _MARKER_SUFFIX = ".done"
 _TEMP_INFIX = ".tmp-"  # in the names of the temporary folders of _atomic_path
 
 
-class ArtifactError(RuntimeError):
-    """An artifact cannot be read or written."""
+class ArtifactError(InputError, RuntimeError):
+    """An artifact cannot be read or written (the workdir: disk full, unshared between hosts, damaged)."""
 
 
 # Config fields that change how a stage reports or checkpoints, never what it computes:

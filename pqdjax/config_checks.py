@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from pqdjax.errors import ConfigError  # re-exported: the error of these checks
+
 KNOWN_METHODS = ("random", "d4m", "ddoq")
 KNOWN_QUANTIZERS = ("lloyd", "clvq", "barycenter")  # pqdjax.quantize.METHODS
 KNOWN_DECODERS = ("vae", "diffusion")
@@ -25,8 +27,6 @@ def decoder_of(method: str, config: ml_collections.ConfigDict) -> str | None:
     return None if base == "random" else decoder or config.decode.method
 
 
-class ConfigError(ValueError):
-    """A config value is out of range or unknown."""
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:

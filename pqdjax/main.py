@@ -16,19 +16,14 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pqdjax import artifacts, parallel, pipeline, sweep
-from pqdjax.config_checks import ConfigError
-from pqdjax.data.grouping import EmptyClassError
-from pqdjax.data.idx import IdxFormatError
-from pqdjax.data.sources import DatasetNotFoundError
+from pqdjax import parallel, pipeline, sweep
+from pqdjax.errors import InputError, NonFiniteError
 from pqdjax.models import silence_diffusers_deprecation
 
-# Errors that describe a problem with the run's input (config, data, workdir,
-# a diverging run) and say how to fix it: shown as one line, not a traceback.
-INPUT_ERRORS = (
-    ConfigError, DatasetNotFoundError, IdxFormatError, EmptyClassError, artifacts.ArtifactError,
-    FloatingPointError, ValueError,
-)
+# The project's errors about a run's input (config, data, weights, workdir) and a
+# diverging run say how to fix them: shown as one line. Anything else is a bug
+# and keeps its traceback.
+INPUT_ERRORS = (InputError, NonFiniteError)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, with an optional ':arg'.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for the run's artifacts and results.")
@@ -62,11 +57,24 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
+def _deepest_input_error(error: BaseException | None) -> InputError | None:
+    """The innermost InputError in an exception's context chain (ml_collections re-raises get_config's errors wrapped)."""
+    found = None
+    while error is not None:
+        if isinstance(error, InputError):
+            found = error
+        error = error.__context__
+    return found
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with a one-line error for a mistyped --config.field override."""
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
+        cause = _deepest_input_error(e)  # raised by the config file's get_config (e.g. an unknown option)
+        if cause is not None:
+            sys.exit(f"pqdjax: error: {_one_line(cause)}")
         sys.exit(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.")
     except (KeyError, AttributeError) as e:  # ml_collections: an override names no field of the config
         message = e

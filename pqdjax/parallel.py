@@ -24,6 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from pqdjax.errors import ConfigError
 
 PyTree = Any
 DATA_AXIS = "data"
@@ -43,7 +44,7 @@ def initialize_distributed(config: ml_collections.ConfigDict | None) -> bool:
         if not explicit and not _cluster_detected():
             return False
     elif config.enabled is not True:
-        raise ValueError(f"config.distributed.enabled must be 'auto', True or False, got {config.enabled!r}.")
+        raise ConfigError(f"config.distributed.enabled must be 'auto', True or False, got {config.enabled!r}.")
     jax.distributed.initialize(**explicit)
     return True
 
@@ -68,14 +69,14 @@ def make_mesh(config: ml_collections.ConfigDict | None = None, devices=None) -> 
     shape = tuple(config.shape) if config is not None else (-1,)
     axes = tuple(config.axes) if config is not None else (DATA_AXIS,)
     if len(shape) != len(axes) or DATA_AXIS not in axes:
-        raise ValueError(f"config.mesh: shape {shape} and axes {axes} must have equal length and include {DATA_AXIS!r}.")
+        raise ConfigError(f"config.mesh: shape {shape} and axes {axes} must have equal length and include {DATA_AXIS!r}.")
     count = len(devices) if devices is not None else jax.device_count()
     known = int(np.prod([s for s in shape if s != -1]))
     if shape.count(-1) > 1 or count % known:
-        raise ValueError(f"config.mesh.shape {shape} does not fit {count} devices (at most one -1, sizes dividing {count}).")
+        raise ConfigError(f"config.mesh.shape {shape} does not fit {count} devices (at most one -1, sizes dividing {count}).")
     shape = tuple(count // known if s == -1 else s for s in shape)
     if int(np.prod(shape)) != count:
-        raise ValueError(f"config.mesh.shape {shape} uses {int(np.prod(shape))} of the {count} devices; use -1 for the data axis.")
+        raise ConfigError(f"config.mesh.shape {shape} uses {int(np.prod(shape))} of the {count} devices; use -1 for the data axis.")
     return jax.make_mesh(shape, axes, axis_types=(AxisType.Auto,) * len(axes), devices=devices)
 
 
@@ -96,7 +97,7 @@ def data_parallel_size(mesh: Mesh) -> int:
 def check_batch_size(mesh: Mesh, batch_size: int) -> None:
     """A global batch must split evenly over the data axis."""
     if batch_size % data_parallel_size(mesh):
-        raise ValueError(
+        raise ConfigError(
             f"batch size {batch_size} is not divisible by the {data_parallel_size(mesh)} devices of the mesh's "
             f"'{DATA_AXIS}' axis; choose a multiple of {data_parallel_size(mesh)}."
         )

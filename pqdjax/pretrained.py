@@ -30,6 +30,7 @@ import numpy as np
 from flax import traverse_util
 
 from pqdjax import artifacts
+from pqdjax.errors import InputError
 
 MANIFEST = "manifest.json"
 RETRAIN_COMMAND = "python -m pqdjax.main --config=configs/default.py:pretrain --workdir=runs/pretrain"
@@ -38,7 +39,7 @@ RETRAIN_COMMAND = "python -m pqdjax.main --config=configs/default.py:pretrain --
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-class PretrainedError(ValueError):
+class PretrainedError(InputError):
     """A shipped weight file is missing, corrupt or does not fit the config."""
 
 

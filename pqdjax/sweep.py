@@ -41,12 +41,13 @@ import numpy as np
 from absl import logging
 
 from pqdjax import artifacts, figures, pipeline
+from pqdjax.errors import ConfigError
 
 
 def run(config, workdir: str) -> dict:
     """Runs the grid of config.sweep; returns {'records', 'chosen', 'table'}."""
     if config.data.get("evaluate_on", "test") != "validation":
-        raise ValueError("a sweep chooses settings on held-out training images: set config.data.evaluate_on='validation'.")
+        raise ConfigError("a sweep chooses settings on held-out training images: set config.data.evaluate_on='validation'.")
     records = []
     for guidance in config.sweep.guidances:
         for strength in config.sweep.strengths:

@@ -160,3 +160,28 @@ def test_an_input_error_is_one_line_and_writes_nothing(tmp_path):
     assert last.startswith("pqdjax: error: ") and "train-images-idx3-ubyte" in last
     assert "Traceback" not in result.stderr
     assert os.listdir(tmp_path / "run") == ["config.json"]  # the config, and no artifact
+
+
+def test_an_unknown_config_option_is_one_line(tmp_path):
+    result = _main("--config=configs/default.py:runlocal,bogus", f"--workdir={tmp_path / 'run'}")
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.strip().splitlines() if "Flax classes are deprecated" not in line]
+    assert lines == ["pqdjax: error: unknown option(s) ['bogus'] for configs/default.py; known: table, runlocal, pretrain, sweep."]
+
+
+def test_a_bug_keeps_its_traceback(tmp_path):
+    """Only the project's input errors are one line: a ValueError from a bug in a stage shows where it came from."""
+    script = (
+        "import sys\n"
+        "from absl import app\n"
+        "from pqdjax import main, pipeline\n"
+        "def buggy(config, workdir):\n"
+        "    raise ValueError('a bug, not bad input')\n"
+        "pipeline.run = buggy\n"
+        f"sys.argv = ['pqdjax', '--config=configs/default.py:runlocal', '--workdir={tmp_path / 'run'}']\n"
+        "app.run(main.main, flags_parser=main.parse_flags)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "in buggy" in result.stderr and "ValueError: a bug, not bad input" in result.stderr
+    assert "pqdjax: error" not in result.stderr

@@ -1,12 +1,8 @@
 """ResNet in flax against torchvision's architecture in torch, and the checkpoint readers on files torch writes."""
 
 import collections
-import os
-import pickle
-import zipfile
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest

@@ -106,7 +106,7 @@ def test_non_finite_loss_stops_training():
     images, labels = _two_class_images()
     images_nan = np.asarray(images, np.float32) / 127.5 - 1
     model = ConvNet(num_classes=2, width=4, depth=1)
-    with pytest.raises(ValueError, match="NaN or inf"):
+    with pytest.raises(loop.NonFiniteError, match="NaN or inf"):
         images_nan[0, 0, 0, 0] = np.nan
         distill.train_student(model, model, model.init(jax.random.key(0), images_nan[:1])["params"], images_nan, np.ones(len(images)), _train_config(), jax.random.key(1), fast_conv=False)
     with pytest.raises(loop.NonFiniteError, match="teacher: loss=nan at step"):

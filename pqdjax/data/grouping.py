@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from pqdjax.errors import InputError
 
 
-class EmptyClassError(ValueError):
+class EmptyClassError(InputError):
     """A class has no samples, so it cannot be distilled."""
 
 
@@ -23,7 +24,7 @@ def class_indices(labels: np.ndarray, num_classes: int) -> list[np.ndarray]:
     """
     labels = np.asarray(labels)
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(
+        raise InputError(
             f"labels must lie in [0, {num_classes}); found {labels.min()}..{labels.max()}."
         )
     groups = [np.flatnonzero(labels == c) for c in range(num_classes)]
@@ -65,6 +66,6 @@ def select_random(groups: list[np.ndarray], k: int, rng: jax.Array) -> np.ndarra
     """
     smallest = min(len(g) for g in groups)
     if k > smallest:
-        raise ValueError(f"IPC {k} is larger than the smallest class ({smallest} images); choose IPC <= {smallest}.")
+        raise InputError(f"IPC {k} is larger than the smallest class ({smallest} images); choose IPC <= {smallest}.")
     keys = jax.random.split(rng, len(groups))
     return np.stack([g[np.asarray(jax.random.choice(key, len(g), (k,), replace=False))] for g, key in zip(groups, keys)])

@@ -12,6 +12,7 @@ import os
 import zlib
 
 import numpy as np
+from pqdjax.errors import InputError
 
 # IDX type code -> big-endian numpy dtype.
 _IDX_DTYPES = {
@@ -25,7 +26,7 @@ _IDX_DTYPES = {
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-class IdxFormatError(ValueError):
+class IdxFormatError(InputError):
     """An IDX file is missing, truncated or not in IDX format."""
 
 

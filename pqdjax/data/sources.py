@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from pqdjax.data import idx
+from pqdjax.errors import ConfigError, InputError
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -32,11 +33,11 @@ _IDX_FILES = {
 }
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(InputError, FileNotFoundError):
     """The dataset is in none of the places we look."""
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(InputError):
     """The images or labels have a shape, type or range the models cannot take."""
 
 
@@ -120,7 +121,7 @@ def _read_tfds(name: str, data_dir: str | None, download: bool) -> ImageDataset:
 
 def _fashion_mnist(config: ml_collections.ConfigDict) -> ImageDataset:
     if config.source not in ("auto", "idx", "tfds"):
-        raise ValueError(f"config.data.source must be 'auto', 'idx' or 'tfds', got {config.source!r}.")
+        raise ConfigError(f"config.data.source must be 'auto', 'idx' or 'tfds', got {config.source!r}.")
     if config.source in ("auto", "idx"):
         if config.data_dir:  # an explicit folder is used or fails, never skipped
             return _read_idx_folder(config.data_dir, FASHION_MNIST_CLASSES)
@@ -154,7 +155,7 @@ def load_dataset(config: ml_collections.ConfigDict) -> ImageDataset:
     choosing settings without looking at the test set).
     """
     if config.name not in _LOADERS:
-        raise ValueError(f"Unknown dataset {config.name!r}; known: {sorted(_LOADERS)}.")
+        raise ConfigError(f"Unknown dataset {config.name!r}; known: {sorted(_LOADERS)}.")
     dataset = _LOADERS[config.name](config)
     check_images(dataset)
     dataset = limit_dataset(dataset, config.get("train_per_class"), config.get("test_size"))
@@ -162,7 +163,7 @@ def load_dataset(config: ml_collections.ConfigDict) -> ImageDataset:
     if evaluate_on == "validation":
         return hold_out_validation(dataset, config.validation_per_class)
     if evaluate_on != "test":
-        raise ValueError(f"config.data.evaluate_on must be 'test' or 'validation', got {evaluate_on!r}.")
+        raise ConfigError(f"config.data.evaluate_on must be 'test' or 'validation', got {evaluate_on!r}.")
     return dataset
 
 
@@ -170,7 +171,7 @@ def hold_out_validation(dataset: ImageDataset, per_class: int) -> ImageDataset:
     """The last `per_class` training images of each class become the evaluation split (test_*); the test set is dropped."""
     counts = np.bincount(dataset.train_labels, minlength=dataset.num_classes)
     if per_class < 1 or per_class >= counts.min():
-        raise ValueError(
+        raise ConfigError(
             f"config.data.validation_per_class must be in [1, {counts.min() - 1}] (the smallest class has "
             f"{counts.min()} training images), got {per_class}."
         )

@@ -9,6 +9,7 @@ from pqdjax.models.convnet import ConvNet
 from pqdjax.models.mobilenet import MobileNetV2
 from pqdjax.models.resnet import ARCHITECTURES as RESNETS
 from pqdjax.models.resnet import ResNet
+from pqdjax.errors import ConfigError
 
 
 def make_classifier(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
@@ -28,4 +29,4 @@ def make_classifier(config: ml_collections.ConfigDict, num_classes: int) -> nn.M
     if config.arch == "mobilenet_v2":
         return MobileNetV2(num_classes=num_classes, width_multiplier=config.get("width_multiplier", 1.0))
     known = ", ".join(map(repr, ("convnet", *RESNETS, "mobilenet_v2")))
-    raise ValueError(f"unknown classifier arch {config.arch!r}; known: {known}.")
+    raise ConfigError(f"unknown classifier arch {config.arch!r}; known: {known}.")

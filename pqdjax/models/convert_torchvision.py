@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from flax import traverse_util
+from pqdjax.errors import InputError
 
 CONVERSION_HINT = (
     "convert it with torch installed: `python -c \"import torch; from safetensors.torch import save_file; "
@@ -42,7 +43,7 @@ _STORAGE_DTYPES = {
 }
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(InputError):
     """A checkpoint file cannot be read, or does not fit the model."""
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
+from pqdjax.errors import ConfigError
 
 
 class ConvNet(nn.Module):
@@ -29,7 +30,7 @@ class ConvNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.norm not in ("instance", "none"):
-            raise ValueError(f"ConvNet norm must be 'instance' or 'none', got {self.norm!r}.")
+            raise ConfigError(f"ConvNet norm must be 'instance' or 'none', got {self.norm!r}.")
         for _ in range(self.depth):
             x = nn.Conv(self.width, (3, 3), padding=((1, 1), (1, 1)))(x)
             if self.norm == "instance":

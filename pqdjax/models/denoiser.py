@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from diffusers import FlaxDDIMScheduler, FlaxDDPMScheduler, FlaxUNet2DConditionModel
+from pqdjax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -109,7 +110,7 @@ def make_denoiser(config: ml_collections.ConfigDict, latent_shape: tuple[int, in
     """
     channels = tuple(config.block_out_channels)
     if any(c % 32 for c in channels):
-        raise ValueError(f"denoiser block_out_channels must be multiples of 32 (GroupNorm with 32 groups), got {channels}.")
+        raise ConfigError(f"denoiser block_out_channels must be multiples of 32 (GroupNorm with 32 groups), got {channels}.")
     blocks = len(channels)
     down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (blocks - 1)
     up = ("CrossAttnUpBlock2D",) * (blocks - 1) + ("UpBlock2D",)

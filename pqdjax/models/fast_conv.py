@@ -31,6 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+from pqdjax.errors import ConfigError
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
 # Below this many input or output channels XLA's kernel gradient is kept.
@@ -160,5 +161,5 @@ def wanted_on_this_backend(setting: str | bool) -> bool:
     if isinstance(setting, bool):
         return setting
     if setting != "auto":
-        raise ValueError(f"fast_conv_gradients must be 'auto', True or False, got {setting!r}.")
+        raise ConfigError(f"fast_conv_gradients must be 'auto', True or False, got {setting!r}.")
     return jax.default_backend() == "cpu"

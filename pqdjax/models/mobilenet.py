@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from pqdjax.models.resnet import _conv_init
+from pqdjax.errors import ConfigError
 
 # torchvision's inverted_residual_setting: (expansion t, output channels c, blocks n, first stride s).
 INVERTED_RESIDUAL_SETTING = (
@@ -119,7 +120,7 @@ class MobileNetV2(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if self.width_multiplier <= 0:
-            raise ValueError(f"MobileNetV2 width_multiplier must be > 0, got {self.width_multiplier}.")
+            raise ConfigError(f"MobileNetV2 width_multiplier must be > 0, got {self.width_multiplier}.")
         conv_bn_relu6 = functools.partial(_conv_bn_relu6, train=train)
         x = conv_bn_relu6(x, make_divisible(STEM_CHANNELS * self.width_multiplier), 3, 2, "features_0")
         index = 1

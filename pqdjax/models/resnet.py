@@ -21,6 +21,7 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from pqdjax.errors import ConfigError
 
 # torchvision's kaiming_normal_(mode='fan_out', nonlinearity='relu').
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -97,7 +98,7 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if self.depth_name not in ARCHITECTURES:
-            raise ValueError(f"unknown ResNet {self.depth_name!r}; known: {sorted(ARCHITECTURES)}.")
+            raise ConfigError(f"unknown ResNet {self.depth_name!r}; known: {sorted(ARCHITECTURES)}.")
         block_type, stages = ARCHITECTURES[self.depth_name]
         block = BasicBlock if block_type == "basic" else Bottleneck
         x = _conv(self.width, 7, 2, "conv1")(x)

@@ -33,6 +33,7 @@ from transformers import CLIPTokenizer, FlaxCLIPTextModel
 
 from pqdjax.diffusion import img2img
 from pqdjax.models import vae as vae_lib
+from pqdjax.errors import InputError
 
 SD_LATENT_SCALE = 0.18215
 _FLAX_WEIGHTS = "diffusion_flax_model.msgpack"
@@ -47,7 +48,7 @@ _HUB_PATTERNS = ["model_index.json"] + [
 ]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A Stable Diffusion checkpoint is missing, incomplete or does not match its config."""
 
 

@@ -27,6 +27,7 @@ import ml_collections
 from diffusers import FlaxAutoencoderKL
 
 from pqdjax.models.conv_vae import ConvVAE
+from pqdjax.errors import ConfigError
 
 Params = Mapping[str, Any]
 VAE = FlaxAutoencoderKL | ConvVAE
@@ -56,11 +57,11 @@ def make_vae(config: ml_collections.ConfigDict, image_size: int, channels: int) 
     """
     arch = config.get("arch", "autoencoder_kl")
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown VAE arch {arch!r} in config.prior.vae.arch; known: {ARCHITECTURES}.")
+        raise ConfigError(f"unknown VAE arch {arch!r} in config.prior.vae.arch; known: {ARCHITECTURES}.")
     blocks = len(config.block_out_channels)
     patch = config.get("patch", 1) if arch == "conv" else 1
     if image_size % (patch * 2 ** (blocks - 1)):
-        raise ValueError(
+        raise ConfigError(
             f"image size {image_size} is not divisible by the VAE's downsampling factor "
             f"{patch * 2 ** (blocks - 1)} (len(block_out_channels) = {blocks}, patch {patch}); resize the images "
             "or change config.prior.vae.block_out_channels."

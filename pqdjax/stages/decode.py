@@ -30,6 +30,7 @@ from pqdjax.config_checks import decoder_of, split_method
 from pqdjax.data.preprocess import to_uint8
 from pqdjax.diffusion import img2img
 from pqdjax.models import vae as vae_lib
+from pqdjax.errors import ConfigError
 
 STRIPS_ARTIFACT = "figures/pushforward_strips.npz"
 
@@ -95,7 +96,7 @@ DECODERS = {"vae": decode_with_vae, "diffusion": decode_with_diffusion}
 
 def _decode_points(run, prior, denoiser, decoder: str, latent_shape, quantized) -> np.ndarray:
     if decoder not in DECODERS:
-        raise ValueError(f"unknown decoder {decoder!r}; known: {sorted(DECODERS)}.")
+        raise ConfigError(f"unknown decoder {decoder!r}; known: {sorted(DECODERS)}.")
     points = quantized.arrays["points"]  # [C, K, d]
     num_classes, ipc, _ = points.shape
     labels = np.repeat(np.arange(num_classes), ipc)

@@ -12,6 +12,7 @@ from pqdjax import artifacts
 from pqdjax.batching import map_batches
 from pqdjax.data.preprocess import to_model_range
 from pqdjax.models import vae as vae_lib
+from pqdjax.errors import NonFiniteError
 
 ARTIFACT = "latents.npz"
 
@@ -34,7 +35,7 @@ def encode_images(prior, images: np.ndarray, batch_size: int) -> np.ndarray:
     finite = np.isfinite(latents.reshape(len(latents), -1)).all(axis=1)
     if not finite.all():
         bad = np.flatnonzero(~finite)
-        raise FloatingPointError(
+        raise NonFiniteError(
             f"encode: the VAE produced NaN or inf latents for {len(bad)} of {len(latents)} images "
             f"(first: image {bad[0]}, in batch {bad[0] // batch_size}); retrain the prior (delete prior/ in the workdir)."
         )

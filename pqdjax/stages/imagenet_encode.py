@@ -38,6 +38,7 @@ from pqdjax import artifacts, parallel
 from pqdjax.data import imagenet
 from pqdjax.models import vae as vae_lib
 from pqdjax.progress import Progress
+from pqdjax.errors import NonFiniteError
 
 FOLDER = "encode/latents"
 # The fields of config.data that determine the latents (not, e.g., the validation crop).
@@ -169,7 +170,7 @@ def encode_process_part(run, prior, name: str, fp: str) -> None:
         latents = parallel.process_local_rows(encode(params, arrays["images"], arrays["index"])).reshape(len(batch["index"]), dim)
         keep = batch["mask"] & (batch["labels"] < data.num_classes)
         if not np.isfinite(latents[keep]).all():
-            raise FloatingPointError(
+            raise NonFiniteError(
                 f"encode: the VAE produced NaN or inf latents in batch {b}; check config.prior.pretrained_dir's VAE weights."
             )
         files.append(latents[keep], batch["labels"][keep])

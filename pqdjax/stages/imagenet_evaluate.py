@@ -32,7 +32,7 @@ def per_image_weights(labels: np.ndarray, weights: np.ndarray, num_classes: int)
     per_class = np.bincount(labels, minlength=num_classes)
     present = per_class[per_class > 0]
     if len(set(present.tolist())) != 1:
-        raise ValueError(f"the manifest has unequal numbers of images per class ({sorted(set(present.tolist()))}).")
+        raise artifacts.ArtifactError(f"the manifest has unequal numbers of images per class ({sorted(set(present.tolist()))}).")
     grid = per_class_mean_one(weights[order].reshape(len(present), present[0]))
     out = np.empty_like(weights)
     out[order] = grid.reshape(-1)

@@ -20,6 +20,7 @@ from pqdjax.batching import map_batches
 from pqdjax.data.preprocess import to_model_range
 from pqdjax.models import vae as vae_lib
 from pqdjax.train.autoencoder import train_vae
+from pqdjax.errors import InputError
 
 ARTIFACT = "prior/vae"
 
@@ -46,7 +47,7 @@ def run(run) -> Prior:
     dataset = run.dataset
     height, width, channels = dataset.image_shape
     if height != width:
-        raise ValueError(f"the VAE needs square images, got {height}x{width}; crop or resize the images to a square.")
+        raise InputError(f"the VAE needs square images, got {height}x{width}; crop or resize the images to a square.")
     vae = vae_lib.make_vae(config.vae, height, channels)
     if config.get("weights"):
         target = jax.eval_shape(lambda: vae_lib.init_params(vae, jax.random.key(0), height))

@@ -18,6 +18,7 @@ import numpy as np
 
 from pqdjax.models.fast_conv import fast_conv_gradients
 from pqdjax.train import augment, loop, losses
+from pqdjax.errors import InputError, NonFiniteError
 
 
 def per_class_mean_one(weights: np.ndarray) -> np.ndarray:
@@ -25,7 +26,7 @@ def per_class_mean_one(weights: np.ndarray) -> np.ndarray:
     weights = np.asarray(weights, np.float64)
     sums = weights.sum(axis=1, keepdims=True)
     if np.any(sums <= 0) or np.any(weights < 0):
-        raise ValueError("image weights must be non-negative with a positive sum in every class.")
+        raise InputError("image weights must be non-negative with a positive sum in every class.")
     return (weights * weights.shape[1] / sums).astype(np.float32)
 
 
@@ -66,7 +67,7 @@ def train_student(
     pqdjax.train.checkpoint.Checkpoints to resume from and save to, or None.
     """
     if not np.all(np.isfinite(images)):
-        raise ValueError(f"{name}: the synthetic images contain NaN or inf.")
+        raise NonFiniteError(f"{name}: the synthetic images contain NaN or inf.")
     init_rng, train_rng = jax.random.split(rng)
     params = student.init(init_rng, jnp.zeros((1,) + images.shape[1:], jnp.float32))["params"]
     tx = loop.cosine_adam(config.learning_rate, config.steps, config.warmup_steps, config.weight_decay)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from pqdjax import parallel
 from pqdjax.data import imagenet
 from pqdjax.progress import Progress
+from pqdjax.errors import ConfigError
 
 
 def count_correct_fn(model: nn.Module, mesh, num_classes: int):
@@ -55,6 +56,6 @@ def sharded_accuracy(model: nn.Module, variables, source, num_examples: int, dat
         correct, counted = correct + int(c), counted + int(n)
         progress.update(step)
     if counted == 0:
-        raise ValueError(f"{name}: no validation example has a label below config.data.num_classes = {data_config.num_classes}.")
+        raise ConfigError(f"{name}: no validation example has a label below config.data.num_classes = {data_config.num_classes}.")
     return correct / counted
 

@@ -39,6 +39,7 @@ from pqdjax import parallel
 from pqdjax.data.imagenet import normalize
 from pqdjax.train import loop, losses
 from pqdjax.train.imagenet_augment import student_augment
+from pqdjax.errors import ConfigError, InputError
 
 PyTree = Any
 
@@ -156,10 +157,10 @@ def train_student(
     """
     n = len(images)
     if len(weights) != n or not np.all(np.isfinite(weights)) or np.any(np.asarray(weights) < 0):
-        raise ValueError(f"{name}: weights must be {n} finite non-negative numbers, one per image.")
+        raise InputError(f"{name}: weights must be {n} finite non-negative numbers, one per image.")
     devices = parallel.data_parallel_size(mesh)
     if n < devices:
-        raise ValueError(f"{name}: {n} images cannot fill one batch over the mesh's {devices} data-parallel devices.")
+        raise ConfigError(f"{name}: {n} images cannot fill one batch over the mesh's {devices} data-parallel devices.")
     batch_size = min(config.batch_size, n - n % devices)
     parallel.check_batch_size(mesh, batch_size)
     num_steps = config.epochs * (n // batch_size)

@@ -27,12 +27,12 @@ from flax import struct
 
 from pqdjax.progress import Progress
 from pqdjax.train.checkpoint import Checkpoints
+from pqdjax import errors
 
 PyTree = Any
 
 
-class NonFiniteError(FloatingPointError):
-    """A loss or metric became NaN or inf during training."""
+NonFiniteError = errors.NonFiniteError  # a loss or metric became NaN or inf during training
 
 
 @struct.dataclass
