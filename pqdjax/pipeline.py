@@ -72,6 +72,11 @@ class Run:
     def fast_conv(self) -> bool:
         return wanted_on_this_backend(self.config.fast_conv_gradients)
 
+    @property
+    def metrics_dir(self) -> str:
+        """Where trainers write their training curves (pqdjax.train.metrics)."""
+        return self.store.path("metrics")
+
     def checkpoints(self, folder: str, fp: str, train_config: ml_collections.ConfigDict) -> Checkpoints:
         """Mid-training checkpoints under checkpoints/{folder}, every train_config.checkpoint_every steps."""
         return Checkpoints(self.store, f"checkpoints/{folder}", fp, train_config.get("checkpoint_every", 0))

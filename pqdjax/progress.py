@@ -43,10 +43,14 @@ class Progress:
         self._drawn = False
         self._last_logged = first
 
+    def rate(self, done: int) -> float:
+        """Units per second done by this process so far (0 before the first)."""
+        elapsed = time.perf_counter() - self.start
+        return (done - self.first) / elapsed if elapsed > 0 and done > self.first else 0.0
+
     def line(self, done: int, metrics: Mapping[str, float] | None = None) -> str:
         """'name: 120/400 steps (30%)  loss=0.52  12.3 steps/s, ETA 23s'."""
-        elapsed = time.perf_counter() - self.start
-        rate = (done - self.first) / elapsed if elapsed > 0 and done > self.first else 0.0
+        rate = self.rate(done)
         eta = format_seconds((self.total - done) / rate) if rate else "?"
         text = f"{self.name}: {done}/{self.total} {self.unit} ({100 * done / max(self.total, 1):.0f}%)"
         if metrics:

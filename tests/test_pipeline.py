@@ -72,6 +72,31 @@ def test_synthetic_sets_are_consistent(finished_run):
     assert np.abs(ddoq_vae["images"].astype(int) - ddoq["images"].astype(int)).mean() > 1.0
 
 
+def test_every_set_is_written_as_pngs_in_class_folders(finished_run):
+    """Read back with csv and PIL only, as a user outside pqdjax would: the images and weights the students trained on."""
+    import csv
+
+    from PIL import Image
+
+    _, workdir, _ = finished_run
+    for method in ("random", "d4m", "ddoq", "ddoq_vae"):
+        stored = np.load(os.path.join(workdir, f"synthetic/{method}_ipc2.npz"))
+        folder = os.path.join(workdir, f"distilled/{method}_ipc2")
+        with open(os.path.join(folder, "manifest.csv"), newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == 20
+        images = np.stack([np.asarray(Image.open(os.path.join(folder, r["file"]))) for r in rows])
+        labels = np.asarray([int(r["label"]) for r in rows])
+        weights = np.asarray([float(r["weight"]) for r in rows])
+        np.testing.assert_array_equal(images[..., None], stored["images"].reshape(20, 28, 28, 1))
+        np.testing.assert_array_equal(labels, np.repeat(np.arange(10), 2))
+        np.testing.assert_allclose(weights, stored["weights"].reshape(-1), rtol=1e-6)
+        # sorted class folders are the label order (torchvision's ImageFolder assigns labels so)
+        folders = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+        assert [r["file"].split("/")[0] for r in rows][::2] == folders
+    assert rows[0]["class"] == "T-shirt/top" and folders[0] == "000_T-shirt_top"
+
+
 def test_rerun_skips_finished_stages(finished_run, monkeypatch):
     data_dir, workdir, results = finished_run
 

@@ -38,12 +38,13 @@ def make_denoiser_step(denoiser: LatentDenoiser, tx, class_dropout: float, fast_
 
 def train_denoiser(
     denoiser: LatentDenoiser, latents: np.ndarray, labels: np.ndarray, config: ml_collections.ConfigDict, rng: jax.Array,
-    fast_conv: bool, checkpoints=None,
+    fast_conv: bool, checkpoints=None, metrics_dir: str | None = None,
 ):
     """Trains `denoiser` on latents [N, h, w, c] with labels int [N]; returns (EMA params, last metrics).
 
     config fields: steps, batch_size, learning_rate, warmup_steps, class_dropout, ema_decay, log_every.
-    checkpoints: a pqdjax.train.checkpoint.Checkpoints to resume from and save to, or None.
+    checkpoints: a pqdjax.train.checkpoint.Checkpoints to resume from and save to, or None;
+    metrics_dir: where the training curve goes (pqdjax.train.metrics), or None.
     """
     init_rng, train_rng = jax.random.split(rng)
     params = denoiser.init_params(init_rng)
@@ -54,5 +55,6 @@ def train_denoiser(
         step, loop.create_train_state(params, tx, ema=True), data,
         num_examples=len(latents), num_steps=config.steps, batch_size=config.batch_size,
         rng=train_rng, name="denoiser", log_every=config.log_every, checkpoints=checkpoints,
+        metrics_dir=metrics_dir, learning_rate=loop.cosine_schedule(config.learning_rate, config.steps, config.warmup_steps),
     )
     return state.ema_params, metrics

@@ -13,6 +13,10 @@ compares them:
     diffusion  the pushforward of DDOQ and D4M: img2img of each point with the
                class-conditioned latent denoiser (noise to config.decode.diffusion
                .strength, DDIM with classifier-free guidance), then the VAE decoder
+
+Every set is also written as PNGs in class folders with a manifest of its
+weights (pqdjax.data.image_folder), distilled/{method}_ipc{K}/manifest.csv,
+for training on it outside pqdjax.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from absl import logging
 from pqdjax import artifacts
 from pqdjax.batching import map_batches
 from pqdjax.config_checks import decoder_of, split_method
+from pqdjax.data import image_folder
 from pqdjax.data.preprocess import to_uint8
 from pqdjax.diffusion import img2img
 from pqdjax.models import vae as vae_lib
@@ -124,7 +129,12 @@ def _synthetic_set(run, method: str, quantized, decoded_fp: str, make) -> Synthe
         images, weights = make()
         stored = {"images": images, "weights": weights}
         run.store.save_arrays(name, stored, fp)
-    return SyntheticSet(method, quantized.ipc, stored["images"], stored["weights"], fp)
+    synthetic = SyntheticSet(method, quantized.ipc, stored["images"], stored["weights"], fp)
+    folder = f"distilled/{method}_ipc{quantized.ipc}"
+    if not run.store.is_complete(folder, fp):
+        class_names = run.dataset.class_names
+        run.store.write_artifact(folder, lambda path: image_folder.write_set(path, synthetic.images, synthetic.weights, class_names), fp)
+    return synthetic
 
 
 def run(run, prior, latents, quantized: dict, denoiser=None) -> dict[tuple[str, int], SyntheticSet]:

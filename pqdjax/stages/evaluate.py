@@ -29,7 +29,7 @@ def evaluate_set(run, teacher, synthetic, seed: int, checkpoints=None) -> dict:
     params = train_student(
         student, teacher.model, teacher.params, images, weights, config.train,
         run.rng("evaluate", synthetic.method, synthetic.ipc, seed), run.fast_conv, name=name,
-        checkpoints=checkpoints,
+        checkpoints=checkpoints, metrics_dir=run.metrics_dir,
     )
     test_accuracy = accuracy(student, params, dataset.test_images, dataset.test_labels)
     logging.info("%s: test accuracy %.4f", name, test_accuracy)

@@ -7,9 +7,9 @@ the prompt = the class's name (pqdjax/data/imagenet_classes.txt) against
 config.decode.negative_prompt, decoded by the VAE and resized to
 config.decode.image_size (D4M: strength 0.7, guidance 8, 50 steps, 224 px).
 
-    synthetic/ipc{K}/images/class{c:04d}_{k:03d}.png   the K images of class c
-    synthetic/ipc{K}/groups/{c:04d}.json                marks a group of classes done (resume)
-    synthetic/ipc{K}/manifest_{method}.csv              file,label,weight per image
+    synthetic/ipc{K}/images/{c}_{name}/{k:03d}.png   the K images of class c (pqdjax.data.image_folder)
+    synthetic/ipc{K}/groups/{c:04d}.json             marks a group of classes done (resume)
+    synthetic/ipc{K}/manifest_{method}.csv           file,label,class,weight per image
 
 d4m and ddoq share the images (the same points); their manifests differ in
 the weights: 1/K for d4m, the Voronoi cell masses for ddoq (summing to 1
@@ -20,20 +20,16 @@ part of the classes, process 0 writes the manifests.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
-import io
-import os
 
 import jax
 import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from PIL import Image
 
 from pqdjax import artifacts, parallel
-from pqdjax.data import imagenet
+from pqdjax.data import image_folder, imagenet
 from pqdjax.data.preprocess import to_uint8
 from pqdjax.diffusion import img2img
 from pqdjax.progress import Progress
@@ -47,26 +43,6 @@ class SyntheticSet:
     ipc: int
     manifest: str
     fingerprint: str
-
-
-def read_manifest(path: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(absolute image paths, labels int32 [n], weights float32 [n]) of a manifest CSV."""
-    folder = os.path.dirname(path)
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    files = [os.path.join(folder, r["file"]) for r in rows]
-    return files, np.asarray([int(r["label"]) for r in rows], np.int32), np.asarray([float(r["weight"]) for r in rows], np.float32)
-
-
-def load_images(files: list[str]) -> np.ndarray:
-    """uint8 [n, H, W, 3] from PNG files of one size."""
-    return np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
-
-
-def _png_bytes(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def pushforward(sd, points: np.ndarray, prompts: list[str], rng: jax.Array, config, mesh: Mesh) -> np.ndarray:
@@ -116,20 +92,22 @@ def decode_ipc(run, prior, latents, quantized, ipc: int, fp: str) -> None:
         images = pushforward(prior.sd, points, [prompts[c] for c in labels], run.rng("decode", ipc, classes[0]), config, mesh)
         files = []
         for i, (image, c) in enumerate(zip(images, labels)):
-            files.append(f"images/class{c:04d}_{i % ipc:03d}.png")
-            artifacts.write_bytes(store.path(f"synthetic/ipc{ipc}/{files[-1]}"), _png_bytes(image))
+            files.append("images/" + image_folder.image_file(c, prompts[c], latents.num_classes, i % ipc))
+            artifacts.write_bytes(store.path(f"synthetic/ipc{ipc}/{files[-1]}"), image_folder.png_bytes(image))
         store.save_record(record, {"classes": classes, "files": files}, fp)
         bar.update(g)
     parallel.sync_processes(f"decode_ipc{ipc}")
 
 
 def write_manifest(run, quantized, ipc: int, method: str, num_classes: int, name: str, fp: str) -> None:
-    """file,label,weight for every image; weights from the quantization (ddoq) or uniform (d4m)."""
-    lines = ["file,label,weight"]
+    """file,label,class,weight for every image; weights from the quantization (ddoq) or uniform (d4m)."""
+    prompts = imagenet.class_prompts()
+    files, labels, weights = [], [], []
     for c in range(num_classes):
-        weights = quantized.load(run.store, c)["weights"] if method == "ddoq" else np.full(ipc, 1.0 / ipc)
-        lines += [f"images/class{c:04d}_{k:03d}.png,{c},{float(w):.9g}" for k, w in enumerate(weights)]
-    text = "\n".join(lines) + "\n"
+        weights.append(quantized.load(run.store, c)["weights"] if method == "ddoq" else np.full(ipc, 1.0 / ipc))
+        files += ["images/" + image_folder.image_file(c, prompts[c], num_classes, k) for k in range(ipc)]
+        labels += [c] * ipc
+    text = image_folder.manifest_text(files, np.asarray(labels), np.concatenate(weights), prompts)
 
     def write(path):
         with open(path, "w") as f:

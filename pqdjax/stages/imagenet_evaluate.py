@@ -20,7 +20,7 @@ from absl import logging
 from pqdjax import artifacts
 from pqdjax.data import imagenet
 from pqdjax.models.classifiers import make_classifier
-from pqdjax.stages.imagenet_decode import load_images, read_manifest
+from pqdjax.data.image_folder import load_images, read_manifest
 from pqdjax.train.distill import per_class_mean_one
 from pqdjax.train.imagenet_eval import sharded_accuracy
 from pqdjax.train.imagenet_student import train_student
@@ -49,7 +49,7 @@ def evaluate_set(run, teacher, synthetic, seed: int, checkpoint_dir: str) -> dic
     variables, info = train_student(
         student, teacher.model, teacher.variables, images, per_image_weights(labels, weights, config.data.num_classes),
         config.evaluate.train, run.rng("evaluate", synthetic.method, synthetic.ipc, seed), run.mesh,
-        checkpoint_dir=checkpoint_dir, name=name,
+        checkpoint_dir=checkpoint_dir, name=name, metrics_dir=run.metrics_dir,
     )
     data = config.data
     source = imagenet.open_configured_split(data, data.test_split)

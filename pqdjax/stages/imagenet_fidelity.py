@@ -33,7 +33,7 @@ from pqdjax.batching import map_batches
 from pqdjax.data import imagenet
 from pqdjax.quantize import wasserstein2_classes
 from pqdjax.stages.fidelity import cell_consistency
-from pqdjax.stages.imagenet_decode import load_images, read_manifest
+from pqdjax.data.image_folder import load_images, read_manifest
 
 BATCH_SIZE = 32
 

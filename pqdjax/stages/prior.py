@@ -64,7 +64,7 @@ def run(run) -> Prior:
         return Prior(vae, params, scale, fp)
     start = time.perf_counter()
     checkpoints = run.checkpoints("prior", fp, config.train)
-    params = train_vae(vae, dataset.train_images, config.train, run.rng("prior"), run.fast_conv, checkpoints)
+    params = train_vae(vae, dataset.train_images, config.train, run.rng("prior"), run.fast_conv, checkpoints, run.metrics_dir)
     seconds = round(time.perf_counter() - start, 2)
     sample = dataset.train_images[np.asarray(jax.random.permutation(run.rng("prior", "scale"), len(dataset.train_images)))[:5000]]
     scale = latent_scale_of(vae, params, sample)

@@ -53,7 +53,7 @@ def run(run) -> Teacher:
     checkpoints = run.checkpoints("teacher", fp, config.train)
     params = train_classifier(
         model, dataset.train_images, dataset.train_labels, config.train, run.rng("teacher"), run.fast_conv,
-        checkpoints=checkpoints,
+        checkpoints=checkpoints, metrics_dir=run.metrics_dir,
     )
     seconds = round(time.perf_counter() - start, 2)
     test_accuracy = accuracy(model, params, dataset.test_images, dataset.test_labels)

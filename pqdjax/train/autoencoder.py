@@ -31,11 +31,12 @@ def make_vae_step(vae, tx, kl_weight: float, fast_conv: bool):
     return step
 
 
-def train_vae(vae, images: np.ndarray, config: ml_collections.ConfigDict, rng: jax.Array, fast_conv: bool, checkpoints=None):
+def train_vae(vae, images: np.ndarray, config: ml_collections.ConfigDict, rng: jax.Array, fast_conv: bool, checkpoints=None, metrics_dir=None):
     """Trains `vae` on uint8 images [N, H, W, C]; returns its params.
 
     config fields: steps, batch_size, learning_rate, warmup_steps, kl_weight, log_every.
-    checkpoints: a pqdjax.train.checkpoint.Checkpoints to resume from and save to, or None.
+    checkpoints: a pqdjax.train.checkpoint.Checkpoints to resume from and save to, or None;
+    metrics_dir: where the training curve goes (pqdjax.train.metrics), or None.
     """
     init_rng, train_rng = jax.random.split(rng)
     params = vae_lib.init_params(vae, init_rng, images.shape[1])
@@ -45,5 +46,6 @@ def train_vae(vae, images: np.ndarray, config: ml_collections.ConfigDict, rng: j
         step, loop.create_train_state(params, tx), {"images": jnp.asarray(images)},
         num_examples=len(images), num_steps=config.steps, batch_size=config.batch_size,
         rng=train_rng, name="vae", log_every=config.log_every, checkpoints=checkpoints,
+        metrics_dir=metrics_dir, learning_rate=loop.cosine_schedule(config.learning_rate, config.steps, config.warmup_steps),
     )
     return state.params

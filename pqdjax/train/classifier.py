@@ -47,12 +47,14 @@ def train_classifier(
     fast_conv: bool,
     name: str = "teacher",
     checkpoints=None,
+    metrics_dir: str | None = None,
 ):
     """Trains `model` with cross-entropy on (images uint8 [N,H,W,C], labels [N]); returns its params.
 
     config fields: steps, batch_size, learning_rate, warmup_steps, weight_decay,
     crop_padding, flip, log_every. checkpoints: a pqdjax.train.checkpoint.Checkpoints
-    to resume from and save to, or None.
+    to resume from and save to, or None; metrics_dir: where the training curve goes
+    (pqdjax.train.metrics), or None.
     """
     init_rng, train_rng = jax.random.split(rng)
     params = model.init(init_rng, jnp.zeros((1,) + images.shape[1:], jnp.float32))["params"]
@@ -63,6 +65,7 @@ def train_classifier(
         step, loop.create_train_state(params, tx), data, num_examples=len(labels),
         num_steps=config.steps, batch_size=config.batch_size, rng=train_rng, name=name,
         log_every=config.log_every, checkpoints=checkpoints,
+        metrics_dir=metrics_dir, learning_rate=loop.cosine_schedule(config.learning_rate, config.steps, config.warmup_steps),
     )
     return state.params
 

@@ -59,12 +59,14 @@ def train_student(
     fast_conv: bool,
     name: str = "student",
     checkpoints=None,
+    metrics_dir: str | None = None,
 ):
     """Trains a fresh `student` on (images float [n,H,W,C] in [-1, 1], weights [n]); returns its params.
 
     config fields: steps, batch_size, learning_rate, warmup_steps, weight_decay,
     temperature, crop_padding, flip, log_every. checkpoints: a
-    pqdjax.train.checkpoint.Checkpoints to resume from and save to, or None.
+    pqdjax.train.checkpoint.Checkpoints to resume from and save to, or None;
+    metrics_dir: where the training curve goes (pqdjax.train.metrics), or None.
     """
     if not np.all(np.isfinite(images)):
         raise NonFiniteError(f"{name}: the synthetic images contain NaN or inf.")
@@ -81,5 +83,6 @@ def train_student(
         step, loop.create_train_state(params, tx), data, num_examples=len(images),
         num_steps=config.steps, batch_size=config.batch_size, rng=train_rng, name=name,
         log_every=config.log_every, checkpoints=checkpoints,
+        metrics_dir=metrics_dir, learning_rate=loop.cosine_schedule(config.learning_rate, config.steps, config.warmup_steps),
     )
     return state.params

@@ -40,6 +40,7 @@ from pqdjax.data.imagenet import normalize
 from pqdjax.train import loop, losses
 from pqdjax.train.imagenet_augment import student_augment
 from pqdjax.errors import ConfigError, InputError
+from pqdjax.train.metrics import MetricsWriter
 
 PyTree = Any
 
@@ -146,13 +147,15 @@ def train_student(
     mesh,
     checkpoint_dir: str | None = None,
     name: str = "student",
+    metrics_dir: str | None = None,
 ) -> tuple[dict, dict]:
     """Trains a fresh student on (images uint8 [n, H, W, 3], weights [n]) by the protocol above.
 
     config fields: epochs, batch_size (global), learning_rate, weight_decay,
     warmup_steps, temperature, image_size, cutmix_beta, log_every, and for
     resuming checkpoint_every, keep_checkpoints. Every process passes the same
-    (host) arrays and reads only its part of each batch.
+    (host) arrays and reads only its part of each batch. metrics_dir: where the
+    training curve goes (pqdjax.train.metrics), or None.
     Returns (variables {'params', 'batch_stats'}, {'resumed_from': step, 'steps': total, 'metrics': last}).
     """
     n = len(images)
@@ -175,6 +178,8 @@ def train_student(
     rows = parallel.host_batch_slice(batch_size)
     metrics: dict[str, float] = {}
     timer = time.perf_counter()
+    writer = MetricsWriter(metrics_dir, name, start) if metrics_dir else None
+    schedule = loop.cosine_schedule(config.learning_rate, num_steps, config.get("warmup_steps", 0))
     for step, indices in enumerate(loop.epoch_batches(batch_rng, n, batch_size, num_steps)):
         if step < start:
             continue  # the batches a resumed run has already trained on
@@ -188,11 +193,15 @@ def train_student(
             rate = (done - start) / (time.perf_counter() - timer)
             logging.info("%s: step %d/%d  %s  (%.2f steps/s)", name, done, num_steps,
                          "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()), rate)
+            if writer:
+                writer.write(done, {**metrics, "learning_rate": float(schedule(step)), "steps_per_second": rate})
         if manager and (done % config.checkpoint_every == 0 or done == num_steps):
             manager.save(done, args=_standard_save(state))
     if manager:
         manager.wait_until_finished()
         manager.close()
+    if writer:
+        writer.close()
     variables = {"params": state.train.params, "batch_stats": state.batch_stats}
     return variables, {"resumed_from": start, "steps": num_steps, "metrics": metrics}
 

@@ -27,6 +27,7 @@ from flax import struct
 
 from pqdjax.progress import Progress
 from pqdjax.train.checkpoint import Checkpoints
+from pqdjax.train.metrics import MetricsWriter
 from pqdjax import errors
 
 PyTree = Any
@@ -69,14 +70,20 @@ def apply_gradients(state: TrainState, grads: PyTree, tx: optax.GradientTransfor
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params)
 
 
+def cosine_schedule(learning_rate: float, num_steps: int, warmup_steps: int = 0) -> optax.Schedule:
+    """Linear warmup from 0 over warmup_steps, then cosine decay to 0 at num_steps."""
+    warmup_steps = min(warmup_steps, max(num_steps - 1, 0))
+    if warmup_steps:
+        return optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps, max(num_steps, 1), 0.0)
+    return optax.cosine_decay_schedule(learning_rate, max(num_steps, 1))
+
+
 def cosine_adam(learning_rate: float, num_steps: int, warmup_steps: int = 0, weight_decay: float = 0.0, decay_mask=None) -> optax.GradientTransformation:
-    """AdamW with linear warmup then cosine decay to 0 over num_steps.
+    """AdamW on cosine_schedule(learning_rate, num_steps, warmup_steps).
 
     decay_mask: optional function params -> pytree of bools, True where weight decay applies.
     """
-    warmup_steps = min(warmup_steps, max(num_steps - 1, 0))
-    schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps, max(num_steps, 1), 0.0) if warmup_steps else optax.cosine_decay_schedule(learning_rate, max(num_steps, 1))
-    return optax.adamw(schedule, weight_decay=weight_decay, mask=decay_mask)
+    return optax.adamw(cosine_schedule(learning_rate, num_steps, warmup_steps), weight_decay=weight_decay, mask=decay_mask)
 
 
 def epoch_batches(rng: jax.Array, num_examples: int, batch_size: int, num_steps: int, first_step: int = 0) -> Iterator[jax.Array]:
@@ -118,6 +125,8 @@ def train(
     name: str,
     log_every: int = 100,
     checkpoints: Checkpoints | None = None,
+    metrics_dir: str | None = None,
+    learning_rate: optax.Schedule | None = None,
 ) -> tuple[TrainState, dict[str, float]]:
     """Runs num_steps steps of step_fn; returns the final state and the last metrics (host floats).
 
@@ -126,6 +135,9 @@ def train(
     every `checkpoints.every` steps; the result is bit-identical to a run
     without interruption. Metrics are checked for NaN/inf every log_every
     steps and before every checkpoint, so no non-finite state is saved.
+    With `metrics_dir`, the metrics of every logged step, the learning rate
+    (the schedule `learning_rate` at that step) and the steps per second go to
+    pqdjax.train.metrics (JSON lines and TensorBoard) under that folder.
     """
     batch_rng, step_rng = jax.random.split(rng)
     restored = checkpoints.restore(state) if checkpoints else None
@@ -133,15 +145,22 @@ def train(
     first_step = int(state.step)
     every = checkpoints.every if checkpoints else 0
     progress = Progress(name, num_steps, log_every=log_every, first=first_step)
+    writer = MetricsWriter(metrics_dir, name, first_step) if metrics_dir else None
     metrics: dict[str, float] = {}
     for step, indices in enumerate(epoch_batches(batch_rng, num_examples, batch_size, num_steps, first_step), first_step):
         state, device_metrics = step_fn(state, data, indices, jax.random.fold_in(step_rng, step))
         done = step + 1
         checkpoint_now = every and done % every == 0
-        if done % log_every == 0 or done == num_steps or checkpoint_now:
+        log_now = done % log_every == 0 or done == num_steps
+        if log_now or checkpoint_now:
             metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
             _check_finite(name, done, metrics)
+        if writer and log_now:
+            extra = {"learning_rate": float(learning_rate(step))} if learning_rate else {}
+            writer.write(done, {**metrics, **extra, "steps_per_second": progress.rate(done)})
         if checkpoint_now:
             checkpoints.save(state, done)
         progress.update(done, metrics)
+    if writer:
+        writer.close()
     return state, metrics
