@@ -12,6 +12,8 @@ and the known options.
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from collections.abc import Mapping, Sequence
 
 import ml_collections
@@ -60,3 +62,11 @@ def parse_arg(arg: str | None, name: str, /, choices: Mapping[str, Sequence] | N
         if options[key] not in allowed:
             raise ConfigError(f"{name}: {key} must be one of {tuple(allowed)}, got {options[key]!r}.")
     return ml_collections.ConfigDict(options)
+
+
+def from_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """get_config(arg) of the config file at `path`: how one config file builds on another (configs/imagefolder.py on default.py)."""
+    spec = importlib.util.spec_from_file_location(f"pqdjax_config_{os.path.basename(path)[:-3]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)

@@ -6,6 +6,7 @@ input. A message names the problem and what to do about it.
 
     InputError          the base: config, data, weights, checkpoints, workdir
       ConfigError       a config value is out of range, unknown or inconsistent
+      DatasetNotFoundError, DatasetFormatError   the data is missing, or unusable as it is
     NonFiniteError      a run diverged: a loss, a latent or a metric became NaN or inf
 """
 
@@ -18,6 +19,14 @@ class InputError(ValueError):
 
 class ConfigError(InputError):
     """A config value is out of range, unknown or inconsistent with another."""
+
+
+class DatasetNotFoundError(InputError, FileNotFoundError):
+    """The dataset is in none of the places the config names or pqdjax looks."""
+
+
+class DatasetFormatError(InputError):
+    """The images or labels have a shape, type or range the models cannot take, or a file cannot be read."""
 
 
 class NonFiniteError(FloatingPointError):

@@ -110,7 +110,8 @@ def test_sharded_step_on_8_devices_equals_single_device_step():
             assert len(batch["images"].sharding.device_set) == 8
         results.append((jax.device_get(state), float(metrics["loss"])))
     (single, single_loss), (sharded, sharded_loss) = results
-    assert sharded_loss == pytest.approx(single_loss, rel=1e-5)
+    # float32 sums split over 8 devices round differently: 1e-5 relative was seen on an AVX-512 host
+    assert sharded_loss == pytest.approx(single_loss, rel=1e-4)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5), single, sharded)
     # The step did change the parameters and the BatchNorm statistics.
     fresh = imagenet_student.create_state(student, jax.random.key(0), 16, tx)

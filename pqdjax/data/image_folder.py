@@ -1,6 +1,12 @@
-"""Distilled sets as files any framework reads: PNGs in class folders and a manifest of weights.
+"""Image folders in and out: a dataset read from class folders, distilled sets written as PNGs in class folders.
 
-Every run writes each synthetic set this way (the default pipeline under
+Reading (`read_dataset`, config.data.name = 'imagefolder'): DIR/train/CLASS/*
+and optionally DIR/test/CLASS/* (png, jpg, jpeg, bmp, webp), the class names
+the sorted folder names, every image resized (shorter side) and center-cropped
+to a square and converted to RGB or grayscale. Without DIR/test the last
+`test_fraction` of each class's images (by file name) is the test split.
+
+Writing: every run writes each synthetic set this way (the default pipeline under
 distilled/{method}_ipc{K}/, the ImageNet one under synthetic/ipc{K}/, where
 d4m and ddoq share one folder of images and differ in their manifests):
 
@@ -27,8 +33,75 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from pqdjax.errors import ConfigError, DatasetFormatError, DatasetNotFoundError
+
 MANIFEST = "manifest.csv"
 COLUMNS = ("file", "label", "class", "weight")
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def _class_files(split_dir: str) -> dict[str, list[str]]:
+    """class name -> sorted image paths, for the class folders of one split folder."""
+    classes = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
+    return {
+        c: sorted(os.path.join(split_dir, c, f) for f in os.listdir(os.path.join(split_dir, c)) if f.lower().endswith(IMAGE_SUFFIXES))
+        for c in classes
+    }
+
+
+def _load(path: str, size: int, channels: int) -> np.ndarray:
+    """One image file -> uint8 [size, size, channels]: shorter side to size (bilinear), center crop."""
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB" if channels == 3 else "L")
+            w, h = image.size
+            scale = size / min(w, h)
+            image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+            left, top = (image.size[0] - size) // 2, (image.size[1] - size) // 2
+            array = np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
+    except OSError as e:
+        raise DatasetFormatError(f"{path}: not a readable image ({e}); remove it or replace it.") from e
+    return array[..., None] if channels == 1 else array
+
+
+def read_dataset(folder: str, size: int, channels: int = 3, test_fraction: float = 0.1):
+    """(train_images, train_labels, test_images, test_labels, class_names, source) of an image folder (module docstring)."""
+    if channels not in (1, 3):
+        raise ConfigError(f"config.data.channels must be 1 (grayscale) or 3 (RGB), got {channels}.")
+    train_dir, test_dir = os.path.join(folder, "train"), os.path.join(folder, "test")
+    if not os.path.isdir(train_dir):
+        raise DatasetNotFoundError(f"{folder} has no train/ folder; an image folder is DIR/train/CLASS/*.png|jpg (and optionally DIR/test/CLASS/*).")
+    train = _class_files(train_dir)
+    if len(train) < 2:
+        raise DatasetFormatError(f"{train_dir} has {len(train)} class folder(s); distillation needs at least 2 classes, one folder each.")
+    empty = [c for c, files in train.items() if not files]
+    if empty:
+        raise DatasetFormatError(f"{train_dir}: class folder(s) {empty[:3]} hold no image ({', '.join(IMAGE_SUFFIXES)}).")
+    names = tuple(train)
+    if os.path.isdir(test_dir):
+        test = _class_files(test_dir)
+        if tuple(test) != names:
+            raise DatasetFormatError(f"{test_dir} has the classes {sorted(test)[:5]}..., train/ has {list(names)[:5]}...; both need the same class folders.")
+        source = f"imagefolder:{folder}"
+    else:
+        if not 0 < test_fraction < 1:
+            raise ConfigError(f"config.data.test_fraction must be in (0, 1) when {folder} has no test/ folder, got {test_fraction}.")
+        cut = {c: len(files) - max(1, int(round(test_fraction * len(files)))) for c, files in train.items()}
+        if min(cut.values()) < 1:
+            raise DatasetFormatError(f"{train_dir}: a class has too few images to hold out a test split; add a test/ folder or more images.")
+        test = {c: files[cut[c]:] for c, files in train.items()}
+        train = {c: files[: cut[c]] for c, files in train.items()}
+        source = f"imagefolder:{folder} (test: the last {test_fraction:g} of each class)"
+
+    def arrays(split: dict[str, list[str]]):
+        files = [(f, label) for label, c in enumerate(names) for f in split[c]]
+        return np.stack([_load(f, size, channels) for f, _ in files]), np.asarray([label for _, label in files], np.int32)
+
+    train_images, train_labels = arrays(train)
+    test_images, test_labels = arrays(test)
+    return train_images, train_labels, test_images, test_labels, names, source
 
 
 def class_folder(index: int, name: str, num_classes: int) -> str:

@@ -16,8 +16,8 @@ import os
 import ml_collections
 import numpy as np
 
-from pqdjax.data import idx
-from pqdjax.errors import ConfigError, InputError
+from pqdjax.data import idx, image_folder
+from pqdjax.errors import ConfigError, DatasetFormatError, DatasetNotFoundError  # re-exported
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -31,14 +31,6 @@ _IDX_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-
-
-class DatasetNotFoundError(InputError, FileNotFoundError):
-    """The dataset is in none of the places we look."""
-
-
-class DatasetFormatError(InputError):
-    """The images or labels have a shape, type or range the models cannot take."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +134,17 @@ def _fashion_mnist(config: ml_collections.ConfigDict) -> ImageDataset:
     )
 
 
-_LOADERS = {"fashion_mnist": _fashion_mnist}
+def _image_folder(config: ml_collections.ConfigDict) -> ImageDataset:
+    """config.data fields: dir (DIR/train/CLASS/*), image_size, channels, test_fraction (pqdjax.data.image_folder)."""
+    if not config.get("dir"):
+        raise ConfigError("config.data.dir is empty: set --config.data.dir=DIR, a folder with DIR/train/CLASS/*.png|jpg.")
+    *arrays, class_names, source = image_folder.read_dataset(
+        config.dir, config.image_size, config.get("channels", 3), config.get("test_fraction", 0.1),
+    )
+    return ImageDataset(*arrays, class_names=class_names, source=source)
+
+
+_LOADERS = {"fashion_mnist": _fashion_mnist, "imagefolder": _image_folder}
 
 
 def load_dataset(config: ml_collections.ConfigDict) -> ImageDataset:

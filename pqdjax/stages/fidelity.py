@@ -20,6 +20,7 @@ the prior, the teacher and the latents are unchanged.
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 from absl import logging
 
@@ -69,20 +70,22 @@ def measure(run, prior, teacher, latents, quantized, synthetic) -> dict:
     return record
 
 
-def run(run, prior, teacher, latents, quantized: dict, synthetic: dict) -> dict[tuple[str, int], dict]:
-    """The fidelity record of every synthetic set, keyed like `synthetic` by (method, IPC)."""
+def measure_sets(run, synthetic: dict, quantized: dict, measure_set, kind: str, *inputs) -> dict[tuple[str, int], dict]:
+    """measure_set(quantized[ipc], set) for every synthetic set, keyed like `synthetic` by (method, IPC).
+
+    A record is reused while the set, its quantization and `inputs` (fingerprints,
+    config sections) are unchanged; process 0 writes fidelity/{method}_ipc{K}.json.
+    """
     out = {}
     for (method, ipc), synthetic_set in synthetic.items():
         name = f"fidelity/{method}_ipc{ipc}.json"
-        fp = artifacts.fingerprint(
-            "fidelity", synthetic_set.fingerprint, prior.fingerprint, teacher.fingerprint, latents.fingerprint,
-            quantized[ipc].fingerprint, run.config.quantize, run.config.encode,
-        )
+        fp = artifacts.fingerprint(kind, synthetic_set.fingerprint, quantized[ipc].fingerprint, *inputs)
         if run.store.is_complete(name, fp):
             out[method, ipc] = run.store.load_record(name)
             continue
-        record = measure(run, prior, teacher, latents, quantized[ipc], synthetic_set)
-        run.store.save_record(name, record, fp)
+        record = measure_set(quantized[ipc], synthetic_set)
+        if jax.process_index() == 0:
+            run.store.save_record(name, record, fp)
         out[method, ipc] = record
         consistency = record["cell_consistency"]
         logging.info(
@@ -91,3 +94,11 @@ def run(run, prior, teacher, latents, quantized: dict, synthetic: dict) -> dict[
             record["w2_images"], record["w2_points"],
         )
     return out
+
+
+def run(run, prior, teacher, latents, quantized: dict, synthetic: dict) -> dict[tuple[str, int], dict]:
+    """The fidelity record of every synthetic set, keyed like `synthetic` by (method, IPC)."""
+    return measure_sets(
+        run, synthetic, quantized, lambda q, synthetic_set: measure(run, prior, teacher, latents, q, synthetic_set),
+        "fidelity", prior.fingerprint, teacher.fingerprint, latents.fingerprint, run.config.quantize, run.config.encode,
+    )

@@ -26,13 +26,11 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
-from pqdjax import artifacts
 from pqdjax.batching import map_batches
 from pqdjax.data import imagenet
 from pqdjax.quantize import wasserstein2_classes
-from pqdjax.stages.fidelity import cell_consistency
+from pqdjax.stages.fidelity import cell_consistency, measure_sets
 from pqdjax.data.image_folder import load_images, read_manifest
 
 BATCH_SIZE = 32
@@ -91,22 +89,8 @@ def measure(run, prior, teacher, latents, quantized, synthetic) -> dict:
 
 def run(run, prior, teacher, latents, quantized: dict, synthetic: dict) -> dict[tuple[str, int], dict]:
     """The fidelity record of every synthetic set, keyed like `synthetic` by (method, IPC)."""
-    out = {}
-    for (method, ipc), synthetic_set in synthetic.items():
-        name = f"fidelity/{method}_ipc{ipc}.json"
-        fp = artifacts.fingerprint(
-            "imagenet_fidelity", synthetic_set.fingerprint, prior.fingerprint, teacher.fingerprint, latents.fingerprint,
-            quantized[ipc].fingerprint, run.config.quantize, run.config.data.encode_crop, run.config.data.num_classes,
-        )
-        if run.store.is_complete(name, fp):
-            out[method, ipc] = run.store.load_record(name)
-            continue
-        record = measure(run, prior, teacher, latents, quantized[ipc], synthetic_set)
-        if jax.process_index() == 0:
-            run.store.save_record(name, record, fp)
-        out[method, ipc] = record
-        logging.info(
-            "fidelity %s IPC %d: teacher agreement %.3f, cell consistency %.3f, W2 of the images %.3f (of the points %.3f)",
-            method, ipc, record["teacher_agreement"], record["cell_consistency"], record["w2_images"], record["w2_points"],
-        )
-    return out
+    return measure_sets(
+        run, synthetic, quantized, lambda q, synthetic_set: measure(run, prior, teacher, latents, q, synthetic_set),
+        "imagenet_fidelity", prior.fingerprint, teacher.fingerprint, latents.fingerprint, run.config.quantize,
+        run.config.data.encode_crop, run.config.data.num_classes,
+    )

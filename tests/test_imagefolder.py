@@ -1,0 +1,93 @@
+"""configs/imagefolder.py: distilling a folder of the user's own images (DIR/train/CLASS/*), end to end."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from pqdjax import pipeline
+from pqdjax.config_options import from_file
+from pqdjax.data import image_folder
+from pqdjax.errors import DatasetFormatError, DatasetNotFoundError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAPES = ("circle", "square", "stripes")
+
+
+def _draw(shape: str, size: tuple[int, int], rng) -> Image.Image:
+    image = Image.new("RGB", size, tuple(int(v) for v in rng.integers(0, 60, 3)))
+    draw = ImageDraw.Draw(image)
+    w, h = size
+    color = tuple(int(v) for v in rng.integers(150, 256, 3))
+    if shape == "circle":
+        draw.ellipse((w * 0.2, h * 0.2, w * 0.8, h * 0.8), fill=color)
+    elif shape == "square":
+        draw.rectangle((w * 0.25, h * 0.25, w * 0.75, h * 0.75), fill=color)
+    else:
+        for x in range(0, w, max(2, w // 6)):
+            draw.rectangle((x, 0, x + max(1, w // 12), h), fill=color)
+    return image
+
+
+def write_folder(root, per_class: int = 12, test: bool = False, seed: int = 0) -> str:
+    """Real image files of three classes, of varied sizes and formats, in the ImageFolder layout."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", per_class), ("test", 4)) if test else (("train", per_class),):
+        for shape in SHAPES:
+            folder = os.path.join(root, split, shape)
+            os.makedirs(folder, exist_ok=True)
+            for i in range(n):
+                size = (int(rng.integers(24, 48)), int(rng.integers(24, 48)))
+                _draw(shape, size, rng).save(os.path.join(folder, f"{i:02d}.{'png' if i % 2 else 'jpg'}"))
+    return str(root)
+
+
+def _config(arg, folder):
+    config = from_file(os.path.join(REPO, "configs", "imagefolder.py"), arg)
+    config.data.dir = folder
+    return config
+
+
+def test_reading_a_folder(tmp_path):
+    folder = write_folder(tmp_path / "shapes", per_class=10)
+    train_x, train_y, test_x, test_y, names, _ = image_folder.read_dataset(folder, 16, 3, test_fraction=0.2)
+    assert names == ("circle", "square", "stripes")
+    assert train_x.shape == (24, 16, 16, 3) and test_x.shape == (6, 16, 16, 3) and train_x.dtype == np.uint8
+    np.testing.assert_array_equal(np.bincount(train_y), [8, 8, 8])
+    # the held-out images are the last of each class by file name: 08.jpg and 09.png
+    expected = image_folder._load(os.path.join(folder, "train", "square", "09.png"), 16, 3)
+    np.testing.assert_array_equal(test_x[3], expected)
+    gray = image_folder.read_dataset(write_folder(tmp_path / "with_test", test=True), 16, 1)
+    assert gray[0].shape[-1] == 1 and len(gray[3]) == 12  # the test/ folder: 4 per class
+
+
+def test_bad_folders_are_clear_errors(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="has no train/ folder"):
+        image_folder.read_dataset(str(tmp_path), 16)
+    (tmp_path / "train" / "only").mkdir(parents=True)
+    with pytest.raises(DatasetFormatError, match="at least 2 classes"):
+        image_folder.read_dataset(str(tmp_path), 16)
+    (tmp_path / "train" / "other").mkdir()
+    with pytest.raises(DatasetFormatError, match="hold no image"):
+        image_folder.read_dataset(str(tmp_path), 16)
+    for c in ("only", "other"):
+        for i in range(3):
+            _draw("circle", (20, 20), np.random.default_rng(i)).save(tmp_path / "train" / c / f"{i}.png")
+    (tmp_path / "train" / "other" / "9.png").write_bytes(b"not an image")
+    with pytest.raises(DatasetFormatError, match="9.png: not a readable image"):
+        image_folder.read_dataset(str(tmp_path), 16)
+
+
+def test_the_runlocal_run_distils_the_folder(tmp_path):
+    config = _config("runlocal,size=16", write_folder(tmp_path / "shapes", test=True))
+    results = pipeline.run(config, str(tmp_path / "run"))
+    assert set(results["accuracy"]) == {"random", "d4m", "ddoq", "ddoq_vae"}
+    stored = json.load(open(tmp_path / "run" / "results.json"))
+    assert stored["config"]["data"]["name"] == "imagefolder"
+    with open(tmp_path / "run" / "distilled" / "ddoq_ipc2" / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["class"] for r in rows] == ["circle", "circle", "square", "square", "stripes", "stripes"]
+    assert np.asarray(Image.open(tmp_path / "run" / "distilled" / "ddoq_ipc2" / rows[0]["file"])).shape == (16, 16, 3)
