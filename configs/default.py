@@ -130,6 +130,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.evaluate = ml_collections.ConfigDict()
     config.evaluate.seeds = (0, 1)
+    # results.md gives the paired difference (same seeds) of each pair with a 95% t interval
+    config.evaluate.compare = (("ddoq", "d4m"), ("ddoq", "random"), ("d4m", "random"), ("ddoq", "ddoq_vae"))
     config.evaluate.model = _classifier(32)
     config.evaluate.train = ml_collections.ConfigDict(dict(
         steps=300, batch_size=100, learning_rate=2e-3, warmup_steps=20, weight_decay=0.0,

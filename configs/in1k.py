@@ -112,6 +112,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     ))
     config.evaluate = ml_collections.ConfigDict()
     config.evaluate.seeds = (0,)
+    config.evaluate.compare = (("ddoq", "d4m"),)  # paired difference per IPC over the seeds (results.md)
     config.evaluate.model = ml_collections.ConfigDict(dict(arch=student))
     config.evaluate.train = ml_collections.ConfigDict(dict(
         epochs=300, batch_size=1024, learning_rate=1e-3, weight_decay=0.01, warmup_steps=0,

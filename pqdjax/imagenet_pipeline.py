@@ -31,7 +31,7 @@ from pqdjax import artifacts
 from pqdjax.stages import (
     imagenet_decode, imagenet_encode, imagenet_evaluate, imagenet_fidelity, imagenet_prior, imagenet_quantize, imagenet_teacher,
 )
-from pqdjax.stages.report import FIDELITY_INTRO, fidelity_table, summarize
+from pqdjax.stages.report import FIDELITY_INTRO, fidelity_table, paired_differences, paired_table, summarize
 
 
 def run_stages(run) -> dict:
@@ -78,11 +78,13 @@ def report(run, teacher, latents, quantized: dict, synthetic: dict, records: lis
             "w2": {"ddoq": {"mean": float(np.sqrt(np.maximum(distortion, 0)).mean()), "per_class": np.sqrt(np.maximum(distortion, 0)).tolist()}},
         }
     table = markdown_table(summary, teacher.test_accuracy, list(config.methods), ipcs)
-    table += FIDELITY_INTRO + fidelity_table(fidelities, list(config.methods), ipcs)
+    paired = paired_differences(records, [p for p in config.evaluate.get("compare", ()) if set(p) <= set(config.methods)])
+    table += paired_table(paired) + FIDELITY_INTRO + fidelity_table(fidelities, list(config.methods), ipcs)
     results = {
         "config": json.loads(config.to_json_best_effort()),
         "teacher_test_accuracy": teacher.test_accuracy,
         "accuracy": summary,
+        "paired_differences": paired,
         "quantization": quantization,
         "fidelity": {m: {ipc: r for (m2, ipc), r in sorted(fidelities.items()) if m2 == m} for m in config.methods},
         "latents": {"shape": list(latents.shape), "per_class": latents.counts.sum(0).tolist()},

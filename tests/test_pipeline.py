@@ -97,6 +97,27 @@ def test_every_set_is_written_as_pngs_in_class_folders(finished_run):
     assert rows[0]["class"] == "T-shirt/top" and folders[0] == "000_T-shirt_top"
 
 
+def test_students_of_one_seed_are_paired(finished_run):
+    """The same images and weights under another method name train the very same student (seed, not method, keys it)."""
+    import dataclasses
+
+    from pqdjax import artifacts
+    from pqdjax.stages import evaluate, teacher
+
+    data_dir, workdir, _ = finished_run
+    run = pipeline.Run(config=_config(data_dir), store=artifacts.ArtifactStore(workdir))
+    stored = np.load(os.path.join(workdir, "synthetic/ddoq_ipc2.npz"))
+    from pqdjax.stages.decode import SyntheticSet
+
+    ddoq = SyntheticSet("ddoq", 2, stored["images"], stored["weights"], "fp")
+    renamed = dataclasses.replace(ddoq, method="another_name")
+    the_teacher = teacher.run(run)
+    first, second = (evaluate.evaluate_set(run, the_teacher, s, seed=0) for s in (ddoq, renamed))
+    assert first["test_accuracy"] == second["test_accuracy"]
+    recorded = json.load(open(os.path.join(workdir, "evaluate/ddoq_ipc2_seed0.json")))
+    assert first["test_accuracy"] == recorded["test_accuracy"]  # and the pipeline's own student is that student
+
+
 def test_rerun_skips_finished_stages(finished_run, monkeypatch):
     data_dir, workdir, results = finished_run
 

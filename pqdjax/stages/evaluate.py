@@ -28,7 +28,7 @@ def evaluate_set(run, teacher, synthetic, seed: int, checkpoints=None) -> dict:
     name = f"student {synthetic.method} IPC {synthetic.ipc} seed {seed}"
     params = train_student(
         student, teacher.model, teacher.params, images, weights, config.train,
-        run.rng("evaluate", synthetic.method, synthetic.ipc, seed), run.fast_conv, name=name,
+        run.rng("evaluate", synthetic.ipc, seed), run.fast_conv, name=name,  # not the method: one seed, one student init
         checkpoints=checkpoints, metrics_dir=run.metrics_dir,
     )
     test_accuracy = accuracy(student, params, dataset.test_images, dataset.test_labels)

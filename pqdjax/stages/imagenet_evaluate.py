@@ -48,7 +48,7 @@ def evaluate_set(run, teacher, synthetic, seed: int, checkpoint_dir: str) -> dic
     name = f"student {synthetic.method} IPC {synthetic.ipc} seed {seed}"
     variables, info = train_student(
         student, teacher.model, teacher.variables, images, per_image_weights(labels, weights, config.data.num_classes),
-        config.evaluate.train, run.rng("evaluate", synthetic.method, synthetic.ipc, seed), run.mesh,
+        config.evaluate.train, run.rng("evaluate", synthetic.ipc, seed), run.mesh,  # not the method: one seed, one student init
         checkpoint_dir=checkpoint_dir, name=name, metrics_dir=run.metrics_dir,
     )
     data = config.data

@@ -17,12 +17,12 @@ import json
 import numpy as np
 from absl import logging
 
-from pqdjax import artifacts, figures
+from pqdjax import artifacts, figures, stats
 from pqdjax.config_checks import split_method
 
 
 def summarize(records: list[dict]) -> dict[str, dict[int, dict]]:
-    """Test accuracy per method and IPC: {method: {ipc: {mean, std, n, seeds}}} (std: population, over seeds)."""
+    """Test accuracy per method and IPC: {method: {ipc: {mean, std, n, seeds}}} (std: sample, ddof = 1, over seeds)."""
     table: dict[str, dict[int, dict]] = {}
     for record in records:
         table.setdefault(record["method"], {}).setdefault(record["ipc"], []).append(record)
@@ -30,7 +30,7 @@ def summarize(records: list[dict]) -> dict[str, dict[int, dict]]:
         method: {
             ipc: {
                 "mean": float(np.mean([r["test_accuracy"] for r in rs])),
-                "std": float(np.std([r["test_accuracy"] for r in rs])),
+                "std": stats.sample_std([r["test_accuracy"] for r in rs]),
                 "n": len(rs),
                 "seeds": [r["seed"] for r in rs],
             }
@@ -59,6 +59,35 @@ def markdown_table(summary: dict, w2: dict, teacher_accuracy: float, methods, ip
         "Test accuracy (%), mean ± std over seeds:\n\n" + accuracy_table
         + "\n\nW2 from each class's latent measure to the method's weighted points (mean over classes):\n\n"
         + w2_table + "\n"
+    )
+
+
+def paired_differences(records: list[dict], pairs) -> dict[str, dict[int, dict]]:
+    """For each (a, b) in pairs and IPC: a - b over the seeds both have (stats.paired_difference), keyed 'a - b'."""
+    accuracy = {(r["method"], r["ipc"], r["seed"]): r["test_accuracy"] for r in records}
+    out: dict[str, dict[int, dict]] = {}
+    for a, b in pairs:
+        for ipc in sorted({r["ipc"] for r in records}):
+            seeds = sorted(s for (m, k, s) in accuracy if m == a and k == ipc and (b, ipc, s) in accuracy)
+            if seeds:
+                values = [accuracy[a, ipc, s] for s in seeds], [accuracy[b, ipc, s] for s in seeds]
+                out.setdefault(f"{a} - {b}", {})[ipc] = {**stats.paired_difference(*values), "seeds": seeds}
+    return out
+
+
+def paired_table(paired: dict) -> str:
+    """Markdown: per pair and IPC, the mean paired difference (points), its 95% interval and p-value."""
+    if not paired:
+        return ""
+    rows = ["| difference | IPC | mean (points) | 95% interval | p (paired t) | seeds |", "|---|---|---|---|---|---|"]
+    for name, by_ipc in paired.items():
+        for ipc, d in by_ipc.items():
+            interval = "-" if d["low"] is None else f"[{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
+            p = "-" if d["p"] is None else f"{d['p']:.3f}"
+            rows.append(f"| {name} | {ipc} | {100 * d['mean']:+.2f} | {interval} | {p} | {d['n']} |")
+    return (
+        "\nPaired differences of test accuracy (students of one seed share initialisation and batch order; "
+        "t interval over the per-seed differences):\n\n" + "\n".join(rows) + "\n"
     )
 
 
@@ -109,11 +138,14 @@ def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict], fid
         for ipc in ipcs
     }
     table = markdown_table(summary, w2, teacher.test_accuracy, methods, ipcs)
+    paired = paired_differences(records, [p for p in config.evaluate.get("compare", ()) if set(p) <= set(methods)])
+    table += paired_table(paired)
     table += FIDELITY_INTRO + fidelity_table(fidelities, methods, ipcs)
     results = {
         "config": json.loads(config.to_json_best_effort()),
         "teacher_test_accuracy": teacher.test_accuracy,
         "accuracy": summary,
+        "paired_differences": paired,
         "quantization": quantization,
         "fidelity": {m: {ipc: r for (m2, ipc), r in sorted(fidelities.items()) if m2 == m} for m in methods},
         "evaluations": sorted(
