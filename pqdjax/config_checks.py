@@ -6,7 +6,16 @@ import ml_collections
 
 from pqdjax.errors import ConfigError  # re-exported: the error of these checks
 
-KNOWN_METHODS = ("random", "d4m", "ddoq")
+# The base methods: what stands for each class, and with which weights (pqdjax.stages.quantize.method_set).
+#   random           K random real training images                        uniform
+#   medoid           the real image nearest each k-means point            uniform
+#   medoid_weighted  the same images                                      their own Voronoi masses
+#   herding          K real images chosen by herding in latent space      uniform
+#   d4m              the k-means points, decoded                          uniform
+#   ddoq             the k-means points, decoded                          Voronoi masses (DDOQ)
+REAL_IMAGE_METHODS = ("random", "medoid", "medoid_weighted", "herding")
+POINT_METHODS = ("d4m", "ddoq")
+KNOWN_METHODS = REAL_IMAGE_METHODS + POINT_METHODS
 KNOWN_QUANTIZERS = ("lloyd", "clvq", "barycenter")  # pqdjax.quantize.METHODS
 KNOWN_DECODERS = ("vae", "diffusion")
 
@@ -14,19 +23,27 @@ KNOWN_DECODERS = ("vae", "diffusion")
 def split_method(method: str) -> tuple[str, str | None]:
     """'ddoq' -> ('ddoq', None); 'ddoq_vae' -> ('ddoq', 'vae'): the points of ddoq decoded by 'vae'.
 
-    A bare d4m or ddoq decodes with config.decode.method; a suffix names another
-    decoder, so that one run compares decoders on the same points.
+    A bare d4m or ddoq decodes with config.decode.method and a bare real-image
+    method (random, medoid, ...) uses the real images; a suffix names a decoder
+    for the set's latent points (for real images: their latents), so that one
+    run compares decoders on the same points ('random_vae': random real images
+    through the VAE).
     """
+    for base in sorted(KNOWN_METHODS, key=len, reverse=True):  # 'medoid_weighted' before 'medoid'
+        if method == base:
+            return base, None
+        if method.startswith(base + "_"):
+            return base, method[len(base) + 1 :]
     base, _, decoder = method.partition("_")
     return base, decoder or None
 
 
 def decoder_of(method: str, config: ml_collections.ConfigDict) -> str | None:
-    """The decoder that makes `method`'s images (None for random real images)."""
+    """The decoder that makes `method`'s images (None for real images)."""
     base, decoder = split_method(method)
-    return None if base == "random" else decoder or config.decode.method
-
-
+    if base in REAL_IMAGE_METHODS:
+        return decoder
+    return decoder or config.decode.method
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -43,10 +60,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.methods must be distinct and non-empty, got {methods}.")
     for method in methods:
         base, decoder = split_method(method)
-        if base not in KNOWN_METHODS or (decoder is not None and (base == "random" or decoder not in KNOWN_DECODERS)):
+        if base not in KNOWN_METHODS or (decoder is not None and decoder not in KNOWN_DECODERS):
             raise ConfigError(
-                f"unknown method {method!r} in config.methods; known: {KNOWN_METHODS}, and d4m or ddoq with a "
-                f"decoder suffix from {KNOWN_DECODERS} (e.g. 'ddoq_vae')."
+                f"unknown method {method!r} in config.methods; known: {KNOWN_METHODS}, each also with a "
+                f"decoder suffix from {KNOWN_DECODERS} (e.g. 'ddoq_vae', 'random_vae')."
             )
     _validate_decode(config)
     if config.get("export_pretrained"):

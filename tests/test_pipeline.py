@@ -118,6 +118,34 @@ def test_students_of_one_seed_are_paired(finished_run):
     assert first["test_accuracy"] == recorded["test_accuracy"]  # and the pipeline's own student is that student
 
 
+def test_real_image_baselines(finished_run):
+    """medoid, medoid_weighted, herding and random_vae beside the run's methods, reusing its quantization."""
+    data_dir, workdir, _ = finished_run
+    config = _config(data_dir)
+    config.methods = ("ddoq", "medoid", "medoid_weighted", "herding", "random_vae")
+    results = pipeline.run(config, workdir)
+    quantized = np.load(os.path.join(workdir, "quantize/ipc2.npz"))
+    latents = np.load(os.path.join(workdir, "latents.npz"))
+    x, labels = latents["latents"].astype(np.float64), latents["labels"]
+    medoid = np.load(os.path.join(workdir, "synthetic/medoid_ipc2.npz"))
+    weighted = np.load(os.path.join(workdir, "synthetic/medoid_weighted_ipc2.npz"))
+    np.testing.assert_array_equal(medoid["images"], weighted["images"])
+    np.testing.assert_allclose(medoid["weights"], 0.5)
+    for c in range(10):
+        members = np.flatnonzero(labels == c)
+        # each medoid is the class member nearest its k-means point
+        nearest = members[np.argmin(((x[members][:, None] - quantized["points"][c][None]) ** 2).sum(-1), axis=0)]
+        np.testing.assert_array_equal(quantized["medoid_indices"][c], nearest)
+        # medoid_weighted: the Voronoi masses of the medoids, recounted
+        cells = np.argmin(((x[members][:, None] - x[nearest][None]) ** 2).sum(-1), axis=1)
+        np.testing.assert_allclose(weighted["weights"][c], np.bincount(cells, minlength=2) / len(members), atol=1e-6)
+    w2 = results["quantization"][2]["w2"]
+    for a, b in zip(w2["medoid_weighted"]["per_class"], w2["medoid"]["per_class"]):
+        assert a <= b * (1 + 1e-3)  # Voronoi weights are W2-optimal on any fixed points
+    fidelity = results["fidelity"]
+    assert fidelity["medoid"][2]["cell_consistency"] is None and fidelity["random_vae"][2]["cell_consistency"] is not None
+
+
 def test_rerun_skips_finished_stages(finished_run, monkeypatch):
     data_dir, workdir, results = finished_run
 

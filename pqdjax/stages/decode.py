@@ -1,13 +1,14 @@
 """Stage decode: each method's synthetic set (uint8 images with per-class weights) for every IPC.
 
-    random  IPC real training images per class, uniform weights
+    random, medoid, medoid_weighted, herding   real training images per class
     d4m     the quantization points decoded to images, uniform weights
     ddoq    the same images, weighted by the Voronoi cell masses
 
-Decoders map latent points to images; config.decode.method picks the one of
-d4m and ddoq, and a method with a decoder suffix ('ddoq_vae',
-'d4m_diffusion') decodes the same points with another, so that one run
-compares them:
+(pqdjax.config_checks lists the base methods, pqdjax.stages.quantize.method_set
+their latent points, weights and images.) Decoders map latent points to
+images; config.decode.method picks the one of d4m and ddoq, and a method with
+a decoder suffix ('ddoq_vae', 'd4m_diffusion', 'random_vae': the real images'
+latents) decodes that set's points with another, so that one run compares them:
 
     vae        the VAE decoder, directly
     diffusion  the pushforward of DDOQ and D4M: img2img of each point with the
@@ -35,7 +36,8 @@ from pqdjax.data import image_folder
 from pqdjax.data.preprocess import to_uint8
 from pqdjax.diffusion import img2img
 from pqdjax.models import vae as vae_lib
-from pqdjax.errors import ConfigError
+from pqdjax.errors import ConfigError, NonFiniteError
+from pqdjax.stages.quantize import method_set
 
 STRIPS_ARTIFACT = "figures/pushforward_strips.npz"
 
@@ -99,16 +101,21 @@ def decode_with_diffusion(run, prior, denoiser, points: np.ndarray, labels: np.n
 DECODERS = {"vae": decode_with_vae, "diffusion": decode_with_diffusion}
 
 
-def _decode_points(run, prior, denoiser, decoder: str, latent_shape, quantized) -> np.ndarray:
+def _decode_points(run, prior, denoiser, decoder: str, latent_shape, points: np.ndarray) -> np.ndarray:
+    """Latent points [C, K, d] -> uint8 images [C, K, H, W, ch] by `decoder`."""
     if decoder not in DECODERS:
         raise ConfigError(f"unknown decoder {decoder!r}; known: {sorted(DECODERS)}.")
-    points = quantized.arrays["points"]  # [C, K, d]
     num_classes, ipc, _ = points.shape
     labels = np.repeat(np.arange(num_classes), ipc)
     images = DECODERS[decoder](run, prior, denoiser, points.reshape((-1,) + tuple(latent_shape)), labels)
     if not np.all(np.isfinite(images)):
-        raise FloatingPointError(f"decode: the {decoder} decoder produced NaN or inf images at IPC {ipc}.")
+        raise NonFiniteError(f"decode: the {decoder} decoder produced NaN or inf images at IPC {ipc}.")
     return to_uint8(images).reshape((num_classes, ipc) + images.shape[1:])
+
+
+def point_source(base: str) -> str:
+    """Base methods with the same latent points share their decoded images: d4m and ddoq, medoid and medoid_weighted."""
+    return {"d4m": "kmeans", "ddoq": "kmeans", "medoid_weighted": "medoid"}.get(base, base)
 
 
 def _decoder_fingerprint(run, decoder: str, quantized, prior, denoiser) -> str:
@@ -141,28 +148,32 @@ def run(run, prior, latents, quantized: dict, denoiser=None) -> dict[tuple[str, 
     methods = tuple(run.config.methods)
     out = {}
     for ipc, q in quantized.items():
-        num_classes = q.arrays["points"].shape[0]
-        uniform = np.full((num_classes, ipc), 1.0 / ipc, np.float32)
-        decoded: dict[str, np.ndarray] = {}  # per decoder, decoded once and shared by d4m and ddoq
+        decoded: dict[tuple[str, str], np.ndarray] = {}  # (decoder, point source): decoded once, shared
 
-        def decoded_images(decoder: str) -> np.ndarray:
-            if decoder not in decoded:
-                decoded[decoder] = _decode_points(run, prior, denoiser, decoder, latents.shape, q)
-            return decoded[decoder]
+        def decoded_images(decoder: str, base: str) -> np.ndarray:
+            key = (decoder, point_source(base))
+            if key not in decoded:
+                points, _, _ = method_set(q.arrays, base, latents.latents)
+                decoded[key] = _decode_points(run, prior, denoiser, decoder, latents.shape, points)
+            return decoded[key]
 
         def maker(method: str):
             base, _ = split_method(method)
-            if base == "random":
-                return lambda: (run.dataset.train_images[q.arrays["random_indices"]], uniform)
-            weights = uniform if base == "d4m" else q.arrays["weights"].astype(np.float32)
-            return lambda: (decoded_images(decoder_of(method, run.config)), weights)
+            decoder = decoder_of(method, run.config)
+            _, weights, indices = method_set(q.arrays, base, latents.latents)
+            if decoder is None:  # the real images
+                return lambda: (run.dataset.train_images[indices], weights)
+            return lambda: (decoded_images(decoder, base), weights)
 
         for method in methods:
+            base, _ = split_method(method)
             decoder = decoder_of(method, run.config)
-            if decoder is None:  # random images depend on the data, the seed and the IPC only
+            if decoder is None and base == "random":  # random images depend on the data, the seed and the IPC only
                 source_fp = artifacts.fingerprint("random", run.data_fingerprint, ipc, run.config.seed)
+            elif decoder is None:
+                source_fp = artifacts.fingerprint("real", base, q.fingerprint)
             else:
-                source_fp = _decoder_fingerprint(run, decoder, q, prior, denoiser)
+                source_fp = artifacts.fingerprint(_decoder_fingerprint(run, decoder, q, prior, denoiser), point_source(base))
             out[method, ipc] = _synthetic_set(run, method, q, source_fp, maker(method))
         logging.info("decode IPC %d: %s", ipc, ", ".join(f"{m} {out[m, ipc].images.shape}" for m in methods))
     if denoiser is not None and run.config.decode.figure_strengths:

@@ -7,8 +7,8 @@ keeps what the quantizer found is measured on the images themselves:
                        the class they were made for
     cell_consistency   share of images whose re-encoded latent (the VAE
                        encoder's mean) lies in the Voronoi cell of the point it
-                       was decoded from, among its class's K points (None for
-                       random real images, which come from no point)
+                       was decoded from, among its set's K points of the class
+                       (None for real images, which are decoded from no point)
     w2_images          W2 from the class's latent measure to the re-encoded
                        images with the set's weights, mean over classes: what
                        the student actually trains on, beside the quantize
@@ -25,10 +25,11 @@ import numpy as np
 from absl import logging
 
 from pqdjax import artifacts
-from pqdjax.config_checks import split_method
+from pqdjax.config_checks import decoder_of, split_method
 from pqdjax.data.grouping import class_indices, pad_classes
 from pqdjax.quantize import wasserstein2_classes
 from pqdjax.stages.encode import encode_images
+from pqdjax.stages.quantize import method_set
 from pqdjax.train.classifier import accuracy
 
 
@@ -59,11 +60,12 @@ def measure(run, prior, teacher, latents, quantized, synthetic) -> dict:
     w2, _ = wasserstein2_classes(
         padded, mass, reencoded, synthetic.weights, config.w2_exact_max_size, config.w2_relative_epsilon, config.w2_max_iterations,
     )
-    base, _ = split_method(synthetic.method)
+    base, decoder = split_method(synthetic.method)
+    points, _, _ = method_set(quantized.arrays, base, latents.latents)
     record = {
         "method": synthetic.method, "ipc": ipc,
         "teacher_agreement": teacher_agreement(teacher, flat_images, labels),
-        "cell_consistency": None if base == "random" else cell_consistency(reencoded, quantized.arrays["points"]),
+        "cell_consistency": None if decoder_of(synthetic.method, run.config) is None else cell_consistency(reencoded, points),
         "w2_images": float(np.mean(w2)),
         "w2_points": float(np.mean(quantized.arrays[f"w2_{base}"])),
     }

@@ -10,15 +10,19 @@ For every IPC the artifact quantize/ipc{K}.npz holds, per class c:
   weights [C, K]             their Voronoi cell masses (DDOQ's weights)
   random_indices [C, K]      indices into the training set of K random real images
                              (grouping.select_random with the key rng('random', K))
+  medoid_indices [C, K]      the training image whose latent is nearest each point
+  medoid_weights [C, K]      the Voronoi cell masses of those latents
+  herding_indices [C, K]     K training images chosen by herding toward the class's
+                             latent mean (pqdjax.quantize.selection)
   distortion, iterations, converged [C]
-  w2_random, w2_d4m, w2_ddoq [C]   W2 from the class's latent measure to each method's
-                                   weighted point set (random: the real latents, uniform).
-                                   ddoq's is sqrt(distortion), exact because Voronoi
-                                   weights make the nearest-point map optimal; the
-                                   others solve the transport problem exactly where
-                                   n x K <= config.quantize.w2_exact_max_size, else
-                                   by Sinkhorn (ott-jax).
-  w2_exact [C]               whether d4m's and random's W2 are exact for that class
+  w2_{method} [C]            W2 from the class's latent measure to each base method's
+                             weighted latent set (method_set; real-image methods: their
+                             images' latents). ddoq's is sqrt(distortion), exact because
+                             Voronoi weights make the nearest-point map optimal; the
+                             others solve the transport problem exactly where
+                             n x K <= config.quantize.w2_exact_max_size, else by
+                             Sinkhorn (ott-jax).
+  w2_exact [C]               whether every W2 of that class is exact
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ from absl import logging
 
 from pqdjax import artifacts
 from pqdjax.data.grouping import class_indices, pad_classes, select_random
-from pqdjax.quantize import class_mesh, quantize_classes, solver, wasserstein2_classes
+from pqdjax.config_checks import KNOWN_METHODS
+from pqdjax.quantize import class_mesh, quantize_classes, selection, solver, wasserstein2_classes
+from pqdjax.quantize.voronoi import voronoi_weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +62,21 @@ def solver_from_config(config):
     )
 
 
+def method_set(arrays: dict[str, np.ndarray], base: str, latents: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(latent points [C, K, d], weights [C, K], training indices [C, K] or None) of a base method (config_checks).
+
+    arrays: a quantize/ipc{K}.npz; latents: the encoded training set [N, d].
+    The indices are the real images of a real-image method (None for d4m, ddoq).
+    """
+    points = arrays["points"]
+    uniform = np.full(points.shape[:2], 1.0 / points.shape[1], np.float32)
+    if base in ("d4m", "ddoq"):
+        return points, (uniform if base == "d4m" else arrays["weights"].astype(np.float32)), None
+    indices = arrays[{"random": "random_indices", "herding": "herding_indices"}.get(base, "medoid_indices")]
+    weights = arrays["medoid_weights"].astype(np.float32) if base == "medoid_weighted" else uniform
+    return latents[indices], weights, indices
+
+
 def quantize_ipc(run, latents, ipc: int) -> dict[str, np.ndarray]:
     config = run.config.quantize
     groups = class_indices(latents.labels, latents.num_classes)
@@ -65,34 +86,44 @@ def quantize_ipc(run, latents, ipc: int) -> dict[str, np.ndarray]:
     keys = jax.random.split(run.rng("quantize", ipc), num_classes)
     q = quantize_classes(jnp.asarray(padded), jnp.asarray(mass), ipc, keys, solver_from_config(config), mesh=class_mesh())
     q = jax.device_get(q)
-    uniform = np.full((num_classes, ipc), 1.0 / ipc, np.float32)
-    w2 = lambda points: wasserstein2_classes(
-        padded, mass, points, uniform, config.w2_exact_max_size, config.w2_relative_epsilon, config.w2_max_iterations,
-    )
-    w2_d4m, exact_d4m = w2(q.points)
-    w2_random, exact_random = w2(latents.latents[random_indices])
-    return {
+    # rows of the padded classes -> indices into the training set
+    to_dataset = lambda rows: np.stack([groups[c][rows[c]] for c in range(num_classes)])
+    medoid_indices = to_dataset(np.asarray(jax.vmap(selection.medoids)(padded, mass, q.points)))
+    herding_indices = to_dataset(np.asarray(jax.vmap(selection.herding, in_axes=(0, 0, None))(padded, mass, ipc)))
+    medoid_weights = np.asarray(jax.vmap(voronoi_weights)(padded, mass, latents.latents[medoid_indices]))
+    arrays = {
         "points": q.points, "weights": q.weights, "random_indices": random_indices,
+        "medoid_indices": medoid_indices, "medoid_weights": medoid_weights, "herding_indices": herding_indices,
         "distortion": q.distortion, "iterations": q.iterations, "converged": q.converged,
-        "w2_random": w2_random, "w2_d4m": w2_d4m, "w2_ddoq": np.sqrt(np.maximum(q.distortion, 0.0)).astype(np.float32),
-        "w2_exact": exact_d4m & exact_random,
     }
+    exact = np.ones(num_classes, bool)
+    for base in KNOWN_METHODS:
+        if base == "ddoq":  # exact: the Voronoi weights make the nearest-point map optimal
+            arrays["w2_ddoq"] = np.sqrt(np.maximum(q.distortion, 0.0)).astype(np.float32)
+            continue
+        points, weights, _ = method_set(arrays, base, latents.latents)
+        arrays[f"w2_{base}"], base_exact = wasserstein2_classes(
+            padded, mass, points, weights, config.w2_exact_max_size, config.w2_relative_epsilon, config.w2_max_iterations,
+        )
+        exact &= base_exact
+    arrays["w2_exact"] = exact
+    return arrays
 
 
 def run(run, latents) -> dict[int, Quantized]:
     out = {}
     for ipc in run.config.ipcs:
         name = f"quantize/ipc{ipc}.npz"
-        fp = artifacts.fingerprint("quantize", latents.fingerprint, run.config.quantize, ipc, run.config.seed)
+        fp = artifacts.fingerprint("quantize", latents.fingerprint, run.config.quantize, ipc, run.config.seed, "baselines")
         if run.store.is_complete(name, fp):
             arrays = run.store.load_arrays(name)
         else:
             arrays = quantize_ipc(run, latents, ipc)
             run.store.save_arrays(name, arrays, fp)
         logging.info(
-            "quantize IPC %d (%s): distortion %.4f, W2 random %.4f / d4m %.4f / ddoq %.4f (means over classes), iterations %s",
-            ipc, run.config.quantize.method, arrays["distortion"].mean(), arrays["w2_random"].mean(),
-            arrays["w2_d4m"].mean(), arrays["w2_ddoq"].mean(), arrays["iterations"].tolist(),
+            "quantize IPC %d (%s): distortion %.4f, W2 (means over classes) %s, iterations %s",
+            ipc, run.config.quantize.method, arrays["distortion"].mean(),
+            ", ".join(f"{m} {arrays[f'w2_{m}'].mean():.4f}" for m in KNOWN_METHODS), arrays["iterations"].tolist(),
         )
         out[ipc] = Quantized(ipc, arrays, fp)
     return out

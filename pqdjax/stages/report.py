@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 
 from pqdjax import artifacts, figures, stats
-from pqdjax.config_checks import split_method
+from pqdjax.config_checks import KNOWN_METHODS, split_method
 
 
 def summarize(records: list[dict]) -> dict[str, dict[int, dict]]:
@@ -125,7 +125,7 @@ def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict], fid
                 "mean": float(quantized[ipc].arrays[f"w2_{m}"].mean()),
                 "per_class": quantized[ipc].arrays[f"w2_{m}"].tolist(),
             }
-            for m in ("random", "d4m", "ddoq")
+            for m in KNOWN_METHODS
         }
         for ipc in ipcs
     }
