@@ -3,7 +3,7 @@ r"""DDOQ vs D4M vs random real images on Fashion-MNIST, on a laptop CPU.
 Command:
     python -m pqdjax.main --config=configs/default.py --workdir=runs/default
 Options (after a colon, comma-separated):
-    configs/default.py:table      the full table: IPC 1, 10, 50 x 4 methods x 3 seeds
+    configs/default.py:table      the full table: IPC 1, 10, 50 x 4 methods x 5 seeds
     configs/default.py:runlocal   a tiny smoke run (a few hundred images, tiny models trained in the run)
     configs/default.py:pretrain   trains the VAE, teacher and denoiser from nothing with the settings
                                   below and ships them to pretrained/fashion_mnist (pqdjax.pretrained)
@@ -41,6 +41,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.seed = 0
     config.ipcs = (10,)
     # d4m and ddoq decode with config.decode.method; ddoq_vae: the ddoq points decoded by the VAE alone.
+    # Also known (pqdjax.config_checks): medoid, medoid_weighted, herding (real images), and any of them
+    # with a decoder suffix, e.g. random_vae (the random real images through the VAE).
     config.methods = ("random", "d4m", "ddoq", "ddoq_vae")
     # 'auto': compute conv kernel gradients by shifted matmuls on CPU (pqdjax.models.fast_conv).
     config.fast_conv_gradients = "auto"
@@ -77,9 +79,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.teacher = ml_collections.ConfigDict()
     config.teacher.weights = shipped + "teacher.safetensors"
-    config.teacher.model = _classifier(64)
+    config.teacher.model = _classifier(128)  # ConvNet-3 as in the DC/DM/MTT benchmarks
     config.teacher.train = ml_collections.ConfigDict(dict(
-        steps=7000, batch_size=128, learning_rate=2e-3, warmup_steps=200, weight_decay=0.0,
+        steps=7500, batch_size=128, learning_rate=2e-3, warmup_steps=200, weight_decay=0.0,
         crop_padding=2, flip=True, log_every=250, checkpoint_every=500,
     ))
 
@@ -129,7 +131,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.decode.figure_strengths = (0.3, 0.5, 0.7, 0.9, 1.0)
 
     config.evaluate = ml_collections.ConfigDict()
-    config.evaluate.seeds = (0, 1)
+    config.evaluate.seeds = (0, 1, 2)  # paired over seeds: 3 is the fewest with a usable t interval (t_0.975,2 = 4.3)
     # results.md gives the paired difference (same seeds) of each pair with a 95% t interval
     config.evaluate.compare = (("ddoq", "d4m"), ("ddoq", "random"), ("d4m", "random"), ("ddoq", "ddoq_vae"))
     config.evaluate.model = _classifier(32)
@@ -140,7 +142,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     if options.table:
         config.ipcs = (1, 10, 50)
-        config.evaluate.seeds = (0, 1, 2)
+        config.evaluate.seeds = (0, 1, 2, 3, 4)
     if options.pretrain:
         # Train the VAE, teacher and denoiser from nothing with the settings above, measure them
         # and write them with their manifest into config.export_pretrained; no distillation.
@@ -152,10 +154,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # pqdjax.sweep: strength x guidance on held-out training images (never the test set).
         config.data.evaluate_on = "validation"
         config.methods = ("d4m", "ddoq")
+        config.evaluate.seeds = (0, 1)
         # the chosen setting: the best validation accuracy among those that keep the class (teacher agreement)
         # and the point (cell consistency) of the pushforward (pqdjax.sweep)
         config.sweep = ml_collections.ConfigDict(dict(
-            strengths=(0.5, 0.6, 0.7, 0.85, 1.0), guidances=(2.0, 4.0), min_teacher_agreement=0.9, min_cell_consistency=0.5,
+            strengths=(0.5, 0.6, 0.7, 0.85, 1.0), guidances=(4.0, 6.0), min_teacher_agreement=0.9, min_cell_consistency=0.5,
         ))
     if options.runlocal:
         for section in (config.prior, config.teacher, config.denoiser):

@@ -69,7 +69,7 @@ def test_the_shipped_teacher_reaches_its_manifest_accuracy():
     params, entry = pretrained.load_params(CONFIG.teacher.weights, _targets()["teacher"], CONFIG.teacher.model)
     measured = accuracy(model, params, dataset.test_images, dataset.test_labels)
     assert measured == pytest.approx(entry["quality"]["test_accuracy"], abs=2e-4)
-    assert measured >= 0.92  # README's figure (the 93% target is not reached, README says so)
+    assert measured >= 0.93  # the target of a ConvNet-3 teacher on Fashion-MNIST (README: 93.04%)
 
 
 @pytest.fixture
