@@ -141,7 +141,7 @@ def test_bad_strength_is_refused():
 
 @pytest.mark.parametrize("field, value, message", [
     ("methods", ("random", "ddoq_gan"), "unknown method 'ddoq_gan'"),
-    ("methods", ("random_vae",), "unknown method 'random_vae'"),
+    ("methods", ("herding_gan",), "unknown method 'herding_gan'"),  # a known base with an unknown decoder
     ("decode.method", "gan", "config.decode.method must be one of"),
     ("decode.diffusion.strength", 1.5, "strength must be in"),
     ("denoiser.model.block_out_channels", (48,), "multiples of 32"),

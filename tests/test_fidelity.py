@@ -62,7 +62,7 @@ def test_measure_against_brute_force_transport():
     synthetic = types.SimpleNamespace(method="d4m", images=images, weights=np.full((2, 3), 1 / 3, np.float32))
     run = types.SimpleNamespace(config=ml_collections.ConfigDict(dict(
         quantize=dict(w2_exact_max_size=10_000_000, w2_relative_epsilon=3e-3, w2_max_iterations=1000),
-        encode=dict(batch_size=4),
+        encode=dict(batch_size=4), decode=dict(method="diffusion"),
     )))
     teacher = types.SimpleNamespace(model=FirstPixels(num_classes=2), params={})
     record = fidelity.measure(run, prior, teacher, latents, quantized, synthetic)
