@@ -21,6 +21,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from configs import default
 from pqdjax.artifacts import ArtifactStore
@@ -31,7 +32,7 @@ from pqdjax.train.checkpoint import Checkpoints
 
 
 def _state(params, train_config, ema=False):
-    return loop.create_train_state(params, loop.cosine_adam(train_config.learning_rate, train_config.steps), ema=ema)
+    return loop.create_train_state(params, optax.adamw(loop.cosine_schedule(train_config.learning_rate, train_config.steps)), ema=ema)
 
 
 def main() -> None:

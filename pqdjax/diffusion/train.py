@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from pqdjax.models.denoiser import LatentDenoiser
 from pqdjax.models.fast_conv import fast_conv_gradients
@@ -48,13 +49,14 @@ def train_denoiser(
     """
     init_rng, train_rng = jax.random.split(rng)
     params = denoiser.init_params(init_rng)
-    tx = loop.cosine_adam(config.learning_rate, config.steps, config.warmup_steps)
+    schedule = loop.cosine_schedule(config.learning_rate, config.steps, config.warmup_steps)
+    tx = optax.adamw(schedule)
     step = make_denoiser_step(denoiser, tx, config.class_dropout, fast_conv, config.ema_decay)
     data = {"latents": jnp.asarray(latents, jnp.float32), "labels": jnp.asarray(labels, jnp.int32)}
     state, metrics = loop.train(
         step, loop.create_train_state(params, tx, ema=True), data,
         num_examples=len(latents), num_steps=config.steps, batch_size=config.batch_size,
         rng=train_rng, name="denoiser", log_every=config.log_every, checkpoints=checkpoints,
-        metrics_dir=metrics_dir, learning_rate=loop.cosine_schedule(config.learning_rate, config.steps, config.warmup_steps),
+        metrics_dir=metrics_dir, learning_rate=schedule,
     )
     return state.ema_params, metrics

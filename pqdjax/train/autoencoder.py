@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from pqdjax.data.preprocess import to_model_range
 from pqdjax.models import vae as vae_lib
@@ -40,12 +41,13 @@ def train_vae(vae, images: np.ndarray, config: ml_collections.ConfigDict, rng: j
     """
     init_rng, train_rng = jax.random.split(rng)
     params = vae_lib.init_params(vae, init_rng, images.shape[1])
-    tx = loop.cosine_adam(config.learning_rate, config.steps, config.warmup_steps)
+    schedule = loop.cosine_schedule(config.learning_rate, config.steps, config.warmup_steps)
+    tx = optax.adamw(schedule)
     step = make_vae_step(vae, tx, config.kl_weight, fast_conv)
     state, _ = loop.train(
         step, loop.create_train_state(params, tx), {"images": jnp.asarray(images)},
         num_examples=len(images), num_steps=config.steps, batch_size=config.batch_size,
         rng=train_rng, name="vae", log_every=config.log_every, checkpoints=checkpoints,
-        metrics_dir=metrics_dir, learning_rate=loop.cosine_schedule(config.learning_rate, config.steps, config.warmup_steps),
+        metrics_dir=metrics_dir, learning_rate=schedule,
     )
     return state.params

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from pqdjax.batching import map_batches
 from pqdjax.data.preprocess import to_model_range
@@ -58,14 +59,15 @@ def train_classifier(
     """
     init_rng, train_rng = jax.random.split(rng)
     params = model.init(init_rng, jnp.zeros((1,) + images.shape[1:], jnp.float32))["params"]
-    tx = loop.cosine_adam(config.learning_rate, config.steps, config.warmup_steps, config.weight_decay)
+    schedule = loop.cosine_schedule(config.learning_rate, config.steps, config.warmup_steps)
+    tx = optax.adamw(schedule, weight_decay=config.weight_decay)
     step = make_classifier_step(model, tx, config.crop_padding, config.flip, fast_conv)
     data = {"images": jnp.asarray(images), "labels": jnp.asarray(labels, jnp.int32)}
     state, _ = loop.train(
         step, loop.create_train_state(params, tx), data, num_examples=len(labels),
         num_steps=config.steps, batch_size=config.batch_size, rng=train_rng, name=name,
         log_every=config.log_every, checkpoints=checkpoints,
-        metrics_dir=metrics_dir, learning_rate=loop.cosine_schedule(config.learning_rate, config.steps, config.warmup_steps),
+        metrics_dir=metrics_dir, learning_rate=schedule,
     )
     return state.params
 

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from pqdjax.models.fast_conv import fast_conv_gradients
 from pqdjax.train import augment, loop, losses
@@ -72,7 +73,8 @@ def train_student(
         raise NonFiniteError(f"{name}: the synthetic images contain NaN or inf.")
     init_rng, train_rng = jax.random.split(rng)
     params = student.init(init_rng, jnp.zeros((1,) + images.shape[1:], jnp.float32))["params"]
-    tx = loop.cosine_adam(config.learning_rate, config.steps, config.warmup_steps, config.weight_decay)
+    schedule = loop.cosine_schedule(config.learning_rate, config.steps, config.warmup_steps)
+    tx = optax.adamw(schedule, weight_decay=config.weight_decay)
     step = make_student_step(student, teacher, tx, config.temperature, config.crop_padding, config.flip, fast_conv)
     data = {
         "images": jnp.asarray(images, jnp.float32),
@@ -83,6 +85,6 @@ def train_student(
         step, loop.create_train_state(params, tx), data, num_examples=len(images),
         num_steps=config.steps, batch_size=config.batch_size, rng=train_rng, name=name,
         log_every=config.log_every, checkpoints=checkpoints,
-        metrics_dir=metrics_dir, learning_rate=loop.cosine_schedule(config.learning_rate, config.steps, config.warmup_steps),
+        metrics_dir=metrics_dir, learning_rate=schedule,
     )
     return state.params

@@ -62,9 +62,14 @@ def decay_mask(params: PyTree) -> PyTree:
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+    """Cosine decay over num_steps after an optional linear warmup (config.warmup_steps)."""
+    return loop.cosine_schedule(config.learning_rate, num_steps, config.get("warmup_steps", 0))
+
+
 def make_optimizer(config: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
-    """AdamW, cosine schedule (after optional warmup), weight decay masked off norm scales and biases."""
-    return loop.cosine_adam(config.learning_rate, num_steps, config.get("warmup_steps", 0), config.weight_decay, decay_mask)
+    """AdamW on learning_rate_schedule, weight decay masked off norm scales and biases."""
+    return optax.adamw(learning_rate_schedule(config, num_steps), weight_decay=config.weight_decay, mask=decay_mask)
 
 
 def create_state(model: nn.Module, rng: jax.Array, image_size: int, tx: optax.GradientTransformation) -> BatchNormTrainState:
@@ -179,7 +184,7 @@ def train_student(
     metrics: dict[str, float] = {}
     timer = time.perf_counter()
     writer = MetricsWriter(metrics_dir, name, start) if metrics_dir else None
-    schedule = loop.cosine_schedule(config.learning_rate, num_steps, config.get("warmup_steps", 0))
+    schedule = learning_rate_schedule(config, num_steps)
     for step, indices in enumerate(loop.epoch_batches(batch_rng, n, batch_size, num_steps)):
         if step < start:
             continue  # the batches a resumed run has already trained on

@@ -78,14 +78,6 @@ def cosine_schedule(learning_rate: float, num_steps: int, warmup_steps: int = 0)
     return optax.cosine_decay_schedule(learning_rate, max(num_steps, 1))
 
 
-def cosine_adam(learning_rate: float, num_steps: int, warmup_steps: int = 0, weight_decay: float = 0.0, decay_mask=None) -> optax.GradientTransformation:
-    """AdamW on cosine_schedule(learning_rate, num_steps, warmup_steps).
-
-    decay_mask: optional function params -> pytree of bools, True where weight decay applies.
-    """
-    return optax.adamw(cosine_schedule(learning_rate, num_steps, warmup_steps), weight_decay=weight_decay, mask=decay_mask)
-
-
 def epoch_batches(rng: jax.Array, num_examples: int, batch_size: int, num_steps: int, first_step: int = 0) -> Iterator[jax.Array]:
     """Yields the index batches of steps first_step .. num_steps - 1.
 
