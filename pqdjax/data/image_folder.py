@@ -33,6 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from pqdjax.data.imagenet import resize_and_center_crop
 from pqdjax.errors import ConfigError, DatasetFormatError, DatasetNotFoundError
 
 MANIFEST = "manifest.csv"
@@ -54,16 +55,11 @@ def _class_files(split_dir: str) -> dict[str, list[str]]:
 def _load(path: str, size: int, channels: int) -> np.ndarray:
     """One image file -> uint8 [size, size, channels]: shorter side to size (bilinear), center crop."""
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB" if channels == 3 else "L")
-            w, h = image.size
-            scale = size / min(w, h)
-            image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
-            left, top = (image.size[0] - size) // 2, (image.size[1] - size) // 2
-            array = np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
+        with Image.open(path) as image:  # converted first: palette and alpha images become plain pixels
+            pixels = np.asarray(image.convert("RGB" if channels == 3 else "L"))
     except OSError as e:
         raise DatasetFormatError(f"{path}: not a readable image ({e}); remove it or replace it.") from e
-    return array[..., None] if channels == 1 else array
+    return resize_and_center_crop(pixels, size, size, channels)
 
 
 def read_dataset(folder: str, size: int, channels: int = 3, test_fraction: float = 0.1):

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from pqdjax.data.sources import DatasetNotFoundError
+from pqdjax.errors import DatasetNotFoundError
 
 TFDS_NAME = "imagenet2012"
 NUM_CLASSES = 1000
@@ -59,18 +59,20 @@ def class_prompts() -> tuple[str, ...]:
     return tuple(name.split(",")[0].strip() for name in class_synsets_and_names()[1])
 
 
-def resize_and_center_crop(image: np.ndarray, resize: int, crop: int) -> np.ndarray:
-    """uint8 [H, W, 3] (or [H, W, 1], [H, W]) -> uint8 [crop, crop, 3]: shorter side to `resize` (bilinear, as torchvision), center crop."""
+def resize_and_center_crop(image: np.ndarray, resize: int, crop: int, channels: int = 3) -> np.ndarray:
+    """uint8 [H, W, 3] (or [H, W, 1], [H, W]) -> uint8 [crop, crop, channels]: shorter side to `resize`
+    (bilinear, as torchvision), center crop; channels 3 (RGB) or 1 (grayscale)."""
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
-    pil = Image.fromarray(image).convert("RGB")
+    pil = Image.fromarray(image).convert("RGB" if channels == 3 else "L")
     w, h = pil.size
     scale = resize / min(w, h)
     new_w, new_h = max(crop, round(w * scale)), max(crop, round(h * scale))
     pil = pil.resize((new_w, new_h), Image.BILINEAR)
     left, top = (new_w - crop) // 2, (new_h - crop) // 2
-    return np.asarray(pil.crop((left, top, left + crop, top + crop)), np.uint8)
+    out = np.asarray(pil.crop((left, top, left + crop, top + crop)), np.uint8)
+    return out if channels == 3 else out[..., None]
 
 
 def process_shard(num_examples: int, process_index: int | None = None, process_count: int | None = None) -> np.ndarray:
