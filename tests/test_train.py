@@ -54,6 +54,64 @@ def test_random_crop_is_a_shifted_window_of_the_padded_image():
     np.testing.assert_array_equal(augment.random_crop(jax.random.key(3), images, padding=0), images)
 
 
+@pytest.mark.parametrize("padding,flip", [(2, True), (1, False), (0, True)])
+def test_crop_and_flip_draws_what_random_crop_then_random_flip_draw(padding, flip):
+    images = jax.random.normal(jax.random.key(0), (40, 6, 5, 2))
+    crop_rng, flip_rng = jax.random.split(jax.random.key(7))
+    expected = augment.random_crop(crop_rng, images, padding)
+    expected = augment.random_flip(flip_rng, expected) if flip else expected
+    np.testing.assert_array_equal(augment.crop_and_flip(jax.random.key(7), images, padding, flip), expected)
+
+
+@pytest.mark.parametrize("padding,flip", [(2, True), (1, False)])
+def test_view_index_numbers_every_view_once_in_all_views_order(padding, flip):
+    views = augment.all_views(padding, flip)
+    assert len(views) == augment.num_views(padding, flip) == (2 * padding + 1) ** 2 * (2 if flip else 1)
+    np.testing.assert_array_equal(augment.view_index(jnp.asarray(views), padding, flip), np.arange(len(views)))
+    # every view apply_views makes is a distinct image (a random image has no symmetry)
+    image = np.asarray(jax.random.normal(jax.random.key(1), (1, 5, 5, 1)))
+    made = [np.asarray(augment.apply_views(image, jnp.asarray(v)[None], padding))[0] for v in views]
+    assert len({m.tobytes() for m in made}) == len(views)
+
+
+def test_teacher_logits_per_view_equal_the_teacher_on_each_view():
+    teacher = ConvNet(num_classes=3, width=4, depth=1)
+    images = np.asarray(jax.random.uniform(jax.random.key(0), (7, 8, 8, 1), minval=-1, maxval=1))
+    params = teacher.init(jax.random.key(1), images[:1])["params"]
+    table = distill.teacher_logits_per_view(teacher, params, images, crop_padding=1, flip=True, batch_size=3)
+    views = augment.all_views(1, True)
+    assert table.shape == (7, len(views), 3)
+    for v in (0, 5, len(views) - 1):
+        direct = teacher.apply({"params": params}, augment.apply_views(images, jnp.tile(views[v], (7, 1)), 1))
+        np.testing.assert_allclose(table[:, v], direct, rtol=1e-5, atol=1e-5)
+
+
+def test_student_step_with_the_teacher_table_equals_the_step_with_the_teacher():
+    """Five SGD steps (Adam would amplify float noise in near-zero gradients) with either teacher target."""
+    images, _ = _two_class_images(n=24)
+    float_images = jnp.asarray(images, jnp.float32) / 127.5 - 1
+    teacher, student = ConvNet(num_classes=2, width=8, depth=2), ConvNet(num_classes=2, width=4, depth=1)
+    teacher_params = teacher.init(jax.random.key(5), float_images[:1])["params"]
+    params = student.init(jax.random.key(6), float_images[:1])["params"]
+    tx = optax.sgd(0.5)
+    data = {"images": float_images, "weights": jnp.linspace(0.5, 1.5, 24)}
+    tables = {
+        True: dict(data, teacher_logits=distill.teacher_logits_per_view(teacher, teacher_params, float_images, 1, True)),
+        False: dict(data, teacher_params=teacher_params),
+    }
+    trained = {}
+    for table, table_data in tables.items():
+        step = distill.make_student_step(student, teacher, tx, 2.0, 1, True, fast_conv=False, per_view_table=table)
+        state = loop.create_train_state(jax.tree.map(jnp.copy, params), tx)
+        for i in range(5):
+            state, metrics = step(state, table_data, jnp.arange(8) + 8 * (i % 3), jax.random.key(i))
+        trained[table] = state.params
+    moved = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(trained[False]), jax.tree.leaves(params)))
+    assert moved > 1e-3
+    for a, b in zip(jax.tree.leaves(trained[True]), jax.tree.leaves(trained[False])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_epoch_batches_visit_every_example_once_per_epoch():
     batches = [np.asarray(b) for b in loop.epoch_batches(jax.random.key(0), 10, 3, 6)]
     assert len(batches) == 6 and all(len(b) == 3 for b in batches)
