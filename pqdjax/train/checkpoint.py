@@ -1,6 +1,13 @@
 """Mid-training checkpoints, so that a killed training run resumes where it stopped.
 
-`train` (pqdjax.train.loop) saves its whole TrainState (params, optimizer
+`train` (pqdjax.train.loop) takes any `CheckpointSaver`; two implement it:
+
+    Checkpoints         in the run's artifact store, atomic (below); one process
+    ManagedCheckpoints  an orbax CheckpointManager in a folder: asynchronous saves,
+                        the newest few kept, every process of a multi-host run
+                        writing its shards (the ImageNet student)
+
+`Checkpoints`: `train` saves its whole TrainState (params, optimizer
 state, step) every `every` steps as an orbax checkpoint
 
     {folder}/step_{n:08d}        the state after n steps
@@ -21,13 +28,32 @@ import dataclasses
 import os
 import re
 import shutil
-from typing import Any
+from typing import Any, Protocol
 
+import jax
 from absl import logging
 
 from pqdjax.artifacts import ArtifactStore
 
 _STEP_NAME = re.compile(r"^step_(\d{8})$")
+
+
+class CheckpointSaver(Protocol):
+    """What pqdjax.train.loop.train needs of mid-training checkpoints."""
+
+    every: int  # steps between saves (0: never)
+
+    def latest_step(self) -> int | None:
+        """The step of the newest checkpoint a run would resume from, or None."""
+
+    def restore(self, template: Any) -> Any | None:
+        """The newest checkpoint restored into `template`'s structure (and shardings), or None."""
+
+    def save(self, state: Any, step: int) -> None:
+        """Saves the state after `step` steps."""
+
+    def close(self) -> None:
+        """Waits for saves still being written; called once when training ends or fails."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +110,9 @@ class Checkpoints:
             if old != step:
                 self.store.remove(self._name(old))
 
+    def close(self) -> None:
+        """Nothing to wait for: save writes synchronously."""
+
     def discard(self) -> None:
         """Deletes the folder, and its parents left empty: call once the trained artifact itself is saved."""
         folder = self.store.path(self.folder)
@@ -95,3 +124,40 @@ class Checkpoints:
             except OSError:
                 break
             parent = os.path.dirname(parent)
+
+
+class ManagedCheckpoints:
+    """Checkpoints by an orbax CheckpointManager in `directory`: a save every `every` steps, written
+    asynchronously while training goes on, the newest `keep` kept. Every process of a multi-host run
+    calls save and restore (each writes and reads its shards); restore gives the template's shardings.
+    The caller makes the directory name unique to the training (e.g. with its fingerprint)."""
+
+    def __init__(self, directory: str, every: int, keep: int = 2):
+        import orbax.checkpoint as ocp  # slow to import; only resumable runs need it
+
+        self.every = every
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True)
+        self._manager = ocp.CheckpointManager(directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def restore(self, template: Any) -> Any | None:
+        import orbax.checkpoint as ocp
+
+        step = self.latest_step()
+        if step is None:
+            return None
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), template)
+        state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        logging.info("resuming from the checkpoint of step %d in %s", step, self._manager.directory)
+        return state
+
+    def save(self, state: Any, step: int) -> None:
+        import orbax.checkpoint as ocp
+
+        self._manager.save(step, args=ocp.args.StandardSave(state))
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()

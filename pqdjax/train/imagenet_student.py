@@ -13,17 +13,18 @@ replicated (pqdjax.parallel); BatchNorm normalises by the statistics of the
 global batch, so the step equals the single-device step. Each process reads its
 part of every global batch from host memory.
 
-Resuming: with a checkpoint folder, an orbax CheckpointManager (asynchronous,
-keeping the last N) saves the state every `checkpoint_every` steps; a rerun
-restores the latest one and continues. Batches and augmentation keys are pure
-functions of (rng, step), so a resumed run continues exactly as the
-uninterrupted run would have.
+Training runs in the one loop of pqdjax.train.loop (batches, progress,
+training curves, NaN checks). Resuming: with a checkpoint folder, an orbax
+CheckpointManager (pqdjax.train.checkpoint.ManagedCheckpoints: asynchronous,
+keeping the last N, every host writing its shards) saves the state every
+`checkpoint_every` steps; a rerun restores the latest one and continues.
+Batches and augmentation keys are pure functions of (rng, step), so a resumed
+run continues exactly as the uninterrupted run would have.
 """
 
 from __future__ import annotations
 
 import functools
-import time
 from typing import Any
 
 import flax.linen as nn
@@ -32,7 +33,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
 from flax import struct
 
 from pqdjax import parallel
@@ -40,7 +40,7 @@ from pqdjax.data.imagenet import normalize
 from pqdjax.train import loop, losses
 from pqdjax.train.imagenet_augment import student_augment
 from pqdjax.errors import ConfigError, InputError
-from pqdjax.train.metrics import MetricsWriter
+from pqdjax.train.checkpoint import ManagedCheckpoints
 
 PyTree = Any
 
@@ -120,27 +120,6 @@ def _compiled(student: nn.Module, teacher: nn.Module, settings: tuple, num_steps
     return tx, init_fn, jit_data_parallel(step, mesh)
 
 
-def _checkpoint_manager(directory: str, config: ml_collections.ConfigDict):
-    import orbax.checkpoint as ocp  # slow to import; only resumable runs need it
-
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=config.get("keep_checkpoints", 2), enable_async_checkpointing=True,
-    )
-    return ocp.CheckpointManager(directory, options=options)
-
-
-def _restore_latest(manager, state: BatchNormTrainState) -> tuple[BatchNormTrainState, int]:
-    import orbax.checkpoint as ocp
-
-    step = manager.latest_step()
-    if step is None:
-        return state, 0
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    logging.info("resuming from the checkpoint of step %d in %s", step, manager.directory)
-    return restored, int(step)
-
-
 def train_student(
     student: nn.Module,
     teacher: nn.Module,
@@ -174,44 +153,23 @@ def train_student(
     num_steps = config.epochs * (n // batch_size)
     settings = tuple((k, config.get(k)) for k in ("learning_rate", "warmup_steps", "weight_decay", "temperature", "image_size", "cutmix_beta"))
     tx, init_fn, step_fn = _compiled(student, teacher, settings, num_steps, mesh)
-    init_rng, batch_rng, step_rng = jax.random.split(rng, 3)
+    init_rng, train_rng = jax.random.split(rng)
     state = parallel.replicate(mesh, init_fn(init_rng))
-    teacher_variables = parallel.replicate(mesh, teacher_variables)
-
-    manager = _checkpoint_manager(checkpoint_dir, config) if checkpoint_dir else None
-    state, start = _restore_latest(manager, state) if manager else (state, 0)
     rows = parallel.host_batch_slice(batch_size)
-    metrics: dict[str, float] = {}
-    timer = time.perf_counter()
-    writer = MetricsWriter(metrics_dir, name, start) if metrics_dir else None
-    schedule = learning_rate_schedule(config, num_steps)
-    for step, indices in enumerate(loop.epoch_batches(batch_rng, n, batch_size, num_steps)):
-        if step < start:
-            continue  # the batches a resumed run has already trained on
+    host_weights = np.asarray(weights, np.float32)
+
+    def make_batch(indices) -> dict:
+        """This process's rows of the global batch, read from host memory and sharded over the mesh."""
         local = np.sort(np.asarray(indices)[rows])
-        batch = parallel.shard_host_batch(mesh, {"images": images[local], "weights": np.asarray(weights, np.float32)[local]})
-        state, device_metrics = step_fn(state, teacher_variables, batch, jax.random.fold_in(step_rng, step))
-        done = step + 1
-        if done % config.log_every == 0 or done == num_steps:
-            metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-            loop._check_finite(name, done, metrics)
-            rate = (done - start) / (time.perf_counter() - timer)
-            logging.info("%s: step %d/%d  %s  (%.2f steps/s)", name, done, num_steps,
-                         "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()), rate)
-            if writer:
-                writer.write(done, {**metrics, "learning_rate": float(schedule(step)), "steps_per_second": rate})
-        if manager and (done % config.checkpoint_every == 0 or done == num_steps):
-            manager.save(done, args=_standard_save(state))
-    if manager:
-        manager.wait_until_finished()
-        manager.close()
-    if writer:
-        writer.close()
+        return parallel.shard_host_batch(mesh, {"images": images[local], "weights": host_weights[local]})
+
+    checkpoints = (ManagedCheckpoints(checkpoint_dir, config.checkpoint_every, config.get("keep_checkpoints", 2))
+                   if checkpoint_dir else None)
+    resumed_from = (checkpoints.latest_step() or 0) if checkpoints else 0
+    state, metrics = loop.train(
+        step_fn, state, parallel.replicate(mesh, teacher_variables), num_examples=n, num_steps=num_steps,
+        batch_size=batch_size, rng=train_rng, name=name, log_every=config.log_every, checkpoints=checkpoints,
+        metrics_dir=metrics_dir, learning_rate=learning_rate_schedule(config, num_steps), make_batch=make_batch,
+    )
     variables = {"params": state.train.params, "batch_stats": state.batch_stats}
-    return variables, {"resumed_from": start, "steps": num_steps, "metrics": metrics}
-
-
-def _standard_save(state):
-    import orbax.checkpoint as ocp
-
-    return ocp.args.StandardSave(state)
+    return variables, {"resumed_from": resumed_from, "steps": num_steps, "metrics": metrics}

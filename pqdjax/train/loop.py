@@ -2,15 +2,18 @@
 
 A trainer supplies a pure step function
 
-    step_fn(state, data, indices, rng) -> (state, metrics)
+    step_fn(state, data, batch, rng) -> (state, metrics)
 
-jitted with the state donated; `data` is a pytree of device arrays (the
-examples, and anything else the step reads, such as a teacher's parameters)
-and `indices` the batch of example indices to gather from it. `train`
-draws the batches (a fresh permutation each epoch), calls the step, shows
-progress and metrics with rate and ETA, checkpoints the state every few
-steps (pqdjax.train.checkpoint) and resumes from the newest checkpoint, and
-stops with `NonFiniteError` when a metric becomes NaN or inf.
+jitted with the state donated; `data` is a pytree of device arrays the step
+reads in every step (the examples when they fit in device memory, a
+teacher's parameters) and `batch` what `make_batch` makes of the step's
+example indices: by default the indices themselves, for the step to gather
+from `data`; or the examples, read from host memory and sharded over a mesh
+(the ImageNet student). `train` draws the batches (a fresh permutation each
+epoch), calls the step, shows progress and metrics with rate and ETA,
+checkpoints the state every few steps (pqdjax.train.checkpoint) and resumes
+from the newest checkpoint, and stops with `NonFiniteError` when a metric
+becomes NaN or inf.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import optax
 from flax import struct
 
 from pqdjax.progress import Progress
-from pqdjax.train.checkpoint import Checkpoints
+from pqdjax.train.checkpoint import CheckpointSaver
 from pqdjax.train.metrics import MetricsWriter
 from pqdjax import errors
 
@@ -116,9 +119,10 @@ def train(
     rng: jax.Array,
     name: str,
     log_every: int = 100,
-    checkpoints: Checkpoints | None = None,
+    checkpoints: CheckpointSaver | None = None,
     metrics_dir: str | None = None,
     learning_rate: optax.Schedule | None = None,
+    make_batch: Callable[[jax.Array], PyTree] | None = None,
 ) -> tuple[TrainState, dict[str, float]]:
     """Runs num_steps steps of step_fn; returns the final state and the last metrics (host floats).
 
@@ -130,8 +134,20 @@ def train(
     With `metrics_dir`, the metrics of every logged step, the learning rate
     (the schedule `learning_rate` at that step) and the steps per second go to
     pqdjax.train.metrics (JSON lines and TensorBoard) under that folder.
+    make_batch: example indices int [batch_size] -> the step's batch (default: the indices).
+    `state` may be any pytree with a `step` (a TrainState, or one wrapping it).
     """
     batch_rng, step_rng = jax.random.split(rng)
+    try:
+        return _train_steps(step_fn, state, data, num_examples, num_steps, batch_size, batch_rng, step_rng, name,
+                            log_every, checkpoints, metrics_dir, learning_rate, make_batch)
+    finally:
+        if checkpoints:
+            checkpoints.close()
+
+
+def _train_steps(step_fn, state, data, num_examples, num_steps, batch_size, batch_rng, step_rng, name, log_every,
+                 checkpoints, metrics_dir, learning_rate, make_batch):
     restored = checkpoints.restore(state) if checkpoints else None
     state = restored if restored is not None else state
     first_step = int(state.step)
@@ -140,7 +156,8 @@ def train(
     writer = MetricsWriter(metrics_dir, name, first_step) if metrics_dir else None
     metrics: dict[str, float] = {}
     for step, indices in enumerate(epoch_batches(batch_rng, num_examples, batch_size, num_steps, first_step), first_step):
-        state, device_metrics = step_fn(state, data, indices, jax.random.fold_in(step_rng, step))
+        batch = make_batch(indices) if make_batch else indices
+        state, device_metrics = step_fn(state, data, batch, jax.random.fold_in(step_rng, step))
         done = step + 1
         checkpoint_now = every and done % every == 0
         log_now = done % log_every == 0 or done == num_steps
