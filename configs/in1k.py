@@ -106,8 +106,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         method=quantizer, batch_size=1024, epochs=1,  # clvq: mini-batch size and passes over a class
         max_iter=100, tol=1e-4, classes_per_call=8,  # lloyd
     ))
-    config.decode = ml_collections.ConfigDict(dict(
-        strength=0.7, guidance_scale=8.0, num_inference_steps=50, image_size=224,
+    # The field names of configs/default.py; img2img with Stable Diffusion at D4M's settings.
+    config.decode = ml_collections.ConfigDict(dict(method="diffusion", image_size=224))
+    config.decode.diffusion = ml_collections.ConfigDict(dict(
+        strength=0.7, guidance=8.0, steps=50,
         negative_prompt="cartoon, anime, painting", batch_size=32,  # points per img2img call (whole classes)
     ))
     config.evaluate = ml_collections.ConfigDict()
@@ -134,7 +136,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         else:
             config.evaluate.model.update(arch="resnet10", width=4)
         config.evaluate.train.update(epochs=2, batch_size=8, image_size=32, log_every=1, checkpoint_every=1)
-        config.decode.update(num_inference_steps=4, batch_size=8)
+        config.decode.diffusion.update(steps=4, batch_size=8)
         config.quantize.update(batch_size=8, max_iter=20)
         config.ipcs = (min(ipc, 2),)
     return config

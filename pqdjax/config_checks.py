@@ -109,12 +109,9 @@ def validate_imagenet_config(config: ml_collections.ConfigDict) -> None:
             "config.teacher.checkpoint is empty: set it to torchvision's ResNet-18 weights (.safetensors or .pth), "
             "e.g. --config.teacher.checkpoint=/models/resnet18-f37072fd.pth."
         )
-    decode = config.decode
-    if not 0.0 <= decode.strength <= 1.0 or decode.num_inference_steps < 1 or decode.guidance_scale < 0:
-        raise ConfigError(
-            "config.decode needs strength in [0, 1], num_inference_steps >= 1 and guidance_scale >= 0, got "
-            f"{decode.strength}, {decode.num_inference_steps}, {decode.guidance_scale}."
-        )
+    if config.decode.method != "diffusion":
+        raise ConfigError(f"config.decode.method must be 'diffusion' (Stable Diffusion img2img) on ImageNet, got {config.decode.method!r}.")
+    _validate_diffusion_settings(config.decode.diffusion)
     if not 1 <= config.data.num_classes <= 1000:
         raise ConfigError(f"config.data.num_classes must be in [1, 1000] (the first classes of ImageNet-1K), got {config.data.num_classes}.")
     seeds = tuple(config.evaluate.seeds)
@@ -125,12 +122,8 @@ def validate_imagenet_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("config.evaluate.train needs epochs >= 1, batch_size >= 1 and a positive learning_rate.")
 
 
-def _validate_decode(config: ml_collections.ConfigDict) -> None:
-    if config.decode.method not in KNOWN_DECODERS:
-        raise ConfigError(f"config.decode.method must be one of {KNOWN_DECODERS}, got {config.decode.method!r}.")
-    if "diffusion" not in {decoder_of(m, config) for m in config.methods} and not config.get("export_pretrained"):
-        return
-    diffusion = config.decode.diffusion
+def _validate_diffusion_settings(diffusion: ml_collections.ConfigDict) -> None:
+    """config.decode.diffusion, the img2img settings of every pipeline: strength, guidance, steps, batch_size."""
     if not 0.0 <= diffusion.strength <= 1.0:
         raise ConfigError(f"config.decode.diffusion.strength must be in [0, 1], got {diffusion.strength}.")
     if diffusion.steps < 1 or diffusion.batch_size < 1:
@@ -139,6 +132,14 @@ def _validate_decode(config: ml_collections.ConfigDict) -> None:
         )
     if diffusion.guidance < 0:
         raise ConfigError(f"config.decode.diffusion.guidance must be non-negative (1: no guidance), got {diffusion.guidance}.")
+
+
+def _validate_decode(config: ml_collections.ConfigDict) -> None:
+    if config.decode.method not in KNOWN_DECODERS:
+        raise ConfigError(f"config.decode.method must be one of {KNOWN_DECODERS}, got {config.decode.method!r}.")
+    if "diffusion" not in {decoder_of(m, config) for m in config.methods} and not config.get("export_pretrained"):
+        return
+    _validate_diffusion_settings(config.decode.diffusion)
     train = config.denoiser.train
     if train.steps < 1 or train.batch_size < 1 or train.learning_rate <= 0:
         raise ConfigError("config.denoiser.train needs steps >= 1, batch_size >= 1 and a positive learning_rate.")

@@ -59,7 +59,7 @@ def test_in1k_config_options_and_its_clear_errors_for_missing_weights():
 
     config = in1k.get_config("ipc=50,quantizer=lloyd,student=resnet50")
     assert config.ipcs == (50,) and config.quantize.method == "lloyd" and config.evaluate.model.arch == "resnet50"
-    assert config.evaluate.train.temperature == 20.0 and config.decode.strength == 0.7 and config.decode.guidance_scale == 8.0
+    assert config.evaluate.train.temperature == 20.0 and config.decode.diffusion.strength == 0.7 and config.decode.diffusion.guidance == 8.0
     local = in1k.get_config("runlocal")
     assert local.teacher.model.arch == "resnet10" and local.prior.kind == "tiny_random" and local.data.mock_examples > 0
     validate_imagenet_config(local)
@@ -72,3 +72,17 @@ def test_in1k_config_options_and_its_clear_errors_for_missing_weights():
     config.prior.pretrained_dir = "/models/sd"
     with pytest.raises(ConfigError, match="teacher.checkpoint is empty"):
         validate_imagenet_config(config)
+
+
+def test_fingerprinted_data_fields_are_fields_of_the_config():
+    """A misspelt field would be fingerprinted as None, so a change of it would silently reuse old artifacts."""
+    from configs import in1k
+
+    data = in1k.get_config().data
+    for fields in (imagenet.TRAIN_DATA_FIELDS, imagenet.TEST_DATA_FIELDS):
+        assert set(fields) <= set(data.keys())
+        assert "tfds_data_dir" not in fields  # where the data lives is not what it is
+    changed = in1k.get_config().data
+    changed.test_limit = 7
+    assert imagenet.data_fields(changed, imagenet.TEST_DATA_FIELDS) != imagenet.data_fields(data, imagenet.TEST_DATA_FIELDS)
+    assert imagenet.data_fields(changed, imagenet.TRAIN_DATA_FIELDS) == imagenet.data_fields(data, imagenet.TRAIN_DATA_FIELDS)

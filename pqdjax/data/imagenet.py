@@ -39,6 +39,18 @@ STD = (0.229, 0.224, 0.225)
 _CLASSES_FILE = os.path.join(os.path.dirname(__file__), "imagenet_classes.txt")
 
 
+# The fields of config.data that decide which examples a stage reads and how it sees them (not
+# where they are stored): the fingerprints of the stages that read the training split (encode) and
+# the test split (teacher accuracy, student evaluation) take exactly these.
+TRAIN_DATA_FIELDS = ("name", "train_split", "encode_resize", "encode_crop", "num_classes", "train_limit", "mock_examples")
+TEST_DATA_FIELDS = ("name", "test_split", "eval_resize", "eval_crop", "num_classes", "test_limit", "mock_examples")
+
+
+def data_fields(data, fields: tuple[str, ...]) -> dict:
+    """{field: config.data's value} for the fields of TRAIN_DATA_FIELDS or TEST_DATA_FIELDS (None where unset)."""
+    return {k: data.get(k) for k in fields}
+
+
 def normalize(images: jax.Array) -> jax.Array:
     """Float images in [0, 1], [..., 3] -> (images - MEAN) / STD per channel."""
     return (images - jnp.asarray(MEAN, images.dtype)) / jnp.asarray(STD, images.dtype)

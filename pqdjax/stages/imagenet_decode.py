@@ -1,10 +1,10 @@
 """ImageNet stage decode: the quantization points pushed forward to 224 px PNGs by Stable Diffusion img2img.
 
 For every IPC K and class c, each of the K latent points is noised to
-config.decode.strength and denoised by DDIM (config.decode.num_inference_steps
-of the schedule, classifier-free guidance config.decode.guidance_scale) with
-the prompt = the class's name (pqdjax/data/imagenet_classes.txt) against
-config.decode.negative_prompt, decoded by the VAE and resized to
+config.decode.diffusion.strength and denoised by DDIM (diffusion.steps of the
+schedule, classifier-free guidance diffusion.guidance) with the prompt = the
+class's name (pqdjax/data/imagenet_classes.txt) against
+diffusion.negative_prompt, decoded by the VAE and resized to
 config.decode.image_size (D4M: strength 0.7, guidance 8, 50 steps, 224 px).
 
     synthetic/ipc{K}/images/{c}_{name}/{k:03d}.png   the K images of class c (pqdjax.data.image_folder)
@@ -13,7 +13,7 @@ config.decode.image_size (D4M: strength 0.7, guidance 8, 50 steps, 224 px).
 
 d4m and ddoq share the images (the same points); their manifests differ in
 the weights: 1/K for d4m, the Voronoi cell masses for ddoq (summing to 1
-per class). Classes are decoded config.decode.batch_size // K at a time,
+per class). Classes are decoded config.decode.diffusion.batch_size // K at a time,
 the batch sharded over this process's devices; each process decodes its
 part of the classes, process 0 writes the manifests.
 """
@@ -48,6 +48,8 @@ class SyntheticSet:
 def pushforward(sd, points: np.ndarray, prompts: list[str], rng: jax.Array, config, mesh: Mesh) -> np.ndarray:
     """Latent points [n, h, w, 4] -> uint8 images [n, S, S, 3] (S = config.image_size) by img2img + VAE decoding.
 
+    config: config.decode (image_size, and the img2img settings in its diffusion section).
+
     The batch is padded to a multiple of the mesh's devices and sharded over them.
     """
     n = len(points)
@@ -57,11 +59,12 @@ def pushforward(sd, points: np.ndarray, prompts: list[str], rng: jax.Array, conf
     sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
     put = lambda a: jax.device_put(np.asarray(a), sharding)
     cond = put(sd.text_context(prompts))
-    uncond = put(sd.text_context([config.negative_prompt] * len(prompts)))
+    settings = config.diffusion
+    uncond = put(sd.text_context([settings.negative_prompt] * len(prompts)))
     unet_params = jax.device_put(sd.unet_params, NamedSharding(mesh, PartitionSpec()))
     latents = img2img(
         sd.epsilon, sd.scheduler, unet_params, put(pad(points)), cond, uncond, rng,
-        strength=config.strength, guidance=config.guidance_scale, steps=config.num_inference_steps,
+        strength=settings.strength, guidance=settings.guidance, steps=settings.steps,
     )
     images = _resize(sd.decode_latents(latents), config.image_size)
     return to_uint8(np.asarray(images))[:n]
@@ -80,7 +83,7 @@ def decode_ipc(run, prior, latents, quantized, ipc: int, fp: str) -> None:
     prompts = imagenet.class_prompts()
     mesh = Mesh(np.asarray(jax.local_devices()), (parallel.DATA_AXIS,))
     mine = [int(c) for c in imagenet.process_shard(latents.num_classes)]
-    per_call = max(1, config.batch_size // ipc)
+    per_call = max(1, config.diffusion.batch_size // ipc)
     groups = [mine[i : i + per_call] for i in range(0, len(mine), per_call)]
     bar = Progress(f"decode IPC {ipc}", len(groups), unit="groups", log_every=max(1, len(groups) // 10))
     for g, classes in enumerate(groups, 1):

@@ -41,8 +41,6 @@ from pqdjax.progress import Progress
 from pqdjax.errors import NonFiniteError
 
 FOLDER = "encode/latents"
-# The fields of config.data that determine the latents (not, e.g., the validation crop).
-ENCODE_DATA_FIELDS = ("name", "tfds_data_dir", "train_split", "encode_resize", "encode_crop", "num_classes", "train_limit", "mock_examples")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,7 +194,7 @@ def _read_progress(path: str, fp: str, num_classes: int) -> dict:
 
 def run(run, prior) -> ClassLatents:
     config = run.config
-    inputs = {k: config.data.get(k) for k in ENCODE_DATA_FIELDS}
+    inputs = imagenet.data_fields(config.data, imagenet.TRAIN_DATA_FIELDS)
     fp = artifacts.fingerprint("imagenet_encode", prior.fingerprint, inputs, config.prior.latent_sample, config.seed)
     name = f"{FOLDER}/process{jax.process_index()}"
     if run.store.is_complete(name, fp):

@@ -65,7 +65,7 @@ def evaluate_set(run, teacher, synthetic, seed: int, checkpoint_dir: str) -> dic
 def run(run, teacher, synthetic: dict) -> list[dict]:
     config = run.config.evaluate
     settings = {k: v for k, v in config.to_dict().items() if k != "seeds"}  # adding seeds redoes nothing
-    eval_data = {k: run.config.data.get(k) for k in ("test_split", "eval_resize", "eval_crop", "num_classes", "test_limit", "mock_examples")}
+    eval_data = imagenet.data_fields(run.config.data, imagenet.TEST_DATA_FIELDS)
     records = []
     for (method, ipc), synthetic_set in synthetic.items():
         for seed in config.seeds:

@@ -68,7 +68,7 @@ def run(run) -> Teacher:
     fp = artifacts.fingerprint("imagenet_teacher", config.model, file_digest(path))
     data = run.config.data
     eval_fp = artifacts.fingerprint(
-        "imagenet_teacher_accuracy", fp, {k: data.get(k) for k in ("test_split", "eval_resize", "eval_crop", "num_classes", "test_limit", "mock_examples", "tfds_data_dir")},
+        "imagenet_teacher_accuracy", fp, imagenet.data_fields(data, imagenet.TEST_DATA_FIELDS),
     )
     if run.store.is_complete(ACCURACY_ARTIFACT, eval_fp):
         test_accuracy = run.store.load_record(ACCURACY_ARTIFACT)["test_accuracy"]
