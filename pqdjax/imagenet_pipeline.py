@@ -31,7 +31,7 @@ from pqdjax import artifacts
 from pqdjax.stages import (
     imagenet_decode, imagenet_encode, imagenet_evaluate, imagenet_fidelity, imagenet_prior, imagenet_quantize, imagenet_teacher,
 )
-from pqdjax.stages.report import FIDELITY_INTRO, fidelity_table, paired_differences, paired_table, summarize
+from pqdjax.stages.report import evaluation_report, student_seconds
 
 
 def run_stages(run) -> dict:
@@ -50,25 +50,10 @@ def run_stages(run) -> dict:
     return report(run, teacher, latents, quantized, synthetic, records, fidelities)
 
 
-def markdown_table(summary: dict, teacher_accuracy: float, methods, ipcs) -> str:
-    """Validation top-1 (%) mean ± std over seeds per method x IPC, and the teacher's."""
-    head = "| method | " + " | ".join(f"IPC {k}" for k in ipcs) + " |\n|---|" + "---|" * len(ipcs) + "\n"
-    rows = []
-    for method in methods:
-        cells = [
-            f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f} (n={s['n']})" if (s := summary.get(method, {}).get(ipc)) else "-"
-            for ipc in ipcs
-        ]
-        rows.append(f"| {method} | " + " | ".join(cells) + " |")
-    rows.append("| teacher | " + " | ".join(f"{100 * teacher_accuracy:.2f}" for _ in ipcs) + " |")
-    return "Validation top-1 accuracy (%), mean ± std over seeds:\n\n" + head + "\n".join(rows) + "\n"
-
-
 def report(run, teacher, latents, quantized: dict, synthetic: dict, records: list[dict], fidelities: dict) -> dict:
     """Writes results.json (wall times under 'timing') and results.md; returns results.json's dict plus 'table'."""
     config = run.config
     ipcs = sorted(quantized)
-    summary = summarize(records)
     quantization = {}
     for ipc in ipcs:
         distortion = np.asarray([float(quantized[ipc].load(run.store, c)["distortion"]) for c in range(latents.num_classes)])
@@ -77,24 +62,17 @@ def report(run, teacher, latents, quantized: dict, synthetic: dict, records: lis
             # Voronoi weights make the nearest-point map optimal: W2 = sqrt(distortion), exactly.
             "w2": {"ddoq": {"mean": float(np.sqrt(np.maximum(distortion, 0)).mean()), "per_class": np.sqrt(np.maximum(distortion, 0)).tolist()}},
         }
-    table = markdown_table(summary, teacher.test_accuracy, list(config.methods), ipcs)
-    paired = paired_differences(records, [p for p in config.evaluate.get("compare", ()) if set(p) <= set(config.methods)])
-    table += paired_table(paired) + FIDELITY_INTRO + fidelity_table(fidelities, list(config.methods), ipcs)
+    evaluation, sections = evaluation_report(config, teacher.test_accuracy, records, fidelities, ipcs, split="Validation")
+    table = sections["accuracy"] + sections["paired"] + sections["fidelity"]
     results = {
         "config": json.loads(config.to_json_best_effort()),
-        "teacher_test_accuracy": teacher.test_accuracy,
-        "accuracy": summary,
-        "paired_differences": paired,
+        **evaluation,
         "quantization": quantization,
-        "fidelity": {m: {ipc: r for (m2, ipc), r in sorted(fidelities.items()) if m2 == m} for m in config.methods},
         "latents": {"shape": list(latents.shape), "per_class": latents.counts.sum(0).tolist()},
         "synthetic": {f"{m}_ipc{k}": os.path.relpath(s.manifest, run.store.workdir) for (m, k), s in sorted(synthetic.items())},
-        "evaluations": sorted(
-            ({k: v for k, v in r.items() if k != "seconds"} for r in records), key=lambda r: (r["method"], r["ipc"], r["seed"])
-        ),
         "timing": {  # wall times in seconds: the one part of results.json that varies from run to run
             "stage_seconds": run.stage_seconds,
-            "student_seconds": {f"{r['method']}_ipc{r['ipc']}_seed{r['seed']}": r.get("seconds") for r in records},
+            "student_seconds": student_seconds(records),
         },
     }
     if jax.process_index() == 0:

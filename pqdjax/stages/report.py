@@ -40,26 +40,57 @@ def summarize(records: list[dict]) -> dict[str, dict[int, dict]]:
     }
 
 
-def markdown_table(summary: dict, w2: dict, teacher_accuracy: float, methods, ipcs) -> str:
-    """Accuracy (%) mean ± std per method x IPC, then mean W2 per method x IPC."""
+def accuracy_table(summary: dict, teacher_accuracy: float, methods, ipcs, split: str = "Test") -> str:
+    """Markdown: accuracy (%) mean ± std (n seeds) per method x IPC, and the teacher's (trained on the full data)."""
     head = "| method | " + " | ".join(f"IPC {k}" for k in ipcs) + " |\n|---|" + "---|" * len(ipcs) + "\n"
     rows = []
     for method in methods:
-        cells = []
-        for ipc in ipcs:
-            s = summary.get(method, {}).get(ipc)
-            cells.append(f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f} (n={s['n']})" if s else "-")
+        cells = [
+            f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f} (n={s['n']})" if (s := summary.get(method, {}).get(ipc)) else "-"
+            for ipc in ipcs
+        ]
         rows.append(f"| {method} | " + " | ".join(cells) + " |")
     rows.append("| full data (teacher) | " + " | ".join(f"{100 * teacher_accuracy:.2f}" for _ in ipcs) + " |")
-    accuracy_table = head + "\n".join(rows)
+    return f"{split} accuracy (%), mean ± std over seeds:\n\n" + head + "\n".join(rows) + "\n"
+
+
+def w2_table(w2: dict, methods, ipcs) -> str:
+    """Markdown: mean W2 over classes per method x IPC (w2[ipc][base method]['mean'])."""
+    head = "| method | " + " | ".join(f"IPC {k}" for k in ipcs) + " |\n|---|" + "---|" * len(ipcs) + "\n"
     # A decoder suffix changes the images, not the points: W2 is the base method's.
-    w2_rows = [f"| {m} | " + " | ".join(f"{w2[ipc][split_method(m)[0]]['mean']:.4f}" for ipc in ipcs) + " |" for m in methods]
-    w2_table = head + "\n".join(w2_rows)
-    return (
-        "Test accuracy (%), mean ± std over seeds:\n\n" + accuracy_table
-        + "\n\nW2 from each class's latent measure to the method's weighted points (mean over classes):\n\n"
-        + w2_table + "\n"
-    )
+    rows = [f"| {m} | " + " | ".join(f"{w2[ipc][split_method(m)[0]]['mean']:.4f}" for ipc in ipcs) + " |" for m in methods]
+    return "\nW2 from each class's latent measure to the method's weighted points (mean over classes):\n\n" + head + "\n".join(rows) + "\n"
+
+
+def evaluation_report(config, teacher_accuracy: float, records: list[dict], fidelities: dict, ipcs, split: str = "Test") -> tuple[dict, dict[str, str]]:
+    """What every pipeline reports of its students and synthetic sets.
+
+    Returns (results.json entries: teacher_test_accuracy, accuracy, paired_differences,
+    fidelity, evaluations; markdown sections: accuracy, paired, fidelity).
+    """
+    methods = list(config.methods)
+    summary = summarize(records)
+    paired = paired_differences(records, [p for p in config.evaluate.get("compare", ()) if set(p) <= set(methods)])
+    results = {
+        "teacher_test_accuracy": teacher_accuracy,
+        "accuracy": summary,
+        "paired_differences": paired,
+        "fidelity": {m: {ipc: r for (m2, ipc), r in sorted(fidelities.items()) if m2 == m} for m in methods},
+        "evaluations": sorted(
+            ({k: v for k, v in r.items() if k != "seconds"} for r in records), key=lambda r: (r["method"], r["ipc"], r["seed"])
+        ),
+    }
+    sections = {
+        "accuracy": accuracy_table(summary, teacher_accuracy, methods, ipcs, split),
+        "paired": paired_table(paired),
+        "fidelity": FIDELITY_INTRO + fidelity_table(fidelities, methods, ipcs),
+    }
+    return results, sections
+
+
+def student_seconds(records: list[dict]) -> dict[str, float | None]:
+    """Each student's wall time, keyed {method}_ipc{K}_seed{s}."""
+    return {f"{r['method']}_ipc{r['ipc']}_seed{r['seed']}": r.get("seconds") for r in records}
 
 
 def paired_differences(records: list[dict], pairs) -> dict[str, dict[int, dict]]:
@@ -118,7 +149,6 @@ def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict], fid
     config = run.config
     ipcs = sorted(quantized)
     methods = list(config.methods)
-    summary = summarize(records)
     w2 = {
         ipc: {
             m: {
@@ -137,24 +167,17 @@ def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict], fid
         }
         for ipc in ipcs
     }
-    table = markdown_table(summary, w2, teacher.test_accuracy, methods, ipcs)
-    paired = paired_differences(records, [p for p in config.evaluate.get("compare", ()) if set(p) <= set(methods)])
-    table += paired_table(paired)
-    table += FIDELITY_INTRO + fidelity_table(fidelities, methods, ipcs)
+    evaluation, sections = evaluation_report(config, teacher.test_accuracy, records, fidelities, ipcs)
+    summary = evaluation["accuracy"]
+    table = sections["accuracy"] + w2_table(w2, methods, ipcs) + sections["paired"] + sections["fidelity"]
     results = {
         "config": json.loads(config.to_json_best_effort()),
-        "teacher_test_accuracy": teacher.test_accuracy,
-        "accuracy": summary,
-        "paired_differences": paired,
+        **evaluation,
         "quantization": quantization,
-        "fidelity": {m: {ipc: r for (m2, ipc), r in sorted(fidelities.items()) if m2 == m} for m in methods},
-        "evaluations": sorted(
-            ({k: v for k, v in r.items() if k != "seconds"} for r in records), key=lambda r: (r["method"], r["ipc"], r["seed"])
-        ),
         "timing": {  # wall times in seconds: the one part of results.json that varies from run to run
             "stage_seconds": run.stage_seconds,
             "artifact_seconds": _artifact_seconds(run),
-            "student_seconds": {f"{r['method']}_ipc{r['ipc']}_seed{r['seed']}": r.get("seconds") for r in records},
+            "student_seconds": student_seconds(records),
         },
     }
     store = run.store
