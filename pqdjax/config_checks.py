@@ -93,8 +93,9 @@ def validate_imagenet_config(config: ml_collections.ConfigDict) -> None:
     if not ipcs or any(not isinstance(k, int) or k < 1 for k in ipcs) or len(set(ipcs)) != len(ipcs):
         raise ConfigError(f"config.ipcs must be distinct positive integers, got {ipcs}.")
     methods = tuple(config.methods)
-    if not methods or set(methods) - {"d4m", "ddoq"} or len(set(methods)) != len(methods):
-        raise ConfigError(f"config.methods must be distinct names from ('d4m', 'ddoq') on ImageNet, got {methods}.")
+    imagenet_methods = {"d4m", "ddoq", "d4m_vae", "ddoq_vae"}
+    if not methods or set(methods) - imagenet_methods or len(set(methods)) != len(methods):
+        raise ConfigError(f"config.methods must be distinct names from {tuple(sorted(imagenet_methods))} on ImageNet, got {methods}.")
     if config.quantize.method not in ("clvq", "lloyd"):
         raise ConfigError(f"config.quantize.method must be 'clvq' or 'lloyd' on ImageNet, got {config.quantize.method!r}.")
     if config.prior.kind not in ("stable_diffusion", "tiny_random"):

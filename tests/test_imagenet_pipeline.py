@@ -13,7 +13,7 @@ pytest.importorskip("tensorflow_datasets")
 from configs import in1k  # noqa: E402
 from pqdjax import artifacts, pipeline  # noqa: E402
 from pqdjax.data import imagenet  # noqa: E402
-from pqdjax.stages import imagenet_decode, imagenet_encode  # noqa: E402
+from pqdjax.stages import imagenet_decode, imagenet_encode, imagenet_quantize  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_manifests_pngs_and_results(in1k_run):
         stored = json.load(f)
     assert {"config", "teacher_test_accuracy", "accuracy", "quantization", "evaluations", "timing", "synthetic"} <= stored.keys()
     assert 0.0 <= stored["teacher_test_accuracy"] <= 1.0
-    assert sorted(stored["accuracy"]) == ["d4m", "ddoq"]
+    assert sorted(stored["accuracy"]) == ["d4m", "ddoq", "ddoq_vae"]
     for record in stored["evaluations"]:
         assert 0.0 <= record["test_accuracy"] <= 1.0 and record["images"] == classes * ipc and record["steps"] >= 1
     assert len(stored["quantization"][str(ipc)]["distortion_per_class"]) == classes
@@ -88,6 +88,32 @@ def test_ddoq_weights_are_the_voronoi_masses_of_the_stored_points(in1k_run):
         x = x.reshape(-1, q["points"].shape[1])
         nearest = np.argmin(((x[:, None, :] - q["points"][None]) ** 2).sum(-1), axis=1)
         np.testing.assert_allclose(weights[c], np.bincount(nearest, minlength=ipc) / len(x), atol=1e-6)
+
+
+def test_ddoq_vae_is_the_points_decoded_by_the_sd_vae_with_ddoq_weights(in1k_run):
+    import jax
+
+    from pqdjax.models.stable_diffusion import load_stable_diffusion
+    from pqdjax.stages.imagenet_prior import TINY_ARTIFACT
+
+    config, workdir = in1k_run["config"], in1k_run["workdir"]
+    (ipc,), classes = config.ipcs, config.data.num_classes
+    ddoq, vae = _manifest(workdir, "ddoq", ipc), _manifest(workdir, "ddoq_vae", ipc)
+    assert [r["weight"] for r in vae] == [r["weight"] for r in ddoq]
+    assert all(r["file"].startswith("images_vae/") for r in vae)
+    sd = load_stable_diffusion(os.path.join(workdir, TINY_ARTIFACT))
+    store = artifacts.ArtifactStore(workdir)
+    latent_shape = in1k_run["results"]["latents"]["shape"]
+    for c in range(classes):
+        points = store.load_arrays(imagenet_quantize.class_name(ipc, c))["points"].reshape([ipc] + latent_shape)
+        decoded = np.asarray(sd.decode_latents(points))
+        expected = np.asarray(jax.image.resize(decoded, (ipc, 224, 224, 3), "bicubic", antialias=True))
+        expected = np.clip(np.round((expected + 1) * 127.5), 0, 255)
+        pixels = np.stack([np.asarray(Image.open(os.path.join(workdir, f"synthetic/ipc{ipc}", r["file"])))
+                           for r in vae[c * ipc : (c + 1) * ipc]]).astype(np.float64)
+        assert np.abs(pixels - expected).max() <= 1.0
+    diffused = np.stack([np.asarray(Image.open(os.path.join(workdir, f"synthetic/ipc{ipc}", r["file"]))) for r in ddoq])
+    assert np.abs(diffused.astype(float) - np.stack([np.asarray(Image.open(os.path.join(workdir, f"synthetic/ipc{ipc}", r["file"]))) for r in vae])).mean() > 1
 
 
 def test_fidelity_of_every_set(in1k_run):

@@ -1,5 +1,10 @@
 """ImageNet stage decode: the quantization points pushed forward to 224 px PNGs by Stable Diffusion img2img.
 
+Two decoders, as in the default pipeline (pqdjax.stages.decode):
+config.decode.method ('diffusion') for d4m and ddoq, and the decoder a method's
+suffix names: 'vae' (d4m_vae, ddoq_vae) decodes the points by the SD VAE
+alone, without the pushforward, to measure what img2img adds.
+
 For every IPC K and class c, each of the K latent points is noised to
 config.decode.diffusion.strength and denoised by DDIM (diffusion.steps of the
 schedule, classifier-free guidance diffusion.guidance) with the prompt = the
@@ -8,12 +13,13 @@ diffusion.negative_prompt, decoded by the VAE and resized to
 config.decode.image_size (D4M: strength 0.7, guidance 8, 50 steps, 224 px).
 
     synthetic/ipc{K}/images/{c}_{name}/{k:03d}.png   the K images of class c (pqdjax.data.image_folder)
-    synthetic/ipc{K}/groups/{c:04d}.json             marks a group of classes done (resume)
+    synthetic/ipc{K}/images_vae/...                  the same by the 'vae' decoder
+    synthetic/ipc{K}/groups/{c:04d}.json             marks a group of classes done (resume; groups_vae/)
     synthetic/ipc{K}/manifest_{method}.csv           file,label,class,weight per image
 
-d4m and ddoq share the images (the same points); their manifests differ in
-the weights: 1/K for d4m, the Voronoi cell masses for ddoq (summing to 1
-per class). Classes are decoded config.decode.diffusion.batch_size // K at a time,
+d4m and ddoq share the images of a decoder (the same points); their manifests
+differ in the weights: 1/K for d4m, the Voronoi cell masses for ddoq (summing
+to 1 per class). Classes are decoded config.decode.diffusion.batch_size // K at a time,
 the batch sharded over this process's devices; each process decodes its
 part of the classes, process 0 writes the manifests.
 """
@@ -29,6 +35,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pqdjax import artifacts, parallel
+from pqdjax.config_checks import decoder_of, split_method
 from pqdjax.data import image_folder, imagenet
 from pqdjax.data.preprocess import to_uint8
 from pqdjax.diffusion import img2img
@@ -45,11 +52,11 @@ class SyntheticSet:
     fingerprint: str
 
 
-def pushforward(sd, points: np.ndarray, prompts: list[str], rng: jax.Array, config, mesh: Mesh) -> np.ndarray:
-    """Latent points [n, h, w, 4] -> uint8 images [n, S, S, 3] (S = config.image_size) by img2img + VAE decoding.
+def pushforward(sd, points: np.ndarray, prompts: list[str], rng: jax.Array, config, mesh: Mesh, decoder: str = "diffusion") -> np.ndarray:
+    """Latent points [n, h, w, 4] -> uint8 images [n, S, S, 3] (S = config.image_size) by img2img + VAE decoding
+    (decoder 'diffusion') or by the VAE decoder alone ('vae'; prompts and rng unused).
 
     config: config.decode (image_size, and the img2img settings in its diffusion section).
-
     The batch is padded to a multiple of the mesh's devices and sharded over them.
     """
     n = len(points)
@@ -58,6 +65,9 @@ def pushforward(sd, points: np.ndarray, prompts: list[str], rng: jax.Array, conf
     prompts = list(prompts) + [prompts[-1]] * extra
     sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
     put = lambda a: jax.device_put(np.asarray(a), sharding)
+    if decoder == "vae":
+        images = _resize(sd.decode_latents(put(pad(points))), config.image_size)
+        return to_uint8(np.asarray(images))[:n]
     cond = put(sd.text_context(prompts))
     settings = config.diffusion
     uncond = put(sd.text_context([settings.negative_prompt] * len(prompts)))
@@ -76,8 +86,13 @@ def _resize(images: jax.Array, size: int) -> jax.Array:
     return jax.image.resize(images, (images.shape[0], size, size, images.shape[-1]), "bicubic", antialias=True)
 
 
-def decode_ipc(run, prior, latents, quantized, ipc: int, fp: str) -> None:
-    """Writes the PNGs of this process's classes (resuming finished groups), then process 0 writes the manifests."""
+def images_folder(decoder: str) -> str:
+    """The folder of a decoder's PNGs under synthetic/ipc{K}/."""
+    return "images" if decoder == "diffusion" else f"images_{decoder}"
+
+
+def decode_ipc(run, prior, latents, quantized, ipc: int, fp: str, decoder: str = "diffusion") -> None:
+    """Writes the PNGs of this process's classes by `decoder` (resuming finished groups)."""
     config = run.config.decode
     store = run.store
     prompts = imagenet.class_prompts()
@@ -85,30 +100,34 @@ def decode_ipc(run, prior, latents, quantized, ipc: int, fp: str) -> None:
     mine = [int(c) for c in imagenet.process_shard(latents.num_classes)]
     per_call = max(1, config.diffusion.batch_size // ipc)
     groups = [mine[i : i + per_call] for i in range(0, len(mine), per_call)]
-    bar = Progress(f"decode IPC {ipc}", len(groups), unit="groups", log_every=max(1, len(groups) // 10))
+    bar = Progress(f"decode IPC {ipc} ({decoder})", len(groups), unit="groups", log_every=max(1, len(groups) // 10))
+    folder = images_folder(decoder)
+    groups_folder = "groups" if decoder == "diffusion" else f"groups_{decoder}"
     for g, classes in enumerate(groups, 1):
-        record = f"synthetic/ipc{ipc}/groups/{classes[0]:04d}.json"
+        record = f"synthetic/ipc{ipc}/{groups_folder}/{classes[0]:04d}.json"
         if store.is_complete(record, fp):
             continue
         points = np.concatenate([quantized.load(store, c)["points"] for c in classes]).reshape((-1,) + latents.shape)
         labels = np.repeat(classes, ipc)
-        images = pushforward(prior.sd, points, [prompts[c] for c in labels], run.rng("decode", ipc, classes[0]), config, mesh)
+        images = pushforward(prior.sd, points, [prompts[c] for c in labels], run.rng("decode", ipc, classes[0]), config, mesh, decoder)
         files = []
         for i, (image, c) in enumerate(zip(images, labels)):
-            files.append("images/" + image_folder.image_file(c, prompts[c], latents.num_classes, i % ipc))
+            files.append(f"{folder}/" + image_folder.image_file(c, prompts[c], latents.num_classes, i % ipc))
             artifacts.write_bytes(store.path(f"synthetic/ipc{ipc}/{files[-1]}"), image_folder.png_bytes(image))
         store.save_record(record, {"classes": classes, "files": files}, fp)
         bar.update(g)
-    parallel.sync_processes(f"decode_ipc{ipc}")
+    parallel.sync_processes(f"decode_ipc{ipc}_{decoder}")
 
 
 def write_manifest(run, quantized, ipc: int, method: str, num_classes: int, name: str, fp: str) -> None:
-    """file,label,class,weight for every image; weights from the quantization (ddoq) or uniform (d4m)."""
+    """file,label,class,weight for every image of `method`'s decoder; weights from the quantization (ddoq) or uniform (d4m)."""
     prompts = imagenet.class_prompts()
+    base, _ = split_method(method)
+    folder = images_folder(decoder_of(method, run.config))
     files, labels, weights = [], [], []
     for c in range(num_classes):
-        weights.append(quantized.load(run.store, c)["weights"] if method == "ddoq" else np.full(ipc, 1.0 / ipc))
-        files += ["images/" + image_folder.image_file(c, prompts[c], num_classes, k) for k in range(ipc)]
+        weights.append(quantized.load(run.store, c)["weights"] if base == "ddoq" else np.full(ipc, 1.0 / ipc))
+        files += [f"{folder}/" + image_folder.image_file(c, prompts[c], num_classes, k) for k in range(ipc)]
         labels += [c] * ipc
     text = image_folder.manifest_text(files, np.asarray(labels), np.concatenate(weights), prompts)
 
@@ -125,7 +144,8 @@ def run(run, prior, latents, quantized: dict) -> dict[tuple[str, int], Synthetic
         fp = artifacts.fingerprint("imagenet_decode", q.fingerprint, prior.fingerprint, run.config.decode, run.config.seed)
         names = {m: f"synthetic/ipc{ipc}/manifest_{m}.csv" for m in run.config.methods}
         if not all(run.store.is_complete(n, fp) for n in names.values()):
-            decode_ipc(run, prior, latents, q, ipc, fp)
+            for decoder in sorted({decoder_of(m, run.config) for m in run.config.methods}):
+                decode_ipc(run, prior, latents, q, ipc, fp, decoder)
             if jax.process_index() == 0:
                 for method, name in names.items():
                     write_manifest(run, q, ipc, method, latents.num_classes, name, fp)
