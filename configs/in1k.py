@@ -82,7 +82,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.ipcs = (ipc,)
-    # Also known: d4m_vae and ddoq_vae, the same points decoded by the SD VAE alone (what img2img adds).
+    # Also known: random (K random training images per class), and d4m_vae, ddoq_vae, random_vae: the same
+    # points (random: the images' latents) decoded by the SD VAE alone (what img2img adds).
     config.methods = ("d4m", "ddoq")
     config.fast_conv_gradients = "auto"
     # One Mesh for every stage: all devices of all processes on the data axis.
@@ -116,7 +117,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.evaluate = ml_collections.ConfigDict()
     config.evaluate.seeds = (0,)
     # paired difference per IPC over the seeds (results.md), for the pairs whose methods run
-    config.evaluate.compare = (("ddoq", "d4m"), ("ddoq", "ddoq_vae"))
+    config.evaluate.compare = (("ddoq", "d4m"), ("ddoq", "ddoq_vae"), ("ddoq", "random"))
     config.evaluate.model = ml_collections.ConfigDict(dict(arch=student))
     config.evaluate.train = ml_collections.ConfigDict(dict(
         epochs=300, batch_size=1024, learning_rate=1e-3, weight_decay=0.01, warmup_steps=0,
@@ -141,5 +142,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.decode.diffusion.update(steps=4, batch_size=8)
         config.quantize.update(batch_size=8, max_iter=20)
         config.ipcs = (min(ipc, 2),)
-        config.methods = ("d4m", "ddoq", "ddoq_vae")
+        config.methods = ("random", "d4m", "ddoq", "ddoq_vae")
     return config

@@ -38,6 +38,11 @@ def split_method(method: str) -> tuple[str, str | None]:
     return base, decoder or None
 
 
+def point_source(base: str) -> str:
+    """Base methods with the same latent points share their decoded images: d4m and ddoq ('kmeans'), medoid and medoid_weighted."""
+    return {"d4m": "kmeans", "ddoq": "kmeans", "medoid_weighted": "medoid"}.get(base, base)
+
+
 def decoder_of(method: str, config: ml_collections.ConfigDict) -> str | None:
     """The decoder that makes `method`'s images (None for real images)."""
     base, decoder = split_method(method)
@@ -93,7 +98,7 @@ def validate_imagenet_config(config: ml_collections.ConfigDict) -> None:
     if not ipcs or any(not isinstance(k, int) or k < 1 for k in ipcs) or len(set(ipcs)) != len(ipcs):
         raise ConfigError(f"config.ipcs must be distinct positive integers, got {ipcs}.")
     methods = tuple(config.methods)
-    imagenet_methods = {"d4m", "ddoq", "d4m_vae", "ddoq_vae"}
+    imagenet_methods = {"d4m", "ddoq", "random", "d4m_vae", "ddoq_vae", "random_vae"}
     if not methods or set(methods) - imagenet_methods or len(set(methods)) != len(methods):
         raise ConfigError(f"config.methods must be distinct names from {tuple(sorted(imagenet_methods))} on ImageNet, got {methods}.")
     if config.quantize.method not in ("clvq", "lloyd"):

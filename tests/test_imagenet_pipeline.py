@@ -52,7 +52,7 @@ def test_manifests_pngs_and_results(in1k_run):
         stored = json.load(f)
     assert {"config", "teacher_test_accuracy", "accuracy", "quantization", "evaluations", "timing", "synthetic"} <= stored.keys()
     assert 0.0 <= stored["teacher_test_accuracy"] <= 1.0
-    assert sorted(stored["accuracy"]) == ["d4m", "ddoq", "ddoq_vae"]
+    assert sorted(stored["accuracy"]) == ["d4m", "ddoq", "ddoq_vae", "random"]
     for record in stored["evaluations"]:
         assert 0.0 <= record["test_accuracy"] <= 1.0 and record["images"] == classes * ipc and record["steps"] >= 1
     assert len(stored["quantization"][str(ipc)]["distortion_per_class"]) == classes
@@ -100,7 +100,7 @@ def test_ddoq_vae_is_the_points_decoded_by_the_sd_vae_with_ddoq_weights(in1k_run
     (ipc,), classes = config.ipcs, config.data.num_classes
     ddoq, vae = _manifest(workdir, "ddoq", ipc), _manifest(workdir, "ddoq_vae", ipc)
     assert [r["weight"] for r in vae] == [r["weight"] for r in ddoq]
-    assert all(r["file"].startswith("images_vae/") for r in vae)
+    assert all(r["file"].startswith("images_kmeans_vae/") for r in vae)
     sd = load_stable_diffusion(os.path.join(workdir, TINY_ARTIFACT))
     store = artifacts.ArtifactStore(workdir)
     latent_shape = in1k_run["results"]["latents"]["shape"]
@@ -114,6 +114,29 @@ def test_ddoq_vae_is_the_points_decoded_by_the_sd_vae_with_ddoq_weights(in1k_run
         assert np.abs(pixels - expected).max() <= 1.0
     diffused = np.stack([np.asarray(Image.open(os.path.join(workdir, f"synthetic/ipc{ipc}", r["file"]))) for r in ddoq])
     assert np.abs(diffused.astype(float) - np.stack([np.asarray(Image.open(os.path.join(workdir, f"synthetic/ipc{ipc}", r["file"]))) for r in vae])).mean() > 1
+
+
+def test_random_is_k_distinct_training_images_of_each_class_with_uniform_weights(in1k_run):
+    config, workdir, results = in1k_run["config"], in1k_run["workdir"], in1k_run["results"]
+    (ipc,), classes = config.ipcs, config.data.num_classes
+    rows = _manifest(workdir, "random", ipc)
+    np.testing.assert_allclose([float(r["weight"]) for r in rows], 1.0 / ipc)
+    source = imagenet.open_configured_split(config.data, config.data.train_split)
+    # the training images of each class, as the real reader gives them, resized and cropped like the set
+    by_class = {c: [] for c in range(classes)}
+    for i in range(min(len(source), config.data.get("train_limit") or len(source))):
+        example = source[i]
+        if example["label"] < classes:
+            by_class[example["label"]].append(imagenet.resize_and_center_crop(np.asarray(example["image"]), 224, 224))
+    for c in range(classes):
+        pixels = [np.asarray(Image.open(os.path.join(workdir, f"synthetic/ipc{ipc}", r["file"])))
+                  for r in rows if int(r["label"]) == c]
+        assert len(pixels) == ipc
+        matches = [[j for j, real in enumerate(by_class[c]) if np.array_equal(real, p)] for p in pixels]
+        assert all(len(m) == 1 for m in matches) and len({m[0] for m in matches}) == ipc  # distinct images of class c
+    record = results["fidelity"]["random"][ipc]
+    assert record["cell_consistency"] is None and record["w2_points"] > 0 and record["w2_images"] > 0
+    assert "| random |" in results["table"]
 
 
 def test_fidelity_of_every_set(in1k_run):
@@ -162,11 +185,11 @@ def test_an_interrupted_encode_resumes_to_the_same_files(in1k_run, monkeypatch, 
     calls = {"n": 0}
     original = imagenet_encode._ClassFiles.append
 
-    def append_then_die(self, latents, labels):
+    def append_then_die(self, latents, labels, indices):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt  # as a kill between two batches
-        original(self, latents, labels)
+        original(self, latents, labels, indices)
 
     monkeypatch.setattr(imagenet_encode._ClassFiles, "append", append_then_die)
     with pytest.raises(KeyboardInterrupt):
@@ -182,6 +205,7 @@ def test_an_interrupted_encode_resumes_to_the_same_files(in1k_run, monkeypatch, 
     assert resumed_batches == [2]
     reference = run.store.path("encode/latents/process0")
     for c in range(config.data.num_classes):
-        with open(os.path.join(reference, f"class{c:04d}.f32"), "rb") as a, open(run.store.path(f"{name}/class{c:04d}.f32"), "rb") as b:
-            assert a.read() == b.read(), f"class {c}"
+        for file in (imagenet_encode.class_file(c), imagenet_encode.index_file(c)):
+            with open(os.path.join(reference, file), "rb") as a, open(run.store.path(f"{name}/{file}"), "rb") as b:
+                assert a.read() == b.read(), file
     assert run.store.info(name)["counts"] == run.store.info("encode/latents/process0")["counts"]

@@ -31,7 +31,7 @@ from absl import logging
 
 from pqdjax import artifacts
 from pqdjax.batching import map_batches
-from pqdjax.config_checks import decoder_of, split_method
+from pqdjax.config_checks import decoder_of, point_source, split_method
 from pqdjax.data import image_folder
 from pqdjax.data.preprocess import to_uint8
 from pqdjax.diffusion import img2img
@@ -111,11 +111,6 @@ def _decode_points(run, prior, denoiser, decoder: str, latent_shape, points: np.
     if not np.all(np.isfinite(images)):
         raise NonFiniteError(f"decode: the {decoder} decoder produced NaN or inf images at IPC {ipc}.")
     return to_uint8(images).reshape((num_classes, ipc) + images.shape[1:])
-
-
-def point_source(base: str) -> str:
-    """Base methods with the same latent points share their decoded images: d4m and ddoq, medoid and medoid_weighted."""
-    return {"d4m": "kmeans", "ddoq": "kmeans", "medoid_weighted": "medoid"}.get(base, base)
 
 
 def _decoder_fingerprint(run, decoder: str, quantized, prior, denoiser) -> str:

@@ -1,9 +1,11 @@
 """ImageNet stage decode: the quantization points pushed forward to 224 px PNGs by Stable Diffusion img2img.
 
-Two decoders, as in the default pipeline (pqdjax.stages.decode):
-config.decode.method ('diffusion') for d4m and ddoq, and the decoder a method's
-suffix names: 'vae' (d4m_vae, ddoq_vae) decodes the points by the SD VAE
-alone, without the pushforward, to measure what img2img adds.
+Methods, as in the default pipeline (pqdjax.stages.decode): d4m and ddoq
+decode the k-means points by config.decode.method ('diffusion'); random is K
+random training images of each class (resized and center-cropped to
+decode.image_size); a decoder suffix decodes a set's points (random: its
+images' latents) by another decoder: 'vae' (d4m_vae, ddoq_vae, random_vae)
+by the SD VAE alone, to measure what img2img adds.
 
 For every IPC K and class c, each of the K latent points is noised to
 config.decode.diffusion.strength and denoised by DDIM (diffusion.steps of the
@@ -13,8 +15,9 @@ diffusion.negative_prompt, decoded by the VAE and resized to
 config.decode.image_size (D4M: strength 0.7, guidance 8, 50 steps, 224 px).
 
     synthetic/ipc{K}/images/{c}_{name}/{k:03d}.png   the K images of class c (pqdjax.data.image_folder)
-    synthetic/ipc{K}/images_vae/...                  the same by the 'vae' decoder
-    synthetic/ipc{K}/groups/{c:04d}.json             marks a group of classes done (resume; groups_vae/)
+    synthetic/ipc{K}/images_{source}_{decoder}/...   the same for the other sets (set_folder):
+                                                     e.g. images_kmeans_vae, images_random_real
+    synthetic/ipc{K}/groups/{c:04d}.json             marks a group of classes done (resume; groups_.../)
     synthetic/ipc{K}/manifest_{method}.csv           file,label,class,weight per image
 
 d4m and ddoq share the images of a decoder (the same points); their manifests
@@ -35,7 +38,8 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pqdjax import artifacts, parallel
-from pqdjax.config_checks import decoder_of, split_method
+from pqdjax.config_checks import decoder_of, point_source, split_method
+from pqdjax.errors import InputError
 from pqdjax.data import image_folder, imagenet
 from pqdjax.data.preprocess import to_uint8
 from pqdjax.diffusion import img2img
@@ -86,13 +90,37 @@ def _resize(images: jax.Array, size: int) -> jax.Array:
     return jax.image.resize(images, (images.shape[0], size, size, images.shape[-1]), "bicubic", antialias=True)
 
 
-def images_folder(decoder: str) -> str:
-    """The folder of a decoder's PNGs under synthetic/ipc{K}/."""
-    return "images" if decoder == "diffusion" else f"images_{decoder}"
+def random_positions(run, latents, ipc: int, c: int) -> np.ndarray:
+    """int [K]: K distinct random rows of class c's latents, the random baseline's images (key: rng('random', K), c)."""
+    n = latents.class_size(c)
+    if ipc > n:
+        raise InputError(f"IPC {ipc} is larger than class {c} ({n} training images); choose IPC <= {n}.")
+    return np.asarray(jax.random.choice(jax.random.fold_in(run.rng("random", ipc), c), n, (ipc,), replace=False))
 
 
-def decode_ipc(run, prior, latents, quantized, ipc: int, fp: str, decoder: str = "diffusion") -> None:
-    """Writes the PNGs of this process's classes by `decoder` (resuming finished groups)."""
+def class_points(run, latents, quantized, ipc: int, c: int, source: str) -> np.ndarray:
+    """Class c's K latent points [K, d] of a point source: 'kmeans' (d4m, ddoq) or 'random' (the random images' latents)."""
+    if source == "kmeans":
+        return quantized.load(run.store, c)["points"]
+    return latents.load(c)[random_positions(run, latents, ipc, c)]
+
+
+def real_images(run, latents, ipc: int, c: int) -> np.ndarray:
+    """uint8 [K, S, S, 3]: the random baseline's training images of class c, resized and center-cropped to S = image_size."""
+    data, size = run.config.data, run.config.decode.image_size
+    source = imagenet.open_configured_split(data, data.train_split)
+    indices = latents.example_indices(c)[random_positions(run, latents, ipc, c)]
+    return np.stack([imagenet.resize_and_center_crop(np.asarray(source[int(i)]["image"]), size, size) for i in indices])
+
+
+def set_folder(source: str, decoder: str | None, kind: str = "images") -> str:
+    """The folder under synthetic/ipc{K}/ of the PNGs (kind 'images') or group records ('groups') of a
+    point source and decoder (None: the real images): 'images' for the pushforward of the k-means points."""
+    return kind if (source, decoder) == ("kmeans", "diffusion") else f"{kind}_{source}_{decoder or 'real'}"
+
+
+def decode_ipc(run, prior, latents, quantized, ipc: int, fp: str, source: str = "kmeans", decoder: str | None = "diffusion") -> None:
+    """Writes the PNGs of this process's classes: `source`'s points by `decoder`, or the real images (resuming finished groups)."""
     config = run.config.decode
     store = run.store
     prompts = imagenet.class_prompts()
@@ -100,30 +128,33 @@ def decode_ipc(run, prior, latents, quantized, ipc: int, fp: str, decoder: str =
     mine = [int(c) for c in imagenet.process_shard(latents.num_classes)]
     per_call = max(1, config.diffusion.batch_size // ipc)
     groups = [mine[i : i + per_call] for i in range(0, len(mine), per_call)]
-    bar = Progress(f"decode IPC {ipc} ({decoder})", len(groups), unit="groups", log_every=max(1, len(groups) // 10))
-    folder = images_folder(decoder)
-    groups_folder = "groups" if decoder == "diffusion" else f"groups_{decoder}"
+    bar = Progress(f"decode IPC {ipc} ({source}, {decoder or 'real'})", len(groups), unit="groups", log_every=max(1, len(groups) // 10))
+    folder, groups_folder = set_folder(source, decoder), set_folder(source, decoder, "groups")
     for g, classes in enumerate(groups, 1):
         record = f"synthetic/ipc{ipc}/{groups_folder}/{classes[0]:04d}.json"
         if store.is_complete(record, fp):
             continue
-        points = np.concatenate([quantized.load(store, c)["points"] for c in classes]).reshape((-1,) + latents.shape)
         labels = np.repeat(classes, ipc)
-        images = pushforward(prior.sd, points, [prompts[c] for c in labels], run.rng("decode", ipc, classes[0]), config, mesh, decoder)
+        if decoder is None:
+            images = np.concatenate([real_images(run, latents, ipc, c) for c in classes])
+        else:
+            points = np.concatenate([class_points(run, latents, quantized, ipc, c, source) for c in classes])
+            points = points.reshape((-1,) + latents.shape)
+            images = pushforward(prior.sd, points, [prompts[c] for c in labels], run.rng("decode", ipc, classes[0]), config, mesh, decoder)
         files = []
         for i, (image, c) in enumerate(zip(images, labels)):
             files.append(f"{folder}/" + image_folder.image_file(c, prompts[c], latents.num_classes, i % ipc))
             artifacts.write_bytes(store.path(f"synthetic/ipc{ipc}/{files[-1]}"), image_folder.png_bytes(image))
         store.save_record(record, {"classes": classes, "files": files}, fp)
         bar.update(g)
-    parallel.sync_processes(f"decode_ipc{ipc}_{decoder}")
+    parallel.sync_processes(f"decode_ipc{ipc}_{source}_{decoder}")
 
 
 def write_manifest(run, quantized, ipc: int, method: str, num_classes: int, name: str, fp: str) -> None:
-    """file,label,class,weight for every image of `method`'s decoder; weights from the quantization (ddoq) or uniform (d4m)."""
+    """file,label,class,weight for every image of `method`; weights from the quantization (ddoq) or uniform."""
     prompts = imagenet.class_prompts()
     base, _ = split_method(method)
-    folder = images_folder(decoder_of(method, run.config))
+    folder = set_folder(point_source(base), decoder_of(method, run.config))
     files, labels, weights = [], [], []
     for c in range(num_classes):
         weights.append(quantized.load(run.store, c)["weights"] if base == "ddoq" else np.full(ipc, 1.0 / ipc))
@@ -144,8 +175,9 @@ def run(run, prior, latents, quantized: dict) -> dict[tuple[str, int], Synthetic
         fp = artifacts.fingerprint("imagenet_decode", q.fingerprint, prior.fingerprint, run.config.decode, run.config.seed)
         names = {m: f"synthetic/ipc{ipc}/manifest_{m}.csv" for m in run.config.methods}
         if not all(run.store.is_complete(n, fp) for n in names.values()):
-            for decoder in sorted({decoder_of(m, run.config) for m in run.config.methods}):
-                decode_ipc(run, prior, latents, q, ipc, fp, decoder)
+            sets = {(point_source(split_method(m)[0]), decoder_of(m, run.config)) for m in run.config.methods}
+            for source, decoder in sorted(sets, key=str):
+                decode_ipc(run, prior, latents, q, ipc, fp, source, decoder)
             if jax.process_index() == 0:
                 for method, name in names.items():
                     write_manifest(run, q, ipc, method, latents.num_classes, name, fp)

@@ -47,8 +47,9 @@ FOLDER = "encode/latents"
 class ClassLatents:
     """The per-class latent files of every process.
 
-    folders: one per process, each holding class{c:04d}.f32; counts: int [P, C] rows per
-    process and class; shape: a latent's (h, w, c); d = h * w * c.
+    folders: one per process, each holding class{c:04d}.f32 (the latents) and
+    class{c:04d}.idx (int64: the index in the training split of each latent's image);
+    counts: int [P, C] rows per process and class; shape: a latent's (h, w, c); d = h * w * c.
     """
 
     folders: tuple[str, ...]
@@ -64,9 +65,10 @@ class ClassLatents:
     def class_size(self, c: int) -> int:
         return int(self.counts[:, c].sum())
 
-    def _memmaps(self, c: int) -> list[np.ndarray]:
+    def _memmaps(self, c: int, index: bool = False) -> list[np.ndarray]:
+        name, dtype, dim = (index_file(c), np.int64, 1) if index else (class_file(c), np.float32, self.dim)
         return [
-            np.memmap(os.path.join(folder, class_file(c)), np.float32, "r", shape=(int(n), self.dim))
+            np.memmap(os.path.join(folder, name), dtype, "r", shape=(int(n), dim))
             for folder, n in zip(self.folders, self.counts[:, c]) if n
         ]
 
@@ -90,13 +92,21 @@ class ClassLatents:
         """All of class c's latents [n_c, d] in memory."""
         return np.concatenate([np.asarray(m) for m in self._memmaps(c)])
 
+    def example_indices(self, c: int) -> np.ndarray:
+        """int64 [n_c]: the index in the training split of each of class c's latents (the order of load)."""
+        return np.concatenate([np.asarray(m)[:, 0] for m in self._memmaps(c, index=True)])
+
 
 def class_file(c: int) -> str:
     return f"class{c:04d}.f32"
 
 
+def index_file(c: int) -> str:
+    return f"class{c:04d}.idx"
+
+
 class _ClassFiles:
-    """Append-only raw float32 files, one per class, in `folder`; `counts` rows each so far.
+    """Append-only raw files, two per class in `folder` (float32 latents, int64 example indices); `counts` rows each so far.
 
     A file is opened for each append (1,000 classes would exceed common open-file limits).
     """
@@ -105,15 +115,18 @@ class _ClassFiles:
         os.makedirs(folder, exist_ok=True)
         self.folder, self.dim, self.counts = folder, dim, counts.copy()
         for c, n in enumerate(self.counts):
-            path = os.path.join(folder, class_file(c))
-            if os.path.exists(path):
-                os.truncate(path, int(n) * dim * 4)  # drop rows written after the last recorded progress
+            for name, row_bytes in ((class_file(c), dim * 4), (index_file(c), 8)):
+                path = os.path.join(folder, name)
+                if os.path.exists(path):
+                    os.truncate(path, int(n) * row_bytes)  # drop rows written after the last recorded progress
 
-    def append(self, latents: np.ndarray, labels: np.ndarray) -> None:
+    def append(self, latents: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> None:
         for c in np.unique(labels):
             rows = np.ascontiguousarray(latents[labels == c], np.float32)
             with open(os.path.join(self.folder, class_file(int(c))), "ab") as f:
                 f.write(rows.tobytes())
+            with open(os.path.join(self.folder, index_file(int(c))), "ab") as f:
+                f.write(np.ascontiguousarray(indices[labels == c], np.int64).tobytes())
             self.counts[c] += len(rows)
 
 
@@ -171,7 +184,7 @@ def encode_process_part(run, prior, name: str, fp: str) -> None:
             raise NonFiniteError(
                 f"encode: the VAE produced NaN or inf latents in batch {b}; check config.prior.pretrained_dir's VAE weights."
             )
-        files.append(latents[keep], batch["labels"][keep])
+        files.append(latents[keep], batch["labels"][keep], batch["index"][keep])
         done = b + 1
         if done % flush_every == 0 or done == total:
             artifacts.write_json(progress_path, {"fingerprint": fp, "batches": done, "counts": files.counts.tolist()})
@@ -195,7 +208,7 @@ def _read_progress(path: str, fp: str, num_classes: int) -> dict:
 def run(run, prior) -> ClassLatents:
     config = run.config
     inputs = imagenet.data_fields(config.data, imagenet.TRAIN_DATA_FIELDS)
-    fp = artifacts.fingerprint("imagenet_encode", prior.fingerprint, inputs, config.prior.latent_sample, config.seed)
+    fp = artifacts.fingerprint("imagenet_encode", prior.fingerprint, inputs, config.prior.latent_sample, config.seed, "with_indices")
     name = f"{FOLDER}/process{jax.process_index()}"
     if run.store.is_complete(name, fp):
         logging.info("encode: reusing %s", run.store.path(name))

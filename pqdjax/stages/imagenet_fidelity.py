@@ -8,11 +8,13 @@ The same three measures as the default pipeline's fidelity stage
                        run's classes) labels as the class they were made for
     cell_consistency   share of images whose re-encoded latent lies in the
                        Voronoi cell of the point it was decoded from, among its
-                       class's K points: each PNG resized to the encoder's input
-                       size (data.encode_crop), SD VAE posterior mean, scaled
+                       set's K points of the class: each PNG resized to the
+                       encoder's input size (data.encode_crop), SD VAE
+                       posterior mean, scaled (None for real images)
     w2_images          W2 from the class's latent measure (its latent file) to
                        the re-encoded images with the set's weights, mean over
-                       classes, beside w2_points, the same W2 for the points
+                       classes, beside w2_points, the same W2 for the set's
+                       points (random: its images' latents): W2 for every method
 
 One class at a time, so memory holds one class's latents; every process
 computes the same record (the PNGs are on the shared workdir) and process 0
@@ -28,9 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from pqdjax.batching import map_batches
+from pqdjax.config_checks import decoder_of, point_source, split_method
 from pqdjax.data import imagenet
 from pqdjax.quantize import wasserstein2_classes
 from pqdjax.stages.fidelity import cell_consistency, measure_sets
+from pqdjax.stages.imagenet_decode import class_points as class_points_of
 from pqdjax.data.image_folder import load_images, read_manifest
 
 BATCH_SIZE = 32
@@ -70,9 +74,11 @@ def measure(run, prior, teacher, latents, quantized, synthetic) -> dict:
     reencoded = reencode(prior, images, config.data.encode_crop).reshape(num_classes, ipc, -1)
     q = config.quantize
     w2_settings = (q.get("w2_exact_max_size", 10_000_000), q.get("w2_relative_epsilon", 3e-3), q.get("w2_max_iterations", 20000))
+    base, _ = split_method(synthetic.method)
+    source = point_source(base)
     points, w2_images, w2_points = [], [], []
     for c in range(num_classes):
-        class_points = quantized.load(store, c)["points"]
+        class_points = class_points_of(run, latents, quantized, ipc, c, source)
         x = latents.load(c)[None]
         mass = np.full((1, x.shape[1]), 1.0 / x.shape[1], np.float32)
         w2_images.append(wasserstein2_classes(x, mass, reencoded[c][None], weights[c][None], *w2_settings)[0][0])
@@ -81,7 +87,8 @@ def measure(run, prior, teacher, latents, quantized, synthetic) -> dict:
     return {
         "method": synthetic.method, "ipc": ipc,
         "teacher_agreement": agreement,
-        "cell_consistency": cell_consistency(reencoded, np.stack(points)),
+        # real images are decoded from no point
+        "cell_consistency": None if decoder_of(synthetic.method, config) is None else cell_consistency(reencoded, np.stack(points)),
         "w2_images": float(np.mean(w2_images)),
         "w2_points": float(np.mean(w2_points)),
     }
