@@ -107,6 +107,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.quantize = ml_collections.ConfigDict(dict(
         method=quantizer, batch_size=1024, epochs=1,  # clvq: mini-batch size and passes over a class
         max_iter=100, tol=1e-4, classes_per_call=8,  # lloyd
+        n_init=1,  # starts of the quantizer, the best kept (pqdjax.quantize.Restarts)
     ))
     # The field names of configs/default.py; img2img with Stable Diffusion at D4M's settings.
     config.decode = ml_collections.ConfigDict(dict(method="diffusion", image_size=224))

@@ -78,6 +78,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.evaluate.seeds must be distinct integers, got {seeds}.")
     if config.quantize.method not in KNOWN_QUANTIZERS:
         raise ConfigError(f"config.quantize.method must be one of {KNOWN_QUANTIZERS}, got {config.quantize.method!r}.")
+    _validate_n_init(config.quantize)
     for path in ("prior.train", "teacher.train", "evaluate.train"):
         section = config
         for part in path.split("."):
@@ -103,6 +104,9 @@ def validate_imagenet_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.methods must be distinct names from {tuple(sorted(imagenet_methods))} on ImageNet, got {methods}.")
     if config.quantize.method not in ("clvq", "lloyd"):
         raise ConfigError(f"config.quantize.method must be 'clvq' or 'lloyd' on ImageNet, got {config.quantize.method!r}.")
+    _validate_n_init(config.quantize)
+    if config.quantize.method == "clvq" and config.quantize.get("n_init", 1) > 1:
+        raise ConfigError("config.quantize.n_init > 1 needs method 'lloyd' on ImageNet: the streamed CLVQ runs one start per class.")
     if config.prior.kind not in ("stable_diffusion", "tiny_random"):
         raise ConfigError(f"config.prior.kind must be 'stable_diffusion' or 'tiny_random', got {config.prior.kind!r}.")
     if config.prior.kind == "stable_diffusion" and not config.prior.pretrained_dir:
@@ -126,6 +130,12 @@ def validate_imagenet_config(config: ml_collections.ConfigDict) -> None:
     train = config.evaluate.train
     if train.epochs < 1 or train.batch_size < 1 or train.learning_rate <= 0:
         raise ConfigError("config.evaluate.train needs epochs >= 1, batch_size >= 1 and a positive learning_rate.")
+
+
+def _validate_n_init(quantize: ml_collections.ConfigDict) -> None:
+    n_init = quantize.get("n_init", 1)
+    if not isinstance(n_init, int) or n_init < 1:
+        raise ConfigError(f"config.quantize.n_init must be an integer >= 1 (starts of the quantizer, best kept), got {n_init!r}.")
 
 
 def _validate_diffusion_settings(diffusion: ml_collections.ConfigDict) -> None:

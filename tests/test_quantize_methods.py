@@ -201,7 +201,15 @@ def test_config_selects_each_method():
     for method in KNOWN_QUANTIZERS:
         config.quantize.method = method
         validate_config(config)
-        assert isinstance(solver_from_config(config.quantize), q.METHODS[method])
+        chosen = solver_from_config(config.quantize)
+        assert isinstance(chosen, q.Restarts) and chosen.n_init == config.quantize.n_init > 1
+        assert isinstance(chosen.solver, q.METHODS[method])
+    config.quantize.n_init = 1
+    assert isinstance(solver_from_config(config.quantize), q.METHODS[method])
+    config.quantize.n_init = 0
+    with pytest.raises(ConfigError, match="config.quantize.n_init"):
+        validate_config(config)
+    config.quantize.n_init = 1
     config.quantize.method = "kmeans"
     with pytest.raises(ConfigError, match="config.quantize.method"):
         validate_config(config)

@@ -8,7 +8,8 @@ jits, vmaps and shards):
     quantize_classes(x, mass, k, rngs, method, mesh) -> Quantization  # [C, n, d] padded classes
 
 method: "lloyd" | "clvq" | "barycenter", or a solver instance (Lloyd(...),
-CLVQ(...), Barycenter(...)) carrying its options. The pieces: k-means++,
+CLVQ(...), Barycenter(...), or Restarts(solver, n_init): the best of n_init
+seeds) carrying its options. The pieces: k-means++,
 Lloyd, CLVQ (also streamed: clvq_stream), the free-support W2 barycenter,
 Voronoi weights, distortion and W2 (exact or Sinkhorn).
 """
@@ -25,13 +26,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from pqdjax.quantize.barycenter import Barycenter, free_support_barycenter
 from pqdjax.quantize.clvq import CLVQ, CLVQState, StreamResult, clvq, clvq_step, clvq_stream
 from pqdjax.quantize.lloyd import Lloyd, Quantization, kmeans_plus_plus, lloyd
+from pqdjax.quantize.restarts import Restarts
 from pqdjax.quantize.metrics import distortion, wasserstein2, wasserstein2_classes, wasserstein2_exact
 from pqdjax.quantize.voronoi import assign, cell_masses, squared_distances, voronoi_weights
 
 __all__ = [
     "Barycenter", "CLVQ", "CLVQState", "Lloyd", "METHODS", "Quantization", "StreamResult", "assign",
     "cell_masses", "class_mesh", "clvq", "clvq_step", "clvq_stream", "distortion", "free_support_barycenter",
-    "kmeans_plus_plus", "lloyd", "quantize", "quantize_classes", "solver", "squared_distances",
+    "Restarts", "kmeans_plus_plus", "lloyd", "quantize", "quantize_classes", "solver", "squared_distances",
     "voronoi_weights", "wasserstein2", "wasserstein2_classes", "wasserstein2_exact",
 ]
 
@@ -39,15 +41,17 @@ METHODS = {"lloyd": Lloyd, "clvq": CLVQ, "barycenter": Barycenter}
 CLASS_AXIS = "classes"
 
 
-def solver(method: str | Lloyd | CLVQ | Barycenter = "lloyd", **options):
-    """The solver for a method name with its options (e.g. solver("clvq", batch_size=512)), or `method` itself."""
+def solver(method: str | Lloyd | CLVQ | Barycenter | Restarts = "lloyd", n_init: int = 1, **options):
+    """The solver for a method name with its options (e.g. solver("clvq", batch_size=512)), or `method` itself;
+    with n_init > 1, the best of that many starts (Restarts)."""
     if not isinstance(method, str):
         if options:
             raise ValueError("pass options either in the solver instance or as keywords, not both.")
-        return method
+        return Restarts(method, n_init) if n_init > 1 else method
     if method not in METHODS:
         raise ValueError(f"unknown quantization method {method!r}; known: {sorted(METHODS)}.")
-    return METHODS[method](**options)
+    base = METHODS[method](**options)
+    return Restarts(base, n_init) if n_init > 1 else base
 
 
 def _check_k(k: int, n: int) -> None:

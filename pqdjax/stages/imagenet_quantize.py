@@ -69,7 +69,7 @@ def quantize_streaming(latents, c: int, ipc: int, rng: jax.Array, config) -> dic
 def quantize_in_memory(latents, classes: list[int], ipc: int, keys: jax.Array, config, mesh) -> list[dict[str, np.ndarray]]:
     """Lloyd on a few classes at once: padded to a common size with zero mass, class axis sharded over `mesh`."""
     x, mass = stack_padded([latents.load(c) for c in classes])
-    method = solver("lloyd", max_iter=config.max_iter, tol=config.tol)
+    method = solver("lloyd", config.get("n_init", 1), max_iter=config.max_iter, tol=config.tol)
     q = jax.device_get(quantize_classes(jnp.asarray(x), jnp.asarray(mass), ipc, keys, method, mesh=mesh))
     return [{"points": q.points[i], "weights": q.weights[i], "distortion": q.distortion[i]} for i in range(len(classes))]
 

@@ -52,12 +52,13 @@ class Quantized:
 
 def solver_from_config(config):
     """The quantization solver that config.quantize describes."""
+    n_init = config.get("n_init", 1)
     if config.method == "lloyd":
-        return solver("lloyd", max_iter=config.max_iter, tol=config.tol)
+        return solver("lloyd", n_init, max_iter=config.max_iter, tol=config.tol)
     if config.method == "clvq":
-        return solver("clvq", batch_size=config.clvq_batch_size, max_steps=config.max_iter, tol=config.tol)
+        return solver("clvq", n_init, batch_size=config.clvq_batch_size, max_steps=config.max_iter, tol=config.tol)
     return solver(
-        "barycenter", max_iter=config.max_iter, tol=config.tol, relative_epsilon=config.barycenter_relative_epsilon,
+        "barycenter", n_init, max_iter=config.max_iter, tol=config.tol, relative_epsilon=config.barycenter_relative_epsilon,
         sinkhorn_max_iterations=config.w2_max_iterations,  # also bounds the barycenter's Sinkhorn solves
     )
 
