@@ -123,7 +123,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         beta_end=0.012,
     ))
     config.denoiser.train = ml_collections.ConfigDict(dict(
-        steps=4000, batch_size=128, learning_rate=1e-3, warmup_steps=200, class_dropout=0.1, ema_decay=0.999,
+        steps=8000, batch_size=128, learning_rate=1e-3, warmup_steps=200, class_dropout=0.1, ema_decay=0.999,
         log_every=250, checkpoint_every=1000,
     ))
 
