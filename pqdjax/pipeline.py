@@ -127,6 +127,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     quantized = _timed(run_, "quantize", quantize.run, run_, latents)
     synthetic = _timed(run_, "decode", decode.run, run_, prior_out, latents, quantized, denoiser_out)
     fidelities = _timed(run_, "fidelity", fidelity.run, run_, prior_out, teacher_out, latents, quantized, synthetic)
-    evaluations = _timed(run_, "evaluate", evaluate.run, run_, teacher_out, synthetic)
+    set_for_seed = decode.set_for_seed(run_, prior_out, latents, quantized, synthetic, denoiser_out)
+    evaluations = _timed(run_, "evaluate", evaluate.run, run_, teacher_out, synthetic, set_for_seed)
     run_.stage_seconds["total"] = round(time.perf_counter() - total_start, 2)
     return report.run(run_, teacher_out, quantized, synthetic, evaluations, fidelities)

@@ -146,6 +146,32 @@ def test_real_image_baselines(finished_run):
     assert fidelity["medoid"][2]["cell_consistency"] is None and fidelity["random_vae"][2]["cell_consistency"] is not None
 
 
+def test_random_vae_of_another_seed_decodes_that_seeds_draw(finished_run):
+    """set_for_seed: seed 1's random_vae set is the VAE decoding of the latents of seed 1's random draw."""
+    from pqdjax import artifacts
+    from pqdjax.data.preprocess import to_uint8
+    from pqdjax.models import vae as vae_lib
+    from pqdjax.stages import decode, encode, prior, quantize
+
+    data_dir, workdir, _ = finished_run
+    config = _config(data_dir)
+    config.methods = ("random", "random_vae")
+    run = pipeline.Run(config=config, store=artifacts.ArtifactStore(workdir))
+    the_prior = prior.run(run)
+    latents = encode.run(run, the_prior)
+    quantized = quantize.run(run, latents)
+    synthetic = decode.run(run, the_prior, latents, quantized)
+    set_for = decode.set_for_seed(run, the_prior, latents, quantized, synthetic)
+    assert set_for("random_vae", 2, 0) is synthetic["random_vae", 2]
+    drawn = set_for("random_vae", 2, 1)
+    indices = quantize.random_draw(run, latents.labels, latents.num_classes, 2, 1)
+    assert not np.array_equal(indices, quantized[2].arrays["random_indices"])
+    z = latents.latents[indices.reshape(-1)].reshape((-1,) + latents.shape)
+    expected = to_uint8(np.asarray(vae_lib.decode(the_prior.vae, the_prior.params, z, the_prior.latent_scale)))
+    assert np.abs(drawn.images.reshape(expected.shape).astype(int) - expected.astype(int)).max() <= 1
+    np.testing.assert_array_equal(set_for("random", 2, 1).images, run.dataset.train_images[indices])
+
+
 def test_rerun_skips_finished_stages(finished_run, monkeypatch):
     data_dir, workdir, results = finished_run
 
@@ -182,6 +208,18 @@ def test_a_new_seed_trains_only_new_students(finished_run, monkeypatch):
     results = pipeline.run(config, workdir)
     assert sorted(trained) == sorted(f"student {m} IPC 2 seed 1" for m in ("random", "d4m", "ddoq", "ddoq_vae"))
     assert results["accuracy"]["ddoq"][2]["n"] == 2
+    # the random student of seed 1 trained on a subset drawn anew: other real images of the same classes
+    draw0 = np.load(os.path.join(workdir, "synthetic/random_ipc2.npz"))["images"]
+    draw1 = np.load(os.path.join(workdir, "synthetic/random_ipc2_draw1.npz"))["images"]
+    assert draw1.shape == draw0.shape and not np.array_equal(draw1, draw0)
+    from pqdjax.data.sources import load_dataset
+
+    dataset = load_dataset(config.data)
+    for c in range(10):
+        of_class = dataset.train_images[dataset.train_labels == c].reshape(-1, 28 * 28)
+        for image in draw1[c]:
+            assert (of_class == image.reshape(1, -1)).all(axis=1).any()
+    assert not os.path.exists(os.path.join(workdir, "distilled/random_ipc2_draw1"))  # only draw 0 is exported
 
 
 def test_ipc_larger_than_a_class_is_a_clear_error(finished_run):

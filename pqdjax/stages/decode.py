@@ -37,7 +37,7 @@ from pqdjax.data.preprocess import to_uint8
 from pqdjax.diffusion import img2img
 from pqdjax.models import vae as vae_lib
 from pqdjax.errors import ConfigError, NonFiniteError
-from pqdjax.stages.quantize import method_set
+from pqdjax.stages.quantize import method_set, random_draw
 
 STRIPS_ARTIFACT = "figures/pushforward_strips.npz"
 
@@ -122,9 +122,11 @@ def _decoder_fingerprint(run, decoder: str, quantized, prior, denoiser) -> str:
     return artifacts.fingerprint("decode", decoder, quantized.fingerprint, prior.fingerprint)
 
 
-def _synthetic_set(run, method: str, quantized, decoded_fp: str, make) -> SyntheticSet:
-    name = f"synthetic/{method}_ipc{quantized.ipc}.npz"
-    fp = artifacts.fingerprint("synthetic", method, decoded_fp)
+def _synthetic_set(run, method: str, quantized, decoded_fp: str, make, draw: int = 0) -> SyntheticSet:
+    """The stored set (computed by make() -> (images, weights) if absent); draw 0 is also exported as PNGs."""
+    suffix = f"_draw{draw}" if draw else ""
+    name = f"synthetic/{method}_ipc{quantized.ipc}{suffix}.npz"
+    fp = artifacts.fingerprint("synthetic", method, decoded_fp, *([draw] if draw else []))
     if run.store.is_complete(name, fp):
         stored = run.store.load_arrays(name)
     else:
@@ -132,6 +134,8 @@ def _synthetic_set(run, method: str, quantized, decoded_fp: str, make) -> Synthe
         stored = {"images": images, "weights": weights}
         run.store.save_arrays(name, stored, fp)
     synthetic = SyntheticSet(method, quantized.ipc, stored["images"], stored["weights"], fp)
+    if draw:
+        return synthetic
     folder = f"distilled/{method}_ipc{quantized.ipc}"
     if not run.store.is_complete(folder, fp):
         class_names = run.dataset.class_names
@@ -164,7 +168,7 @@ def run(run, prior, latents, quantized: dict, denoiser=None) -> dict[tuple[str, 
             base, _ = split_method(method)
             decoder = decoder_of(method, run.config)
             if decoder is None and base == "random":  # random images depend on the data, the seed and the IPC only
-                source_fp = artifacts.fingerprint("random", run.data_fingerprint, ipc, run.config.seed)
+                source_fp = _random_fingerprint(run, ipc, 0)
             elif decoder is None:
                 source_fp = artifacts.fingerprint("real", base, q.fingerprint)
             else:
@@ -174,6 +178,44 @@ def run(run, prior, latents, quantized: dict, denoiser=None) -> dict[tuple[str, 
     if denoiser is not None and run.config.decode.figure_strengths:
         _pushforward_strips(run, prior, denoiser, latents.shape, quantized)
     return out
+
+
+def _random_fingerprint(run, ipc: int, draw: int) -> str:
+    return artifacts.fingerprint("random", run.data_fingerprint, ipc, run.config.seed, draw)
+
+
+def set_for_seed(run, prior, latents, quantized: dict, synthetic: dict, denoiser=None):
+    """set_for(method, ipc, seed) -> the SyntheticSet that the student of `seed` trains on.
+
+    The random baseline (base method 'random', with or without a decoder) is
+    drawn anew for each evaluation seed: the student of seed s trains on draw
+    s (pqdjax.stages.quantize.random_draw), so that the spread of its accuracy
+    over seeds includes the choice of images, as a reviewer expects of a
+    random-subset baseline. Draw 0 is the stored set of decode.run, which
+    fidelity measures, the figures show and distilled/ exports; other draws
+    are stored as synthetic/{method}_ipc{K}_draw{s}.npz. Every other method is
+    the same set for every seed (its points do not depend on the seed).
+    """
+
+    def set_for(method: str, ipc: int, seed: int) -> SyntheticSet:
+        base, _ = split_method(method)
+        if base != "random" or seed == 0:
+            return synthetic[method, ipc]
+        decoder = decoder_of(method, run.config)
+        indices = random_draw(run, latents.labels, latents.num_classes, ipc, seed)
+        uniform = np.full(indices.shape, 1.0 / ipc, np.float32)
+        q = quantized[ipc]
+        if decoder is None:
+            source_fp = _random_fingerprint(run, ipc, seed)
+            make = lambda: (run.dataset.train_images[indices], uniform)
+        else:
+            source_fp = artifacts.fingerprint(
+                _decoder_fingerprint(run, decoder, q, prior, denoiser), point_source(base), "draw", latents.fingerprint,
+            )
+            make = lambda: (_decode_points(run, prior, denoiser, decoder, latents.shape, latents.latents[indices]), uniform)
+        return _synthetic_set(run, method, q, source_fp, make, draw=seed)
+
+    return set_for
 
 
 def _pushforward_strips(run, prior, denoiser, latent_shape, quantized) -> None:

@@ -39,12 +39,19 @@ def evaluate_set(run, teacher, synthetic, seed: int, checkpoints=None) -> dict:
     }
 
 
-def run(run, teacher, synthetic: dict) -> list[dict]:
+def run(run, teacher, synthetic: dict, set_for_seed=None) -> list[dict]:
+    """A student per (method, IPC, seed) of `synthetic` ({(method, ipc): SyntheticSet}); their records.
+
+    set_for_seed(method, ipc, seed): the set the student of `seed` trains on
+    (pqdjax.stages.decode.set_for_seed: a random subset drawn anew per seed);
+    None: synthetic[method, ipc] for every seed.
+    """
     config = run.config.evaluate
     settings = {k: v for k, v in config.to_dict().items() if k != "seeds"}  # adding seeds redoes nothing
     records = []
-    for (method, ipc), synthetic_set in synthetic.items():
+    for method, ipc in synthetic:
         for seed in config.seeds:
+            synthetic_set = set_for_seed(method, ipc, seed) if set_for_seed else synthetic[method, ipc]
             name = f"evaluate/{method}_ipc{ipc}_seed{seed}.json"
             fp = artifacts.fingerprint("evaluate", teacher.fingerprint, synthetic_set.fingerprint, settings, seed)
             if run.store.is_complete(name, fp):

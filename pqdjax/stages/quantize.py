@@ -8,8 +8,9 @@ class axis sharded over the available devices.
 For every IPC the artifact quantize/ipc{K}.npz holds, per class c:
   points [C, K, d]           the quantization points (D4M and DDOQ share them)
   weights [C, K]             their Voronoi cell masses (DDOQ's weights)
-  random_indices [C, K]      indices into the training set of K random real images
-                             (grouping.select_random with the key rng('random', K))
+  random_indices [C, K]      indices into the training set of K random real images:
+                             draw 0 of random_draw (students of other seeds draw anew,
+                             pqdjax.stages.decode.set_for_seed)
   medoid_indices [C, K]      the training image whose latent is nearest each point
   medoid_weights [C, K]      the Voronoi cell masses of those latents
   herding_indices [C, K]     K training images chosen by herding toward the class's
@@ -78,10 +79,15 @@ def method_set(arrays: dict[str, np.ndarray], base: str, latents: np.ndarray) ->
     return latents[indices], weights, indices
 
 
+def random_draw(run, labels: np.ndarray, num_classes: int, ipc: int, draw: int) -> np.ndarray:
+    """Draw `draw` of the random baseline: indices [C, K] of K random training images per class, key rng('random', K, draw)."""
+    return select_random(class_indices(labels, num_classes), ipc, run.rng("random", ipc, draw))  # also checks IPC <= class sizes
+
+
 def quantize_ipc(run, latents, ipc: int) -> dict[str, np.ndarray]:
     config = run.config.quantize
     groups = class_indices(latents.labels, latents.num_classes)
-    random_indices = select_random(groups, ipc, run.rng("random", ipc))  # also checks IPC <= class sizes
+    random_indices = random_draw(run, latents.labels, latents.num_classes, ipc, 0)
     padded, mass = pad_classes(latents.latents, groups)
     num_classes = len(groups)
     keys = jax.random.split(run.rng("quantize", ipc), num_classes)
@@ -115,7 +121,7 @@ def run(run, latents) -> dict[int, Quantized]:
     out = {}
     for ipc in run.config.ipcs:
         name = f"quantize/ipc{ipc}.npz"
-        fp = artifacts.fingerprint("quantize", latents.fingerprint, run.config.quantize, ipc, run.config.seed, "baselines")
+        fp = artifacts.fingerprint("quantize", latents.fingerprint, run.config.quantize, ipc, run.config.seed, "baselines", "random_draw")
         if run.store.is_complete(name, fp):
             arrays = run.store.load_arrays(name)
         else:
