@@ -8,6 +8,7 @@ Options (after a colon, comma-separated):
     configs/default.py:pretrain   trains the VAE, teacher and denoiser from nothing with the settings
                                   below and ships them to pretrained/fashion_mnist (pqdjax.pretrained)
     configs/default.py:sweep      strength x guidance on held-out training images (pqdjax.sweep)
+    configs/default.py:weighting  the weight ablation on held-out training images (pqdjax.weighting_ablation)
 Hardware: 2 CPU cores, no accelerator.
 Runtime: 8 min 49 s on 2 CPU cores (12 students: 463 s), 10 min 6 s from a fresh
     clone with `make demo`; the VAE, teacher and denoiser are loaded from
@@ -38,7 +39,8 @@ def _classifier(width: int) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    options = parse_arg(arg, "configs/default.py", table=False, runlocal=False, pretrain=False, sweep=False)
+    options = parse_arg(arg, "configs/default.py", table=False, runlocal=False, pretrain=False, sweep=False,
+                        weighting=False)
 
     config = ml_collections.ConfigDict()
     config.seed = 0
@@ -142,6 +144,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # results.md gives the paired difference (same seeds) of each pair with a 95% t interval
     config.evaluate.compare = (("ddoq", "d4m"), ("ddoq", "random"), ("d4m", "random"), ("ddoq", "ddoq_vae"))
     config.evaluate.model = _classifier(32)
+    # How the set's weights enter the loss (pqdjax.train.weighting): power a (1: the Voronoi masses, 0: uniform),
+    # mix l with uniform (1: none), normalize 'class' (mean of w_i l_i) or 'batch' (sum w_i l_i / sum w_i).
+    config.evaluate.weighting = ml_collections.ConfigDict(dict(power=1.0, mix=1.0, normalize="class"))
     config.evaluate.train = ml_collections.ConfigDict(dict(
         steps=300, batch_size=100, learning_rate=2e-3, warmup_steps=20, weight_decay=0.0,
         temperature=4.0, crop_padding=2, flip=True, log_every=100, checkpoint_every=100,
@@ -165,8 +170,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # the chosen setting: the best validation accuracy among those that keep the class (teacher agreement)
         # and the point (cell consistency) of the pushforward (pqdjax.sweep)
         config.sweep = ml_collections.ConfigDict(dict(
-            strengths=(0.5, 0.6, 0.7, 0.85, 1.0), guidances=(4.0, 6.0), min_teacher_agreement=0.9, min_cell_consistency=0.5,
+            strengths=(0.3, 0.4, 0.5, 0.6, 0.7, 1.0), guidances=(4.0, 6.0), min_teacher_agreement=0.9, min_cell_consistency=0.5,
         ))
+    if options.weighting:
+        # pqdjax.weighting_ablation: ddoq's weights transformed (power a, mix l, normalisation), students paired
+        # by seed; a = 0 is D4M. On held-out training images (never the test set).
+        config.data.evaluate_on = "validation"
+        config.methods = ("ddoq",)
+        config.evaluate.seeds = (0, 1, 2, 3, 4)
+        config.weighting_ablation = ml_collections.ConfigDict(dict(settings=(
+            dict(power=1.0), dict(power=0.0), dict(power=0.5), dict(power=2.0), dict(power=1.0, mix=0.5),
+            dict(power=1.0, normalize="batch"),
+        )))
     if options.runlocal:
         for section in (config.prior, config.teacher, config.denoiser):
             section.weights = ""
@@ -189,4 +204,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             config.export_samples_per_class = 4
         if options.sweep:
             config.sweep.update(strengths=(0.5, 1.0), guidances=(3.0,))
+        if options.weighting:
+            config.evaluate.seeds = (0, 1)
+            config.weighting_ablation.settings = (dict(power=1.0), dict(power=0.0), dict(power=1.0, normalize="batch"))
     return config

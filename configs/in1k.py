@@ -119,6 +119,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.evaluate.seeds = (0,)
     # paired difference per IPC over the seeds (results.md), for the pairs whose methods run
     config.evaluate.compare = (("ddoq", "d4m"), ("ddoq", "ddoq_vae"), ("ddoq", "random"))
+    # How the set's weights enter the loss (pqdjax.train.weighting): the Voronoi masses as they are.
+    config.evaluate.weighting = ml_collections.ConfigDict(dict(power=1.0, mix=1.0, normalize="class"))
     config.evaluate.model = ml_collections.ConfigDict(dict(arch=student))
     config.evaluate.train = ml_collections.ConfigDict(dict(
         epochs=300, batch_size=1024, learning_rate=1e-3, weight_decay=0.01, warmup_steps=0,

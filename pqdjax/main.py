@@ -4,6 +4,7 @@ r"""Runs a pqdjax experiment: distil a dataset and evaluate it.
     python -m pqdjax.main --config=configs/default.py:table --workdir=runs/table
     python -m pqdjax.main --config=configs/default.py --workdir=runs/x --config.evaluate.seeds=0,1,2
     python -m pqdjax.main --config=configs/default.py:sweep --workdir=runs/sweep       (pqdjax.sweep)
+    python -m pqdjax.main --config=configs/default.py:weighting --workdir=runs/weighting (pqdjax.weighting_ablation)
     python -m pqdjax.main --config=configs/default.py:pretrain --workdir=runs/pretrain (the shipped weights)
 
 Every stage writes its artifact under --workdir; rerunning the same command
@@ -16,7 +17,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pqdjax import parallel, pipeline, sweep
+from pqdjax import parallel, pipeline, sweep, weighting_ablation
 from pqdjax.errors import InputError, NonFiniteError
 from pqdjax.models import silence_diffusers_deprecation
 
@@ -45,6 +46,8 @@ def main(argv: list[str]) -> None:
     try:
         if _CONFIG.value.get("sweep"):
             results = sweep.run(_CONFIG.value, _WORKDIR.value)
+        elif _CONFIG.value.get("weighting_ablation"):
+            results = weighting_ablation.run(_CONFIG.value, _WORKDIR.value)
         else:
             results = pipeline.run(_CONFIG.value, _WORKDIR.value)
     except INPUT_ERRORS as e:

@@ -70,11 +70,12 @@ def _tiny_setup(image_size=16):
     return student, teacher, teacher_variables, config, images, weights
 
 
-def test_kd_step_loss_is_the_weighted_kl_of_the_augmented_batch():
+@pytest.mark.parametrize("loss_normalization", ["class", "batch"])
+def test_kd_step_loss_is_the_weighted_kl_of_the_augmented_batch(loss_normalization):
     student, teacher, teacher_variables, config, images, weights = _tiny_setup()
     tx = imagenet_student.make_optimizer(config, 4)
     state = imagenet_student.create_state(student, jax.random.key(0), 16, tx)
-    step = imagenet_student.make_kd_step(student, teacher, tx, 20.0, 16, 1.0)
+    step = imagenet_student.make_kd_step(student, teacher, tx, 20.0, 16, 1.0, loss_normalization)
     batch = {"images": jnp.asarray(images[:16]), "weights": jnp.asarray(weights[:16])}
     rng = jax.random.key(5)
     _, metrics = jax.jit(step)(state, teacher_variables, batch, rng)
@@ -87,6 +88,8 @@ def test_kd_step_loss_is_the_weighted_kl_of_the_augmented_batch():
         teacher_logits = teacher.apply(teacher_variables, x, train=False)
         p = jax.nn.softmax(teacher_logits / 20.0)
         kl = 400.0 * jnp.sum(p * (jnp.log(p) - jax.nn.log_softmax(student_logits / 20.0)), axis=1)
+        if loss_normalization == "batch":
+            return jnp.sum(mixed_weights * kl) / jnp.sum(mixed_weights)
         return jnp.mean(mixed_weights * kl)
 
     np.testing.assert_allclose(float(metrics["loss"]), float(oracle(batch)), rtol=1e-4)

@@ -118,6 +118,23 @@ def test_students_of_one_seed_are_paired(finished_run):
     assert first["test_accuracy"] == recorded["test_accuracy"]  # and the pipeline's own student is that student
 
 
+def test_ddoq_with_its_weights_at_power_zero_is_d4m(finished_run):
+    """Weight power 0 makes the Voronoi weights uniform: the ddoq student of a seed is then d4m's of that seed."""
+    from pqdjax import artifacts
+    from pqdjax.stages import evaluate, teacher
+    from pqdjax.stages.decode import SyntheticSet
+
+    data_dir, workdir, _ = finished_run
+    config = _config(data_dir)
+    config.evaluate.weighting.power = 0.0
+    run = pipeline.Run(config=config, store=artifacts.ArtifactStore(workdir))
+    stored = np.load(os.path.join(workdir, "synthetic/ddoq_ipc2.npz"))
+    assert np.abs(stored["weights"] - 0.5).max() > 0.01  # the Voronoi weights are not uniform here
+    record = evaluate.evaluate_set(run, teacher.run(run), SyntheticSet("ddoq", 2, stored["images"], stored["weights"], "fp"), seed=0)
+    d4m = json.load(open(os.path.join(workdir, "evaluate/d4m_ipc2_seed0.json")))
+    assert record["test_accuracy"] == d4m["test_accuracy"]
+
+
 def test_real_image_baselines(finished_run):
     """medoid, medoid_weighted, herding and random_vae beside the run's methods, reusing its quantization."""
     data_dir, workdir, _ = finished_run

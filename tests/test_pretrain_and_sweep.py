@@ -1,4 +1,4 @@
-"""The pretrain option (train, measure and ship the components) and the validation sweep, on the runlocal config."""
+"""The pretrain option (train, measure and ship the components), the validation sweep and the weight ablation, on the runlocal config."""
 
 import json
 import os
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from pqdjax import pipeline, pretrained, sweep
+from pqdjax import pipeline, pretrained, sweep, weighting_ablation
 from pqdjax.data.sources import hold_out_validation, load_dataset
 
 
@@ -119,3 +119,24 @@ def test_sweep_choice_keeps_class_and_cell():
     assert (fallback["strength"], fallback["constrained"]) == (0.7, False)
     # a set without a cell consistency (no points) never qualifies on it
     assert not sweep.choose([_record(0.5, 0.7, 0.95, None)], min_cell_consistency=0.5)["constrained"]
+
+
+def test_weight_ablation_pairs_students_and_power_zero_is_d4m(idx_dataset_dir, tmp_path):
+    config = default.get_config("runlocal,weighting")
+    config.data.data_dir = idx_dataset_dir
+    config.methods = ("ddoq", "d4m")
+    out = weighting_ablation.run(config, str(tmp_path))
+    by = {(r["power"], r["normalize"], r["method"]): r for r in out["records"]}
+    assert set(by) == {(p, n, m) for p, n in ((1.0, "class"), (0.0, "class"), (1.0, "batch")) for m in ("ddoq", "d4m")}
+    # power 0 makes ddoq's weights uniform: its students are d4m's, seed by seed
+    assert by[0.0, "class", "ddoq"]["validation_accuracy"] == by[1.0, "class", "d4m"]["validation_accuracy"]
+    # uniform weights are a fixed point of every transform and normalisation: d4m never changes
+    for setting in ((0.0, "class"), (1.0, "batch")):
+        assert by[setting + ("d4m",)]["validation_accuracy"] == by[1.0, "class", "d4m"]["validation_accuracy"]
+    reference = by[1.0, "class", "ddoq"]
+    assert reference["minus_reference"]["mean"] == 0.0 and reference["seeds"] == [0, 1]
+    other = by[0.0, "class", "ddoq"]
+    expected = np.mean(np.subtract(other["validation_accuracy"], reference["validation_accuracy"]))
+    assert other["minus_reference"]["mean"] == pytest.approx(expected)
+    stored = json.load(open(tmp_path / "weighting.json"))
+    assert len(stored["records"]) == 6 and os.path.exists(tmp_path / "weighting.md")

@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from pqdjax.models.convnet import ConvNet
-from pqdjax.train import augment, classifier, distill, loop, losses
+from pqdjax.train import augment, classifier, distill, loop, losses, weighting
 
 
 def test_soft_label_kl_matches_closed_form():
@@ -20,20 +20,65 @@ def test_soft_label_kl_matches_closed_form():
     np.testing.assert_allclose(losses.soft_label_kl(t, t, T), 0.0, atol=1e-6)
 
 
-def test_cross_entropy_and_weighted_mean():
+def test_cross_entropy():
     logits = jnp.array([[2.0, 0.0], [0.0, 1.0]])
     ce = losses.cross_entropy(logits, jnp.array([0, 0]))
     np.testing.assert_allclose(ce, optax.softmax_cross_entropy_with_integer_labels(logits, jnp.array([0, 0])), rtol=1e-6)
-    np.testing.assert_allclose(losses.weighted_mean(jnp.array([1.0, 3.0]), jnp.array([1.5, 0.5])), (1.5 + 1.5) / 2)
 
 
 def test_per_class_mean_one():
     w = np.array([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]])
-    out = distill.per_class_mean_one(w)
+    out = weighting.per_class_mean_one(w)
     np.testing.assert_allclose(out.mean(1), 1.0, rtol=1e-6)
     np.testing.assert_allclose(out[0], [1.5, 0.75, 0.75], rtol=1e-6)
     with pytest.raises(ValueError, match="non-negative"):
-        distill.per_class_mean_one(np.array([[0.5, -0.1]]))
+        weighting.per_class_mean_one(np.array([[0.5, -0.1]]))
+    with pytest.raises(ValueError, match="finite"):
+        weighting.per_class_mean_one(np.array([[0.5, np.nan]]))
+
+
+def test_weight_transforms_at_their_endpoints_and_between():
+    w = np.array([[0.6, 0.3, 0.1, 0.0], [0.25, 0.25, 0.25, 0.25]])
+    np.testing.assert_allclose(weighting.transform_weights(w, power=1.0, mix=1.0), w, rtol=1e-12)
+    np.testing.assert_array_equal(weighting.transform_weights(w, power=0.0), np.full(w.shape, 0.25))  # uniform: D4M
+    np.testing.assert_allclose(weighting.transform_weights(w, mix=0.0), np.full(w.shape, 0.25), rtol=1e-12)
+    # power 2, closed form: 0.36, 0.09, 0.01, 0 over 0.46; then half mixed with 1/4
+    squared = np.array([0.36, 0.09, 0.01, 0.0]) / 0.46
+    np.testing.assert_allclose(weighting.transform_weights(w, power=2.0)[0], squared, rtol=1e-12)
+    np.testing.assert_allclose(weighting.transform_weights(w, power=2.0, mix=0.5)[0], 0.5 * squared + 0.125, rtol=1e-12)
+    np.testing.assert_allclose(weighting.transform_weights(w, power=0.5)[1], 0.25, rtol=1e-12)  # uniform stays uniform
+    # the student's weights: mean 1 per class; power 0 gives d4m's (all ones) exactly
+    config = ml_collections.ConfigDict(dict(power=0.0, mix=1.0))
+    np.testing.assert_array_equal(weighting.student_weights(w, config), np.ones(w.shape, np.float32))
+    for bad in (dict(power=-1.0), dict(power=np.nan), dict(mix=1.5)):
+        with pytest.raises(ValueError, match="weighting"):
+            weighting.transform_weights(w, **bad)
+
+
+def test_weighted_loss_per_class_and_per_batch():
+    losses_, weights = jnp.array([1.0, 3.0, 2.0]), jnp.array([1.5, 0.5, 0.25])
+    np.testing.assert_allclose(weighting.weighted_loss(losses_, weights, "class"), (1.5 + 1.5 + 0.5) / 3, rtol=1e-6)
+    np.testing.assert_allclose(weighting.weighted_loss(losses_, weights, "batch"), (1.5 + 1.5 + 0.5) / 2.25, rtol=1e-6)
+    with pytest.raises(ValueError, match="normalize"):
+        weighting.weighted_loss(losses_, weights, "sample")
+
+
+def test_student_step_normalises_its_loss_as_asked():
+    """The step's loss is the weighted KL of its batch (one view: no crop, no flip), normalised per class or per batch."""
+    student = ConvNet(num_classes=3, width=4, depth=1)
+    images = jax.random.uniform(jax.random.key(0), (6, 8, 8, 1), minval=-1.0, maxval=1.0)
+    params = student.init(jax.random.key(1), images[:1])["params"]
+    weights = jnp.array([2.0, 0.5, 0.5, 1.0, 1.0, 1.0])
+    teacher_logits = jax.random.normal(jax.random.key(2), (6, 1, 3))  # [n, views, classes]
+    per_example = losses.soft_label_kl(student.apply({"params": params}, images), teacher_logits[:, 0], 2.0)
+    tx = optax.sgd(0.0)
+    for normalize, want in (("class", jnp.mean(weights * per_example)),
+                            ("batch", jnp.sum(weights * per_example) / jnp.sum(weights))):
+        step = distill.make_student_step(student, None, tx, 2.0, 0, False, False, per_view_table=True, loss_normalization=normalize)
+        state = loop.create_train_state(jax.tree.map(jnp.array, params), tx)
+        data = {"images": images, "weights": weights, "teacher_logits": teacher_logits}
+        _, metrics = step(state, data, jnp.arange(6), jax.random.key(3))
+        np.testing.assert_allclose(metrics["loss"], want, rtol=1e-5)
 
 
 def test_random_flip_mirrors_exactly_the_chosen_images():

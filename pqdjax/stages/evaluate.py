@@ -11,7 +11,8 @@ from pqdjax import artifacts
 from pqdjax.data.preprocess import to_model_range
 from pqdjax.models.classifiers import make_classifier
 from pqdjax.train.classifier import accuracy
-from pqdjax.train.distill import per_class_mean_one, train_student
+from pqdjax.train.distill import train_student
+from pqdjax.train.weighting import student_weights
 
 
 def evaluate_set(run, teacher, synthetic, seed: int, checkpoints=None) -> dict:
@@ -23,13 +24,15 @@ def evaluate_set(run, teacher, synthetic, seed: int, checkpoints=None) -> dict:
     dataset = run.dataset
     start = time.perf_counter()
     images = np.asarray(to_model_range(synthetic.images.reshape((-1,) + synthetic.images.shape[2:])))
-    weights = per_class_mean_one(synthetic.weights).reshape(-1)
+    weighting = config.get("weighting")  # transforms of the set's weights (pqdjax.train.weighting)
+    weights = student_weights(synthetic.weights, weighting).reshape(-1)
     student = make_classifier(config.model, dataset.num_classes)
     name = f"student {synthetic.method} IPC {synthetic.ipc} seed {seed}"
     params = train_student(
         student, teacher.model, teacher.params, images, weights, config.train,
         run.rng("evaluate", synthetic.ipc, seed), run.fast_conv, name=name,  # not the method: one seed, one student init
         checkpoints=checkpoints, metrics_dir=run.metrics_dir,
+        loss_normalization=weighting.get("normalize", "class") if weighting else "class",
     )
     test_accuracy = accuracy(student, params, dataset.test_images, dataset.test_labels)
     logging.info("%s: test accuracy %.4f", name, test_accuracy)

@@ -21,19 +21,22 @@ from pqdjax import artifacts
 from pqdjax.data import imagenet
 from pqdjax.models.classifiers import make_classifier
 from pqdjax.data.image_folder import load_images, read_manifest
-from pqdjax.train.distill import per_class_mean_one
+from pqdjax.train.weighting import student_weights
 from pqdjax.train.imagenet_eval import sharded_accuracy
 from pqdjax.train.imagenet_student import train_student
 
 
-def per_image_weights(labels: np.ndarray, weights: np.ndarray, num_classes: int) -> np.ndarray:
-    """Manifest weights [n] (summing to 1 per class) -> weights of mean 1 per class [n]."""
+def per_image_weights(labels: np.ndarray, weights: np.ndarray, num_classes: int, weighting=None) -> np.ndarray:
+    """Manifest weights [n] (summing to 1 per class) -> the student's weights [n], mean 1 per class.
+
+    weighting: config.evaluate.weighting (pqdjax.train.weighting.student_weights), or None.
+    """
     order = np.argsort(labels, kind="stable")
     per_class = np.bincount(labels, minlength=num_classes)
     present = per_class[per_class > 0]
     if len(set(present.tolist())) != 1:
         raise artifacts.ArtifactError(f"the manifest has unequal numbers of images per class ({sorted(set(present.tolist()))}).")
-    grid = per_class_mean_one(weights[order].reshape(len(present), present[0]))
+    grid = student_weights(weights[order].reshape(len(present), present[0]), weighting)
     out = np.empty_like(weights)
     out[order] = grid.reshape(-1)
     return out
@@ -47,9 +50,10 @@ def evaluate_set(run, teacher, synthetic, seed: int, checkpoint_dir: str) -> dic
     student = make_classifier(config.evaluate.model, imagenet.NUM_CLASSES)
     name = f"student {synthetic.method} IPC {synthetic.ipc} seed {seed}"
     variables, info = train_student(
-        student, teacher.model, teacher.variables, images, per_image_weights(labels, weights, config.data.num_classes),
+        student, teacher.model, teacher.variables, images, per_image_weights(labels, weights, config.data.num_classes, config.evaluate.get("weighting")),
         config.evaluate.train, run.rng("evaluate", synthetic.ipc, seed), run.mesh,  # not the method: one seed, one student init
         checkpoint_dir=checkpoint_dir, name=name, metrics_dir=run.metrics_dir,
+        loss_normalization=config.evaluate.get("weighting", {}).get("normalize", "class"),
     )
     data = config.data
     source = imagenet.open_configured_split(data, data.test_split)

@@ -24,17 +24,8 @@ import numpy as np
 import optax
 
 from pqdjax.models.fast_conv import fast_conv_gradients
-from pqdjax.train import augment, loop, losses
-from pqdjax.errors import InputError, NonFiniteError
-
-
-def per_class_mean_one(weights: np.ndarray) -> np.ndarray:
-    """Rescales each class's weights to mean 1. [C, K] -> [C, K] (weights summing to 1 per class become K * w)."""
-    weights = np.asarray(weights, np.float64)
-    sums = weights.sum(axis=1, keepdims=True)
-    if np.any(sums <= 0) or np.any(weights < 0):
-        raise InputError("image weights must be non-negative with a positive sum in every class.")
-    return (weights * weights.shape[1] / sums).astype(np.float32)
+from pqdjax.train import augment, loop, losses, weighting
+from pqdjax.errors import NonFiniteError
 
 
 def teacher_logits_per_view(teacher: nn.Module, teacher_params, images: np.ndarray, crop_padding: int, flip: bool,
@@ -65,14 +56,16 @@ def teacher_logits_per_view(teacher: nn.Module, teacher_params, images: np.ndarr
 
 
 def make_student_step(student: nn.Module, teacher: nn.Module, tx, temperature: float, crop_padding: int, flip: bool,
-                      fast_conv: bool, per_view_table: bool = False):
+                      fast_conv: bool, per_view_table: bool = False, loss_normalization: str = "class"):
     """data = {'images': float [n,H,W,C] in [-1,1], 'weights': [n], and either 'teacher_params': pytree or,
-    with per_view_table, 'teacher_logits': [n, num_views, classes] from teacher_logits_per_view}."""
+    with per_view_table, 'teacher_logits': [n, num_views, classes] from teacher_logits_per_view}.
+
+    loss_normalization: how the weights normalise a batch's loss (pqdjax.train.weighting.weighted_loss)."""
 
     def loss_fn(params, images, teacher_logits, weights):
         with fast_conv_gradients(fast_conv):
             logits = student.apply({"params": params}, images)
-        return losses.weighted_mean(losses.soft_label_kl(logits, teacher_logits, temperature), weights)
+        return weighting.weighted_loss(losses.soft_label_kl(logits, teacher_logits, temperature), weights, loss_normalization)
 
     @functools.partial(jax.jit, donate_argnums=0)
     def step(state, data, indices, rng):
@@ -101,6 +94,7 @@ def train_student(
     checkpoints=None,
     metrics_dir: str | None = None,
     per_view_table: bool | None = None,
+    loss_normalization: str = "class",
 ):
     """Trains a fresh `student` on (images float [n,H,W,C] in [-1, 1], weights [n]); returns its params.
 
@@ -111,6 +105,7 @@ def train_student(
     per_view_table: look the teacher's logits up in teacher_logits_per_view
     (True) or run the teacher in every step (False); None: the table when it
     has fewer views than training sees (n * num_views <= steps * batch_size).
+    loss_normalization: how the weights normalise a batch's loss (pqdjax.train.weighting).
     """
     if not np.all(np.isfinite(images)):
         raise NonFiniteError(f"{name}: the synthetic images contain NaN or inf.")
@@ -121,7 +116,7 @@ def train_student(
     if per_view_table is None:
         per_view_table = len(images) * augment.num_views(config.crop_padding, config.flip) <= config.steps * config.batch_size
     step = make_student_step(student, teacher, tx, config.temperature, config.crop_padding, config.flip, fast_conv,
-                             per_view_table)
+                             per_view_table, loss_normalization)
     data = {"images": jnp.asarray(images, jnp.float32), "weights": jnp.asarray(weights, jnp.float32)}
     if per_view_table:
         data["teacher_logits"] = teacher_logits_per_view(teacher, teacher_params, images, config.crop_padding, config.flip)

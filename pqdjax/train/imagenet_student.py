@@ -37,7 +37,7 @@ from flax import struct
 
 from pqdjax import parallel
 from pqdjax.data.imagenet import normalize
-from pqdjax.train import loop, losses
+from pqdjax.train import loop, losses, weighting
 from pqdjax.train.imagenet_augment import student_augment
 from pqdjax.errors import ConfigError, InputError
 from pqdjax.train.checkpoint import ManagedCheckpoints
@@ -77,10 +77,12 @@ def create_state(model: nn.Module, rng: jax.Array, image_size: int, tx: optax.Gr
     return BatchNormTrainState(loop.create_train_state(variables["params"], tx), variables["batch_stats"])
 
 
-def make_kd_step(student: nn.Module, teacher: nn.Module, tx, temperature: float, image_size: int, cutmix_beta: float):
+def make_kd_step(student: nn.Module, teacher: nn.Module, tx, temperature: float, image_size: int, cutmix_beta: float,
+                 loss_normalization: str = "class"):
     """The pure step (state, teacher_variables, batch, rng) -> (state, metrics).
 
-    batch = {'images': uint8 [B, H, W, 3], 'weights': float [B] (mean 1)}.
+    batch = {'images': uint8 [B, H, W, 3], 'weights': float [B] (mean 1)}; loss_normalization: how the
+    weights normalise the batch's loss (pqdjax.train.weighting.weighted_loss).
     """
 
     def step(state: BatchNormTrainState, teacher_variables: PyTree, batch: dict, rng: jax.Array):
@@ -93,7 +95,7 @@ def make_kd_step(student: nn.Module, teacher: nn.Module, tx, temperature: float,
             logits, updates = student.apply(
                 {"params": params, "batch_stats": state.batch_stats}, images, train=True, mutable=["batch_stats"],
             )
-            loss = losses.weighted_mean(losses.soft_label_kl(logits, teacher_logits, temperature), weights)
+            loss = weighting.weighted_loss(losses.soft_label_kl(logits, teacher_logits, temperature), weights, loss_normalization)
             return loss, (updates["batch_stats"], logits)
 
         (loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.train.params)
@@ -116,7 +118,7 @@ def _compiled(student: nn.Module, teacher: nn.Module, settings: tuple, num_steps
     config = ml_collections.ConfigDict(dict(settings))
     tx = make_optimizer(config, num_steps)
     init_fn = jax.jit(lambda rng: create_state(student, rng, config.image_size, tx))
-    step = make_kd_step(student, teacher, tx, config.temperature, config.image_size, config.cutmix_beta)
+    step = make_kd_step(student, teacher, tx, config.temperature, config.image_size, config.cutmix_beta, config.loss_normalization)
     return tx, init_fn, jit_data_parallel(step, mesh)
 
 
@@ -132,6 +134,7 @@ def train_student(
     checkpoint_dir: str | None = None,
     name: str = "student",
     metrics_dir: str | None = None,
+    loss_normalization: str = "class",
 ) -> tuple[dict, dict]:
     """Trains a fresh student on (images uint8 [n, H, W, 3], weights [n]) by the protocol above.
 
@@ -139,7 +142,8 @@ def train_student(
     warmup_steps, temperature, image_size, cutmix_beta, log_every, and for
     resuming checkpoint_every, keep_checkpoints. Every process passes the same
     (host) arrays and reads only its part of each batch. metrics_dir: where the
-    training curve goes (pqdjax.train.metrics), or None.
+    training curve goes (pqdjax.train.metrics), or None. loss_normalization: how the
+    weights normalise a batch's loss (pqdjax.train.weighting).
     Returns (variables {'params', 'batch_stats'}, {'resumed_from': step, 'steps': total, 'metrics': last}).
     """
     n = len(images)
@@ -152,6 +156,7 @@ def train_student(
     parallel.check_batch_size(mesh, batch_size)
     num_steps = config.epochs * (n // batch_size)
     settings = tuple((k, config.get(k)) for k in ("learning_rate", "warmup_steps", "weight_decay", "temperature", "image_size", "cutmix_beta"))
+    settings += (("loss_normalization", loss_normalization),)
     tx, init_fn, step_fn = _compiled(student, teacher, settings, num_steps, mesh)
     init_rng, train_rng = jax.random.split(rng)
     state = parallel.replicate(mesh, init_fn(init_rng))

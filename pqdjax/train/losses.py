@@ -24,7 +24,3 @@ def soft_label_kl(student_logits: jax.Array, teacher_logits: jax.Array, temperat
     kl = jnp.sum(teacher_probs * (teacher_log_probs - student_log_probs), axis=1)
     return temperature**2 * kl
 
-
-def weighted_mean(per_example: jax.Array, weights: jax.Array) -> jax.Array:
-    """mean_i(weights_i * per_example_i): the weighted empirical risk, weights having mean 1."""
-    return jnp.mean(weights * per_example)
