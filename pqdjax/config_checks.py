@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
+from pqdjax.config_fields import check_fields
 from pqdjax.errors import ConfigError  # re-exported: the error of these checks
+from pqdjax.train.weighting import NORMALIZATIONS
 
 # The base methods: what stands for each class, and with which weights (pqdjax.stages.quantize.method_set).
 #   random           K random real training images                        uniform
@@ -52,7 +56,8 @@ def decoder_of(method: str, config: ml_collections.ConfigDict) -> str | None:
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError naming the first bad field and what it accepts."""
+    """Raises ConfigError naming the bad fields and what they accept."""
+    check_fields(config)
     if config.data.name == "imagenet2012":
         raise ConfigError("config.data.name 'imagenet2012' is the ImageNet pipeline's; check it with validate_imagenet_config.")
     ipcs = tuple(config.ipcs)
@@ -73,28 +78,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _validate_decode(config)
     if config.get("export_pretrained"):
         _validate_export(config)
-    seeds = tuple(config.evaluate.seeds)
-    if not seeds or any(not isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"config.evaluate.seeds must be distinct integers, got {seeds}.")
+    _validate_seeds_and_weighting(config.evaluate)
     if config.quantize.method not in KNOWN_QUANTIZERS:
         raise ConfigError(f"config.quantize.method must be one of {KNOWN_QUANTIZERS}, got {config.quantize.method!r}.")
-    _validate_n_init(config.quantize)
-    for path in ("prior.train", "teacher.train", "evaluate.train"):
-        section = config
-        for part in path.split("."):
-            section = section[part]
-        for field in ("steps", "batch_size"):
-            if section[field] < 1:
-                raise ConfigError(f"config.{path}.{field} must be at least 1, got {section[field]}.")
-        for field, minimum in (("log_every", 1), ("checkpoint_every", 0)):
-            if field in section and (not isinstance(section[field], int) or section[field] < minimum):
-                raise ConfigError(f"config.{path}.{field} must be an integer >= {minimum}, got {section[field]}.")
-        if section.learning_rate <= 0:
-            raise ConfigError(f"config.{path}.learning_rate must be positive, got {section.learning_rate}.")
 
 
 def validate_imagenet_config(config: ml_collections.ConfigDict) -> None:
     """The checks of configs/in1k.py-style configs (pqdjax.imagenet_pipeline); raises ConfigError."""
+    check_fields(config)
     ipcs = tuple(config.ipcs)
     if not ipcs or any(not isinstance(k, int) or k < 1 for k in ipcs) or len(set(ipcs)) != len(ipcs):
         raise ConfigError(f"config.ipcs must be distinct positive integers, got {ipcs}.")
@@ -104,7 +95,6 @@ def validate_imagenet_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.methods must be distinct names from {tuple(sorted(imagenet_methods))} on ImageNet, got {methods}.")
     if config.quantize.method not in ("clvq", "lloyd"):
         raise ConfigError(f"config.quantize.method must be 'clvq' or 'lloyd' on ImageNet, got {config.quantize.method!r}.")
-    _validate_n_init(config.quantize)
     if config.quantize.method == "clvq" and config.quantize.get("n_init", 1) > 1:
         raise ConfigError("config.quantize.n_init > 1 needs method 'lloyd' on ImageNet: the streamed CLVQ runs one start per class.")
     if config.prior.kind not in ("stable_diffusion", "tiny_random"):
@@ -121,33 +111,25 @@ def validate_imagenet_config(config: ml_collections.ConfigDict) -> None:
         )
     if config.decode.method != "diffusion":
         raise ConfigError(f"config.decode.method must be 'diffusion' (Stable Diffusion img2img) on ImageNet, got {config.decode.method!r}.")
-    _validate_diffusion_settings(config.decode.diffusion)
     if not 1 <= config.data.num_classes <= 1000:
         raise ConfigError(f"config.data.num_classes must be in [1, 1000] (the first classes of ImageNet-1K), got {config.data.num_classes}.")
-    seeds = tuple(config.evaluate.seeds)
-    if not seeds or any(not isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"config.evaluate.seeds must be distinct integers, got {seeds}.")
-    train = config.evaluate.train
-    if train.epochs < 1 or train.batch_size < 1 or train.learning_rate <= 0:
-        raise ConfigError("config.evaluate.train needs epochs >= 1, batch_size >= 1 and a positive learning_rate.")
+    _validate_seeds_and_weighting(config.evaluate)
 
 
-def _validate_n_init(quantize: ml_collections.ConfigDict) -> None:
-    n_init = quantize.get("n_init", 1)
-    if not isinstance(n_init, int) or n_init < 1:
-        raise ConfigError(f"config.quantize.n_init must be an integer >= 1 (starts of the quantizer, best kept), got {n_init!r}.")
-
-
-def _validate_diffusion_settings(diffusion: ml_collections.ConfigDict) -> None:
-    """config.decode.diffusion, the img2img settings of every pipeline: strength, guidance, steps, batch_size."""
-    if not 0.0 <= diffusion.strength <= 1.0:
-        raise ConfigError(f"config.decode.diffusion.strength must be in [0, 1], got {diffusion.strength}.")
-    if diffusion.steps < 1 or diffusion.batch_size < 1:
-        raise ConfigError(
-            f"config.decode.diffusion.steps and batch_size must be at least 1, got {diffusion.steps} and {diffusion.batch_size}."
-        )
-    if diffusion.guidance < 0:
-        raise ConfigError(f"config.decode.diffusion.guidance must be non-negative (1: no guidance), got {diffusion.guidance}.")
+def _validate_seeds_and_weighting(evaluate: ml_collections.ConfigDict) -> None:
+    seeds = tuple(evaluate.seeds)
+    if not seeds or any(not isinstance(s, int) or s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"config.evaluate.seeds must be distinct non-negative integers, got {seeds}.")
+    weighting = evaluate.get("weighting")
+    if weighting is None:
+        return
+    power, mix = weighting.get("power", 1.0), weighting.get("mix", 1.0)
+    if not isinstance(power, (int, float)) or not math.isfinite(power) or power < 0:
+        raise ConfigError(f"config.evaluate.weighting.power must be a finite number >= 0 (1: Voronoi masses, 0: uniform), got {power!r}.")
+    if not isinstance(mix, (int, float)) or not 0 <= mix <= 1:
+        raise ConfigError(f"config.evaluate.weighting.mix must be in [0, 1] (1: the weights as they are, 0: uniform), got {mix!r}.")
+    if weighting.get("normalize", "class") not in NORMALIZATIONS:
+        raise ConfigError(f"config.evaluate.weighting.normalize must be one of {NORMALIZATIONS}, got {weighting.normalize!r}.")
 
 
 def _validate_decode(config: ml_collections.ConfigDict) -> None:
@@ -155,10 +137,7 @@ def _validate_decode(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.decode.method must be one of {KNOWN_DECODERS}, got {config.decode.method!r}.")
     if "diffusion" not in {decoder_of(m, config) for m in config.methods} and not config.get("export_pretrained"):
         return
-    _validate_diffusion_settings(config.decode.diffusion)
     train = config.denoiser.train
-    if train.steps < 1 or train.batch_size < 1 or train.learning_rate <= 0:
-        raise ConfigError("config.denoiser.train needs steps >= 1, batch_size >= 1 and a positive learning_rate.")
     if not 0.0 <= train.class_dropout < 1.0:
         raise ConfigError(f"config.denoiser.train.class_dropout must be in [0, 1), got {train.class_dropout}.")
     if not 0.0 <= train.ema_decay < 1.0:

@@ -33,3 +33,101 @@ def test_config_files_use_it():
     assert in1k.get_config("ipc=50,student=resnet50").evaluate.model.arch == "resnet50"
     with pytest.raises(ConfigError, match="unknown option"):
         default.get_config("ipc=5")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("power", -0.5, r"config.evaluate.weighting.power must be a finite number >= 0 .* got -0.5"),
+    ("mix", 1.5, r"config.evaluate.weighting.mix must be in \[0, 1\] .* got 1.5"),
+    ("normalize", "sample", r"config.evaluate.weighting.normalize must be one of \('class', 'batch'\), got 'sample'"),
+])
+@pytest.mark.parametrize("config_file", [default, in1k])
+def test_a_bad_weighting_is_refused_by_name(config_file, field, value, message):
+    from pqdjax.config_checks import validate_config, validate_imagenet_config
+
+    config = config_file.get_config("runlocal")
+    config.evaluate.weighting[field] = value
+    validate = validate_imagenet_config if config_file is in1k else validate_config
+    with pytest.raises(ConfigError, match=message):
+        validate(config)
+
+
+def test_negative_evaluation_seeds_are_refused():
+    from pqdjax.config_checks import validate_config
+
+    config = default.get_config("runlocal")
+    config.evaluate.seeds = (0, -1)
+    with pytest.raises(ConfigError, match="config.evaluate.seeds must be distinct non-negative integers"):
+        validate_config(config)
+
+
+# -- field types and ranges (pqdjax.config_fields) -------------------------------
+
+
+def test_every_rule_names_a_field_of_some_config():
+    """A misspelt path in the table would be skipped silently: each must exist in the default or the ImageNet config."""
+    from pqdjax.config_fields import RULES, _lookup
+
+    configs = [default.get_config(), in1k.get_config()]
+    missing = [path for path, *_ in RULES if not any(_lookup(c, path)[0] for c in configs)
+               and not path.endswith((".epochs", ".crop_padding", ".weight_decay", ".warmup_steps", ".steps"))]
+    assert not missing
+    # the per-trainer fields exist where each trainer counts them
+    for path in ("prior.train.steps", "teacher.train.crop_padding", "evaluate.train.weight_decay", "denoiser.train.warmup_steps"):
+        assert _lookup(default.get_config(), path)[0], path
+    assert _lookup(in1k.get_config(), "evaluate.train.epochs")[0]
+
+
+def test_every_bad_field_is_named_in_one_error():
+    """The inputs a review found accepted silently or failing late, refused together before any work."""
+    from pqdjax.config_checks import validate_config
+
+    config = default.get_config("runlocal")
+    validate_config(config)
+    config.data.train_per_class = -1  # used to drop each class's last image
+    config.data.test_size = -1  # used to fail ~100 s later with 'range() arg 3 must not be zero'
+    config.quantize.tol = -1.0
+    config.quantize.max_iter = 0
+    config.prior.train.kl_weight = -1.0
+    config.teacher.train.weight_decay = -0.1
+    config.evaluate.train.warmup_steps = 50  # more than its 3 steps
+    config.decode.figure_strengths = (0.5, 1.5)  # used to be clipped
+    with pytest.raises(ConfigError) as error:
+        validate_config(config)
+    message = str(error.value)
+    for expected in (
+        "config.data.train_per_class must be an integer >= 0, got -1",
+        "config.data.test_size must be an integer >= 0, got -1",
+        "config.quantize.tol must be a number >= 0, got -1.0",
+        "config.quantize.max_iter must be an integer >= 1, got 0",
+        "config.prior.train.kl_weight must be a number >= 0, got -1.0",
+        "config.teacher.train.weight_decay must be a number >= 0, got -0.1",
+        "config.evaluate.train.warmup_steps must be at most its steps (3), got 50",
+        "config.decode.figure_strengths must be numbers in [0, 1], got (0.5, 1.5)",
+    ):
+        assert expected in message
+    assert "\n" not in message and message.count("; ") == 7
+
+
+def test_epochs_and_learning_rate_of_the_imagenet_student():
+    from pqdjax.config_checks import validate_imagenet_config
+
+    config = in1k.get_config("runlocal")
+    config.evaluate.train.epochs = 0
+    config.evaluate.train.learning_rate = 0.0
+    with pytest.raises(ConfigError, match=r"config.evaluate.train.epochs must be an integer >= 1, got 0; "
+                                          r"config.evaluate.train.learning_rate must be a number > 0, got 0.0"):
+        validate_imagenet_config(config)
+
+
+@pytest.mark.parametrize("typed, meant", [("False", False), ("false", False), ("0", False), ("True", True), ("true", True), (True, True)])
+def test_switches_read_as_typed_on_the_command_line(typed, meant):
+    from pqdjax.config_checks import validate_config
+    from pqdjax.models.fast_conv import wanted_on_this_backend
+
+    assert wanted_on_this_backend(typed) is meant
+    config = default.get_config("runlocal")
+    config.fast_conv_gradients = typed if isinstance(typed, str) else "auto"
+    validate_config(config)
+    config.fast_conv_gradients = "perhaps"
+    with pytest.raises(ConfigError, match="config.fast_conv_gradients must be True, False or 'auto', got 'perhaps'"):
+        validate_config(config)

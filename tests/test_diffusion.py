@@ -143,7 +143,7 @@ def test_bad_strength_is_refused():
     ("methods", ("random", "ddoq_gan"), "unknown method 'ddoq_gan'"),
     ("methods", ("herding_gan",), "unknown method 'herding_gan'"),  # a known base with an unknown decoder
     ("decode.method", "gan", "config.decode.method must be one of"),
-    ("decode.diffusion.strength", 1.5, "strength must be in"),
+    ("decode.diffusion.strength", 1.5, r"config.decode.diffusion.strength must be a number in \[0, 1\], got 1.5"),
     ("denoiser.model.block_out_channels", (48,), "multiples of 32"),
 ])
 def test_decode_settings_are_checked(field, value, message):

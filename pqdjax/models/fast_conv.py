@@ -157,9 +157,10 @@ def fast_conv_gradients(enabled: bool = True) -> Iterator[None]:
 
 
 def wanted_on_this_backend(setting: str | bool) -> bool:
-    """Resolve a config value 'auto' | True | False: 'auto' means on CPU only."""
-    if isinstance(setting, bool):
-        return setting
-    if setting != "auto":
+    """Resolve a config value 'auto' | True | False (also as typed: 'False', 'true'): 'auto' means on CPU only."""
+    from pqdjax.config_fields import as_switch
+
+    switch = as_switch(setting)
+    if switch is None:
         raise ConfigError(f"fast_conv_gradients must be 'auto', True or False, got {setting!r}.")
-    return jax.default_backend() == "cpu"
+    return jax.default_backend() == "cpu" if switch == "auto" else switch
