@@ -193,3 +193,17 @@ def test_restarts_reach_sklearn_n_init_inertia_on_digits():
             ratios.append(float(ours.distortion[0]) / ref)
     # measured: one start 1.9% above scikit-learn's best of 10 (its greedy k-means++ seeds better), ten 0.3%
     assert np.mean(ratios_ten) < min(np.mean(ratios_one) - 0.005, 1.01), (ratios_one, ratios_ten)
+
+
+@pytest.mark.parametrize("mass, message", [
+    (np.ones(20), r"mass must sum to 1 per measure, got sums from 20 to 20"),
+    (np.full(19, 1 / 19), r"mass has shape \((1, )?19,?\); it must be \((1, )?20,?\)"),
+    (np.r_[np.full(19, 1 / 18), -1 / 18], "mass must be finite and non-negative"),
+    (np.r_[np.full(19, 1 / 19), np.nan], "mass must be finite and non-negative"),
+])
+def test_quantize_refuses_a_mass_that_is_not_a_probability(mass, message):
+    x = jax.random.normal(jax.random.key(0), (20, 3))
+    with pytest.raises(ValueError, match=message):
+        q.quantize(x, jnp.asarray(mass, jnp.float32), 4, jax.random.key(1))
+    with pytest.raises(ValueError, match=message):
+        q.quantize_classes(x[None], jnp.asarray(mass, jnp.float32)[None], 4, jax.random.split(jax.random.key(1), 1))

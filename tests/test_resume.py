@@ -128,3 +128,26 @@ def test_no_checkpoint_of_a_non_finite_state(tmp_path):
     with pytest.raises(loop.NonFiniteError, match="teacher: loss=nan at step 3"):
         _train(checkpoints, learning_rate=float("nan"))
     assert checkpoints.latest_step() is None
+
+
+def test_no_checkpoint_of_a_state_that_diverged_after_its_reported_loss(tmp_path):
+    """A step reports the loss of the params it started from: a NaN update with a finite loss is caught at the save."""
+    import jax.numpy as jnp
+    import optax
+
+    tx = optax.sgd(0.1)
+
+    def step(state, data, indices, rng):
+        params = jax.tree.map(lambda p: jnp.where(state.step >= 1, jnp.nan, p), state.params)  # diverges at step 2
+        return loop.TrainState(step=state.step + 1, params=params, opt_state=state.opt_state), {"loss": jnp.float32(1.0)}
+
+    store = artifacts.ArtifactStore(str(tmp_path))
+    checkpoints = Checkpoints(store, "ckpt", "fp", every=3)
+    state = loop.create_train_state({"w": jnp.ones(3)}, tx)
+    with pytest.raises(loop.NonFiniteError, match="toy: the parameters or optimizer state became NaN or inf by step 3"):
+        loop.train(jax.jit(step), state, None, num_examples=8, num_steps=6, batch_size=4, rng=jax.random.key(0),
+                   name="toy", log_every=100, checkpoints=checkpoints)
+    assert checkpoints.latest_step() is None
+    # without checkpoints the returned state is checked at the end
+    with pytest.raises(loop.NonFiniteError, match="by step 6"):
+        loop.train(jax.jit(step), state, None, num_examples=8, num_steps=6, batch_size=4, rng=jax.random.key(0), name="toy", log_every=100)

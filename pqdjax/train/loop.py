@@ -108,6 +108,22 @@ def _check_finite(name: str, step: int, metrics: dict[str, float]) -> None:
         )
 
 
+@jax.jit
+def _all_finite(tree: PyTree) -> jax.Array:
+    """Whether every float leaf of `tree` is finite (one reduction on device)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _check_state_finite(name: str, step: int, state: PyTree) -> None:
+    """The state about to be saved or returned: a step's reported loss predates its update, so the update is checked too."""
+    if not bool(_all_finite(state)):
+        raise NonFiniteError(
+            f"{name}: the parameters or optimizer state became NaN or inf by step {step}; "
+            "lower the learning rate or check the input data for NaN/inf."
+        )
+
+
 def train(
     step_fn: Callable[[TrainState, PyTree, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]],
     state: TrainState,
@@ -130,7 +146,8 @@ def train(
     replaces `state`, which then only gives the structure) and saves the state
     every `checkpoints.every` steps; the result is bit-identical to a run
     without interruption. Metrics are checked for NaN/inf every log_every
-    steps and before every checkpoint, so no non-finite state is saved.
+    steps and before every checkpoint, and the state itself before every
+    checkpoint and at the end, so no non-finite state is saved or returned.
     With `metrics_dir`, the metrics of every logged step, the learning rate
     (the schedule `learning_rate` at that step) and the steps per second go to
     pqdjax.train.metrics (JSON lines and TensorBoard) under that folder.
@@ -168,8 +185,10 @@ def _train_steps(step_fn, state, data, num_examples, num_steps, batch_size, batc
             extra = {"learning_rate": float(learning_rate(step))} if learning_rate else {}
             writer.write(done, {**metrics, **extra, "steps_per_second": progress.rate(done)})
         if checkpoint_now:
+            _check_state_finite(name, done, state)
             checkpoints.save(state, done)
         progress.update(done, metrics)
     if writer:
         writer.close()
+    _check_state_finite(name, num_steps, state)
     return state, metrics
