@@ -150,6 +150,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.evaluate.train = ml_collections.ConfigDict(dict(
         steps=300, batch_size=100, learning_rate=2e-3, warmup_steps=20, weight_decay=0.0,
         temperature=4.0, crop_padding=2, flip=True, log_every=100, checkpoint_every=100,
+        # pqdjax.train.distill: augment 'crop_flip' | 'rrc_cutmix' (RandomResizedCrop + flip + CutMix of cutmix_beta,
+        # the teacher relabelling every batch); labels 'teacher' (soft, KD) | 'hard' (the DC/DSA protocol)
+        augment="crop_flip", cutmix_beta=1.0, labels="teacher",
     ))
 
     if options.table:

@@ -76,6 +76,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 f"decoder suffix from {KNOWN_DECODERS} (e.g. 'ddoq_vae', 'random_vae')."
             )
     _validate_decode(config)
+    _validate_student_protocol(config.evaluate.train)
     if config.get("export_pretrained"):
         _validate_export(config)
     _validate_seeds_and_weighting(config.evaluate)
@@ -114,6 +115,18 @@ def validate_imagenet_config(config: ml_collections.ConfigDict) -> None:
     if not 1 <= config.data.num_classes <= 1000:
         raise ConfigError(f"config.data.num_classes must be in [1, 1000] (the first classes of ImageNet-1K), got {config.data.num_classes}.")
     _validate_seeds_and_weighting(config.evaluate)
+
+
+def _validate_student_protocol(train: ml_collections.ConfigDict) -> None:
+    from pqdjax.train.distill import AUGMENTATIONS, LABELS
+
+    augment, labels = train.get("augment", "crop_flip"), train.get("labels", "teacher")
+    if augment not in AUGMENTATIONS:
+        raise ConfigError(f"config.evaluate.train.augment must be one of {AUGMENTATIONS}, got {augment!r}.")
+    if labels not in LABELS:
+        raise ConfigError(f"config.evaluate.train.labels must be one of {LABELS}, got {labels!r}.")
+    if labels == "hard" and augment == "rrc_cutmix" and train.get("cutmix_beta", 0.0) > 0:
+        raise ConfigError("config.evaluate.train.labels='hard' cannot follow CutMix's pasted boxes: set cutmix_beta=0 or labels='teacher'.")
 
 
 def _validate_seeds_and_weighting(evaluate: ml_collections.ConfigDict) -> None:

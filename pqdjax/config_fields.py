@@ -45,6 +45,7 @@ RULES: tuple[tuple[str, str, float | None, float | None, bool], ...] = (
     ("decode.diffusion.batch_size", INT, 1, None, False),
     ("prior.train.kl_weight", FLOAT, 0, None, False),
     ("evaluate.train.temperature", FLOAT, 0, None, True),
+    ("evaluate.train.cutmix_beta", FLOAT, 0, None, False),
     ("denoiser.train.class_dropout", FLOAT, 0, 1, False),
     ("denoiser.train.ema_decay", FLOAT, 0, 1, False),
 ) + tuple(

@@ -131,3 +131,22 @@ def test_switches_read_as_typed_on_the_command_line(typed, meant):
     config.fast_conv_gradients = "perhaps"
     with pytest.raises(ConfigError, match="config.fast_conv_gradients must be True, False or 'auto', got 'perhaps'"):
         validate_config(config)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("augment", "mixup", r"config.evaluate.train.augment must be one of \('crop_flip', 'rrc_cutmix'\), got 'mixup'"),
+    ("labels", "soft", r"config.evaluate.train.labels must be one of \('teacher', 'hard'\), got 'soft'"),
+])
+def test_a_bad_student_protocol_is_refused_by_name(field, value, message):
+    from pqdjax.config_checks import validate_config
+
+    config = default.get_config("runlocal")
+    config.evaluate.train[field] = value
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config)
+    config = default.get_config("runlocal")
+    config.evaluate.train.update(augment="rrc_cutmix", labels="hard")
+    with pytest.raises(ConfigError, match="cannot follow CutMix"):
+        validate_config(config)
+    config.evaluate.train.cutmix_beta = 0.0
+    validate_config(config)

@@ -81,6 +81,50 @@ def test_student_step_normalises_its_loss_as_asked():
         np.testing.assert_allclose(metrics["loss"], want, rtol=1e-5)
 
 
+def test_cutmix_students_learn_the_teachers_output_on_the_mixed_image():
+    """rrc_cutmix: the target of each augmented (cropped, flipped, cut-and-mixed) image is the teacher's output on it."""
+    from pqdjax.train import imagenet_augment
+
+    student = ConvNet(num_classes=3, width=4, depth=1)
+    teacher = ConvNet(num_classes=3, width=6, depth=1)
+    images = jax.random.uniform(jax.random.key(0), (6, 12, 12, 1), minval=-1.0, maxval=1.0)
+    params = student.init(jax.random.key(1), images[:1])["params"]
+    teacher_params = teacher.init(jax.random.key(4), images[:1])["params"]
+    weights = jnp.array([2.0, 0.5, 0.5, 1.0, 1.0, 1.0])
+    tx = optax.sgd(0.0)
+    rng = jax.random.key(3)
+    step = distill.make_student_step(student, teacher, tx, 2.0, 0, False, False, augmentation="rrc_cutmix", cutmix_beta=1.0)
+    data = {"images": images, "weights": weights, "teacher_params": teacher_params}
+    _, metrics = step(loop.create_train_state(jax.tree.map(jnp.array, params), tx), data, jnp.arange(6), rng)
+    mixed, mixed_weights = imagenet_augment.student_augment(rng, images, weights, 12, 1.0)
+    assert not np.allclose(mixed_weights, weights)  # CutMix moved weight between images
+    kl = losses.soft_label_kl(student.apply({"params": params}, mixed), teacher.apply({"params": teacher_params}, mixed), 2.0)
+    np.testing.assert_allclose(metrics["loss"], jnp.mean(mixed_weights * kl), rtol=1e-5)
+
+
+def test_hard_label_students_learn_each_images_class():
+    student = ConvNet(num_classes=3, width=4, depth=1)
+    images = jax.random.uniform(jax.random.key(0), (6, 8, 8, 1), minval=-1.0, maxval=1.0)
+    params = student.init(jax.random.key(1), images[:1])["params"]
+    weights, labels = jnp.array([2.0, 0.5, 0.5, 1.0, 1.0, 1.0]), jnp.array([0, 0, 1, 1, 2, 2])
+    tx = optax.sgd(0.0)
+    step = distill.make_student_step(student, None, tx, 2.0, 0, False, False, hard_labels=True)
+    data = {"images": images, "weights": weights, "labels": labels}
+    _, metrics = step(loop.create_train_state(jax.tree.map(jnp.array, params), tx), data, jnp.arange(6), jax.random.key(3))
+    log_probs = jax.nn.log_softmax(student.apply({"params": params}, images))
+    np.testing.assert_allclose(metrics["loss"], jnp.mean(weights * -log_probs[jnp.arange(6), labels]), rtol=1e-5)
+    with pytest.raises(ValueError, match="hard labels cannot follow CutMix"):
+        distill.make_student_step(student, None, tx, 2.0, 0, False, False, augmentation="rrc_cutmix", cutmix_beta=1.0, hard_labels=True)
+    # train_student needs the labels for them, and trains without any teacher
+    config = _train_config()
+    config.labels = "hard"
+    with pytest.raises(ValueError, match="pass labels"):
+        distill.train_student(student, None, None, np.asarray(images), np.ones(6), config, jax.random.key(1), fast_conv=False)
+    trained = distill.train_student(student, None, None, np.asarray(images), np.ones(6), config, jax.random.key(1),
+                                    fast_conv=False, labels=np.asarray(labels))
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(trained))
+
+
 def test_random_flip_mirrors_exactly_the_chosen_images():
     images = jax.random.normal(jax.random.key(0), (64, 5, 6, 2))
     out = augment.random_flip(jax.random.key(1), images)

@@ -33,6 +33,7 @@ def evaluate_set(run, teacher, synthetic, seed: int, checkpoints=None) -> dict:
         run.rng("evaluate", synthetic.ipc, seed), run.fast_conv, name=name,  # not the method: one seed, one student init
         checkpoints=checkpoints, metrics_dir=run.metrics_dir,
         loss_normalization=weighting.get("normalize", "class") if weighting else "class",
+        labels=np.repeat(np.arange(synthetic.images.shape[0]), synthetic.images.shape[1]),  # [C, K] sets, class-major
     )
     test_accuracy = accuracy(student, params, dataset.test_images, dataset.test_labels)
     logging.info("%s: test accuracy %.4f", name, test_accuracy)
