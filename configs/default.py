@@ -10,13 +10,13 @@ Options (after a colon, comma-separated):
     configs/default.py:sweep      strength x guidance on held-out training images (pqdjax.sweep)
     configs/default.py:weighting  the weight ablation on held-out training images (pqdjax.weighting_ablation)
 Hardware: 2 CPU cores, no accelerator.
-Runtime: 8 min 49 s on 2 CPU cores (12 students: 463 s), 10 min 6 s from a fresh
+Runtime: 7 min 23 s on 2 CPU cores (12 students: 371 s), 9 min 18 s from a fresh
     clone with `make demo`; the VAE, teacher and denoiser are loaded from
     pretrained/fashion_mnist, not trained.
 Results (IPC 10, 3 paired seeds; README.md has the tables and what they show):
-    random 75.94, d4m 74.41, ddoq 74.38, ddoq_vae 67.55, teacher 93.04 (%);
-    ddoq - d4m -0.03 points [-0.90, +0.84]; d4m/ddoq teacher agreement 95%,
-    cell consistency 87%.
+    random 76.33, d4m 76.24, ddoq 76.28, ddoq_vae 67.34, teacher 93.04 (%);
+    ddoq - d4m +0.04 points [-0.59, +0.66]; d4m/ddoq teacher agreement 98%,
+    cell consistency 94%.
 
 Stages: the shipped conv VAE (28x28x1 -> 7x7x8 latents, test PSNR 27.7 dB)
 encodes every training image; each class's latent measure is quantized with
