@@ -66,7 +66,8 @@ class Run:
 
     @property
     def data_fingerprint(self) -> str:
-        return artifacts.fingerprint("data", self.config.data)
+        """The data config and the data's content (ImageDataset.content_digest): loads the dataset."""
+        return artifacts.fingerprint("data", self.config.data, self.dataset.content_digest)
 
     @functools.cached_property
     def fast_conv(self) -> bool:

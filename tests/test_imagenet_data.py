@@ -82,7 +82,23 @@ def test_fingerprinted_data_fields_are_fields_of_the_config():
     for fields in (imagenet.TRAIN_DATA_FIELDS, imagenet.TEST_DATA_FIELDS):
         assert set(fields) <= set(data.keys())
         assert "tfds_data_dir" not in fields  # where the data lives is not what it is
-    changed = in1k.get_config().data
+    data = in1k.get_config("runlocal").data  # tfds mock data: data_fields reads its records for their digest
+    changed = in1k.get_config("runlocal").data
     changed.test_limit = 7
     assert imagenet.data_fields(changed, imagenet.TEST_DATA_FIELDS) != imagenet.data_fields(data, imagenet.TEST_DATA_FIELDS)
     assert imagenet.data_fields(changed, imagenet.TRAIN_DATA_FIELDS) == imagenet.data_fields(data, imagenet.TRAIN_DATA_FIELDS)
+    assert imagenet.data_fields(data, imagenet.TRAIN_DATA_FIELDS)["content"] == imagenet.split_digest(
+        imagenet.open_configured_split(data, data.train_split))
+
+
+def test_split_digest_tells_data_sources_apart():
+    """Stage fingerprints hold split_digest: another preparation of the split (other records) redoes the work."""
+    rng = np.random.default_rng(0)
+    records = [{"image": rng.integers(0, 256, (5, 4, 3), np.uint8), "label": i % 3, "file_name": f"f{i}.JPEG"} for i in range(7)]
+    same = [dict(r) for r in records]
+    assert imagenet.split_digest(records) == imagenet.split_digest(same)
+    for change in (lambda r: r[3].update(label=2), lambda r: r[6].update(file_name="other.JPEG"),
+                   lambda r: r[0]["image"].__setitem__((0, 0, 0), (int(r[0]["image"][0, 0, 0]) + 1) % 256), lambda r: r.pop()):
+        other = [dict(r, image=r["image"].copy()) for r in records]
+        change(other)
+        assert imagenet.split_digest(other) != imagenet.split_digest(records)

@@ -41,6 +41,27 @@ def test_environment_variable(tmp_path, monkeypatch):
     assert sources.load_dataset(_config()).source == f"idx:{tmp_path}"
 
 
+def test_fingerprints_cover_the_data_not_only_the_config(tmp_path, monkeypatch):
+    """Other files behind the same config (here $PQDJAX_FASHION_MNIST_DIR's, rewritten in place) change every artifact's fingerprint."""
+    from configs import default
+    from pqdjax import artifacts, pipeline
+
+    monkeypatch.setenv(sources.FASHION_MNIST_ENV, str(tmp_path / "data"))
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "absent"))
+    config = default.get_config("runlocal")
+    config.data.data_dir = ""
+    store = artifacts.ArtifactStore(str(tmp_path / "run"))
+    fingerprint = lambda: pipeline.Run(config=config, store=store).data_fingerprint
+    (tmp_path / "data").mkdir()
+    write_idx_dataset(str(tmp_path / "data"), train_per_class=3, test_per_class=1, seed=0)
+    first = fingerprint()
+    assert fingerprint() == first  # the same files: the same fingerprint
+    write_idx_dataset(str(tmp_path / "data"), train_per_class=3, test_per_class=1, seed=1)
+    assert fingerprint() != first
+    write_idx_dataset(str(tmp_path / "data"), train_per_class=3, test_per_class=1, seed=0)
+    assert fingerprint() == first
+
+
 def test_explicit_folder_missing_files(tmp_path):
     with pytest.raises(sources.DatasetNotFoundError, match="t10k-images-idx3-ubyte|train-images-idx3-ubyte"):
         sources.load_dataset(_config(data_dir=str(tmp_path)))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import hashlib
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -47,8 +48,33 @@ TEST_DATA_FIELDS = ("name", "test_split", "eval_resize", "eval_crop", "num_class
 
 
 def data_fields(data, fields: tuple[str, ...]) -> dict:
-    """{field: config.data's value} for the fields of TRAIN_DATA_FIELDS or TEST_DATA_FIELDS (None where unset)."""
-    return {k: data.get(k) for k in fields}
+    """What a stage's fingerprint knows of its data: {field: config.data's value} for the fields of
+    TRAIN_DATA_FIELDS or TEST_DATA_FIELDS (None where unset), and 'content', the split_digest of the
+    split they name, so that other records behind the same config (another tfds_data_dir) redo the work.
+    """
+    out = {k: data.get(k) for k in fields}
+    split = data.get("train_split" if "train_split" in fields else "test_split")
+    out["content"] = split_digest(open_configured_split(data, split))
+    return out
+
+
+def split_digest(source) -> str:
+    """sha256 of a data source's length and of its first, middle and last examples (every field's bytes).
+
+    A cheap content check (three records of a split of any size): it tells
+    apart another preparation or version of the dataset, not a single record
+    changed in place.
+    """
+    digest = hashlib.sha256(str(len(source)).encode())
+    n = len(source)
+    for i in sorted({0, n // 2, n - 1} if n else set()):
+        example = source[i]
+        for key in sorted(example):
+            value = example[key]
+            digest.update(key.encode())
+            digest.update(value if isinstance(value, bytes) else str(value).encode() if isinstance(value, str)
+                          else np.ascontiguousarray(value).tobytes())
+    return digest.hexdigest()
 
 
 def normalize(images: jax.Array) -> jax.Array:

@@ -11,6 +11,8 @@ everywhere, it raises one `DatasetNotFoundError` that says how to get it.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import os
 
 import ml_collections
@@ -60,6 +62,24 @@ class ImageDataset:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train_images.shape[1:])
+
+    @functools.cached_property
+    def content_digest(self) -> str:
+        """sha256 of the arrays (shapes, dtypes, bytes) and class names: what the data is, not where it was read.
+
+        Part of every artifact's fingerprint (pqdjax.pipeline.Run.data_fingerprint),
+        so that other files behind the same config (another folder in
+        $PQDJAX_FASHION_MNIST_DIR, tfds instead of the IDX files, a file
+        replaced in place) redo the work. Hashing Fashion-MNIST's 55 MB takes
+        about 0.1 s.
+        """
+        digest = hashlib.sha256()
+        for array in (self.train_images, self.train_labels, self.test_images, self.test_labels):
+            array = np.ascontiguousarray(array)
+            digest.update(f"{array.dtype.str}{array.shape}".encode())
+            digest.update(memoryview(array).cast("B"))
+        digest.update("\n".join(self.class_names).encode())
+        return digest.hexdigest()
 
 
 def _find_idx_file(folder: str, stem: str) -> str | None:
