@@ -63,7 +63,7 @@ RULES: tuple[tuple[str, str, float | None, float | None, bool], ...] = (
         (f"{trainer}.checkpoint_every", INT, 0, None, False),
     )
 )
-SWITCHES = ("fast_conv_gradients",)  # True, False or 'auto'
+SWITCHES = ("fast_conv_gradients", "distributed.enabled")  # True, False or 'auto'
 
 
 def _lookup(config: ml_collections.ConfigDict, path: str) -> tuple[bool, Any]:

@@ -33,18 +33,23 @@ DATA_AXIS = "data"
 def initialize_distributed(config: ml_collections.ConfigDict | None) -> bool:
     """Starts jax.distributed when config.enabled is True, or 'auto' and a cluster is detected; returns whether it did.
 
-    config fields: enabled ('auto' | True | False) and optional coordinator_address,
-    num_processes, process_id (needed only where JAX cannot detect the cluster).
-    Must run before anything touches the devices.
+    config fields: enabled ('auto' | True | False, also as typed on the command line:
+    'True', 'false') and optional coordinator_address, num_processes, process_id
+    (needed only where JAX cannot detect the cluster). Must run before anything
+    touches the devices. CPU processes exchange collectives over gloo (the CPU
+    client's setting; accelerators keep their own collectives).
     """
-    if config is None or config.enabled is False:
+    from pqdjax.config_fields import as_switch
+
+    enabled = as_switch(config.get("enabled", "auto")) if config is not None else False
+    if enabled is None:
+        raise ConfigError(f"config.distributed.enabled must be 'auto', True or False, got {config.enabled!r}.")
+    if enabled is False:
         return False
     explicit = {k: config.get(k) for k in ("coordinator_address", "num_processes", "process_id") if config.get(k) not in (None, "", -1)}
-    if config.enabled == "auto":
-        if not explicit and not _cluster_detected():
-            return False
-    elif config.enabled is not True:
-        raise ConfigError(f"config.distributed.enabled must be 'auto', True or False, got {config.enabled!r}.")
+    if enabled == "auto" and not explicit and not _cluster_detected():
+        return False
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**explicit)
     return True
 

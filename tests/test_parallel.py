@@ -32,6 +32,8 @@ def test_distributed_starts_only_when_asked_or_detected():
     assert parallel.initialize_distributed(None) is False
     assert parallel.initialize_distributed(ml_collections.ConfigDict(dict(enabled=False))) is False
     assert parallel.initialize_distributed(ml_collections.ConfigDict(dict(enabled="auto"))) is False  # no cluster here
+    for typed in ("False", "false", "0"):  # as a command line gives them, the default being the string 'auto'
+        assert parallel.initialize_distributed(ml_collections.ConfigDict(dict(enabled=typed))) is False
     with pytest.raises(ValueError, match="'auto', True or False"):
         parallel.initialize_distributed(ml_collections.ConfigDict(dict(enabled="yes")))
     assert jax.process_count() == 1
