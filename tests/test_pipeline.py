@@ -42,6 +42,9 @@ def test_produces_every_artifact(finished_run):
     # Voronoi weights are the W2-optimal weights on the points.
     assert all(v <= u * (1 + 1e-3) for v, u in zip(w2["ddoq"]["per_class"], w2["d4m"]["per_class"]))
     assert set(stored["timing"]["stage_seconds"]) >= {"prior", "teacher", "encode", "quantize", "decode", "evaluate", "total"}
+    synthetic_seconds = stored["timing"]["synthetic_seconds"]  # compute cost per method
+    assert synthetic_seconds["random_ipc2"] == 0.0 and synthetic_seconds["ddoq_vae_ipc2"] > 0
+    assert synthetic_seconds["d4m_ipc2"] == synthetic_seconds["ddoq_ipc2"] > 0  # one decoding, shared
     assert "| ddoq |" in results["table"] and "full data (teacher)" in results["table"]
     for method in ("random", "d4m", "ddoq", "ddoq_vae"):
         record = stored["fidelity"][method]["2"]

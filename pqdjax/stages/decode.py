@@ -23,6 +23,7 @@ for training on it outside pqdjax.
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import jax
 import jax.numpy as jnp
@@ -123,16 +124,21 @@ def _decoder_fingerprint(run, decoder: str, quantized, prior, denoiser) -> str:
 
 
 def _synthetic_set(run, method: str, quantized, decoded_fp: str, make, draw: int = 0) -> SyntheticSet:
-    """The stored set (computed by make() -> (images, weights) if absent); draw 0 is also exported as PNGs."""
+    """The stored set (computed by make() -> (images, weights, seconds) if absent); draw 0 is also exported as PNGs.
+
+    seconds, the wall time of decoding the set's images, is kept in the artifact's
+    marker (synthetic_seconds); sets that share images (d4m and ddoq) both carry
+    the time of their one decoding.
+    """
     suffix = f"_draw{draw}" if draw else ""
     name = f"synthetic/{method}_ipc{quantized.ipc}{suffix}.npz"
     fp = artifacts.fingerprint("synthetic", method, decoded_fp, *([draw] if draw else []))
     if run.store.is_complete(name, fp):
         stored = run.store.load_arrays(name)
     else:
-        images, weights = make()
+        images, weights, seconds = make()
         stored = {"images": images, "weights": weights}
-        run.store.save_arrays(name, stored, fp)
+        run.store.save_arrays(name, stored, fp, {"seconds": round(seconds, 2)})
     synthetic = SyntheticSet(method, quantized.ipc, stored["images"], stored["weights"], fp)
     if draw:
         return synthetic
@@ -147,13 +153,13 @@ def run(run, prior, latents, quantized: dict, denoiser=None) -> dict[tuple[str, 
     methods = tuple(run.config.methods)
     out = {}
     for ipc, q in quantized.items():
-        decoded: dict[tuple[str, str], np.ndarray] = {}  # (decoder, point source): decoded once, shared
+        decoded: dict[tuple[str, str], tuple[np.ndarray, float]] = {}  # (decoder, point source): decoded once, shared
 
-        def decoded_images(decoder: str, base: str) -> np.ndarray:
+        def decoded_images(decoder: str, base: str) -> tuple[np.ndarray, float]:
             key = (decoder, point_source(base))
             if key not in decoded:
                 points, _, _ = method_set(q.arrays, base, latents.latents)
-                decoded[key] = _decode_points(run, prior, denoiser, decoder, latents.shape, points)
+                decoded[key] = _timed(lambda: _decode_points(run, prior, denoiser, decoder, latents.shape, points))
             return decoded[key]
 
         def maker(method: str):
@@ -161,8 +167,13 @@ def run(run, prior, latents, quantized: dict, denoiser=None) -> dict[tuple[str, 
             decoder = decoder_of(method, run.config)
             _, weights, indices = method_set(q.arrays, base, latents.latents)
             if decoder is None:  # the real images
-                return lambda: (run.dataset.train_images[indices], weights)
-            return lambda: (decoded_images(decoder, base), weights)
+                return lambda: (run.dataset.train_images[indices], weights, 0.0)
+
+            def make():
+                images, seconds = decoded_images(decoder, base)
+                return images, weights, seconds
+
+            return make
 
         for method in methods:
             base, _ = split_method(method)
@@ -178,6 +189,13 @@ def run(run, prior, latents, quantized: dict, denoiser=None) -> dict[tuple[str, 
     if denoiser is not None and run.config.decode.figure_strengths:
         _pushforward_strips(run, prior, denoiser, latents.shape, quantized)
     return out
+
+
+def _timed(fn) -> tuple[np.ndarray, float]:
+    """(fn(), its wall time in seconds)."""
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
 
 
 def _random_fingerprint(run, ipc: int, draw: int) -> str:
@@ -207,12 +225,15 @@ def set_for_seed(run, prior, latents, quantized: dict, synthetic: dict, denoiser
         q = quantized[ipc]
         if decoder is None:
             source_fp = _random_fingerprint(run, ipc, seed)
-            make = lambda: (run.dataset.train_images[indices], uniform)
+            make = lambda: (run.dataset.train_images[indices], uniform, 0.0)
         else:
             source_fp = artifacts.fingerprint(
                 _decoder_fingerprint(run, decoder, q, prior, denoiser), point_source(base), "draw", latents.fingerprint,
             )
-            make = lambda: (_decode_points(run, prior, denoiser, decoder, latents.shape, latents.latents[indices]), uniform)
+
+            def make():
+                images, seconds = _timed(lambda: _decode_points(run, prior, denoiser, decoder, latents.shape, latents.latents[indices]))
+                return images, uniform, seconds
         return _synthetic_set(run, method, q, source_fp, make, draw=seed)
 
     return set_for

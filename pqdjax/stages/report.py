@@ -178,6 +178,7 @@ def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict], fid
             "stage_seconds": run.stage_seconds,
             "artifact_seconds": _artifact_seconds(run),
             "student_seconds": student_seconds(records),
+            "synthetic_seconds": _synthetic_seconds(run, synthetic),
         },
     }
     store = run.store
@@ -195,6 +196,16 @@ def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict], fid
         figures.weight_histograms(store.path(f"weights_ipc{ipc}.png"), quantized[ipc].arrays["weights"], run.dataset.class_names)
     logging.info("report: wrote results.json, results.md and the figures to %s", store.workdir)
     return {**results, "table": table}
+
+
+def _synthetic_seconds(run, synthetic: dict) -> dict[str, float | None]:
+    """Per synthetic set {method}_ipc{K}: the wall time of decoding its images (0 for real images; d4m and
+    ddoq, which share their images, each carry the one decoding's time), as recorded when it was made."""
+    out = {}
+    for method, ipc in synthetic:
+        info = run.store.info(f"synthetic/{method}_ipc{ipc}.npz") or {}
+        out[f"{method}_ipc{ipc}"] = info.get("seconds")
+    return out
 
 
 def _artifact_seconds(run) -> dict[str, float]:
