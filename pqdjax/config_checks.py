@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import ml_collections
 
 from pqdjax.config_fields import check_fields
@@ -133,15 +131,8 @@ def _validate_seeds_and_weighting(evaluate: ml_collections.ConfigDict) -> None:
     seeds = tuple(evaluate.seeds)
     if not seeds or any(not isinstance(s, int) or s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise ConfigError(f"config.evaluate.seeds must be distinct non-negative integers, got {seeds}.")
-    weighting = evaluate.get("weighting")
-    if weighting is None:
-        return
-    power, mix = weighting.get("power", 1.0), weighting.get("mix", 1.0)
-    if not isinstance(power, (int, float)) or not math.isfinite(power) or power < 0:
-        raise ConfigError(f"config.evaluate.weighting.power must be a finite number >= 0 (1: Voronoi masses, 0: uniform), got {power!r}.")
-    if not isinstance(mix, (int, float)) or not 0 <= mix <= 1:
-        raise ConfigError(f"config.evaluate.weighting.mix must be in [0, 1] (1: the weights as they are, 0: uniform), got {mix!r}.")
-    if weighting.get("normalize", "class") not in NORMALIZATIONS:
+    weighting = evaluate.get("weighting")  # its power and mix: pqdjax.config_fields
+    if weighting is not None and weighting.get("normalize", "class") not in NORMALIZATIONS:
         raise ConfigError(f"config.evaluate.weighting.normalize must be one of {NORMALIZATIONS}, got {weighting.normalize!r}.")
 
 

@@ -36,8 +36,8 @@ def test_config_files_use_it():
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("power", -0.5, r"config.evaluate.weighting.power must be a finite number >= 0 .* got -0.5"),
-    ("mix", 1.5, r"config.evaluate.weighting.mix must be in \[0, 1\] .* got 1.5"),
+    ("power", -0.5, r"config.evaluate.weighting.power must be a number >= 0, got -0.5"),
+    ("mix", 1.5, r"config.evaluate.weighting.mix must be a number in \[0, 1\], got 1.5"),
     ("normalize", "sample", r"config.evaluate.weighting.normalize must be one of \('class', 'batch'\), got 'sample'"),
 ])
 @pytest.mark.parametrize("config_file", [default, in1k])

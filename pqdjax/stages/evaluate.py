@@ -12,7 +12,7 @@ from pqdjax.data.preprocess import to_model_range
 from pqdjax.models.classifiers import make_classifier
 from pqdjax.train.classifier import accuracy
 from pqdjax.train.distill import train_student
-from pqdjax.train.weighting import student_weights
+from pqdjax.train.weighting import loss_normalization, student_weights
 
 
 def evaluate_set(run, teacher, synthetic, seed: int, checkpoints=None) -> dict:
@@ -32,7 +32,7 @@ def evaluate_set(run, teacher, synthetic, seed: int, checkpoints=None) -> dict:
         student, teacher.model, teacher.params, images, weights, config.train,
         run.rng("evaluate", synthetic.ipc, seed), run.fast_conv, name=name,  # not the method: one seed, one student init
         checkpoints=checkpoints, metrics_dir=run.metrics_dir,
-        loss_normalization=weighting.get("normalize", "class") if weighting else "class",
+        loss_normalization=loss_normalization(weighting),
         labels=np.repeat(np.arange(synthetic.images.shape[0]), synthetic.images.shape[1]),  # [C, K] sets, class-major
     )
     test_accuracy = accuracy(student, params, dataset.test_images, dataset.test_labels)

@@ -21,7 +21,7 @@ from pqdjax import artifacts
 from pqdjax.data import imagenet
 from pqdjax.models.classifiers import make_classifier
 from pqdjax.data.image_folder import load_images, read_manifest
-from pqdjax.train.weighting import student_weights
+from pqdjax.train.weighting import loss_normalization, student_weights
 from pqdjax.train.imagenet_eval import sharded_accuracy
 from pqdjax.train.imagenet_student import train_student
 
@@ -53,7 +53,7 @@ def evaluate_set(run, teacher, synthetic, seed: int, checkpoint_dir: str) -> dic
         student, teacher.model, teacher.variables, images, per_image_weights(labels, weights, config.data.num_classes, config.evaluate.get("weighting")),
         config.evaluate.train, run.rng("evaluate", synthetic.ipc, seed), run.mesh,  # not the method: one seed, one student init
         checkpoint_dir=checkpoint_dir, name=name, metrics_dir=run.metrics_dir,
-        loss_normalization=config.evaluate.get("weighting", {}).get("normalize", "class"),
+        loss_normalization=loss_normalization(config.evaluate.get("weighting")),
     )
     data = config.data
     source = imagenet.open_configured_split(data, data.test_split)

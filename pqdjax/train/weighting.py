@@ -31,13 +31,18 @@ from pqdjax.errors import InputError
 NORMALIZATIONS = ("class", "batch")
 
 
+def _checked(weights: np.ndarray) -> np.ndarray:
+    """weights [C, K] as float64, refused unless finite and non-negative with a positive sum in every class."""
+    weights = np.asarray(weights, np.float64)
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0) or np.any(weights.sum(axis=1) <= 0):
+        raise InputError("image weights must be finite and non-negative with a positive sum in every class.")
+    return weights
+
+
 def per_class_mean_one(weights: np.ndarray) -> np.ndarray:
     """Rescales each class's weights to mean 1. [C, K] -> [C, K] (weights summing to 1 per class become K * w)."""
-    weights = np.asarray(weights, np.float64)
-    sums = weights.sum(axis=1, keepdims=True)
-    if not np.all(np.isfinite(weights)) or np.any(sums <= 0) or np.any(weights < 0):
-        raise InputError("image weights must be finite and non-negative with a positive sum in every class.")
-    return (weights * weights.shape[1] / sums).astype(np.float32)
+    weights = _checked(weights)
+    return (weights * weights.shape[1] / weights.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def transform_weights(weights: np.ndarray, power: float = 1.0, mix: float = 1.0) -> np.ndarray:
@@ -50,9 +55,7 @@ def transform_weights(weights: np.ndarray, power: float = 1.0, mix: float = 1.0)
         raise InputError(f"weighting power must be a finite number >= 0, got {power}.")
     if not 0.0 <= mix <= 1.0:
         raise InputError(f"weighting mix must be in [0, 1], got {mix}.")
-    weights = np.asarray(weights, np.float64)
-    if not np.all(np.isfinite(weights)) or np.any(weights < 0) or np.any(weights.sum(axis=1) <= 0):
-        raise InputError("image weights must be finite and non-negative with a positive sum in every class.")
+    weights = _checked(weights)
     powered = weights**power  # numpy: 0.0 ** 0.0 == 1.0
     powered /= powered.sum(axis=1, keepdims=True)
     return mix * powered + (1.0 - mix) / weights.shape[1]
@@ -66,6 +69,11 @@ def student_weights(weights: np.ndarray, weighting) -> np.ndarray:
     if weighting is not None:
         weights = transform_weights(weights, float(weighting.get("power", 1.0)), float(weighting.get("mix", 1.0)))
     return per_class_mean_one(weights)
+
+
+def loss_normalization(weighting) -> str:
+    """config.evaluate.weighting's normalize ('class' where the config has no weighting)."""
+    return weighting.get("normalize", "class") if weighting is not None else "class"
 
 
 def weighted_loss(per_example: jax.Array, weights: jax.Array, normalize: str = "class") -> jax.Array:
