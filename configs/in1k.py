@@ -1,4 +1,4 @@
-r"""DDOQ vs D4M on ImageNet-1K with Stable Diffusion, evaluated by the RDED/D4M protocol.
+r"""DDOQ vs D4M on ImageNet-1K with Stable Diffusion (or DiT), evaluated by the RDED/D4M protocol.
 
 Command:
     python -m pqdjax.main --config=configs/in1k.py --workdir=/shared/runs/in1k_ipc10 \
@@ -9,14 +9,18 @@ Options (after a colon, comma-separated):
     ipc=N            images per class (the paper's table: 10, 50, 100, 200); default 10
     quantizer=NAME   'clvq' (streaming, default) or 'lloyd'
     student=ARCH     resnet18 (default), resnet50, resnet101, mobilenet_v2
+    prior=NAME       'stable_diffusion' (default: D4M, DDOQ) or 'dit' (DDOQ-DiT: DiT-XL/2 at
+                     256 px, class-label guidance; set --config.prior.pretrained_dir to
+                     facebook/DiT-XL-2-256 in diffusers' layout, or its hub id)
     runlocal         the whole in1k code path on a CPU in about a minute: tfds
                      mock data (48 random images per split, labels folded into 4
                      classes), a tiny random Stable Diffusion and a tiny random
                      ResNet teacher written as checkpoint files into the workdir
                      and loaded by the real loaders, IPC 2, 2 student epochs
                      of a tiny ResNet-10 (or, with student=mobilenet_v2, a
-                     MobileNet-V2 at width multiplier 0.25)
-    e.g. configs/in1k.py:ipc=50,quantizer=clvq
+                     MobileNet-V2 at width multiplier 0.25); with prior=dit a tiny
+                     random DiT checkpoint instead of Stable Diffusion
+    e.g. configs/in1k.py:ipc=50,quantizer=clvq   configs/in1k.py:runlocal,prior=dit
 Hardware: a TPU v4-32 slice (16 hosts; every host runs the same command, and
     jax.distributed finds the others) or one node with 8 GPUs (A100/H100). The
     workdir must be on a filesystem all hosts share.
@@ -32,6 +36,22 @@ Results (the paper's ResNet-18 top-1 on the ImageNet-1K validation set, %; not
     IPC     10    50    100   200
     D4M    27.9  55.2  59.3  62.6
     DDOQ   33.1  56.2  60.1  63.4
+    DDOQ-DiT (prior=dit), as secondary sources report it: ImageNet-1K 53.0 / 62.7
+    (IPC 10 / 50), ImageWoof 48.8, ImageNette 68.2; not reproduced here either.
+
+prior=dit: the same points and weights, pushed forward by DiT-XL/2 (Peebles &
+    Xie, 2023; pqdjax.models.dit) on its own schedule (1,000 linear betas), its
+    VAE (sd-vae-ft-ema) encoding 256 px images into 32 x 32 x 4 latents. The
+    paper says DDOQ-DiT uses "the distilled noise initializations in a stronger
+    diffusion transformer model", which admits two readings, both offered by
+    decode.diffusion.start: 'img2img' (default) noises each point to `strength`
+    and denoises it, as D4M and DDOQ do with Stable Diffusion; 'initial_latent'
+    starts the whole reverse process from the point in place of Gaussian noise
+    (strength unused). The default is img2img because it is the pushforward the
+    method defines and keeps the point's meaning (a VAE latent of the class,
+    whose statistics differ from the N(0, I) the reverse process starts from);
+    strength 0.7 as D4M, guidance 4 (DiT's sampling guidance), 50 DDIM steps:
+    not tuned, no DiT weights could be run here.
 
 Stages (pqdjax.imagenet_pipeline; every artifact fingerprinted, a rerun skips
 what is complete and resumes what was interrupted):
@@ -39,7 +59,7 @@ what is complete and resumes what was interrupted):
             pqdjax/data/imagenet.py for the `tfds build` command; the archives go
             in tfds's manual_dir), read with tfds.data_source, each process its
             own shard; data.num_classes < 1000 distils the first classes only.
-  prior     Stable Diffusion v1.x from prior.pretrained_dir (diffusers layout,
+  prior     Stable Diffusion v1.x (prior=dit: DiT) from prior.pretrained_dir (diffusers layout,
             Flax or PyTorch safetensors weights).
   teacher   torchvision's ResNet-18 weights (teacher.checkpoint, .safetensors or
             .pth read without executing pickled code), converted with their
@@ -70,12 +90,13 @@ import ml_collections
 from pqdjax.config_options import parse_arg
 
 _STUDENTS = ("resnet18", "resnet50", "resnet101", "mobilenet_v2")
+_PRIORS = ("stable_diffusion", "dit")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     options = parse_arg(
-        arg, "configs/in1k.py", choices={"quantizer": ("clvq", "lloyd"), "student": _STUDENTS},
-        ipc=10, quantizer="clvq", student="resnet18", runlocal=False,
+        arg, "configs/in1k.py", choices={"quantizer": ("clvq", "lloyd"), "student": _STUDENTS, "prior": _PRIORS},
+        ipc=10, quantizer="clvq", student="resnet18", prior="stable_diffusion", runlocal=False,
     )
     ipc, quantizer, student = options.ipc, options.quantizer, options.student
 
@@ -97,8 +118,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         train_limit=0, test_limit=0,  # use only the first N examples of a split (0: all)
         mock_examples=0,  # > 0: tfds.testing.mock_data with this many random examples per split
     ))
+    # kind: 'stable_diffusion' or 'dit' (pqdjax.stages.imagenet_prior); tiny_random: a tiny random checkpoint of
+    # that kind written into the workdir (smoke runs).
     config.prior = ml_collections.ConfigDict(dict(
-        kind="stable_diffusion", pretrained_dir="", latent_scale=0.18215, latent_sample=False,
+        kind=options.prior, pretrained_dir="", latent_scale=0.18215, latent_sample=False, tiny_random=False,
     ))
     config.teacher = ml_collections.ConfigDict()
     config.teacher.model = ml_collections.ConfigDict(dict(arch="resnet18"))
@@ -111,10 +134,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     ))
     # The field names of configs/default.py; img2img with Stable Diffusion at D4M's settings.
     config.decode = ml_collections.ConfigDict(dict(method="diffusion", image_size=224))
+    # start: 'img2img' (the point noised to strength, then denoised) or 'initial_latent' (the whole reverse
+    # process from the point; strength unused). negative_prompt: Stable Diffusion's only (DiT: the null class).
     config.decode.diffusion = ml_collections.ConfigDict(dict(
-        strength=0.7, guidance=8.0, steps=50,
+        strength=0.7, guidance=8.0, steps=50, start="img2img",
         negative_prompt="cartoon, anime, painting", batch_size=32,  # points per img2img call (whole classes)
     ))
+    if options.prior == "dit":
+        # DiT-XL/2-256: 256 px images, 32 x 32 x 4 latents; DiT's sampling guidance 4 (not tuned here).
+        config.data.update(encode_resize=256, encode_crop=256)
+        config.decode.diffusion.update(guidance=4.0, negative_prompt="")
     config.evaluate = ml_collections.ConfigDict()
     config.evaluate.seeds = (0,)
     # paired difference per IPC over the seeds (results.md), for the pairs whose methods run
@@ -130,12 +159,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     if options.get("runlocal"):
         # tfds mock data (random images, labels folded into 4 classes), tiny random
-        # Stable Diffusion and ResNet checkpoints written into the workdir.
+        # Stable Diffusion (or DiT) and ResNet checkpoints written into the workdir.
         config.data.update(
             encode_resize=16, encode_crop=16, eval_resize=40, eval_crop=32, batch_size_per_device=2,
             num_classes=4, mock_examples=48,
         )
-        config.prior.update(kind="tiny_random")
+        config.prior.update(tiny_random=True)
         config.teacher.model.update(arch="resnet10", width=8)
         if student == "mobilenet_v2":
             config.evaluate.model.update(width_multiplier=0.25)  # tiny MobileNet-V2 (its last conv keeps 1,280 channels)

@@ -96,20 +96,28 @@ def validate_imagenet_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.quantize.method must be 'clvq' or 'lloyd' on ImageNet, got {config.quantize.method!r}.")
     if config.quantize.method == "clvq" and config.quantize.get("n_init", 1) > 1:
         raise ConfigError("config.quantize.n_init > 1 needs method 'lloyd' on ImageNet: the streamed CLVQ runs one start per class.")
-    if config.prior.kind not in ("stable_diffusion", "tiny_random"):
-        raise ConfigError(f"config.prior.kind must be 'stable_diffusion' or 'tiny_random', got {config.prior.kind!r}.")
-    if config.prior.kind == "stable_diffusion" and not config.prior.pretrained_dir:
+    from pqdjax.stages.imagenet_decode import STARTS
+    from pqdjax.stages.imagenet_prior import KINDS
+
+    if config.prior.kind not in KINDS:
+        raise ConfigError(f"config.prior.kind must be one of {KINDS}, got {config.prior.kind!r}.")
+    tiny = bool(config.prior.get("tiny_random", False))
+    if not tiny and not config.prior.pretrained_dir:
+        example = "/models/stable-diffusion-v1-5" if config.prior.kind == "stable_diffusion" else "facebook/DiT-XL-2-256"
         raise ConfigError(
-            "config.prior.pretrained_dir is empty: set it to a Stable Diffusion v1.x folder in diffusers' layout "
-            "(or a hub repo id), e.g. --config.prior.pretrained_dir=/models/stable-diffusion-v1-5."
+            f"config.prior.pretrained_dir is empty: set it to a {config.prior.kind} checkpoint folder in diffusers' layout "
+            f"(or a hub repo id), e.g. --config.prior.pretrained_dir={example}."
         )
-    if not config.teacher.checkpoint and config.prior.kind != "tiny_random":
+    start = config.decode.diffusion.get("start", "img2img")
+    if start not in STARTS:
+        raise ConfigError(f"config.decode.diffusion.start must be one of {STARTS}, got {start!r}.")
+    if not config.teacher.checkpoint and not tiny:
         raise ConfigError(
             "config.teacher.checkpoint is empty: set it to torchvision's ResNet-18 weights (.safetensors or .pth), "
             "e.g. --config.teacher.checkpoint=/models/resnet18-f37072fd.pth."
         )
     if config.decode.method != "diffusion":
-        raise ConfigError(f"config.decode.method must be 'diffusion' (Stable Diffusion img2img) on ImageNet, got {config.decode.method!r}.")
+        raise ConfigError(f"config.decode.method must be 'diffusion' (the prior's img2img) on ImageNet, got {config.decode.method!r}.")
     if not 1 <= config.data.num_classes <= 1000:
         raise ConfigError(f"config.data.num_classes must be in [1, 1000] (the first classes of ImageNet-1K), got {config.data.num_classes}.")
     _validate_seeds_and_weighting(config.evaluate)

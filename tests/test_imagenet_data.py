@@ -61,7 +61,7 @@ def test_in1k_config_options_and_its_clear_errors_for_missing_weights():
     assert config.ipcs == (50,) and config.quantize.method == "lloyd" and config.evaluate.model.arch == "resnet50"
     assert config.evaluate.train.temperature == 20.0 and config.decode.diffusion.strength == 0.7 and config.decode.diffusion.guidance == 8.0
     local = in1k.get_config("runlocal")
-    assert local.teacher.model.arch == "resnet10" and local.prior.kind == "tiny_random" and local.data.mock_examples > 0
+    assert local.teacher.model.arch == "resnet10" and local.prior.tiny_random and local.prior.kind == "stable_diffusion" and local.data.mock_examples > 0
     validate_imagenet_config(local)
     with pytest.raises(ValueError, match="unknown option"):
         in1k.get_config("ipcs=10")

@@ -94,14 +94,14 @@ def test_ddoq_vae_is_the_points_decoded_by_the_sd_vae_with_ddoq_weights(in1k_run
     import jax
 
     from pqdjax.models.stable_diffusion import load_stable_diffusion
-    from pqdjax.stages.imagenet_prior import TINY_ARTIFACT
+    from pqdjax.stages.imagenet_prior import tiny_artifact
 
     config, workdir = in1k_run["config"], in1k_run["workdir"]
     (ipc,), classes = config.ipcs, config.data.num_classes
     ddoq, vae = _manifest(workdir, "ddoq", ipc), _manifest(workdir, "ddoq_vae", ipc)
     assert [r["weight"] for r in vae] == [r["weight"] for r in ddoq]
     assert all(r["file"].startswith("images_kmeans_vae/") for r in vae)
-    sd = load_stable_diffusion(os.path.join(workdir, TINY_ARTIFACT))
+    sd = load_stable_diffusion(os.path.join(workdir, tiny_artifact("stable_diffusion")))
     store = artifacts.ArtifactStore(workdir)
     latent_shape = in1k_run["results"]["latents"]["shape"]
     for c in range(classes):
@@ -209,3 +209,46 @@ def test_an_interrupted_encode_resumes_to_the_same_files(in1k_run, monkeypatch, 
             with open(os.path.join(reference, file), "rb") as a, open(run.store.path(f"{name}/{file}"), "rb") as b:
                 assert a.read() == b.read(), file
     assert run.store.info(name)["counts"] == run.store.info("encode/latents/process0")["counts"]
+
+
+def test_the_dit_prior_runs_the_whole_path(tmp_path):
+    """configs/in1k.py:runlocal,prior=dit: a tiny random DiT checkpoint written in diffusers' layout and loaded by the
+    real loader; the ddoq images are its pushforward of the points (not their VAE decoding), the report complete."""
+    config = in1k.get_config("runlocal,prior=dit")
+    assert config.prior.kind == "dit" and config.decode.diffusion.start == "img2img"
+    config.methods = ("ddoq", "ddoq_vae")
+    workdir = str(tmp_path / "run")
+    results = pipeline.run(config, workdir)
+    assert os.path.isfile(os.path.join(workdir, "prior/tiny_dit/transformer/diffusion_pytorch_model.safetensors"))
+    (ipc,), classes = config.ipcs, config.data.num_classes
+    ddoq, vae = _manifest(workdir, "ddoq", ipc), _manifest(workdir, "ddoq_vae", ipc)
+    assert len(ddoq) == classes * ipc and [r["weight"] for r in ddoq] == [r["weight"] for r in vae]
+    read = lambda rows: np.stack([np.asarray(Image.open(os.path.join(workdir, f"synthetic/ipc{ipc}", r["file"]))) for r in rows])
+    diffused, decoded = read(ddoq), read(vae)
+    assert diffused.shape == (classes * ipc, 224, 224, 3) and np.abs(diffused.astype(float) - decoded).mean() > 1
+    assert sorted(results["accuracy"]) == ["ddoq", "ddoq_vae"] and "| ddoq | 2 |" in results["table"]
+
+
+def test_dit_pushforward_from_the_point_as_initial_latent(tmp_path):
+    """decode.diffusion.start='initial_latent' runs the whole reverse process from the points, conditioned on the labels."""
+    import jax
+    from jax.sharding import Mesh
+
+    from pqdjax.diffusion import sample_from
+    from pqdjax.models.dit_diffusion import load_dit
+    from pqdjax.models.tiny_checkpoints import write_tiny_dit
+
+    write_tiny_dit(str(tmp_path))
+    model = load_dit(str(tmp_path))
+    config = in1k.get_config("runlocal,prior=dit").decode
+    config.diffusion.update(start="initial_latent", steps=3)
+    points = np.asarray(jax.random.normal(jax.random.key(0), (2, 8, 8, 4)))
+    labels = np.array([3, 7])
+    mesh = Mesh(np.asarray(jax.local_devices()), ("data",))
+    got = imagenet_decode.pushforward(model, points, labels, ["", ""], jax.random.key(1), config, mesh)
+    cond, uncond = model.guidance_contexts(labels, [], "")
+    latents = sample_from(model.epsilon, model.scheduler, model.denoiser_params, points, cond, uncond, guidance=config.diffusion.guidance, steps=3)
+    decoded = np.asarray(jax.image.resize(model.decode_latents(latents), (2, 224, 224, 3), "bicubic", antialias=True))
+    np.testing.assert_allclose(got.astype(float), np.clip(np.round((decoded + 1) * 127.5), 0, 255), atol=1.0)
+    other = imagenet_decode.pushforward(model, points, np.array([3, 8]), ["", ""], jax.random.key(1), config, mesh)
+    assert np.abs(other[1].astype(float) - got[1]).mean() > 0.1 and np.array_equal(other[0], got[0])  # the label conditions

@@ -1,5 +1,6 @@
-"""Latent diffusion sampling: img2img with classifier-free guidance on a DDIM schedule."""
+"""Latent diffusion sampling: img2img (or the whole reverse process from given latents) with classifier-free
+guidance on a DDIM schedule."""
 
-from pqdjax.diffusion.sampler import guided_epsilon, img2img, start_index
+from pqdjax.diffusion.sampler import guided_epsilon, img2img, sample_from, start_index
 
-__all__ = ["guided_epsilon", "img2img", "start_index"]
+__all__ = ["guided_epsilon", "img2img", "sample_from", "start_index"]

@@ -5,13 +5,16 @@ sampler skips the first S - round(S * strength) of them, noises the input
 latents to the timestep where it starts (the forward process q(z_t | z_0)),
 and runs the remaining DDIM steps (eta = 0, deterministic given the noise).
 strength 0 returns the input latents unchanged; strength 1 starts from pure
-noise (init_noise_sigma * N(0, I)), i.e. plain sampling.
+noise (init_noise_sigma * N(0, I)), i.e. plain sampling. `sample_from` runs
+the whole reverse process from given latents in place of that noise (the
+point taken as the initial latent).
 
 The model is any epsilon-prediction function
 
-    eps_fn(params, latents [B, h, w, c], timesteps int32 [B], context [B, L, D]) -> [B, h, w, c]
+    eps_fn(params, latents [B, h, w, c], timesteps int32 [B], context [B, ...]) -> [B, h, w, c]
 
-(latents channels last). Classifier-free guidance evaluates it on the
+(latents channels last; context: text encodings [B, L, D], class
+embeddings, or class labels int [B]). Classifier-free guidance evaluates it on the
 unconditional and the conditional context in one batch of 2B and combines
 eps_u + guidance * (eps_c - eps_u).
 """
@@ -46,6 +49,18 @@ def guided_epsilon(eps_fn: EpsFn, params, latents: jax.Array, t: jax.Array, cond
     return eps_uncond + guidance * (eps_cond - eps_uncond)
 
 
+def _denoise(eps_fn: EpsFn, scheduler, state, params, x: jax.Array, first, cond, uncond, guidance, steps: int) -> jax.Array:
+    """Runs the scheduler's DDIM steps first .. steps - 1 from x (at timestep index `first`)."""
+    timesteps = state.timesteps
+
+    def body(i, x):
+        t = timesteps[i]
+        eps = guided_epsilon(eps_fn, params, scheduler.scale_model_input(state, x, t), t, cond, uncond, guidance)
+        return scheduler.step(state, eps, t, x).prev_sample
+
+    return jax.lax.fori_loop(first, steps, body, x)
+
+
 @functools.partial(jax.jit, static_argnames=("eps_fn", "scheduler", "steps"))
 def img2img(
     eps_fn: EpsFn,
@@ -63,11 +78,11 @@ def img2img(
     """Latents [n, h, w, c] -> latents [n, h, w, c] after noising to `strength` and `steps`-step DDIM denoising.
 
     scheduler: a diffusers FlaxDDIMScheduler (its state is created here);
-    cond, uncond: contexts [n, L, D] (class embeddings or text encodings, and
-    their null / negative counterpart); rng: the key of the initial noise;
-    strength in [0, 1] and guidance are traced (one compilation serves all
-    values). eps_fn and scheduler are static: pass the same objects to reuse
-    the compiled sampler.
+    cond, uncond: contexts [n, ...] (class labels, class embeddings or text
+    encodings, and their null / negative counterpart); rng: the key of the
+    initial noise; strength in [0, 1] and guidance are traced (one compilation
+    serves all values). eps_fn and scheduler are static: pass the same objects
+    to reuse the compiled sampler.
     """
     state = scheduler.set_timesteps(scheduler.create_state(), steps, latents.shape)
     timesteps = state.timesteps
@@ -76,10 +91,22 @@ def img2img(
     noise = jax.random.normal(rng, latents.shape, latents.dtype)
     noised = scheduler.add_noise(state, latents, noise, timesteps[jnp.minimum(first, steps - 1)])
     x = jnp.where(first == steps, latents, jnp.where(first == 0, noise * state.init_noise_sigma, noised))
+    return _denoise(eps_fn, scheduler, state, params, x, first, cond, uncond, guidance, steps)
 
-    def body(i, x):
-        t = timesteps[i]
-        eps = guided_epsilon(eps_fn, params, scheduler.scale_model_input(state, x, t), t, cond, uncond, guidance)
-        return scheduler.step(state, eps, t, x).prev_sample
 
-    return jax.lax.fori_loop(first, steps, body, x)
+@functools.partial(jax.jit, static_argnames=("eps_fn", "scheduler", "steps"))
+def sample_from(
+    eps_fn: EpsFn,
+    scheduler,
+    params,
+    initial: jax.Array,
+    cond: jax.Array,
+    uncond: jax.Array,
+    *,
+    guidance: float | jax.Array,
+    steps: int,
+) -> jax.Array:
+    """The whole reverse process (`steps` DDIM steps from the last timestep) started at `initial` [n, h, w, c]
+    in place of Gaussian noise (times the scheduler's init_noise_sigma); deterministic. Arguments as img2img."""
+    state = scheduler.set_timesteps(scheduler.create_state(), steps, initial.shape)
+    return _denoise(eps_fn, scheduler, state, params, initial * state.init_noise_sigma, 0, cond, uncond, guidance, steps)

@@ -68,11 +68,21 @@ class StableDiffusion:
 
     def encode_images(self, images: jax.Array) -> jax.Array:
         """Images [N, H, W, 3] in [-1, 1] -> scaled latents [N, H/8, W/8, 4] (posterior means)."""
-        return _encode(self, self.vae_params, images)
+        return encode_images(self, images)
 
     def decode_latents(self, latents: jax.Array) -> jax.Array:
         """Scaled latents [N, h, w, 4] -> images [N, 8h, 8w, 3], about [-1, 1]."""
-        return _decode(self, self.vae_params, latents)
+        return decode_latents(self, latents)
+
+    @property
+    def denoiser_params(self) -> dict:
+        """The parameters `epsilon` takes (the UNet's)."""
+        return self.unet_params
+
+    def guidance_contexts(self, labels: Sequence[int], prompts: Sequence[str], negative_prompt: str) -> tuple[jax.Array, jax.Array]:
+        """(conditional, unconditional) contexts of classifier-free guidance, [n, L, D] each: the prompts' and
+        the negative prompt's text encodings (labels unused: Stable Diffusion is conditioned on text)."""
+        return self.text_context(prompts), self.text_context([negative_prompt] * len(prompts))
 
     def text_context(self, prompts: Sequence[str]) -> jax.Array:
         """Prompts -> the text encoder's last hidden state [n, L, D] (L: the tokenizer's max length, 77 for v1.x)."""
@@ -112,14 +122,25 @@ class StableDiffusion:
         )
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _encode(sd: StableDiffusion, vae_params, images):
-    return vae_lib.encode(sd.vae, vae_params, images, sd.latent_scale)
+def encode_images(model, images: jax.Array) -> jax.Array:
+    """Images [N, H, W, 3] in [-1, 1] -> scaled latents by `model`'s VAE (any object with vae, vae_params and
+    latent_scale: StableDiffusion, pqdjax.models.dit_diffusion.DiTDiffusion)."""
+    return _encode(model, model.vae_params, images)
+
+
+def decode_latents(model, latents: jax.Array) -> jax.Array:
+    """Scaled latents -> images about [-1, 1] by `model`'s VAE decoder (see encode_images)."""
+    return _decode(model, model.vae_params, latents)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _decode(sd: StableDiffusion, vae_params, latents):
-    return vae_lib.decode(sd.vae, vae_params, latents, sd.latent_scale)
+def _encode(model, vae_params, images):
+    return vae_lib.encode(model.vae, vae_params, images, model.latent_scale)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _decode(model, vae_params, latents):
+    return vae_lib.decode(model.vae, vae_params, latents, model.latent_scale)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -156,6 +177,16 @@ def _abstract_params(model, sample_shape: tuple[int, ...], *extra) -> dict:
     return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(sample_shape, jnp.float32), *extra))["params"]
 
 
+def load_vae(folder: str, dtype=jnp.float32) -> tuple[FlaxAutoencoderKL, dict, float]:
+    """(module, params, latent scale) of the AutoencoderKL in `folder` (a checkpoint's vae/: config.json, weights)."""
+
+    def vae_shapes(vae):
+        return _abstract_params(vae, (1, vae.in_channels, vae.sample_size, vae.sample_size))
+
+    vae, params = _load_diffusers_model(folder, FlaxAutoencoderKL, vae_shapes, dtype)
+    return vae, params, float(FlaxAutoencoderKL.load_config(folder).get("scaling_factor", SD_LATENT_SCALE))
+
+
 def _load_diffusers_model(folder: str, cls, abstract_fn, dtype):
     """(module, params) of a diffusers Flax model from Flax msgpack or PyTorch safetensors weights."""
     model = cls.from_config(cls.load_config(folder), dtype=dtype)
@@ -170,16 +201,18 @@ def _load_diffusers_model(folder: str, cls, abstract_fn, dtype):
     return model, convert_pytorch_weights(load_file(weights), abstract_fn(model), weights)
 
 
-def resolve_checkpoint(path_or_repo: str, revision: str | None = None) -> str:
-    """A local folder as is; otherwise a hub repo id, downloaded (weights, configs, tokenizer files) to the hub cache."""
+def resolve_checkpoint(path_or_repo: str, revision: str | None = None, parts: Sequence[str] = _PARTS,
+                       patterns: Sequence[str] = tuple(_HUB_PATTERNS)) -> str:
+    """A local folder as is; otherwise a hub repo id, its files matching `patterns` (weights, configs, tokenizer
+    files) downloaded to the hub cache. parts: the checkpoint's sub-folders, named in the error for a bad path."""
     if os.path.isdir(path_or_repo):
         return path_or_repo
     if os.path.exists(path_or_repo) or path_or_repo.startswith((".", "/")):
-        raise CheckpointError(f"{path_or_repo} is not a checkpoint folder (vae/, unet/, text_encoder/, tokenizer/, scheduler/).")
+        raise CheckpointError(f"{path_or_repo} is not a checkpoint folder ({', '.join(p + '/' for p in parts)}).")
     from huggingface_hub import snapshot_download
 
     try:
-        return snapshot_download(path_or_repo, revision=revision, allow_patterns=_HUB_PATTERNS)
+        return snapshot_download(path_or_repo, revision=revision, allow_patterns=list(patterns))
     except Exception as e:  # noqa: BLE001 - the hub raises many types (offline, not found, gated)
         raise CheckpointError(
             f"cannot fetch {path_or_repo!r} from the Hugging Face hub ({type(e).__name__}); "
@@ -194,22 +227,18 @@ def load_stable_diffusion(path_or_repo: str, *, dtype=jnp.float32, revision: str
         if not os.path.isdir(os.path.join(root, part)):
             raise CheckpointError(f"{root} has no {part}/ folder; a Stable Diffusion checkpoint in diffusers' layout has one.")
 
-    def vae_shapes(vae):
-        return _abstract_params(vae, (1, vae.in_channels, vae.sample_size, vae.sample_size))
-
     def unet_shapes(unet):
         side = unet.sample_size
         context = jnp.zeros((1, 1, unet.cross_attention_dim), jnp.float32)
         return _abstract_params(unet, (1, unet.in_channels, side, side), jnp.ones((1,), jnp.int32), context)
 
-    vae, vae_params = _load_diffusers_model(os.path.join(root, "vae"), FlaxAutoencoderKL, vae_shapes, dtype)
+    vae, vae_params, latent_scale = load_vae(os.path.join(root, "vae"), dtype)
     unet, unet_params = _load_diffusers_model(os.path.join(root, "unet"), FlaxUNet2DConditionModel, unet_shapes, dtype)
     text_encoder = FlaxCLIPTextModel.from_pretrained(root, subfolder="text_encoder", dtype=dtype)
     tokenizer = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer")
     # SD v1.x ships a PNDM config; its schedule fields (scaled_linear betas, steps_offset 1) drive DDIM here.
     scheduler_config = FlaxDDIMScheduler.load_config(root, subfolder="scheduler")
     scheduler = FlaxDDIMScheduler.from_config(scheduler_config, clip_sample=False, set_alpha_to_one=False)
-    latent_scale = float(FlaxAutoencoderKL.load_config(os.path.join(root, "vae")).get("scaling_factor", SD_LATENT_SCALE))
     return StableDiffusion(
         vae=vae, vae_params=vae_params, unet=unet, unet_params=unet_params,
         text_encoder=text_encoder, text_params=text_encoder.params, tokenizer=tokenizer,

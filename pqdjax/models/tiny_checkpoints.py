@@ -4,10 +4,13 @@
                                           vae/, unet/, text_encoder/ as PyTorch safetensors
                                           (PyTorch names and layouts, made without torch),
                                           tokenizer/ (CLIP BPE files), scheduler/
+    write_tiny_dit(folder)                a DiT folder in diffusers' layout: transformer/ (DiTTransformer2DModel's
+                                          names and layouts), vae/, scheduler/ (DiT's linear schedule)
     write_tiny_torchvision_resnet(path)   a torchvision ResNet state dict as .safetensors
 
 They are read back by the same code that reads the real checkpoints
 (pqdjax.models.stable_diffusion.load_stable_diffusion,
+pqdjax.models.dit_diffusion.load_dit,
 pqdjax.models.convert_torchvision.load_torchvision_resnet), so a run on them
 exercises the real loading and conversion paths. The tiny VAE downsamples by 2
 (two blocks), not 8 as Stable Diffusion's does.
@@ -45,6 +48,17 @@ TINY_TEXT_CONFIG = dict(
 SD_SCHEDULER_CONFIG = dict(
     _class_name="PNDMScheduler", beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
     num_train_timesteps=1000, set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1, clip_sample=False,
+)
+# A DiT-XL/2 shrunk: 2 blocks of width 16 over 8 x 8 latents (the tiny VAE's, at 16 px); 1,000 classes + null.
+TINY_DIT_CONFIG = dict(
+    _class_name="DiTTransformer2DModel", num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
+    num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=1000, norm_type="ada_norm_zero",
+    activation_fn="gelu-approximate", norm_elementwise_affine=False, norm_eps=1e-5, attention_bias=True,
+)
+# DiT's schedule (the DiT release's: 1,000 linear betas from 1e-4 to 0.02), as a DDIM config.
+DIT_SCHEDULER_CONFIG = dict(
+    _class_name="DDIMScheduler", beta_start=0.0001, beta_end=0.02, beta_schedule="linear", num_train_timesteps=1000,
+    clip_sample=False, set_alpha_to_one=True, steps_offset=0, prediction_type="epsilon",
 )
 # PyTorch module-list indices look like flax's '_N' suffixes; these flax names are real names in PyTorch too.
 _KEEP = {"linear_1", "linear_2"}
@@ -119,28 +133,54 @@ def write_tiny_stable_diffusion(folder: str, seed: int = 0) -> dict:
 
     Returns {'vae': ..., 'unet': ..., 'text_encoder': ...} (Flax params trees).
     """
-    from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
+    from diffusers import FlaxUNet2DConditionModel
     from safetensors.numpy import save_file
     from transformers import CLIPTextConfig, FlaxCLIPTextModel
 
     vocab_size = write_clip_tokenizer(os.path.join(folder, "tokenizer"))
-    vae = FlaxAutoencoderKL.from_config({k: v for k, v in TINY_VAE_CONFIG.items() if k not in ("act_fn", "scaling_factor")})
     unet = FlaxUNet2DConditionModel.from_config(TINY_UNET_CONFIG)
     text_config = CLIPTextConfig(**{**TINY_TEXT_CONFIG, "vocab_size": vocab_size})
     shapes = {
-        "vae": jax.eval_shape(lambda: vae.init(jax.random.key(0), jnp.zeros((1, 3, 8, 8)))["params"]),
         "unet": jax.eval_shape(lambda: unet.init(jax.random.key(0), jnp.zeros((1, 4, 4, 4)), jnp.ones((1,), jnp.int32), jnp.zeros((1, 1, 32)))["params"]),
         "text_encoder": FlaxCLIPTextModel(text_config, _do_init=False).params_shape_tree,
     }
-    params = {part: random_params(tree, seed + i) for i, (part, tree) in enumerate(shapes.items())}
-    for part, config in (("vae", TINY_VAE_CONFIG), ("unet", TINY_UNET_CONFIG)):
-        _write_json(os.path.join(folder, part, "config.json"), config)
-        save_file(flax_to_pytorch_names(params[part]), os.path.join(folder, part, "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+    params = {"vae": _write_tiny_vae(os.path.join(folder, "vae"), seed)}
+    params.update({part: random_params(tree, seed + i) for i, (part, tree) in enumerate(shapes.items(), 1)})
+    _write_json(os.path.join(folder, "unet", "config.json"), TINY_UNET_CONFIG)
+    save_file(flax_to_pytorch_names(params["unet"]), os.path.join(folder, "unet", "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
     os.makedirs(os.path.join(folder, "text_encoder"), exist_ok=True)
     text_config.to_json_file(os.path.join(folder, "text_encoder", "config.json"))
     save_file(flax_to_pytorch_names(params["text_encoder"]), os.path.join(folder, "text_encoder", "model.safetensors"), metadata={"format": "pt"})
     _write_json(os.path.join(folder, "scheduler", "scheduler_config.json"), SD_SCHEDULER_CONFIG)
     _write_json(os.path.join(folder, "model_index.json"), {"_class_name": "StableDiffusionPipeline"})
+    return params
+
+
+def _write_tiny_vae(folder: str, seed: int) -> dict:
+    from diffusers import FlaxAutoencoderKL
+    from safetensors.numpy import save_file
+
+    vae = FlaxAutoencoderKL.from_config({k: v for k, v in TINY_VAE_CONFIG.items() if k not in ("act_fn", "scaling_factor")})
+    params = random_params(jax.eval_shape(lambda: vae.init(jax.random.key(0), jnp.zeros((1, 3, 8, 8)))["params"]), seed)
+    _write_json(os.path.join(folder, "config.json"), TINY_VAE_CONFIG)
+    save_file(flax_to_pytorch_names(params), os.path.join(folder, "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+    return params
+
+
+def write_tiny_dit(folder: str, seed: int = 0) -> dict:
+    """Writes a tiny random DiT checkpoint into `folder`; returns {'vae': ..., 'transformer': ...} (Flax params)."""
+    from safetensors.numpy import save_file
+
+    from pqdjax.models import dit
+
+    transformer = dit.from_config(TINY_DIT_CONFIG)
+    params = {"vae": _write_tiny_vae(os.path.join(folder, "vae"), seed),
+              "transformer": random_params(transformer.abstract_params(), seed + 1)}
+    _write_json(os.path.join(folder, "transformer", "config.json"), TINY_DIT_CONFIG)
+    save_file(dit.flax_to_pytorch_weights(params["transformer"]),
+              os.path.join(folder, "transformer", "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+    _write_json(os.path.join(folder, "scheduler", "scheduler_config.json"), DIT_SCHEDULER_CONFIG)
+    _write_json(os.path.join(folder, "model_index.json"), {"_class_name": "DiTPipeline"})
     return params
 
 

@@ -1,18 +1,22 @@
-"""ImageNet stage decode: the quantization points pushed forward to 224 px PNGs by Stable Diffusion img2img.
+"""ImageNet stage decode: the quantization points pushed forward to 224 px PNGs by the prior's img2img (SD or DiT).
 
 Methods, as in the default pipeline (pqdjax.stages.decode): d4m and ddoq
 decode the k-means points by config.decode.method ('diffusion'); random is K
 random training images of each class (resized and center-cropped to
 decode.image_size); a decoder suffix decodes a set's points (random: its
 images' latents) by another decoder: 'vae' (d4m_vae, ddoq_vae, random_vae)
-by the SD VAE alone, to measure what img2img adds.
+by the prior's VAE alone, to measure what img2img adds.
 
 For every IPC K and class c, each of the K latent points is noised to
 config.decode.diffusion.strength and denoised by DDIM (diffusion.steps of the
-schedule, classifier-free guidance diffusion.guidance) with the prompt = the
-class's name (pqdjax/data/imagenet_classes.txt) against
-diffusion.negative_prompt, decoded by the VAE and resized to
-config.decode.image_size (D4M: strength 0.7, guidance 8, 50 steps, 224 px).
+schedule, classifier-free guidance diffusion.guidance), decoded by the VAE and
+resized to config.decode.image_size. The condition is the prior's: for Stable
+Diffusion the prompt = the class's name (pqdjax/data/imagenet_classes.txt)
+against diffusion.negative_prompt (D4M: strength 0.7, guidance 8, 50 steps,
+224 px); for DiT the class label against the null class. With
+diffusion.start 'initial_latent' the point is not noised: the whole reverse
+process starts from it in place of Gaussian noise (DDOQ-DiT's "distilled
+noise initializations", one reading; see configs/in1k.py).
 
     synthetic/ipc{K}/images/{c}_{name}/{k:03d}.png   the K images of class c (pqdjax.data.image_folder)
     synthetic/ipc{K}/images_{source}_{decoder}/...   the same for the other sets (set_folder):
@@ -42,7 +46,7 @@ from pqdjax.config_checks import decoder_of, point_source, split_method
 from pqdjax.errors import InputError
 from pqdjax.data import image_folder, imagenet
 from pqdjax.data.preprocess import to_uint8
-from pqdjax.diffusion import img2img
+from pqdjax.diffusion import img2img, sample_from
 from pqdjax.progress import Progress
 
 
@@ -56,11 +60,18 @@ class SyntheticSet:
     fingerprint: str
 
 
-def pushforward(sd, points: np.ndarray, prompts: list[str], rng: jax.Array, config, mesh: Mesh, decoder: str = "diffusion") -> np.ndarray:
-    """Latent points [n, h, w, 4] -> uint8 images [n, S, S, 3] (S = config.image_size) by img2img + VAE decoding
-    (decoder 'diffusion') or by the VAE decoder alone ('vae'; prompts and rng unused).
+STARTS = ("img2img", "initial_latent")
 
-    config: config.decode (image_size, and the img2img settings in its diffusion section).
+
+def pushforward(model, points: np.ndarray, labels: np.ndarray, prompts: list[str], rng: jax.Array, config, mesh: Mesh,
+                decoder: str = "diffusion") -> np.ndarray:
+    """Latent points [n, h, w, 4] of classes labels [n] -> uint8 images [n, S, S, 3] (S = config.image_size) by the
+    prior's denoiser + VAE decoding (decoder 'diffusion') or by the VAE decoder alone ('vae'; labels, prompts, rng unused).
+
+    model: the prior (StableDiffusion, conditioned on the prompts; DiTDiffusion, on the labels).
+    config: config.decode (image_size, and in its diffusion section strength, guidance, steps,
+    negative_prompt, and start: 'img2img' noises each point to strength and denoises it,
+    'initial_latent' runs the whole reverse process from the point in place of noise).
     The batch is padded to a multiple of the mesh's devices and sharded over them.
     """
     n = len(points)
@@ -70,17 +81,21 @@ def pushforward(sd, points: np.ndarray, prompts: list[str], rng: jax.Array, conf
     sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
     put = lambda a: jax.device_put(np.asarray(a), sharding)
     if decoder == "vae":
-        images = _resize(sd.decode_latents(put(pad(points))), config.image_size)
+        images = _resize(model.decode_latents(put(pad(points))), config.image_size)
         return to_uint8(np.asarray(images))[:n]
-    cond = put(sd.text_context(prompts))
     settings = config.diffusion
-    uncond = put(sd.text_context([settings.negative_prompt] * len(prompts)))
-    unet_params = jax.device_put(sd.unet_params, NamedSharding(mesh, PartitionSpec()))
-    latents = img2img(
-        sd.epsilon, sd.scheduler, unet_params, put(pad(points)), cond, uncond, rng,
-        strength=settings.strength, guidance=settings.guidance, steps=settings.steps,
-    )
-    images = _resize(sd.decode_latents(latents), config.image_size)
+    cond, uncond = (put(c) for c in model.guidance_contexts(pad(np.asarray(labels)), prompts, settings.get("negative_prompt", "")))
+    params = jax.device_put(model.denoiser_params, NamedSharding(mesh, PartitionSpec()))
+    start = settings.get("start", "img2img")
+    if start == "img2img":
+        latents = img2img(model.epsilon, model.scheduler, params, put(pad(points)), cond, uncond, rng,
+                          strength=settings.strength, guidance=settings.guidance, steps=settings.steps)
+    elif start == "initial_latent":
+        latents = sample_from(model.epsilon, model.scheduler, params, put(pad(points)), cond, uncond,
+                              guidance=settings.guidance, steps=settings.steps)
+    else:
+        raise ValueError(f"config.decode.diffusion.start must be one of {STARTS}, got {start!r}.")
+    images = _resize(model.decode_latents(latents), config.image_size)
     return to_uint8(np.asarray(images))[:n]
 
 
@@ -140,7 +155,8 @@ def decode_ipc(run, prior, latents, quantized, ipc: int, fp: str, source: str = 
         else:
             points = np.concatenate([class_points(run, latents, quantized, ipc, c, source) for c in classes])
             points = points.reshape((-1,) + latents.shape)
-            images = pushforward(prior.sd, points, [prompts[c] for c in labels], run.rng("decode", ipc, classes[0]), config, mesh, decoder)
+            images = pushforward(prior.model, points, labels, [prompts[c] for c in labels], run.rng("decode", ipc, classes[0]), config,
+                                 mesh, decoder)
         files = []
         for i, (image, c) in enumerate(zip(images, labels)):
             files.append(f"{folder}/" + image_folder.image_file(c, prompts[c], latents.num_classes, i % ipc))

@@ -1,4 +1,4 @@
-"""ImageNet stage encode: every training image to its Stable Diffusion latent, streamed to disk per class.
+"""ImageNet stage encode: every training image to its latent by the prior's VAE, streamed to disk per class.
 
 1.28M images x 16,384 floats (512 px) do not fit in host memory, so latents
 are appended to one raw float32 file per class as they are produced:
@@ -132,15 +132,15 @@ class _ClassFiles:
 
 def encode_fn(prior, mesh, sample: bool, rng: jax.Array):
     """jit of (vae_params, images uint8 [B, H, W, 3], index int [B]) -> scaled latents [B, h, w, 4], B sharded on 'data'."""
-    sd = prior.sd
+    model = prior.model
     rep, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
 
     def encode(params, images, index):
         x = images.astype(jnp.float32) / 127.5 - 1.0
         if not sample:
-            return vae_lib.encode(sd.vae, params, x, sd.latent_scale)
+            return vae_lib.encode(model.vae, params, x, model.latent_scale)
         keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(index)
-        return jax.vmap(lambda k, xi: vae_lib.encode(sd.vae, params, xi[None], sd.latent_scale, rng=k)[0])(keys, x)
+        return jax.vmap(lambda k, xi: vae_lib.encode(model.vae, params, xi[None], model.latent_scale, rng=k)[0])(keys, x)
 
     return jax.jit(encode, in_shardings=(rep, data, data), out_shardings=data)
 
@@ -159,7 +159,7 @@ def encode_process_part(run, prior, name: str, fp: str) -> None:
     spec = imagenet.BatchSpec(data.batch_size_per_device * jax.local_device_count(), data.encode_resize, data.encode_crop)
     total = imagenet.steps_per_process(num_examples, spec.batch_size)
     mesh = run.mesh
-    shape = jax.eval_shape(lambda p, x: vae_lib.encode(prior.sd.vae, p, x), prior.sd.vae_params,
+    shape = jax.eval_shape(lambda p, x: vae_lib.encode(prior.model.vae, p, x), prior.model.vae_params,
                            jax.ShapeDtypeStruct((1, spec.crop, spec.crop, 3), jnp.float32)).shape[1:]
     dim = int(np.prod(shape))
 
@@ -172,7 +172,7 @@ def encode_process_part(run, prior, name: str, fp: str) -> None:
         logging.info("encode: resuming after batch %d of %d", state["batches"], total)
     files = _ClassFiles(run.store.path(partial), dim, np.asarray(state["counts"], np.int64))
     encode = encode_fn(prior, mesh, bool(config.prior.latent_sample), run.rng("encode", "sample"))
-    params = parallel.replicate(mesh, prior.sd.vae_params)
+    params = parallel.replicate(mesh, prior.model.vae_params)
     flush_every = config.encode.get("flush_every", 50)
     bar = Progress("encode", total, unit="batches", log_every=max(1, total // 10), first=state["batches"])
     batches = imagenet.equal_host_batches(source, num_examples, spec, first_batch=state["batches"])

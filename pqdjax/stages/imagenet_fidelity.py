@@ -1,4 +1,4 @@
-"""ImageNet stage fidelity: what the Stable Diffusion pushforward kept, for every synthetic set.
+"""ImageNet stage fidelity: what the pushforward (Stable Diffusion or DiT) kept, for every synthetic set.
 
 The same three measures as the default pipeline's fidelity stage
 (pqdjax.stages.fidelity), on the PNGs of each manifest:
@@ -9,7 +9,7 @@ The same three measures as the default pipeline's fidelity stage
     cell_consistency   share of images whose re-encoded latent lies in the
                        Voronoi cell of the point it was decoded from, among its
                        set's K points of the class: each PNG resized to the
-                       encoder's input size (data.encode_crop), SD VAE
+                       encoder's input size (data.encode_crop), prior's VAE
                        posterior mean, scaled (None for real images)
     w2_images          W2 from the class's latent measure (its latent file) to
                        the re-encoded images with the set's weights, mean over
@@ -54,10 +54,10 @@ def teacher_agreement(teacher, images: np.ndarray, labels: np.ndarray, num_class
 
 
 def reencode(prior, images: np.ndarray, size: int) -> np.ndarray:
-    """uint8 PNG pixels [N, H, W, 3] -> scaled SD latents [N, d] at the encoder's input size `size`."""
+    """uint8 PNG pixels [N, H, W, 3] -> scaled latents of the prior's VAE [N, d] at the encoder's input size `size`."""
     resized = np.stack([imagenet.resize_and_center_crop(image, size, size) for image in images])
-    sd = prior.sd
-    return map_batches(lambda b: sd.encode_images(jnp.asarray(b, jnp.float32) / 127.5 - 1.0), resized, BATCH_SIZE).reshape(len(images), -1)
+    model = prior.model
+    return map_batches(lambda b: model.encode_images(jnp.asarray(b, jnp.float32) / 127.5 - 1.0), resized, BATCH_SIZE).reshape(len(images), -1)
 
 
 def measure(run, prior, teacher, latents, quantized, synthetic) -> dict:

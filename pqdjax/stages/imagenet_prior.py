@@ -1,14 +1,16 @@
-"""ImageNet stage prior: the Stable Diffusion checkpoint whose VAE encodes and whose UNet denoises.
+"""ImageNet stage prior: the latent diffusion checkpoint whose VAE encodes and whose denoiser pushes forward.
 
 config.prior.kind:
-    stable_diffusion   a v1.x checkpoint in diffusers' layout: config.prior.pretrained_dir,
-                       a local folder or a Hugging Face hub repo id
-    tiny_random        a tiny random checkpoint written into the workdir
-                       (prior/tiny_stable_diffusion, pqdjax.models.tiny_checkpoints), for
-                       smoke runs; it is loaded by the same code as a real one
-
+    stable_diffusion   a v1.x checkpoint in diffusers' layout (pqdjax.models.stable_diffusion),
+                       conditioned on the class name as text prompt (D4M, DDOQ)
+    dit                a DiT checkpoint in diffusers' layout, e.g. facebook/DiT-XL-2-256
+                       (pqdjax.models.dit_diffusion), conditioned on the class label (DDOQ-DiT)
+config.prior.pretrained_dir: a local folder or a Hugging Face hub repo id.
+config.prior.tiny_random: write a tiny random checkpoint of that kind into the
+    workdir (prior/tiny_{kind}, pqdjax.models.tiny_checkpoints) and load it by
+    the same code as a real one, for smoke runs.
 config.prior.latent_scale (if set) replaces the scaling factor of the VAE's
-config.json (0.18215 for v1.x).
+    config.json (0.18215 for both).
 """
 
 from __future__ import annotations
@@ -18,31 +20,40 @@ import dataclasses
 from absl import logging
 
 from pqdjax import artifacts
+from pqdjax.models.dit_diffusion import DiTDiffusion, load_dit
 from pqdjax.models.stable_diffusion import StableDiffusion, load_stable_diffusion
-from pqdjax.models.tiny_checkpoints import write_tiny_stable_diffusion
+from pqdjax.models.tiny_checkpoints import write_tiny_dit, write_tiny_stable_diffusion
 
-TINY_ARTIFACT = "prior/tiny_stable_diffusion"
+KINDS = ("stable_diffusion", "dit")
+_LOADERS = {"stable_diffusion": load_stable_diffusion, "dit": load_dit}
+_TINY_WRITERS = {"stable_diffusion": write_tiny_stable_diffusion, "dit": write_tiny_dit}
+
+
+def tiny_artifact(kind: str) -> str:
+    """The workdir artifact holding the tiny random checkpoint of `kind`."""
+    return f"prior/tiny_{kind}"
 
 
 @dataclasses.dataclass(frozen=True)
 class Prior:
-    """The loaded Stable Diffusion models and the fingerprint of what was loaded."""
+    """The loaded latent diffusion model (its VAE, denoiser and schedule) and the fingerprint of what was loaded."""
 
-    sd: StableDiffusion
+    model: StableDiffusion | DiTDiffusion
     fingerprint: str
 
 
 def run(run) -> Prior:
     config = run.config.prior
     fp = artifacts.fingerprint("imagenet_prior", config, run.config.seed)
-    if config.kind == "tiny_random":
-        if not run.store.is_complete(TINY_ARTIFACT, fp):
-            run.store.write_artifact(TINY_ARTIFACT, lambda folder: write_tiny_stable_diffusion(folder, seed=run.config.seed), fp)
-        folder = run.store.path(TINY_ARTIFACT)
+    if config.get("tiny_random", False):
+        name = tiny_artifact(config.kind)
+        if not run.store.is_complete(name, fp):
+            run.store.write_artifact(name, lambda folder: _TINY_WRITERS[config.kind](folder, seed=run.config.seed), fp)
+        folder = run.store.path(name)
     else:
         folder = config.pretrained_dir
-    sd = load_stable_diffusion(folder)
+    model = _LOADERS[config.kind](folder)
     if config.get("latent_scale"):
-        sd = dataclasses.replace(sd, latent_scale=float(config.latent_scale))
-    logging.info("prior: Stable Diffusion from %s (latent scale %.5f)", folder, sd.latent_scale)
-    return Prior(sd, fp)
+        model = dataclasses.replace(model, latent_scale=float(config.latent_scale))
+    logging.info("prior: %s from %s (latent scale %.5f)", config.kind, folder, model.latent_scale)
+    return Prior(model, fp)

@@ -7,7 +7,7 @@ converting takes seconds. Its top-1 accuracy on the validation split
 (resize 256, center crop 224, sharded) is cached in teacher/accuracy.json,
 fingerprinted by the checkpoint's content.
 
-With config.prior.kind 'tiny_random' and no checkpoint, random weights of
+With config.prior.tiny_random and no checkpoint, random weights of
 config.teacher.model are written as a torchvision state dict into the
 workdir (teacher/tiny_resnet.safetensors) and converted like real ones.
 """
