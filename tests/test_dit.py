@@ -57,6 +57,20 @@ def test_flax_forward_equals_diffusers_pytorch_dit(tmp_path):
     assert np.abs(want).max() > 0.5  # a forward that does something
 
 
+def test_the_dit_xl_2_parameter_layout_is_diffusers():
+    """DiT-XL/2 at full size, no weights: every tensor name and shape of DiTTransformer2DModel's default config (the
+    facebook/DiT-XL-2-256 checkpoint's) is a parameter of the Flax DiT's default config, and nothing else."""
+    torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch (pip install torch==2.13.0)")
+    from diffusers import DiTTransformer2DModel
+
+    with torch.device("meta"):  # shapes only
+        reference = DiTTransformer2DModel()
+    want = {name: tuple(t.shape) for name, t in reference.state_dict().items()}
+    have = {dit.torch_name(path): dit.torch_shape(leaf.shape, path[-1]) for path, leaf in flatten_dict(dit.DiT().abstract_params()).items()}
+    assert have == want
+    assert sum(int(np.prod(s)) for s in have.values()) == 749_808_016  # DiT-XL/2's 675M plus 27 duplicated embedders
+
+
 def test_position_embedding_and_timestep_features_closed_form():
     """Token (row r, column c): the first half encodes c, the second r, each as [sin(p w_k), cos(p w_k)] with
     w_k = 10000^(-k / (D/4)); timestep features [cos(t f_k), sin(t f_k)], f_k = 10000^(-k / (128 - 1))."""

@@ -255,6 +255,13 @@ def to_torch_layout(value: np.ndarray, leaf: str) -> np.ndarray:
     return value
 
 
+def torch_shape(shape: tuple[int, ...], leaf: str) -> tuple[int, ...]:
+    """The shape of a Flax parameter in PyTorch's layout (to_torch_layout's, without the data)."""
+    if leaf == "kernel":
+        return (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else tuple(reversed(shape))
+    return tuple(shape)
+
+
 def convert_pytorch_weights(state_dict: dict[str, np.ndarray], model: DiT, where: str) -> dict:
     """DiTTransformer2DModel's state dict (numpy arrays) -> the Flax params of `model`.
 
@@ -273,7 +280,7 @@ def convert_pytorch_weights(state_dict: dict[str, np.ndarray], model: DiT, where
             raise CheckpointError(f"{where}: tensor {name!r} is missing; is the checkpoint complete?")
         value = to_flax_layout(np.asarray(state_dict[name], np.float32), path[-1])
         if value.shape != expected[path].shape:
-            shown = to_torch_layout(np.empty(expected[path].shape, np.float32), path[-1]).shape
+            shown = torch_shape(expected[path].shape, path[-1])
             raise CheckpointError(
                 f"{where}: tensor {name!r} has shape {tuple(state_dict[name].shape)}, the DiT in its config.json needs {shown}."
             )
