@@ -55,7 +55,7 @@ RULES: tuple[tuple[str, str, float | None, float | None, bool], ...] = (
     for trainer in _TRAINERS
     for rule in (
         (f"{trainer}.steps", INT, 1, None, False),
-        (f"{trainer}.epochs", INT, 1, None, False),
+        (f"{trainer}.epochs", INT, 1, None, False),  # 0 allowed beside a steps field: 'use steps' (check_fields)
         (f"{trainer}.batch_size", INT, 1, None, False),
         (f"{trainer}.learning_rate", FLOAT, 0, None, True),
         (f"{trainer}.warmup_steps", INT, 0, None, False),
@@ -110,6 +110,8 @@ def check_fields(config: ml_collections.ConfigDict) -> None:
     problems = []
     for path, kind, low, high, low_open in RULES:
         present, value = _lookup(config, path)
+        if path.endswith(".epochs") and _lookup(config, path[: -len("epochs")] + "steps")[0]:
+            low = 0  # a trainer with both: epochs 0 means its steps (pqdjax.train.loop.training_steps)
         if present and _violates(value, kind, low, high, low_open):
             problems.append(f"config.{path} must be {_describe(kind, low, high, low_open)}, got {value!r}")
     for trainer in _TRAINERS:

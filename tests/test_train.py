@@ -284,3 +284,16 @@ def test_ema_follows_the_params_as_written_out():
     with pytest.raises(ValueError, match="ema_decay"):
         loop.apply_gradients(state, {"p": state.params["p"]}, tx)
     assert loop.create_train_state({"p": jnp.zeros(2)}, tx).ema_params is None
+
+
+def test_training_length_in_epochs_follows_the_set_size():
+    """epochs E over n images at batch B: E * (n // min(B, n)) steps, the steps epoch_batches cuts; epochs 0: steps."""
+    config = ml_collections.ConfigDict(dict(steps=300, batch_size=100, epochs=0))
+    assert [loop.training_steps(config, n) for n in (10, 100, 500, 550)] == [300] * 4
+    config.epochs = 7
+    assert [loop.training_steps(config, n) for n in (10, 100, 500, 550)] == [7, 7, 35, 35]
+    for n in (10, 100, 550):
+        batches = list(loop.epoch_batches(jax.random.key(0), n, config.batch_size, loop.training_steps(config, n)))
+        seen = np.concatenate([np.asarray(b) for b in batches])
+        assert len(seen) == 7 * (n // min(100, n)) * min(100, n)  # 7 full passes (the remainder of each dropped)
+        np.testing.assert_array_equal(np.bincount(seen, minlength=n).max(), 7)

@@ -132,7 +132,8 @@ def train_student(
 
     config fields: steps, batch_size, learning_rate, warmup_steps, weight_decay,
     temperature, crop_padding, flip, log_every, and optionally augment,
-    cutmix_beta, labels (the module docstring). checkpoints: a
+    cutmix_beta, labels (the module docstring) and epochs (> 0: the length in
+    passes over the set, replacing steps; pqdjax.train.loop.training_steps). checkpoints: a
     pqdjax.train.checkpoint.Checkpoints to resume from and save to, or None;
     metrics_dir: where the training curve goes (pqdjax.train.metrics), or None.
     per_view_table: look the teacher's logits up in teacher_logits_per_view
@@ -148,11 +149,12 @@ def train_student(
         raise NonFiniteError(f"{name}: the synthetic images contain NaN or inf.")
     init_rng, train_rng = jax.random.split(rng)
     params = student.init(init_rng, jnp.zeros((1,) + images.shape[1:], jnp.float32))["params"]
-    schedule = loop.cosine_schedule(config.learning_rate, config.steps, config.warmup_steps)
+    num_steps = loop.training_steps(config, len(images))
+    schedule = loop.cosine_schedule(config.learning_rate, num_steps, config.warmup_steps)
     tx = optax.adamw(schedule, weight_decay=config.weight_decay)
     if per_view_table is None:
         per_view_table = (augmentation == "crop_flip" and not hard_labels and
-                          len(images) * augment.num_views(config.crop_padding, config.flip) <= config.steps * config.batch_size)
+                          len(images) * augment.num_views(config.crop_padding, config.flip) <= num_steps * config.batch_size)
     step = make_student_step(student, teacher, tx, config.temperature, config.crop_padding, config.flip, fast_conv,
                              per_view_table, loss_normalization, augmentation, config.get("cutmix_beta", 0.0), hard_labels)
     data = {"images": jnp.asarray(images, jnp.float32), "weights": jnp.asarray(weights, jnp.float32)}
@@ -164,7 +166,7 @@ def train_student(
         data["teacher_params"] = teacher_params
     state, _ = loop.train(
         step, loop.create_train_state(params, tx), data, num_examples=len(images),
-        num_steps=config.steps, batch_size=config.batch_size, rng=train_rng, name=name,
+        num_steps=num_steps, batch_size=config.batch_size, rng=train_rng, name=name,
         log_every=config.log_every, checkpoints=checkpoints,
         metrics_dir=metrics_dir, learning_rate=schedule,
     )
