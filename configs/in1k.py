@@ -109,7 +109,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.fast_conv_gradients = "auto"
     # One Mesh for every stage: all devices of all processes on the data axis.
     config.mesh = ml_collections.ConfigDict(dict(shape=(-1,), axes=("data",)))
-    config.distributed = ml_collections.ConfigDict(dict(enabled="auto", coordinator_address="", num_processes=-1, process_id=-1))
+    # enabled: 'auto' (a cluster JAX detects: TPU pod, SLURM, Open MPI), True or False; by hand (or pqdjax.launch_local):
+    # coordinator_address HOST:PORT of process 0, num_processes, process_id. Timeouts in seconds: all processes must join
+    # within initialization_timeout; a process silent for heartbeat_timeout_seconds counts as dead and the others stop.
+    config.distributed = ml_collections.ConfigDict(dict(
+        enabled="auto", coordinator_address="", num_processes=-1, process_id=-1,
+        initialization_timeout=300, heartbeat_timeout_seconds=100,
+    ))
 
     config.data = ml_collections.ConfigDict(dict(
         name="imagenet2012", tfds_data_dir="", train_split="train", test_split="validation",

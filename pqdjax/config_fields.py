@@ -48,6 +48,8 @@ RULES: tuple[tuple[str, str, float | None, float | None, bool], ...] = (
     ("evaluate.train.cutmix_beta", FLOAT, 0, None, False),
     ("evaluate.weighting.power", FLOAT, 0, None, False),  # 1: the Voronoi masses, 0: uniform
     ("evaluate.weighting.mix", FLOAT, 0, 1, False),  # 1: the weights as they are, 0: uniform
+    ("distributed.initialization_timeout", INT, 1, None, False),
+    ("distributed.heartbeat_timeout_seconds", INT, 1, None, False),
     ("denoiser.train.class_dropout", FLOAT, 0, 1, False),
     ("denoiser.train.ema_decay", FLOAT, 0, 1, False),
 ) + tuple(

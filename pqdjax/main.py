@@ -12,8 +12,11 @@ skips the stages that are complete, so an interrupted run resumes.
 """
 
 import logging as std_logging
+import os
+import re
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -42,8 +45,8 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.INFO)
     logging.get_absl_handler().addFilter(_quiet_third_party_info)
     silence_diffusers_deprecation()
-    parallel.initialize_distributed(_CONFIG.value.get("distributed"))  # multi-host: before any device is used
     try:
+        parallel.initialize_distributed(_CONFIG.value.get("distributed"))  # multi-host: before any device is used
         if _CONFIG.value.get("sweep"):
             results = sweep.run(_CONFIG.value, _WORKDIR.value)
         elif _CONFIG.value.get("weighting_ablation"):
@@ -53,7 +56,27 @@ def main(argv: list[str]) -> None:
     except INPUT_ERRORS as e:
         logging.debug("the run stopped", exc_info=True)
         sys.exit(f"pqdjax: error: {_one_line(e)}")
+    except jax.errors.JaxRuntimeError as e:
+        if not lost_peer(e):
+            raise
+        logging.info("the run stopped", exc_info=True)
+        cause = " ".join(re.sub(r"\[[^\]]*\]", "", str(e).splitlines()[0]).split())[:160]
+        print(f"pqdjax: error: process {jax.process_index()} of {jax.process_count()} lost contact with another process "
+              f"({cause}); see the other processes' logs, then start all of them again: completed stages are reused.",
+              file=sys.stderr, flush=True)
+        # Not sys.exit: JAX's exit handler would wait at the distributed shutdown barrier for the lost process
+        # until the heartbeat timeout, then abort.
+        os._exit(1)
     print(results["table"])
+
+
+# A collective or barrier of a multi-process run that failed because a peer went away (gloo, the coordination service).
+_PEER_FAILURES = ("gloo", "DEADLINE_EXCEEDED", "UNAVAILABLE", "Connection reset", "Connection closed", "heartbeat", "barrier")
+
+
+def lost_peer(error: BaseException) -> bool:
+    """Whether a JaxRuntimeError of a multi-process run is a lost peer (shown as one line) rather than a bug."""
+    return jax.process_count() > 1 and any(marker.lower() in str(error).lower() for marker in _PEER_FAILURES)
 
 
 def _one_line(error: BaseException) -> str:

@@ -18,13 +18,16 @@ process loads only its own part of every global batch
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
-from pqdjax.errors import ConfigError
+from pqdjax.errors import ConfigError, InputError
 
 PyTree = Any
 DATA_AXIS = "data"
@@ -35,7 +38,10 @@ def initialize_distributed(config: ml_collections.ConfigDict | None) -> bool:
 
     config fields: enabled ('auto' | True | False, also as typed on the command line:
     'True', 'false') and optional coordinator_address, num_processes, process_id
-    (needed only where JAX cannot detect the cluster). Must run before anything
+    (needed only where JAX cannot detect the cluster; checked by
+    check_distributed_fields), initialization_timeout (s to wait for all
+    processes to join) and heartbeat_timeout_seconds (s after which a silent
+    process counts as dead and the others stop). Must run before anything
     touches the devices. CPU processes exchange collectives over gloo (the CPU
     client's setting; accelerators keep their own collectives).
     """
@@ -49,9 +55,40 @@ def initialize_distributed(config: ml_collections.ConfigDict | None) -> bool:
     explicit = {k: config.get(k) for k in ("coordinator_address", "num_processes", "process_id") if config.get(k) not in (None, "", -1)}
     if enabled == "auto" and not explicit and not _cluster_detected():
         return False
+    check_distributed_fields(explicit)
+    timeouts = {k: int(config[k]) for k in ("initialization_timeout", "heartbeat_timeout_seconds") if config.get(k)}
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(**explicit)
+    if explicit:
+        # JAX aborts the process (no Python exception) when the processes do not all join in time: say what it waits for.
+        logging.info("distributed: process %s of %s joining %s (timeout %s s)", explicit.get("process_id"), explicit.get("num_processes"),
+                     explicit.get("coordinator_address"), timeouts.get("initialization_timeout", 300))
+    jax.distributed.initialize(**explicit, **timeouts)
     return True
+
+
+def check_distributed_fields(explicit: dict) -> None:
+    """One-line errors for explicit coordinator_address / num_processes / process_id that cannot start a run, and for a
+    coordinator port already in use on this machine (process 0 would abort inside JAX instead)."""
+    if not explicit:
+        return
+    missing = [k for k in ("coordinator_address", "num_processes", "process_id") if k not in explicit]
+    if missing:
+        raise ConfigError(f"config.distributed sets {sorted(explicit)} but not {missing}: set all three, or none on a cluster JAX detects.")
+    num, pid, address = explicit["num_processes"], explicit["process_id"], str(explicit["coordinator_address"])
+    if not isinstance(num, int) or num < 1:
+        raise ConfigError(f"config.distributed.num_processes must be a positive integer (the number of processes started), got {num!r}.")
+    if not isinstance(pid, int) or not 0 <= pid < num:
+        raise ConfigError(f"config.distributed.process_id must be in [0, num_processes={num}), got {pid!r}: number the processes 0 .. {num - 1}.")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"config.distributed.coordinator_address must be HOST:PORT (process 0's address), got {address!r}.")
+    if pid == 0 and host in ("127.0.0.1", "localhost", "0.0.0.0", socket.gethostname()):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("" if host == "0.0.0.0" else "127.0.0.1", int(port)))
+            except OSError:
+                raise ConfigError(f"config.distributed.coordinator_address {address}: port {port} is in use on this machine; "
+                                  "choose a free port for the coordinator (process 0).") from None
 
 
 def _cluster_detected() -> bool:
@@ -144,3 +181,19 @@ def sync_processes(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def write_once(store, name: str, fp: str, write: Callable[[], None]) -> None:
+    """One writer for an artifact every process needs: process 0 calls write() (which must mark `name` complete
+    with `fp` in the ArtifactStore `store`) unless it is complete already; then every process waits for it.
+
+    A process that does not see it complete after the barrier does not share process 0's workdir: a clear error.
+    """
+    if jax.process_index() == 0 and not store.is_complete(name, fp):
+        write()
+    sync_processes(f"write_once {name}")
+    if not store.is_complete(name, fp):
+        raise InputError(
+            f"process {jax.process_index()} does not see {store.path(name)}, which process 0 wrote: the workdir must be "
+            "one folder on a filesystem that all processes share (e.g. NFS, a GCS fuse mount)."
+        )

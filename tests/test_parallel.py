@@ -37,3 +37,61 @@ def test_distributed_starts_only_when_asked_or_detected():
     with pytest.raises(ValueError, match="'auto', True or False"):
         parallel.initialize_distributed(ml_collections.ConfigDict(dict(enabled="yes")))
     assert jax.process_count() == 1
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(num_processes=2, process_id=0), r"sets \['num_processes', 'process_id'\] but not \['coordinator_address'\]"),
+    (dict(coordinator_address="127.0.0.1:1234", num_processes=0, process_id=0), "num_processes must be a positive integer"),
+    (dict(coordinator_address="127.0.0.1:1234", num_processes=2, process_id=2), r"process_id must be in \[0, num_processes=2\), got 2"),
+    (dict(coordinator_address="127.0.0.1", num_processes=2, process_id=1), "must be HOST:PORT"),
+])
+def test_explicit_distributed_fields_that_cannot_start_a_run_are_one_line_errors(fields, message):
+    with pytest.raises(ValueError, match=message) as error:
+        parallel.initialize_distributed(ml_collections.ConfigDict(dict(enabled=True, **fields)))
+    assert "\n" not in str(error.value)
+    assert jax.process_count() == 1  # refused before jax.distributed started
+
+
+def test_a_coordinator_port_in_use_is_a_one_line_error():
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = ml_collections.ConfigDict(dict(enabled="True", coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=0))
+        with pytest.raises(ValueError, match=f"port {port} is in use on this machine; choose a free port"):
+            parallel.initialize_distributed(config)
+    assert jax.process_count() == 1
+
+
+def test_write_once_writes_and_names_an_unshared_workdir(tmp_path, monkeypatch):
+    from pqdjax import artifacts
+
+    store = artifacts.ArtifactStore(str(tmp_path))
+    parallel.write_once(store, "a.json", "fp", lambda: store.save_record("a.json", {"x": 1}, "fp"))
+    assert store.load_record("a.json") == {"x": 1}
+    parallel.write_once(store, "a.json", "fp", lambda: pytest.fail("written twice"))  # complete: not rewritten
+    # a process other than 0 whose workdir is not process 0's sees nothing after the barrier
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    with pytest.raises(ValueError, match="does not see .*b.json, which process 0 wrote: the workdir must be one folder"):
+        parallel.write_once(store, "b.json", "fp", lambda: store.save_record("b.json", {}, "fp"))
+
+
+def test_class_latent_batches_do_not_depend_on_how_many_processes_encoded(tmp_path):
+    """CLVQ streams a class in mini-batches: cut across the processes' files, they are those of one process's file."""
+    from pqdjax.stages.imagenet_encode import ClassLatents, class_file
+
+    rows = np.arange(7 * 3, dtype=np.float32).reshape(7, 3)
+    layouts = {1: [rows], 2: [rows[:3], rows[3:]], 3: [rows[:1], rows[1:5], rows[5:]]}
+    for processes, parts in layouts.items():
+        folders = []
+        for p, part in enumerate(parts):
+            folder = tmp_path / f"{processes}_{p}"
+            folder.mkdir()
+            part.tofile(folder / class_file(0))
+            folders.append(str(folder))
+        latents = ClassLatents(tuple(folders), np.array([[len(part)] for part in parts]), (3, 1, 1), 1, "fp")
+        batches = list(latents.batches(0, 2))
+        assert [len(b) for b in batches] == [2, 2, 2, 1], processes
+        np.testing.assert_array_equal(np.concatenate(batches), rows)

@@ -49,6 +49,14 @@ def guided_epsilon(eps_fn: EpsFn, params, latents: jax.Array, t: jax.Array, cond
     return eps_uncond + guidance * (eps_cond - eps_uncond)
 
 
+def initial_noise(rng: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """N(0, I) of `shape` from one key, or from one key per example (rng [n] for shape [n, ...]): then an
+    example's noise depends only on its key, not on which batch it is decoded in."""
+    if rng.ndim == 0:
+        return jax.random.normal(rng, shape, dtype)
+    return jax.vmap(lambda key: jax.random.normal(key, shape[1:], dtype))(rng)
+
+
 def _denoise(eps_fn: EpsFn, scheduler, state, params, x: jax.Array, first, cond, uncond, guidance, steps: int) -> jax.Array:
     """Runs the scheduler's DDIM steps first .. steps - 1 from x (at timestep index `first`)."""
     timesteps = state.timesteps
@@ -80,7 +88,7 @@ def img2img(
     scheduler: a diffusers FlaxDDIMScheduler (its state is created here);
     cond, uncond: contexts [n, ...] (class labels, class embeddings or text
     encodings, and their null / negative counterpart); rng: the key of the
-    initial noise; strength in [0, 1] and guidance are traced (one compilation
+    initial noise, or one key per latent [n] (initial_noise); strength in [0, 1] and guidance are traced (one compilation
     serves all values). eps_fn and scheduler are static: pass the same objects
     to reuse the compiled sampler.
     """
@@ -88,7 +96,7 @@ def img2img(
     timesteps = state.timesteps
     # As start_index, traced: the loop runs the last round(steps * strength) steps.
     first = steps - jnp.clip(jnp.round(steps * jnp.asarray(strength, jnp.float32)).astype(jnp.int32), 0, steps)
-    noise = jax.random.normal(rng, latents.shape, latents.dtype)
+    noise = initial_noise(rng, latents.shape, latents.dtype)
     noised = scheduler.add_noise(state, latents, noise, timesteps[jnp.minimum(first, steps - 1)])
     x = jnp.where(first == steps, latents, jnp.where(first == 0, noise * state.init_noise_sigma, noised))
     return _denoise(eps_fn, scheduler, state, params, x, first, cond, uncond, guidance, steps)

@@ -20,11 +20,10 @@ the prior, the teacher and the latents are unchanged.
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 from absl import logging
 
-from pqdjax import artifacts
+from pqdjax import artifacts, parallel
 from pqdjax.config_checks import decoder_of, split_method
 from pqdjax.data.grouping import class_indices, pad_classes
 from pqdjax.quantize import wasserstein2_classes
@@ -78,16 +77,18 @@ def measure_sets(run, synthetic: dict, quantized: dict, measure_set, kind: str, 
     A record is reused while the set, its quantization and `inputs` (fingerprints,
     config sections) are unchanged; process 0 writes fidelity/{method}_ipc{K}.json.
     """
+    jobs = [(method, ipc, synthetic_set, f"fidelity/{method}_ipc{ipc}.json",
+             artifacts.fingerprint(kind, synthetic_set.fingerprint, quantized[ipc].fingerprint, *inputs))
+            for (method, ipc), synthetic_set in synthetic.items()]
+    done = [run.store.is_complete(name, fp) for *_, name, fp in jobs]  # by every process before process 0 writes
+    parallel.sync_processes("fidelity: records read")
     out = {}
-    for (method, ipc), synthetic_set in synthetic.items():
-        name = f"fidelity/{method}_ipc{ipc}.json"
-        fp = artifacts.fingerprint(kind, synthetic_set.fingerprint, quantized[ipc].fingerprint, *inputs)
-        if run.store.is_complete(name, fp):
+    for (method, ipc, synthetic_set, name, fp), complete in zip(jobs, done):
+        if complete:
             out[method, ipc] = run.store.load_record(name)
             continue
         record = measure_set(quantized[ipc], synthetic_set)
-        if jax.process_index() == 0:
-            run.store.save_record(name, record, fp)
+        parallel.write_once(run.store, name, fp, lambda: run.store.save_record(name, record, fp))
         out[method, ipc] = record
         consistency = record["cell_consistency"]
         logging.info(

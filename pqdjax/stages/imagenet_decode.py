@@ -37,6 +37,7 @@ import dataclasses
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -68,7 +69,8 @@ def pushforward(model, points: np.ndarray, labels: np.ndarray, prompts: list[str
     """Latent points [n, h, w, 4] of classes labels [n] -> uint8 images [n, S, S, 3] (S = config.image_size) by the
     prior's denoiser + VAE decoding (decoder 'diffusion') or by the VAE decoder alone ('vae'; labels, prompts, rng unused).
 
-    model: the prior (StableDiffusion, conditioned on the prompts; DiTDiffusion, on the labels).
+    model: the prior (StableDiffusion, conditioned on the prompts; DiTDiffusion, on the labels);
+    rng: the noise key, or one key per point [n] (point_keys).
     config: config.decode (image_size, and in its diffusion section strength, guidance, steps,
     negative_prompt, and start: 'img2img' noises each point to strength and denoises it,
     'initial_latent' runs the whole reverse process from the point in place of noise).
@@ -76,7 +78,7 @@ def pushforward(model, points: np.ndarray, labels: np.ndarray, prompts: list[str
     """
     n = len(points)
     extra = -n % mesh.size
-    pad = lambda a: np.concatenate([a, np.repeat(a[-1:], extra, axis=0)]) if extra else a
+    pad = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], extra, axis=0)]) if extra else a
     prompts = list(prompts) + [prompts[-1]] * extra
     sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
     put = lambda a: jax.device_put(np.asarray(a), sharding)
@@ -88,6 +90,7 @@ def pushforward(model, points: np.ndarray, labels: np.ndarray, prompts: list[str
     params = jax.device_put(model.denoiser_params, NamedSharding(mesh, PartitionSpec()))
     start = settings.get("start", "img2img")
     if start == "img2img":
+        rng = pad(rng) if rng.ndim else rng
         latents = img2img(model.epsilon, model.scheduler, params, put(pad(points)), cond, uncond, rng,
                           strength=settings.strength, guidance=settings.guidance, steps=settings.steps)
     elif start == "initial_latent":
@@ -128,6 +131,13 @@ def real_images(run, latents, ipc: int, c: int) -> np.ndarray:
     return np.stack([imagenet.resize_and_center_crop(np.asarray(source[int(i)]["image"]), size, size) for i in indices])
 
 
+def point_keys(run, ipc: int, classes: list[int]) -> jax.Array:
+    """One noise key per point [len(classes) * ipc], class-major: key (c, k) depends on neither the batch nor the
+    process that decodes it, so the images are the same for any number of processes and batch size."""
+    base = run.rng("decode", ipc)
+    return jnp.stack([jax.random.fold_in(jax.random.fold_in(base, c), k) for c in classes for k in range(ipc)])
+
+
 def set_folder(source: str, decoder: str | None, kind: str = "images") -> str:
     """The folder under synthetic/ipc{K}/ of the PNGs (kind 'images') or group records ('groups') of a
     point source and decoder (None: the real images): 'images' for the pushforward of the k-means points."""
@@ -155,7 +165,7 @@ def decode_ipc(run, prior, latents, quantized, ipc: int, fp: str, source: str = 
         else:
             points = np.concatenate([class_points(run, latents, quantized, ipc, c, source) for c in classes])
             points = points.reshape((-1,) + latents.shape)
-            images = pushforward(prior.model, points, labels, [prompts[c] for c in labels], run.rng("decode", ipc, classes[0]), config,
+            images = pushforward(prior.model, points, labels, [prompts[c] for c in labels], point_keys(run, ipc, classes), config,
                                  mesh, decoder)
         files = []
         for i, (image, c) in enumerate(zip(images, labels)):

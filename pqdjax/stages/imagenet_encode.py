@@ -73,10 +73,22 @@ class ClassLatents:
         ]
 
     def batches(self, c: int, batch_size: int) -> Iterator[np.ndarray]:
-        """Class c's latents [<= batch_size, d], read from disk in order (memory: one batch)."""
+        """Class c's latents in order, batch_size rows at a time (the last batch shorter; memory: one batch).
+
+        The batches run across the processes' files, so they do not depend on how many processes encoded.
+        """
+        pending, count = [], 0
         for part in self._memmaps(c):
-            for start in range(0, len(part), batch_size):
-                yield np.array(part[start : start + batch_size])
+            start = 0
+            while start < len(part):
+                take = min(batch_size - count, len(part) - start)
+                pending.append(np.array(part[start : start + take]))
+                start, count = start + take, count + take
+                if count == batch_size:
+                    yield np.concatenate(pending)
+                    pending, count = [], 0
+        if pending:
+            yield np.concatenate(pending)
 
     def head(self, c: int, n: int) -> np.ndarray:
         """The first min(n, n_c) latents of class c [<= n, d]."""

@@ -14,10 +14,11 @@ from __future__ import annotations
 import shutil
 import time
 
+import jax
 import numpy as np
 from absl import logging
 
-from pqdjax import artifacts
+from pqdjax import artifacts, parallel
 from pqdjax.data import imagenet
 from pqdjax.models.classifiers import make_classifier
 from pqdjax.data.image_folder import load_images, read_manifest
@@ -70,15 +71,23 @@ def run(run, teacher, synthetic: dict) -> list[dict]:
     config = run.config.evaluate
     settings = {k: v for k, v in config.to_dict().items() if k != "seeds"}  # adding seeds redoes nothing
     eval_data = imagenet.data_fields(run.config.data, imagenet.TEST_DATA_FIELDS)
+    jobs = [(method, ipc, seed, synthetic_set, f"evaluate/{method}_ipc{ipc}_seed{seed}.json",
+             artifacts.fingerprint("imagenet_evaluate", teacher.fingerprint, synthetic_set.fingerprint, settings, eval_data, seed))
+            for (method, ipc), synthetic_set in synthetic.items() for seed in config.seeds]
+    # Every process decides what to train before any record is written: all of them train the same students
+    # (data-parallel), and process 0 writes each record.
+    done = [run.store.is_complete(name, fp) for *_, name, fp in jobs]
+    parallel.sync_processes("evaluate: records read")
     records = []
-    for (method, ipc), synthetic_set in synthetic.items():
-        for seed in config.seeds:
-            name = f"evaluate/{method}_ipc{ipc}_seed{seed}.json"
-            fp = artifacts.fingerprint("imagenet_evaluate", teacher.fingerprint, synthetic_set.fingerprint, settings, eval_data, seed)
-            if not run.store.is_complete(name, fp):
-                # The fingerprint in the folder name: a changed config never resumes another's checkpoint.
-                checkpoints = run.store.path(f"checkpoints/evaluate/{method}_ipc{ipc}_seed{seed}_{fp}")
-                run.store.save_record(name, evaluate_set(run, teacher, synthetic_set, seed, checkpoints), fp)
-                shutil.rmtree(checkpoints, ignore_errors=True)
+    for (method, ipc, seed, synthetic_set, name, fp), complete in zip(jobs, done):
+        if complete:
             records.append(run.store.load_record(name))
+            continue
+        # The fingerprint in the folder name: a changed config never resumes another's checkpoint.
+        checkpoints = run.store.path(f"checkpoints/evaluate/{method}_ipc{ipc}_seed{seed}_{fp}")
+        record = evaluate_set(run, teacher, synthetic_set, seed, checkpoints)
+        parallel.write_once(run.store, name, fp, lambda: run.store.save_record(name, record, fp))
+        if jax.process_index() == 0:
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        records.append(record)
     return records

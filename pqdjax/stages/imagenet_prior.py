@@ -19,7 +19,7 @@ import dataclasses
 
 from absl import logging
 
-from pqdjax import artifacts
+from pqdjax import artifacts, parallel
 from pqdjax.models.dit_diffusion import DiTDiffusion, load_dit
 from pqdjax.models.stable_diffusion import StableDiffusion, load_stable_diffusion
 from pqdjax.models.tiny_checkpoints import write_tiny_dit, write_tiny_stable_diffusion
@@ -47,8 +47,8 @@ def run(run) -> Prior:
     fp = artifacts.fingerprint("imagenet_prior", config, run.config.seed)
     if config.get("tiny_random", False):
         name = tiny_artifact(config.kind)
-        if not run.store.is_complete(name, fp):
-            run.store.write_artifact(name, lambda folder: _TINY_WRITERS[config.kind](folder, seed=run.config.seed), fp)
+        write = lambda folder: _TINY_WRITERS[config.kind](folder, seed=run.config.seed)
+        parallel.write_once(run.store, name, fp, lambda: run.store.write_artifact(name, write, fp))
         folder = run.store.path(name)
     else:
         folder = config.pretrained_dir

@@ -20,7 +20,7 @@ import hashlib
 import flax.linen as nn
 from absl import logging
 
-from pqdjax import artifacts
+from pqdjax import artifacts, parallel
 from pqdjax.data import imagenet
 from pqdjax.models.classifiers import make_classifier
 from pqdjax.models.convert_torchvision import load_torchvision_resnet
@@ -55,8 +55,8 @@ def checkpoint_path(run, model: nn.Module) -> str:
     if run.config.teacher.checkpoint:
         return run.config.teacher.checkpoint
     fp = artifacts.fingerprint("imagenet_tiny_teacher", run.config.teacher.model, run.config.seed)
-    if not run.store.is_complete(TINY_ARTIFACT, fp):
-        run.store.write_artifact(TINY_ARTIFACT, lambda path: write_tiny_torchvision_resnet(path, model, seed=run.config.seed), fp)
+    write = lambda path: write_tiny_torchvision_resnet(path, model, seed=run.config.seed)
+    parallel.write_once(run.store, TINY_ARTIFACT, fp, lambda: run.store.write_artifact(TINY_ARTIFACT, write, fp))
     return run.store.path(TINY_ARTIFACT)
 
 
@@ -76,6 +76,7 @@ def run(run) -> Teacher:
         source = imagenet.open_configured_split(data, data.test_split)
         num_examples = min(len(source), data.get("test_limit") or len(source))
         test_accuracy = sharded_accuracy(model, variables, source, num_examples, data, run.mesh, name="teacher accuracy")
-        run.store.save_record(ACCURACY_ARTIFACT, {"test_accuracy": test_accuracy, "checkpoint": path}, eval_fp)
+        record = {"test_accuracy": test_accuracy, "checkpoint": path}
+        parallel.write_once(run.store, ACCURACY_ARTIFACT, eval_fp, lambda: run.store.save_record(ACCURACY_ARTIFACT, record, eval_fp))
     logging.info("teacher: %s from %s, validation accuracy %.4f", config.model.arch, path, test_accuracy)
     return Teacher(model, variables, test_accuracy, fp)

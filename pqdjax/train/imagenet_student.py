@@ -165,7 +165,7 @@ def train_student(
 
     def make_batch(indices) -> dict:
         """This process's rows of the global batch, read from host memory and sharded over the mesh."""
-        local = np.sort(np.asarray(indices)[rows])
+        local = np.sort(np.asarray(indices))[rows]  # sorted as a whole: the global batch is the same for any process count
         return parallel.shard_host_batch(mesh, {"images": images[local], "weights": host_weights[local]})
 
     checkpoints = (ManagedCheckpoints(checkpoint_dir, config.checkpoint_every, config.get("keep_checkpoints", 2))
