@@ -59,3 +59,44 @@ def test_incomplete_checkpoints_are_refused(checkpoint, tmp_path):
     wrong = {**state, "conv_in.weight": state["conv_in.weight"][:, :2]}
     with pytest.raises(sd_lib.CheckpointError, match="shape"):
         sd_lib.convert_pytorch_weights(wrong, abstract, "unet")
+
+
+def test_converted_unet_and_vae_equal_diffusers_pytorch_models(checkpoint, tmp_path):
+    """The outside reference: diffusers' own PyTorch UNet and VAE, saved by torch's save_pretrained into a checkpoint
+    read by load_stable_diffusion; the Flax forward passes equal the PyTorch ones to 1e-4."""
+    import shutil
+
+    torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch (pip install torch==2.13.0)")
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from pqdjax.models.tiny_checkpoints import TINY_UNET_CONFIG, TINY_VAE_CONFIG
+
+    root = tmp_path / "sd"
+    shutil.copytree(checkpoint[0], root)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**{k: v for k, v in TINY_UNET_CONFIG.items() if k != "_class_name"}).eval()
+    vae = AutoencoderKL(**{k: v for k, v in TINY_VAE_CONFIG.items() if k != "_class_name"}).eval()
+    with torch.no_grad():  # off the initialisation (zero output convs, unit norms): every weight matters
+        for p in list(unet.parameters()) + list(vae.parameters()):
+            p.add_(0.1 * torch.randn_like(p))
+    for name, model in (("unet", unet), ("vae", vae)):
+        shutil.rmtree(root / name)
+        model.save_pretrained(str(root / name), safe_serialization=True)
+    loaded = sd_lib.load_stable_diffusion(str(root))
+
+    rng = np.random.default_rng(0)
+    latents, context = rng.standard_normal((2, 4, 4, 4)).astype(np.float32), rng.standard_normal((2, 77, 32)).astype(np.float32)
+    timesteps = np.array([10, 900])
+    with torch.no_grad():
+        want = unet(torch.from_numpy(latents.transpose(0, 3, 1, 2)), torch.from_numpy(timesteps),
+                    torch.from_numpy(context)).sample.numpy().transpose(0, 2, 3, 1)
+    got = np.asarray(loaded.epsilon(loaded.unet_params, latents, jax.numpy.asarray(timesteps), context))
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+    images = rng.uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32)
+    with torch.no_grad():
+        mean = vae.encode(torch.from_numpy(images.transpose(0, 3, 1, 2))).latent_dist.mean.numpy().transpose(0, 2, 3, 1)
+        decoded = vae.decode(torch.from_numpy(mean.transpose(0, 3, 1, 2))).sample.numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(np.asarray(loaded.encode_images(images)), mean * loaded.latent_scale, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(loaded.decode_latents(mean * loaded.latent_scale)), decoded, atol=1e-4, rtol=1e-4)
+    assert np.abs(want).max() > 0.1 and np.abs(decoded).max() > 0.1

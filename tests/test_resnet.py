@@ -116,3 +116,23 @@ def test_converted_kernels_follow_torchs_conv_and_linear_definitions():
     # every parameter of the state dict was used (num_batches_tracked is dropped)
     assert sum(np.size(v) for v in jax.tree.leaves(variables)) == sum(
         np.size(v) for k, v in state.items() if not k.endswith("num_batches_tracked"))
+
+
+@pytest.mark.parametrize("arch, parameters, state_keys", [
+    ("resnet18", 11_689_512, 122), ("resnet34", 21_797_672, 218), ("resnet50", 25_557_032, 320), ("resnet101", 44_549_160, 626),
+])
+def test_full_size_resnets_have_torchvisions_parameter_count_and_state_dict_keys(arch, parameters, state_keys):
+    """Against torchvision's published figures (its model docs: 11.7M / 21.8M / 25.6M / 44.5M parameters at 1,000
+    classes; its state dicts hold every conv and fc weight, fc bias, and 5 entries per BatchNorm), shapes only."""
+    import numpy as np
+
+    from pqdjax.models.tiny_checkpoints import resnet_to_torchvision
+
+    model = ResNet(num_classes=1000, depth_name=arch)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))))
+    assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"])) == parameters
+    zeros = jax.tree.map(lambda x: np.zeros(x.shape, np.float32), variables)
+    state = resnet_to_torchvision(zeros)
+    assert len(state) == state_keys
+    assert state["fc.weight"].shape == (1000, 512 if arch in ("resnet18", "resnet34") else 2048)
+    assert state["layer1.0.bn1.num_batches_tracked"].shape == ()
