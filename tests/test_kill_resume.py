@@ -64,6 +64,8 @@ KILL_POINTS = [
     "marked:checkpoints/teacher/step_00000002",  # teacher training
     "unmarked:teacher/params",  # the teacher saved, its marker not yet
     "written:latents.npz",  # encoding
+    "marked:checkpoints/denoiser/step_00000002",  # denoiser training
+    "unmarked:prior/denoiser",  # the denoiser saved, its marker not yet
     "unmarked:quantize/ipc2.npz",  # quantizing
     "written:synthetic/d4m_ipc2.npz",  # decoding
     "marked:checkpoints/evaluate/d4m_ipc2_seed0/step_00000002",  # a student's training
