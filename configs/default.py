@@ -54,8 +54,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.seed = 0
     config.ipcs = (10,)
     # d4m and ddoq decode with config.decode.method; ddoq_vae: the ddoq points decoded by the VAE alone.
-    # Also known (pqdjax.config_checks): medoid, medoid_weighted, herding (real images), and any of them
-    # with a decoder suffix, e.g. random_vae (the random real images through the VAE).
+    # Also known (pqdjax.config_checks): medoid, medoid_weighted, herding (real images), generated (class-conditional
+    # samples of the denoiser), and any of them with a decoder suffix, e.g. random_vae (the random real images through the VAE).
     config.methods = ("random", "d4m", "ddoq", "ddoq_vae")
     # 'auto': compute conv kernel gradients by shifted matmuls on CPU (pqdjax.models.fast_conv).
     config.fast_conv_gradients = "auto"

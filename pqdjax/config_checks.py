@@ -15,11 +15,15 @@ from pqdjax.train.weighting import NORMALIZATIONS
 #   herding          K real images chosen by herding in latent space      uniform
 #   d4m              the k-means points, decoded                          uniform
 #   ddoq             the k-means points, decoded                          Voronoi masses (DDOQ)
+#   generated        K class-conditional samples of the denoiser          uniform
+#                    (decoder 'sample': img2img at strength 1, the points' content unused)
 REAL_IMAGE_METHODS = ("random", "medoid", "medoid_weighted", "herding")
-POINT_METHODS = ("d4m", "ddoq")
+POINT_METHODS = ("d4m", "ddoq", "generated")
 KNOWN_METHODS = REAL_IMAGE_METHODS + POINT_METHODS
+# The methods whose images are made from their points (W2 of the points, cell consistency); not generated's samples.
+W2_METHODS = tuple(m for m in KNOWN_METHODS if m != "generated")
 KNOWN_QUANTIZERS = ("lloyd", "clvq", "barycenter")  # pqdjax.quantize.METHODS
-KNOWN_DECODERS = ("vae", "diffusion")
+KNOWN_DECODERS = ("vae", "diffusion", "sample")
 
 
 def split_method(method: str) -> tuple[str, str | None]:
@@ -42,7 +46,7 @@ def split_method(method: str) -> tuple[str, str | None]:
 
 def point_source(base: str) -> str:
     """Base methods with the same latent points share their decoded images: d4m and ddoq ('kmeans'), medoid and medoid_weighted."""
-    return {"d4m": "kmeans", "ddoq": "kmeans", "medoid_weighted": "medoid"}.get(base, base)
+    return {"d4m": "kmeans", "ddoq": "kmeans", "generated": "kmeans", "medoid_weighted": "medoid"}.get(base, base)
 
 
 def decoder_of(method: str, config: ml_collections.ConfigDict) -> str | None:
@@ -50,6 +54,8 @@ def decoder_of(method: str, config: ml_collections.ConfigDict) -> str | None:
     base, decoder = split_method(method)
     if base in REAL_IMAGE_METHODS:
         return decoder
+    if base == "generated":
+        return decoder or "sample"
     return decoder or config.decode.method
 
 

@@ -248,3 +248,34 @@ def test_ipc_larger_than_a_class_is_a_clear_error(finished_run):
     config.ipcs = (31,)
     with pytest.raises(ValueError, match="IPC 31 is larger than the smallest class"):
         pipeline.run(config, workdir)
+
+
+def test_generated_is_class_conditional_sampling_with_uniform_weights(finished_run):
+    """The 'generated' baseline: K samples per class of the denoiser from noise (strength 1), uniform weights;
+    the k-means points give only the shape: sampling from them instead of zeros gives the same images."""
+    from pqdjax import artifacts
+    from pqdjax.data.preprocess import to_uint8
+    from pqdjax.stages import decode, denoiser, encode, fidelity, prior, quantize, teacher
+
+    data_dir, workdir, _ = finished_run
+    config = _config(data_dir)
+    config.methods = ("d4m", "generated")
+    run = pipeline.Run(config=config, store=artifacts.ArtifactStore(workdir))
+    the_prior = prior.run(run)
+    latents = encode.run(run, the_prior)
+    the_denoiser = denoiser.run(run, latents)
+    quantized = quantize.run(run, latents)
+    synthetic = decode.run(run, the_prior, latents, quantized, the_denoiser)
+    generated, d4m = synthetic["generated", 2], synthetic["d4m", 2]
+    np.testing.assert_allclose(generated.weights, 0.5)
+    assert generated.images.shape == d4m.images.shape and not np.array_equal(generated.images, d4m.images)
+    points = quantized[2].arrays["points"].reshape((-1,) + latents.shape)
+    labels = np.repeat(np.arange(10), 2)
+    settings = config.decode.diffusion
+    sampled = decode.denoise_points(the_denoiser, points, labels, run.rng("decode", "sample"), strength=1.0,
+                                    guidance=settings.guidance, steps=settings.steps, batch_size=settings.batch_size)
+    expected = to_uint8(decode.decode_with_vae(run, the_prior, None, sampled, labels)).reshape(generated.images.shape)
+    assert np.abs(expected.astype(int) - generated.images.astype(int)).max() <= 1
+    records = fidelity.run(run, the_prior, teacher.run(run), latents, quantized, synthetic)
+    assert records["generated", 2]["cell_consistency"] is None and records["generated", 2]["w2_points"] is None
+    assert records["d4m", 2]["cell_consistency"] is not None and records["generated", 2]["w2_images"] > 0

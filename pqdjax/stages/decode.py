@@ -1,8 +1,9 @@
 """Stage decode: each method's synthetic set (uint8 images with per-class weights) for every IPC.
 
     random, medoid, medoid_weighted, herding   real training images per class
-    d4m     the quantization points decoded to images, uniform weights
-    ddoq    the same images, weighted by the Voronoi cell masses
+    d4m        the quantization points decoded to images, uniform weights
+    ddoq       the same images, weighted by the Voronoi cell masses
+    generated  K class-conditional samples of the denoiser per class, uniform weights
 
 (pqdjax.config_checks lists the base methods, pqdjax.stages.quantize.method_set
 their latent points, weights and images.) Decoders map latent points to
@@ -14,6 +15,8 @@ latents) decodes that set's points with another, so that one run compares them:
     diffusion  the pushforward of DDOQ and D4M: img2img of each point with the
                class-conditioned latent denoiser (noise to config.decode.diffusion
                .strength, DDIM with classifier-free guidance), then the VAE decoder
+    sample     the same at strength 1: pure class-conditional sampling from noise
+               (the points' content unused), generated's decoder
 
 Every set is also written as PNGs in class folders with a manifest of its
 weights (pqdjax.data.image_folder), distilled/{method}_ipc{K}/manifest.csv,
@@ -99,7 +102,17 @@ def decode_with_diffusion(run, prior, denoiser, points: np.ndarray, labels: np.n
     return decode_with_vae(run, prior, None, denoised, labels)
 
 
-DECODERS = {"vae": decode_with_vae, "diffusion": decode_with_diffusion}
+def decode_with_samples(run, prior, denoiser, points: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Class-conditional samples [n, H, W, C] of classes labels [n]: img2img at strength 1 (the points give only the shape)."""
+    settings = run.config.decode.diffusion
+    sampled = denoise_points(
+        denoiser, np.zeros_like(points), labels, run.rng("decode", "sample"),
+        strength=1.0, guidance=settings.guidance, steps=settings.steps, batch_size=settings.batch_size,
+    )
+    return decode_with_vae(run, prior, None, sampled, labels)
+
+
+DECODERS = {"vae": decode_with_vae, "diffusion": decode_with_diffusion, "sample": decode_with_samples}
 
 
 def _decode_points(run, prior, denoiser, decoder: str, latent_shape, points: np.ndarray) -> np.ndarray:
@@ -115,7 +128,7 @@ def _decode_points(run, prior, denoiser, decoder: str, latent_shape, points: np.
 
 
 def _decoder_fingerprint(run, decoder: str, quantized, prior, denoiser) -> str:
-    if decoder == "diffusion":
+    if decoder in ("diffusion", "sample"):
         return artifacts.fingerprint(
             "decode", decoder, quantized.fingerprint, prior.fingerprint, denoiser.fingerprint,
             run.config.decode.diffusion, run.config.seed,

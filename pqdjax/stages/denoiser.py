@@ -39,7 +39,7 @@ def needed(config) -> bool:
     """Whether any synthetic set of the config is decoded by the diffusion decoder, or the run ships the denoiser."""
     from pqdjax.stages.decode import decoders_in_use  # the decode stage owns the method names
 
-    return "diffusion" in decoders_in_use(config) or bool(config.get("export_pretrained"))
+    return bool({"diffusion", "sample"} & decoders_in_use(config)) or bool(config.get("export_pretrained"))
 
 
 def run(run, latents) -> Denoiser | None:

@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 
 from pqdjax import artifacts, parallel
-from pqdjax.config_checks import decoder_of, split_method
+from pqdjax.config_checks import W2_METHODS, decoder_of, split_method
 from pqdjax.data.grouping import class_indices, pad_classes
 from pqdjax.quantize import wasserstein2_classes
 from pqdjax.stages.encode import encode_images
@@ -61,12 +61,13 @@ def measure(run, prior, teacher, latents, quantized, synthetic) -> dict:
     )
     base, decoder = split_method(synthetic.method)
     points, _, _ = method_set(quantized.arrays, base, latents.latents)
+    from_points = base in W2_METHODS and decoder_of(synthetic.method, run.config) not in (None, "sample")  # not samples, not real images
     record = {
         "method": synthetic.method, "ipc": ipc,
         "teacher_agreement": teacher_agreement(teacher, flat_images, labels),
-        "cell_consistency": None if decoder_of(synthetic.method, run.config) is None else cell_consistency(reencoded, points),
+        "cell_consistency": cell_consistency(reencoded, points) if from_points else None,
         "w2_images": float(np.mean(w2)),
-        "w2_points": float(np.mean(quantized.arrays[f"w2_{base}"])),
+        "w2_points": float(np.mean(quantized.arrays[f"w2_{base}"])) if base in W2_METHODS else None,
     }
     return record
 

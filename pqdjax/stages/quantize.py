@@ -37,7 +37,7 @@ from absl import logging
 
 from pqdjax import artifacts
 from pqdjax.data.grouping import class_indices, pad_classes, select_random
-from pqdjax.config_checks import KNOWN_METHODS
+from pqdjax.config_checks import W2_METHODS
 from pqdjax.quantize import class_mesh, quantize_classes, selection, solver, wasserstein2_classes
 from pqdjax.quantize.voronoi import voronoi_weights
 
@@ -68,12 +68,12 @@ def method_set(arrays: dict[str, np.ndarray], base: str, latents: np.ndarray) ->
     """(latent points [C, K, d], weights [C, K], training indices [C, K] or None) of a base method (config_checks).
 
     arrays: a quantize/ipc{K}.npz; latents: the encoded training set [N, d].
-    The indices are the real images of a real-image method (None for d4m, ddoq).
+    The indices are the real images of a real-image method (None for d4m, ddoq, generated).
     """
     points = arrays["points"]
     uniform = np.full(points.shape[:2], 1.0 / points.shape[1], np.float32)
-    if base in ("d4m", "ddoq"):
-        return points, (uniform if base == "d4m" else arrays["weights"].astype(np.float32)), None
+    if base in ("d4m", "ddoq", "generated"):
+        return points, (arrays["weights"].astype(np.float32) if base == "ddoq" else uniform), None
     indices = arrays[{"random": "random_indices", "herding": "herding_indices"}.get(base, "medoid_indices")]
     weights = arrays["medoid_weights"].astype(np.float32) if base == "medoid_weighted" else uniform
     return latents[indices], weights, indices
@@ -104,7 +104,7 @@ def quantize_ipc(run, latents, ipc: int) -> dict[str, np.ndarray]:
         "distortion": q.distortion, "iterations": q.iterations, "converged": q.converged,
     }
     exact = np.ones(num_classes, bool)
-    for base in KNOWN_METHODS:
+    for base in W2_METHODS:
         if base == "ddoq":  # exact: the Voronoi weights make the nearest-point map optimal
             arrays["w2_ddoq"] = np.sqrt(np.maximum(q.distortion, 0.0)).astype(np.float32)
             continue
@@ -130,7 +130,7 @@ def run(run, latents) -> dict[int, Quantized]:
         logging.info(
             "quantize IPC %d (%s): distortion %.4f, W2 (means over classes) %s, iterations %s",
             ipc, run.config.quantize.method, arrays["distortion"].mean(),
-            ", ".join(f"{m} {arrays[f'w2_{m}'].mean():.4f}" for m in KNOWN_METHODS), arrays["iterations"].tolist(),
+            ", ".join(f"{m} {arrays[f'w2_{m}'].mean():.4f}" for m in W2_METHODS), arrays["iterations"].tolist(),
         )
         out[ipc] = Quantized(ipc, arrays, fp)
     return out

@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 
 from pqdjax import artifacts, figures, stats
-from pqdjax.config_checks import KNOWN_METHODS, split_method
+from pqdjax.config_checks import W2_METHODS, split_method
 
 
 def summarize(records: list[dict]) -> dict[str, dict[int, dict]]:
@@ -58,7 +58,8 @@ def w2_table(w2: dict, methods, ipcs) -> str:
     """Markdown: mean W2 over classes per method x IPC (w2[ipc][base method]['mean'])."""
     head = "| method | " + " | ".join(f"IPC {k}" for k in ipcs) + " |\n|---|" + "---|" * len(ipcs) + "\n"
     # A decoder suffix changes the images, not the points: W2 is the base method's.
-    rows = [f"| {m} | " + " | ".join(f"{w2[ipc][split_method(m)[0]]['mean']:.4f}" for ipc in ipcs) + " |" for m in methods]
+    cell = lambda ipc, base: f"{w2[ipc][base]['mean']:.4f}" if base in w2[ipc] else "-"  # generated: no points of its own
+    rows = [f"| {m} | " + " | ".join(cell(ipc, split_method(m)[0]) for ipc in ipcs) + " |" for m in methods]
     return "\nW2 from each class's latent measure to the method's weighted points (mean over classes):\n\n" + head + "\n".join(rows) + "\n"
 
 
@@ -139,8 +140,9 @@ def fidelity_table(fidelities: dict, methods, ipcs) -> str:
             if r is None:
                 continue
             consistency = "-" if r["cell_consistency"] is None else f"{100 * r['cell_consistency']:.1f}"
+            points = "-" if r["w2_points"] is None else f"{r['w2_points']:.4f}"
             rows.append(
-                f"| {method} | {ipc} | {100 * r['teacher_agreement']:.1f} | {consistency} | {r['w2_images']:.4f} | {r['w2_points']:.4f} |"
+                f"| {method} | {ipc} | {100 * r['teacher_agreement']:.1f} | {consistency} | {r['w2_images']:.4f} | {points} |"
             )
     return head + "\n".join(rows) + "\n"
 
@@ -155,7 +157,7 @@ def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict], fid
                 "mean": float(quantized[ipc].arrays[f"w2_{m}"].mean()),
                 "per_class": quantized[ipc].arrays[f"w2_{m}"].tolist(),
             }
-            for m in KNOWN_METHODS
+            for m in W2_METHODS
         }
         for ipc in ipcs
     }
