@@ -191,19 +191,31 @@ def tolerance_cost(classes=100, n=1300, d=1024, repeats=5) -> dict:
             "max_rel_diff_vs_float64": float(np.max(np.abs(ours - reference) / reference))}
 
 
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory since its exec (VmHWM). Not getrusage's ru_maxrss: Linux carries that over
+    an exec, so a child started by fork + exec from a large parent reports the parent's peak (2.7 GiB seen here)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
 def _clvq_peak_rss_child(n: int, d: int, k: int, batch: int) -> None:
-    """Runs in a fresh process: streams n samples in mini-batches made on the fly, prints peak RSS (MiB)."""
+    """Runs in a fresh process: streams n samples in mini-batches made on the fly; prints the peak resident memory
+    (MiB) once the runtime is up (imports, one compiled program), and at the end."""
     def batches():
         for start in range(0, n, batch):
             yield np.random.default_rng(start).normal(size=(batch, d)).astype(np.float32)
 
     init = np.random.default_rng(-1 % 2**32).normal(size=(k, d)).astype(np.float32)
+    jax.block_until_ready(jax.jit(lambda x: x @ x.T)(jnp.ones((8, 8))))  # the XLA CPU client and one compilation
+    runtime = _peak_rss_mib()
     t = time.perf_counter()
     out = q.clvq_stream(batches, init, epochs=1)
     jax.block_until_ready(out.points)
     seconds = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"n": n, "peak_rss_mib": peak, "seconds": seconds, "steps": out.steps}))
+    peak = _peak_rss_mib()
+    print(json.dumps({"n": n, "peak_rss_mib": round(peak, 1), "runtime_rss_mib": round(runtime, 1),
+                      "clvq_added_mib": round(peak - runtime, 1), "batch_and_points_mib": round(4 * (batch + k) * d / 2**20, 2),
+                      "seconds": round(seconds, 2), "steps": out.steps}))
 
 
 def clvq_memory(ns, d=256, k=100, batch=4096) -> list[dict]:
