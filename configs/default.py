@@ -152,6 +152,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # results.md gives the paired difference (same seeds) of each pair with a 95% t interval
     config.evaluate.compare = (("ddoq", "d4m"), ("ddoq", "random"), ("d4m", "random"), ("ddoq", "ddoq_vae"))
     config.evaluate.model = _classifier(32)
+    # > 0: also a student of config.evaluate.model per seed on every training image (uniform weights, the same loss and
+    # augmentation) for this many epochs, the ceiling of the distillation loss (pqdjax.stages.evaluate.full_data)
+    config.evaluate.full_data_epochs = 0
     # How the set's weights enter the loss (pqdjax.train.weighting): power a (1: the Voronoi masses, 0: uniform),
     # mix l with uniform (1: none), normalize 'class' (mean of w_i l_i) or 'batch' (sum w_i l_i / sum w_i).
     config.evaluate.weighting = ml_collections.ConfigDict(dict(power=1.0, mix=1.0, normalize="class"))

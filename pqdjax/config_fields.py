@@ -45,6 +45,7 @@ RULES: tuple[tuple[str, str, float | None, float | None, bool], ...] = (
     ("decode.diffusion.batch_size", INT, 1, None, False),
     ("prior.train.kl_weight", FLOAT, 0, None, False),
     ("evaluate.train.temperature", FLOAT, 0, None, True),
+    ("evaluate.full_data_epochs", INT, 0, None, False),  # 0: no full-data student
     ("evaluate.train.cutmix_beta", FLOAT, 0, None, False),
     ("evaluate.weighting.power", FLOAT, 0, None, False),  # 1: the Voronoi masses, 0: uniform
     ("evaluate.weighting.mix", FLOAT, 0, 1, False),  # 1: the weights as they are, 0: uniform

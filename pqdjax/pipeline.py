@@ -130,5 +130,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     fidelities = _timed(run_, "fidelity", fidelity.run, run_, prior_out, teacher_out, latents, quantized, synthetic)
     set_for_seed = decode.set_for_seed(run_, prior_out, latents, quantized, synthetic, denoiser_out)
     evaluations = _timed(run_, "evaluate", evaluate.run, run_, teacher_out, synthetic, set_for_seed)
+    full_data = _timed(run_, "full_data", evaluate.full_data, run_, teacher_out)
     run_.stage_seconds["total"] = round(time.perf_counter() - total_start, 2)
-    return report.run(run_, teacher_out, quantized, synthetic, evaluations, fidelities)
+    return report.run(run_, teacher_out, quantized, synthetic, evaluations, fidelities, full_data)

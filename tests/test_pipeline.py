@@ -279,3 +279,29 @@ def test_generated_is_class_conditional_sampling_with_uniform_weights(finished_r
     records = fidelity.run(run, the_prior, teacher.run(run), latents, quantized, synthetic)
     assert records["generated", 2]["cell_consistency"] is None and records["generated", 2]["w2_points"] is None
     assert records["d4m", 2]["cell_consistency"] is not None and records["generated", 2]["w2_images"] > 0
+
+
+def test_a_full_data_student_trains_alone_and_is_reported(finished_run, monkeypatch):
+    """evaluate.full_data_epochs > 0 adds the student's architecture trained on every training image by the same
+    protocol for that many epochs; the synthetic sets' students are reused, not retrained."""
+    from pqdjax.stages import evaluate
+
+    data_dir, workdir, _ = finished_run
+    trained = []
+    real = evaluate.train_student
+
+    def counting(*args, **kwargs):
+        trained.append((kwargs["name"], len(args[3])))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "train_student", counting)
+    config = _config(data_dir)
+    config.evaluate.full_data_epochs = 2
+    results = pipeline.run(config, workdir)
+    assert trained == [("full-data student seed 0", 300)]  # 30 training images of each of 10 classes
+    full = results["full_data_student"]
+    assert full["n"] == 1 and full["epochs"] == 2 and 0.0 <= full["mean"] <= 1.0
+    assert "| full data (student, 2 epochs) |" in results["table"]
+    with open(os.path.join(workdir, "metrics", "full-data_student_seed_0.jsonl")) as f:
+        steps = [json.loads(line)["step"] for line in f]
+    assert steps[-1] == 2 * (300 // config.evaluate.train.batch_size)  # epochs x batches per epoch

@@ -1,9 +1,16 @@
-"""Stage evaluate: a fresh student per (method, IPC, seed), trained on the synthetic set, tested on the test set."""
+"""Stage evaluate: a fresh student per (method, IPC, seed), trained on the synthetic set, tested on the test set.
+
+With config.evaluate.full_data_epochs > 0 also the full-data student of each seed (`full_data`): the student's
+architecture trained on every training image, uniform weights, by the very protocol (loss, teacher labels,
+augmentation) for that many epochs: what the distillation loss reaches with all the data, the ceiling the
+synthetic sets approach (the teacher's own accuracy is another architecture's).
+"""
 
 from __future__ import annotations
 
 import time
 
+import ml_collections
 import numpy as np
 from absl import logging
 
@@ -51,7 +58,8 @@ def run(run, teacher, synthetic: dict, set_for_seed=None) -> list[dict]:
     None: synthetic[method, ipc] for every seed.
     """
     config = run.config.evaluate
-    settings = {k: v for k, v in config.to_dict().items() if k != "seeds"}  # adding seeds redoes nothing
+    # adding seeds, pairs to compare or a full-data student redoes nothing
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("seeds", "compare", "full_data_epochs")}
     records = []
     for method, ipc in synthetic:
         for seed in config.seeds:
@@ -66,4 +74,37 @@ def run(run, teacher, synthetic: dict, set_for_seed=None) -> list[dict]:
             run.store.save_record(name, record, fp)
             checkpoints.discard()
             records.append(record)
+    return records
+
+
+def full_data(run, teacher) -> list[dict]:
+    """The full-data student of every seed (see the module docstring); [] when config.evaluate.full_data_epochs is 0."""
+    config = run.config.evaluate
+    epochs = config.get("full_data_epochs", 0)
+    if not epochs:
+        return []
+    dataset = run.dataset
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("seeds", "compare", "full_data_epochs")}
+    train = ml_collections.ConfigDict({**config.train.to_dict(), "epochs": epochs})
+    images = np.asarray(to_model_range(dataset.train_images))
+    records = []
+    for seed in config.seeds:
+        name = f"evaluate/full_data_seed{seed}.json"
+        fp = artifacts.fingerprint("evaluate_full_data", teacher.fingerprint, run.data_fingerprint, settings, epochs, seed)
+        if not run.store.is_complete(name, fp):
+            start = time.perf_counter()
+            student = make_classifier(config.model, dataset.num_classes)
+            label = f"full-data student seed {seed}"
+            checkpoints = run.checkpoints(f"evaluate/full_data_seed{seed}", fp, train)
+            params = train_student(
+                student, teacher.model, teacher.params, images, np.ones(len(images), np.float32), train,
+                run.rng("evaluate_full_data", seed), run.fast_conv, name=label, checkpoints=checkpoints, metrics_dir=run.metrics_dir,
+                loss_normalization="batch", labels=dataset.train_labels,  # uniform weights: the plain mean either way
+            )
+            test_accuracy = accuracy(student, params, dataset.test_images, dataset.test_labels)
+            logging.info("%s: test accuracy %.4f", label, test_accuracy)
+            run.store.save_record(name, {"seed": seed, "test_accuracy": test_accuracy, "epochs": epochs, "images": len(images),
+                                         "seconds": round(time.perf_counter() - start, 2)}, fp)
+            checkpoints.discard()
+        records.append(run.store.load_record(name))
     return records

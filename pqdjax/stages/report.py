@@ -147,7 +147,16 @@ def fidelity_table(fidelities: dict, methods, ipcs) -> str:
     return head + "\n".join(rows) + "\n"
 
 
-def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict], fidelities: dict) -> dict:
+def full_data_summary(records: list[dict]) -> dict | None:
+    """The full-data students' test accuracy over seeds {mean, std, n, epochs, records}, or None without them."""
+    if not records:
+        return None
+    values = [r["test_accuracy"] for r in records]
+    return {"mean": float(np.mean(values)), "std": stats.sample_std(values), "n": len(values), "epochs": records[0]["epochs"],
+            "records": records}
+
+
+def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict], fidelities: dict, full_data: list[dict] = ()) -> dict:
     config = run.config
     ipcs = sorted(quantized)
     methods = list(config.methods)
@@ -171,10 +180,16 @@ def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict], fid
     }
     evaluation, sections = evaluation_report(config, teacher.test_accuracy, records, fidelities, ipcs)
     summary = evaluation["accuracy"]
+    full = full_data_summary(list(full_data))
+    if full:  # a row under the teacher's: the student's architecture and loss on all the training images
+        row = f"{100 * full['mean']:.2f} ± {100 * full['std']:.2f} (n={full['n']})"
+        sections["accuracy"] = sections["accuracy"].rstrip("\n") + (
+            f"\n| full data (student, {full['epochs']} epochs) | " + " | ".join(row for _ in ipcs) + " |\n")
     table = sections["accuracy"] + w2_table(w2, methods, ipcs) + sections["paired"] + sections["fidelity"]
     results = {
         "config": json.loads(config.to_json_best_effort()),
         **evaluation,
+        **({"full_data_student": full} if full else {}),
         "quantization": quantization,
         "timing": {  # wall times in seconds: the one part of results.json that varies from run to run
             "stage_seconds": run.stage_seconds,
