@@ -17,6 +17,22 @@ def _config(data_dir):
     return config
 
 
+def _stages_to_decode(data_dir, workdir, methods):
+    """The runlocal stages up to decode for `methods`, by hand on a finished workdir:
+    (run, prior, latents, denoiser or None, quantized, synthetic)."""
+    from pqdjax import artifacts
+    from pqdjax.stages import decode, denoiser, encode, prior, quantize
+
+    config = _config(data_dir)
+    config.methods = methods
+    run = pipeline.Run(config=config, store=artifacts.ArtifactStore(workdir))
+    the_prior = prior.run(run)
+    latents = encode.run(run, the_prior)
+    the_denoiser = denoiser.run(run, latents)
+    quantized = quantize.run(run, latents)
+    return run, the_prior, latents, the_denoiser, quantized, decode.run(run, the_prior, latents, quantized, the_denoiser)
+
+
 @pytest.fixture(scope="module")
 def finished_run(runlocal_run):
     return runlocal_run["data_dir"], runlocal_run["workdir"], runlocal_run["results"]
@@ -168,19 +184,12 @@ def test_real_image_baselines(finished_run):
 
 def test_random_vae_of_another_seed_decodes_that_seeds_draw(finished_run):
     """set_for_seed: seed 1's random_vae set is the VAE decoding of the latents of seed 1's random draw."""
-    from pqdjax import artifacts
     from pqdjax.data.preprocess import to_uint8
     from pqdjax.models import vae as vae_lib
-    from pqdjax.stages import decode, encode, prior, quantize
+    from pqdjax.stages import decode, quantize
 
     data_dir, workdir, _ = finished_run
-    config = _config(data_dir)
-    config.methods = ("random", "random_vae")
-    run = pipeline.Run(config=config, store=artifacts.ArtifactStore(workdir))
-    the_prior = prior.run(run)
-    latents = encode.run(run, the_prior)
-    quantized = quantize.run(run, latents)
-    synthetic = decode.run(run, the_prior, latents, quantized)
+    run, the_prior, latents, _, quantized, synthetic = _stages_to_decode(data_dir, workdir, ("random", "random_vae"))
     set_for = decode.set_for_seed(run, the_prior, latents, quantized, synthetic)
     assert set_for("random_vae", 2, 0) is synthetic["random_vae", 2]
     drawn = set_for("random_vae", 2, 1)
@@ -253,19 +262,12 @@ def test_ipc_larger_than_a_class_is_a_clear_error(finished_run):
 def test_generated_is_class_conditional_sampling_with_uniform_weights(finished_run):
     """The 'generated' baseline: K samples per class of the denoiser from noise (strength 1), uniform weights;
     the k-means points give only the shape: sampling from them instead of zeros gives the same images."""
-    from pqdjax import artifacts
     from pqdjax.data.preprocess import to_uint8
-    from pqdjax.stages import decode, denoiser, encode, fidelity, prior, quantize, teacher
+    from pqdjax.stages import decode, fidelity, teacher
 
     data_dir, workdir, _ = finished_run
-    config = _config(data_dir)
-    config.methods = ("d4m", "generated")
-    run = pipeline.Run(config=config, store=artifacts.ArtifactStore(workdir))
-    the_prior = prior.run(run)
-    latents = encode.run(run, the_prior)
-    the_denoiser = denoiser.run(run, latents)
-    quantized = quantize.run(run, latents)
-    synthetic = decode.run(run, the_prior, latents, quantized, the_denoiser)
+    run, the_prior, latents, the_denoiser, quantized, synthetic = _stages_to_decode(data_dir, workdir, ("d4m", "generated"))
+    config = run.config
     generated, d4m = synthetic["generated", 2], synthetic["d4m", 2]
     np.testing.assert_allclose(generated.weights, 0.5)
     assert generated.images.shape == d4m.images.shape and not np.array_equal(generated.images, d4m.images)

@@ -62,7 +62,7 @@ def reencode(prior, images: np.ndarray, size: int) -> np.ndarray:
 
 def measure(run, prior, teacher, latents, quantized, synthetic) -> dict:
     """The record of one synthetic set (see the module docstring)."""
-    config, store = run.config, run.store
+    config = run.config
     files, labels, weights = read_manifest(synthetic.manifest)
     ipc, num_classes = synthetic.ipc, latents.num_classes
     order = np.lexsort((np.arange(len(labels)), labels))  # class-major, as the points
