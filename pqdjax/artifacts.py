@@ -130,8 +130,11 @@ class ArtifactStore:
             os.makedirs(self.workdir, exist_ok=True)
         except OSError as e:
             raise ArtifactError(f"cannot create workdir {self.workdir}: {e.strerror}; choose a writable --workdir.") from e
-        if not os.access(self.workdir, os.W_OK):
-            raise ArtifactError(f"workdir {self.workdir} is not writable; choose a writable --workdir.")
+        try:  # a real write (not os.access, which asks for the real user id and trusts what the mount reports)
+            with tempfile.NamedTemporaryFile(dir=self.workdir, prefix=".write-check-"):
+                pass
+        except OSError as e:
+            raise ArtifactError(f"workdir {self.workdir} is not writable ({e.strerror}); choose a writable --workdir.") from e
 
     def remove_temporaries(self) -> list[str]:
         """Deletes the temporary folders a killed run left behind (one run per workdir at a time)."""

@@ -91,14 +91,28 @@ def test_workdir_that_cannot_be_created(tmp_path):
         artifacts.ArtifactStore(str(tmp_path / "file" / "run"))
 
 
-def test_unwritable_workdir(tmp_path):
-    target = tmp_path / "ro"
+def test_unwritable_workdir():
+    """A folder the user cannot write to; as root (CI), permissions bind only after dropping the effective user id."""
+    import pathlib
+    import shutil
+    import tempfile
+
+    parent = pathlib.Path(tempfile.mkdtemp(prefix="pqdjax-ro-"))  # under /tmp: a path the dropped user can walk
+    parent.chmod(0o755)
+    target = parent / "ro"
     target.mkdir()
-    target.chmod(0o500)
+    target.chmod(0o555)
+    as_root = os.geteuid() == 0
     try:
-        if os.access(target, os.W_OK):  # running as root: permissions do not bind
-            pytest.skip("permissions are not enforced for this user")
-        with pytest.raises(artifacts.ArtifactError, match="not writable"):
+        if as_root:
+            os.setegid(65534)
+            os.seteuid(65534)  # nobody, until the finally below
+        with pytest.raises(artifacts.ArtifactError, match=r"workdir .*/ro is not writable \(Permission denied\)"):
             artifacts.ArtifactStore(str(target))
     finally:
+        if as_root:
+            os.seteuid(0)
+            os.setegid(0)
         target.chmod(0o700)
+    assert os.listdir(target) == []  # the check leaves nothing behind
+    shutil.rmtree(parent)
