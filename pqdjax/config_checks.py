@@ -153,7 +153,7 @@ def _validate_seeds_and_weighting(evaluate: ml_collections.ConfigDict) -> None:
 def _validate_decode(config: ml_collections.ConfigDict) -> None:
     if config.decode.method not in KNOWN_DECODERS:
         raise ConfigError(f"config.decode.method must be one of {KNOWN_DECODERS}, got {config.decode.method!r}.")
-    if "diffusion" not in {decoder_of(m, config) for m in config.methods} and not config.get("export_pretrained"):
+    if not {"diffusion", "sample"} & {decoder_of(m, config) for m in config.methods} and not config.get("export_pretrained"):
         return
     train = config.denoiser.train
     if not 0.0 <= train.class_dropout < 1.0:

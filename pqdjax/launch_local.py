@@ -94,8 +94,11 @@ def launch(main_args: Sequence[str], num_processes: int, devices_per_process: in
             procs.append(subprocess.Popen(process_command(main_args, i, num_processes, port), stdout=log, stderr=subprocess.STDOUT,
                                           env=env, start_new_session=True))
     failed_at = None
-    while any(p.poll() is None for p in procs):
-        if failed_at is None and any(p.returncode not in (None, 0) for p in procs):
+    while True:
+        codes = [p.poll() for p in procs]  # every process polled, so a failure is seen whichever one it is
+        if all(code is not None for code in codes):
+            break
+        if failed_at is None and any(code not in (None, 0) for code in codes):
             failed_at = time.monotonic()
         if failed_at is not None and time.monotonic() - failed_at > grace_seconds:
             for p in procs:

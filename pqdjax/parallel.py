@@ -18,7 +18,9 @@ process loads only its own part of every global batch
 
 from __future__ import annotations
 
+import os
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -84,6 +86,7 @@ def check_distributed_fields(explicit: dict) -> None:
         raise ConfigError(f"config.distributed.coordinator_address must be HOST:PORT (process 0's address), got {address!r}.")
     if pid == 0 and host in ("127.0.0.1", "localhost", "0.0.0.0", socket.gethostname()):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds: a restart's TIME_WAIT is no conflict
             try:
                 probe.bind(("" if host == "0.0.0.0" else "127.0.0.1", int(port)))
             except OSError:
@@ -192,6 +195,12 @@ def write_once(store, name: str, fp: str, write: Callable[[], None]) -> None:
     if jax.process_index() == 0 and not store.is_complete(name, fp):
         write()
     sync_processes(f"write_once {name}")
+    # Network filesystems (NFS, gcsfuse) may answer from a cache of the lookup before the write for a while.
+    for wait in (0.5, 1, 2, 4, 8, 16, 30):
+        if store.is_complete(name, fp):
+            return
+        time.sleep(wait)
+        os.listdir(os.path.dirname(store.path(name)) or ".")  # a fresh listing of the folder refreshes NFS's view
     if not store.is_complete(name, fp):
         raise InputError(
             f"process {jax.process_index()} does not see {store.path(name)}, which process 0 wrote: the workdir must be "

@@ -31,7 +31,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from pqdjax import artifacts
+from pqdjax import artifacts, parallel
 from pqdjax.config_checks import validate_config, validate_imagenet_config
 from pqdjax.data.sources import ImageDataset, load_dataset
 from pqdjax.models.fast_conv import wanted_on_this_backend
@@ -60,8 +60,6 @@ class Run:
     @functools.cached_property
     def mesh(self) -> jax.sharding.Mesh:
         """The one Mesh of the run's sharded stages (config.mesh; default: a 'data' axis over all devices)."""
-        from pqdjax import parallel
-
         return parallel.make_mesh(self.config.get("mesh"))
 
     @property
@@ -108,9 +106,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     else:
         validate_config(config)
     store = artifacts.ArtifactStore(workdir)
-    for leftover in store.remove_temporaries():
-        logging.info("removed %s, left by an interrupted run", leftover)
-    artifacts.write_json(os.path.join(store.workdir, "config.json"), json.loads(config.to_json_best_effort()))
+    if jax.process_index() == 0:  # one process: another's temporary files are not leftovers
+        for leftover in store.remove_temporaries():
+            logging.info("removed %s, left by an interrupted run", leftover)
+        artifacts.write_json(os.path.join(store.workdir, "config.json"), json.loads(config.to_json_best_effort()))
+    parallel.sync_processes("workdir ready")
     logging.info("workdir %s, JAX backend %s with %d device(s)", store.workdir, jax.default_backend(), jax.device_count())
     run_ = Run(config=config, store=store)
     if imagenet:

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 
 import jax.numpy as jnp
 import numpy as np
@@ -92,9 +93,12 @@ def test_workdir_that_cannot_be_created(tmp_path):
 
 
 def test_unwritable_workdir():
-    """A folder the user cannot write to; as root (CI), permissions bind only after dropping the effective user id."""
+    """A folder the user cannot write to. As root (CI) permissions bind only for another user: the check runs in a
+    child process that drops its effective user id to nobody (in this process it would touch the test's threads)."""
     import pathlib
     import shutil
+    import subprocess
+    import sys
     import tempfile
 
     parent = pathlib.Path(tempfile.mkdtemp(prefix="pqdjax-ro-"))  # under /tmp: a path the dropped user can walk
@@ -102,17 +106,15 @@ def test_unwritable_workdir():
     target = parent / "ro"
     target.mkdir()
     target.chmod(0o555)
-    as_root = os.geteuid() == 0
+    drop = "os.setegid(65534); os.seteuid(65534); " if os.geteuid() == 0 else ""
+    child = "import os; from pqdjax import artifacts; " + drop + f"artifacts.ArtifactStore({str(target)!r})"
     try:
-        if as_root:
-            os.setegid(65534)
-            os.seteuid(65534)  # nobody, until the finally below
-        with pytest.raises(artifacts.ArtifactError, match=r"workdir .*/ro is not writable \(Permission denied\)"):
-            artifacts.ArtifactStore(str(target))
+        out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        assert out.returncode == 1
+        assert re.search(r"ArtifactError: workdir .*/ro is not writable \(Permission denied\); choose a writable --workdir",
+                         out.stderr), out.stderr
     finally:
-        if as_root:
-            os.seteuid(0)
-            os.setegid(0)
         target.chmod(0o700)
     assert os.listdir(target) == []  # the check leaves nothing behind
     shutil.rmtree(parent)

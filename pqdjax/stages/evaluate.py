@@ -84,13 +84,15 @@ def full_data(run, teacher) -> list[dict]:
     if not epochs:
         return []
     dataset = run.dataset
-    settings = {k: v for k, v in config.to_dict().items() if k not in ("seeds", "compare", "full_data_epochs")}
+    # what trains it: the model and the protocol, its length in epochs (not steps); not the sets' weighting
+    settings = {"model": config.model.to_dict(), "train": {k: v for k, v in config.train.to_dict().items() if k != "steps"}}
     train = ml_collections.ConfigDict({**config.train.to_dict(), "epochs": epochs})
     images = np.asarray(to_model_range(dataset.train_images))
     records = []
     for seed in config.seeds:
         name = f"evaluate/full_data_seed{seed}.json"
-        fp = artifacts.fingerprint("evaluate_full_data", teacher.fingerprint, run.data_fingerprint, settings, epochs, seed)
+        fp = artifacts.fingerprint("evaluate_full_data", teacher.fingerprint, run.data_fingerprint, settings, epochs,
+                                   run.config.seed, seed)
         if not run.store.is_complete(name, fp):
             start = time.perf_counter()
             student = make_classifier(config.model, dataset.num_classes)

@@ -93,9 +93,9 @@ def measure_sets(run, synthetic: dict, quantized: dict, measure_set, kind: str, 
         out[method, ipc] = record
         consistency = record["cell_consistency"]
         logging.info(
-            "fidelity %s IPC %d: teacher agreement %.3f, cell consistency %s, W2 of the images %.3f (of the points %.3f)",
+            "fidelity %s IPC %d: teacher agreement %.3f, cell consistency %s, W2 of the images %.3f (of the points %s)",
             method, ipc, record["teacher_agreement"], "-" if consistency is None else f"{consistency:.3f}",
-            record["w2_images"], record["w2_points"],
+            record["w2_images"], "-" if record["w2_points"] is None else f"{record['w2_points']:.3f}",
         )
     return out
 

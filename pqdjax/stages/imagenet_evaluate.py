@@ -69,7 +69,7 @@ def evaluate_set(run, teacher, synthetic, seed: int, checkpoint_dir: str) -> dic
 
 def run(run, teacher, synthetic: dict) -> list[dict]:
     config = run.config.evaluate
-    settings = {k: v for k, v in config.to_dict().items() if k != "seeds"}  # adding seeds redoes nothing
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("seeds", "compare")}  # adding seeds or pairs redoes nothing
     eval_data = imagenet.data_fields(run.config.data, imagenet.TEST_DATA_FIELDS)
     jobs = [(method, ipc, seed, synthetic_set, f"evaluate/{method}_ipc{ipc}_seed{seed}.json",
              artifacts.fingerprint("imagenet_evaluate", teacher.fingerprint, synthetic_set.fingerprint, settings, eval_data, seed))

@@ -152,8 +152,9 @@ def full_data_summary(records: list[dict]) -> dict | None:
     if not records:
         return None
     values = [r["test_accuracy"] for r in records]
+    kept = [{k: v for k, v in r.items() if k != "seconds"} for r in records]  # wall times go under "timing" only
     return {"mean": float(np.mean(values)), "std": stats.sample_std(values), "n": len(values), "epochs": records[0]["epochs"],
-            "records": records}
+            "records": kept}
 
 
 def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict], fidelities: dict, full_data: list[dict] = ()) -> dict:
@@ -195,6 +196,7 @@ def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict], fid
             "stage_seconds": run.stage_seconds,
             "artifact_seconds": _artifact_seconds(run),
             "student_seconds": student_seconds(records),
+            **({"full_data_student_seconds": {f"seed{r['seed']}": r.get("seconds") for r in full_data}} if full else {}),
             "synthetic_seconds": _synthetic_seconds(run, synthetic),
         },
     }
