@@ -114,8 +114,7 @@ class StableDiffusion:
         """
         if len(prompts) != len(latents):
             raise ValueError(f"img2img needs one prompt per latent, got {len(prompts)} prompts for {len(latents)} latents.")
-        cond = self.text_context(prompts)
-        uncond = self.text_context([negative_prompt] * len(prompts))
+        cond, uncond = self.guidance_contexts(range(len(prompts)), prompts, negative_prompt)
         return img2img(
             self.epsilon, self.scheduler, self.unet_params, latents, cond, uncond, rng,
             strength=strength, guidance=guidance, steps=steps,

@@ -78,7 +78,7 @@ def pushforward(model, points: np.ndarray, labels: np.ndarray, prompts: list[str
     """
     n = len(points)
     extra = -n % mesh.size
-    pad = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], extra, axis=0)]) if extra else a
+    pad = lambda a: np.concatenate([a, np.repeat(a[-1:], extra, axis=0)]) if extra else a  # host arrays, put once
     prompts = list(prompts) + [prompts[-1]] * extra
     sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
     put = lambda a: jax.device_put(np.asarray(a), sharding)
@@ -90,7 +90,8 @@ def pushforward(model, points: np.ndarray, labels: np.ndarray, prompts: list[str
     params = jax.device_put(model.denoiser_params, NamedSharding(mesh, PartitionSpec()))
     start = settings.get("start", "img2img")
     if start == "img2img":
-        rng = pad(rng) if rng.ndim else rng
+        if rng.ndim and extra:  # per-point keys: the padding rows reuse the last point's key
+            rng = jnp.concatenate([rng, jnp.repeat(rng[-1:], extra, axis=0)])
         latents = img2img(model.epsilon, model.scheduler, params, put(pad(points)), cond, uncond, rng,
                           strength=settings.strength, guidance=settings.guidance, steps=settings.steps)
     elif start == "initial_latent":
