@@ -58,7 +58,8 @@ what is complete and resumes what was interrupted):
   input     tfds `imagenet2012` prepared once into ArrayRecord files (see
             pqdjax/data/imagenet.py for the `tfds build` command; the archives go
             in tfds's manual_dir), read with tfds.data_source, each process its
-            own shard; data.num_classes < 1000 distils the first classes only.
+            own shard; data.num_classes < 1000 distils the first classes only
+            (students with that many outputs, the teacher's logits read at those classes).
   prior     Stable Diffusion v1.x (prior=dit: DiT) from prior.pretrained_dir (diffusers layout,
             Flax or PyTorch safetensors weights).
   teacher   torchvision's ResNet-18 weights (teacher.checkpoint, .safetensors or
@@ -118,7 +119,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     ))
 
     config.data = ml_collections.ConfigDict(dict(
-        name="imagenet2012", tfds_data_dir="", train_split="train", test_split="validation",
+        # streamed: read record by record, each process its part (pqdjax.data.streamed); name: a tfds name or 'imagefolder'
+        streamed=True, name="imagenet2012", tfds_data_dir="", dir="", train_split="train", test_split="validation",
         encode_resize=512, encode_crop=512, eval_resize=256, eval_crop=224, batch_size_per_device=32,
         num_classes=1000,  # distil the first C classes (all 1,000 by default)
         train_limit=0, test_limit=0,  # use only the first N examples of a split (0: all)

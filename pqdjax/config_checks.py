@@ -62,8 +62,8 @@ def decoder_of(method: str, config: ml_collections.ConfigDict) -> str | None:
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the bad fields and what they accept."""
     check_fields(config)
-    if config.data.name == "imagenet2012":
-        raise ConfigError("config.data.name 'imagenet2012' is the ImageNet pipeline's; check it with validate_imagenet_config.")
+    if config.data.get("streamed"):
+        raise ConfigError("config.data.streamed is the streamed pipeline's (configs/in1k.py); check it with validate_streamed_config.")
     ipcs = tuple(config.ipcs)
     if not ipcs or any(not isinstance(k, int) or k < 1 for k in ipcs):
         raise ConfigError(f"config.ipcs must be positive integers, got {ipcs}.")
@@ -88,8 +88,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.quantize.method must be one of {KNOWN_QUANTIZERS}, got {config.quantize.method!r}.")
 
 
-def validate_imagenet_config(config: ml_collections.ConfigDict) -> None:
-    """The checks of configs/in1k.py-style configs (pqdjax.imagenet_pipeline); raises ConfigError."""
+def validate_streamed_config(config: ml_collections.ConfigDict) -> None:
+    """The checks of the streamed pipeline's configs (configs/in1k.py, imagenette.py, imagewoof.py); raises ConfigError."""
     check_fields(config)
     ipcs = tuple(config.ipcs)
     if not ipcs or any(not isinstance(k, int) or k < 1 for k in ipcs) or len(set(ipcs)) != len(ipcs):
@@ -97,11 +97,11 @@ def validate_imagenet_config(config: ml_collections.ConfigDict) -> None:
     methods = tuple(config.methods)
     imagenet_methods = {"d4m", "ddoq", "random", "d4m_vae", "ddoq_vae", "random_vae"}
     if not methods or set(methods) - imagenet_methods or len(set(methods)) != len(methods):
-        raise ConfigError(f"config.methods must be distinct names from {tuple(sorted(imagenet_methods))} on ImageNet, got {methods}.")
+        raise ConfigError(f"config.methods must be distinct names from {tuple(sorted(imagenet_methods))} in the streamed pipeline, got {methods}.")
     if config.quantize.method not in ("clvq", "lloyd"):
-        raise ConfigError(f"config.quantize.method must be 'clvq' or 'lloyd' on ImageNet, got {config.quantize.method!r}.")
+        raise ConfigError(f"config.quantize.method must be 'clvq' or 'lloyd' in the streamed pipeline, got {config.quantize.method!r}.")
     if config.quantize.method == "clvq" and config.quantize.get("n_init", 1) > 1:
-        raise ConfigError("config.quantize.n_init > 1 needs method 'lloyd' on ImageNet: the streamed CLVQ runs one start per class.")
+        raise ConfigError("config.quantize.n_init > 1 needs method 'lloyd' in the streamed pipeline: the streamed CLVQ runs one start per class.")
     from pqdjax.stages.imagenet_decode import STARTS
     from pqdjax.stages.imagenet_prior import KINDS
 
@@ -123,9 +123,9 @@ def validate_imagenet_config(config: ml_collections.ConfigDict) -> None:
             "e.g. --config.teacher.checkpoint=/models/resnet18-f37072fd.pth."
         )
     if config.decode.method != "diffusion":
-        raise ConfigError(f"config.decode.method must be 'diffusion' (the prior's img2img) on ImageNet, got {config.decode.method!r}.")
-    if not 1 <= config.data.num_classes <= 1000:
-        raise ConfigError(f"config.data.num_classes must be in [1, 1000] (the first classes of ImageNet-1K), got {config.data.num_classes}.")
+        raise ConfigError(f"config.decode.method must be 'diffusion' (the prior's img2img) in the streamed pipeline, got {config.decode.method!r}.")
+    if config.data.num_classes < 1:
+        raise ConfigError(f"config.data.num_classes must be at least 1 (the first C classes of the dataset), got {config.data.num_classes}.")
     _validate_seeds_and_weighting(config.evaluate)
 
 

@@ -32,7 +32,7 @@ import ml_collections
 from absl import logging
 
 from pqdjax import artifacts, parallel
-from pqdjax.config_checks import validate_config, validate_imagenet_config
+from pqdjax.config_checks import validate_config, validate_streamed_config
 from pqdjax.data.sources import ImageDataset, load_dataset
 from pqdjax.models.fast_conv import wanted_on_this_backend
 from pqdjax.train.checkpoint import Checkpoints
@@ -61,6 +61,13 @@ class Run:
     def mesh(self) -> jax.sharding.Mesh:
         """The one Mesh of the run's sharded stages (config.mesh; default: a 'data' axis over all devices)."""
         return parallel.make_mesh(self.config.get("mesh"))
+
+    @functools.cached_property
+    def classes(self):
+        """The streamed pipeline's classes: names, prompts, ImageNet-1K indices (pqdjax.data.streamed.Classes)."""
+        from pqdjax.data import streamed
+
+        return streamed.dataset_classes(self.config.data)
 
     @property
     def data_fingerprint(self) -> str:
@@ -100,9 +107,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs (or resumes) the experiment of `config` in `workdir`; returns the report (see stages.report)."""
     from pqdjax.stages import decode, denoiser, encode, evaluate, export, fidelity, prior, quantize, report, teacher
 
-    imagenet = config.data.name == "imagenet2012"
-    if imagenet:
-        validate_imagenet_config(config)
+    streamed = bool(config.data.get("streamed"))
+    if streamed:
+        validate_streamed_config(config)
     else:
         validate_config(config)
     store = artifacts.ArtifactStore(workdir)
@@ -113,7 +120,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     parallel.sync_processes("workdir ready")
     logging.info("workdir %s, JAX backend %s with %d device(s)", store.workdir, jax.default_backend(), jax.device_count())
     run_ = Run(config=config, store=store)
-    if imagenet:
+    if streamed:
         from pqdjax import imagenet_pipeline
 
         return imagenet_pipeline.run_stages(run_)

@@ -42,11 +42,11 @@ def test_config_files_use_it():
 ])
 @pytest.mark.parametrize("config_file", [default, in1k])
 def test_a_bad_weighting_is_refused_by_name(config_file, field, value, message):
-    from pqdjax.config_checks import validate_config, validate_imagenet_config
+    from pqdjax.config_checks import validate_config, validate_streamed_config
 
     config = config_file.get_config("runlocal")
     config.evaluate.weighting[field] = value
-    validate = validate_imagenet_config if config_file is in1k else validate_config
+    validate = validate_streamed_config if config_file is in1k else validate_config
     with pytest.raises(ConfigError, match=message):
         validate(config)
 
@@ -109,14 +109,14 @@ def test_every_bad_field_is_named_in_one_error():
 
 
 def test_epochs_and_learning_rate_of_the_imagenet_student():
-    from pqdjax.config_checks import validate_imagenet_config
+    from pqdjax.config_checks import validate_streamed_config
 
     config = in1k.get_config("runlocal")
     config.evaluate.train.epochs = 0
     config.evaluate.train.learning_rate = 0.0
     with pytest.raises(ConfigError, match=r"config.evaluate.train.epochs must be an integer >= 1, got 0; "
                                           r"config.evaluate.train.learning_rate must be a number > 0, got 0.0"):
-        validate_imagenet_config(config)
+        validate_streamed_config(config)
 
 
 @pytest.mark.parametrize("typed, meant", [("False", False), ("false", False), ("0", False), ("True", True), ("true", True), (True, True)])

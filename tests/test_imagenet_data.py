@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pqdjax.data import imagenet
+from pqdjax.data import imagenet, streamed
 from pqdjax.data.sources import DatasetNotFoundError
 
 
@@ -27,7 +27,7 @@ def test_resize_and_center_crop_keeps_the_center():
 
 
 def test_process_shards_partition_the_split():
-    parts = [imagenet.process_shard(10, i, 3) for i in range(3)]
+    parts = [streamed.process_shard(10, i, 3) for i in range(3)]
     np.testing.assert_array_equal(np.concatenate(parts), np.arange(10))
     assert [len(p) for p in parts] == [4, 3, 3]
 
@@ -35,9 +35,9 @@ def test_process_shards_partition_the_split():
 def test_host_batches_from_tfds_mock_data():
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=7):
-        source = imagenet.open_split("validation")
-        indices = imagenet.process_shard(len(source), 1, 2)
-        batches = list(imagenet.host_batches(source, indices, imagenet.BatchSpec(batch_size=2, resize=40, crop=32)))
+        source = streamed.open_split("validation")
+        indices = streamed.process_shard(len(source), 1, 2)
+        batches = list(streamed.host_batches(source, indices, streamed.BatchSpec(batch_size=2, resize=40, crop=32)))
         expected_labels = [source[int(i)]["label"] for i in indices]
     assert len(source) == 7 and list(indices) == [4, 5, 6]
     assert [b["images"].shape for b in batches] == [(2, 32, 32, 3)] * 2
@@ -49,29 +49,29 @@ def test_host_batches_from_tfds_mock_data():
 
 def test_unprepared_imagenet_is_a_clear_error(tmp_path):
     with pytest.raises(DatasetNotFoundError, match="tfds build imagenet2012 --manual_dir"):
-        imagenet.open_split("train", data_dir=str(tmp_path))
+        streamed.open_split("train", data_dir=str(tmp_path))
 
 
 def test_in1k_config_options_and_its_clear_errors_for_missing_weights():
     from configs import in1k
 
-    from pqdjax.config_checks import ConfigError, validate_imagenet_config
+    from pqdjax.config_checks import ConfigError, validate_streamed_config
 
     config = in1k.get_config("ipc=50,quantizer=lloyd,student=resnet50")
     assert config.ipcs == (50,) and config.quantize.method == "lloyd" and config.evaluate.model.arch == "resnet50"
     assert config.evaluate.train.temperature == 20.0 and config.decode.diffusion.strength == 0.7 and config.decode.diffusion.guidance == 8.0
     local = in1k.get_config("runlocal")
     assert local.teacher.model.arch == "resnet10" and local.prior.tiny_random and local.prior.kind == "stable_diffusion" and local.data.mock_examples > 0
-    validate_imagenet_config(local)
+    validate_streamed_config(local)
     with pytest.raises(ValueError, match="unknown option"):
         in1k.get_config("ipcs=10")
     with pytest.raises(ValueError, match="quantizer"):
         in1k.get_config("quantizer=kmeans")
     with pytest.raises(ConfigError, match="pretrained_dir is empty"):
-        validate_imagenet_config(config)
+        validate_streamed_config(config)
     config.prior.pretrained_dir = "/models/sd"
     with pytest.raises(ConfigError, match="teacher.checkpoint is empty"):
-        validate_imagenet_config(config)
+        validate_streamed_config(config)
 
 
 def test_fingerprinted_data_fields_are_fields_of_the_config():
@@ -79,16 +79,16 @@ def test_fingerprinted_data_fields_are_fields_of_the_config():
     from configs import in1k
 
     data = in1k.get_config().data
-    for fields in (imagenet.TRAIN_DATA_FIELDS, imagenet.TEST_DATA_FIELDS):
+    for fields in (streamed.TRAIN_DATA_FIELDS, streamed.TEST_DATA_FIELDS):
         assert set(fields) <= set(data.keys())
         assert "tfds_data_dir" not in fields  # where the data lives is not what it is
     data = in1k.get_config("runlocal").data  # tfds mock data: data_fields reads its records for their digest
     changed = in1k.get_config("runlocal").data
     changed.test_limit = 7
-    assert imagenet.data_fields(changed, imagenet.TEST_DATA_FIELDS) != imagenet.data_fields(data, imagenet.TEST_DATA_FIELDS)
-    assert imagenet.data_fields(changed, imagenet.TRAIN_DATA_FIELDS) == imagenet.data_fields(data, imagenet.TRAIN_DATA_FIELDS)
-    assert imagenet.data_fields(data, imagenet.TRAIN_DATA_FIELDS)["content"] == imagenet.split_digest(
-        imagenet.open_configured_split(data, data.train_split))
+    assert streamed.data_fields(changed, streamed.TEST_DATA_FIELDS) != streamed.data_fields(data, streamed.TEST_DATA_FIELDS)
+    assert streamed.data_fields(changed, streamed.TRAIN_DATA_FIELDS) == streamed.data_fields(data, streamed.TRAIN_DATA_FIELDS)
+    assert streamed.data_fields(data, streamed.TRAIN_DATA_FIELDS)["content"] == streamed.split_digest(
+        streamed.open_configured_split(data, data.train_split))
 
 
 def test_split_digest_tells_data_sources_apart():
@@ -96,9 +96,9 @@ def test_split_digest_tells_data_sources_apart():
     rng = np.random.default_rng(0)
     records = [{"image": rng.integers(0, 256, (5, 4, 3), np.uint8), "label": i % 3, "file_name": f"f{i}.JPEG"} for i in range(7)]
     same = [dict(r) for r in records]
-    assert imagenet.split_digest(records) == imagenet.split_digest(same)
+    assert streamed.split_digest(records) == streamed.split_digest(same)
     for change in (lambda r: r[3].update(label=2), lambda r: r[6].update(file_name="other.JPEG"),
                    lambda r: r[0]["image"].__setitem__((0, 0, 0), (int(r[0]["image"][0, 0, 0]) + 1) % 256), lambda r: r.pop()):
         other = [dict(r, image=r["image"].copy()) for r in records]
         change(other)
-        assert imagenet.split_digest(other) != imagenet.split_digest(records)
+        assert streamed.split_digest(other) != streamed.split_digest(records)

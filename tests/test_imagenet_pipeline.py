@@ -12,7 +12,7 @@ pytest.importorskip("tensorflow_datasets")
 
 from configs import in1k  # noqa: E402
 from pqdjax import artifacts, pipeline  # noqa: E402
-from pqdjax.data import imagenet  # noqa: E402
+from pqdjax.data import imagenet, streamed  # noqa: E402
 from pqdjax.stages import imagenet_decode, imagenet_encode, imagenet_quantize  # noqa: E402
 
 
@@ -66,7 +66,7 @@ def test_latents_on_disk_are_the_vae_encodings_of_each_class(in1k_run):
     config, workdir = in1k_run["config"], in1k_run["workdir"]
     data = config.data
     sd = load_stable_diffusion(os.path.join(workdir, "prior/tiny_stable_diffusion"))
-    source = imagenet.open_configured_split(data, data.train_split)
+    source = streamed.open_configured_split(data, data.train_split)
     images = np.stack([imagenet.resize_and_center_crop(source[i]["image"], data.encode_resize, data.encode_crop) for i in range(len(source))])
     labels = np.asarray([source[i]["label"] for i in range(len(source))])
     want = np.asarray(sd.encode_images(images.astype(np.float32) / 127.5 - 1.0)).reshape(len(images), -1)
@@ -121,7 +121,7 @@ def test_random_is_k_distinct_training_images_of_each_class_with_uniform_weights
     (ipc,), classes = config.ipcs, config.data.num_classes
     rows = _manifest(workdir, "random", ipc)
     np.testing.assert_allclose([float(r["weight"]) for r in rows], 1.0 / ipc)
-    source = imagenet.open_configured_split(config.data, config.data.train_split)
+    source = streamed.open_configured_split(config.data, config.data.train_split)
     # the training images of each class, as the real reader gives them, resized and cropped like the set
     by_class = {c: [] for c in range(classes)}
     for i in range(min(len(source), config.data.get("train_limit") or len(source))):
@@ -199,8 +199,8 @@ def test_an_interrupted_encode_resumes_to_the_same_files(in1k_run, monkeypatch, 
         assert json.load(f)["batches"] == 2
     monkeypatch.setattr(imagenet_encode._ClassFiles, "append", original)
     resumed_batches = []
-    real_batches = imagenet.equal_host_batches
-    monkeypatch.setattr(imagenet, "equal_host_batches", lambda *a, **k: resumed_batches.append(k.get("first_batch")) or real_batches(*a, **k))
+    real_batches = streamed.equal_host_batches
+    monkeypatch.setattr(streamed, "equal_host_batches", lambda *a, **k: resumed_batches.append(k.get("first_batch")) or real_batches(*a, **k))
     imagenet_encode.encode_process_part(run, prior, name, fp)
     assert resumed_batches == [2]
     reference = run.store.path("encode/latents/process0")

@@ -43,7 +43,7 @@ COLUMNS = ("file", "label", "class", "weight")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-def _class_files(split_dir: str) -> dict[str, list[str]]:
+def class_files(split_dir: str) -> dict[str, list[str]]:
     """class name -> sorted image paths, for the class folders of one split folder."""
     classes = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
     return {
@@ -69,7 +69,7 @@ def read_dataset(folder: str, size: int, channels: int = 3, test_fraction: float
     train_dir, test_dir = os.path.join(folder, "train"), os.path.join(folder, "test")
     if not os.path.isdir(train_dir):
         raise DatasetNotFoundError(f"{folder} has no train/ folder; an image folder is DIR/train/CLASS/*.png|jpg (and optionally DIR/test/CLASS/*).")
-    train = _class_files(train_dir)
+    train = class_files(train_dir)
     if len(train) < 2:
         raise DatasetFormatError(f"{train_dir} has {len(train)} class folder(s); distillation needs at least 2 classes, one folder each.")
     empty = [c for c, files in train.items() if not files]
@@ -77,7 +77,7 @@ def read_dataset(folder: str, size: int, channels: int = 3, test_fraction: float
         raise DatasetFormatError(f"{train_dir}: class folder(s) {empty[:3]} hold no image ({', '.join(IMAGE_SUFFIXES)}).")
     names = tuple(train)
     if os.path.isdir(test_dir):
-        test = _class_files(test_dir)
+        test = class_files(test_dir)
         if tuple(test) != names:
             raise DatasetFormatError(f"{test_dir} has the classes {sorted(test)[:5]}..., train/ has {list(names)[:5]}...; both need the same class folders.")
         source = f"imagefolder:{folder}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import flax.linen as nn
+import jax.numpy as jnp
 import ml_collections
 
 from pqdjax.models.convnet import ConvNet
@@ -30,3 +31,21 @@ def make_classifier(config: ml_collections.ConfigDict, num_classes: int) -> nn.M
         return MobileNetV2(num_classes=num_classes, width_multiplier=config.get("width_multiplier", 1.0))
     known = ", ".join(map(repr, ("convnet", *RESNETS, "mobilenet_v2")))
     raise ConfigError(f"unknown classifier arch {config.arch!r}; known: {known}.")
+
+
+class ClassSubset(nn.Module):
+    """A classifier whose logits are read at `classes` only: [..., len(classes)], in that order.
+
+    An ImageNet-1K teacher on a subset of its classes (ImageNette, ImageWoof, the
+    first C classes): the variables are the classifier's own, unchanged
+    (shared scope), so converted checkpoints load as they are.
+    """
+
+    classifier: nn.Module
+    classes: tuple[int, ...]
+
+    def setup(self):
+        nn.share_scope(self, self.classifier)
+
+    def __call__(self, x, train: bool = False):
+        return self.classifier(x, train=train)[..., jnp.asarray(self.classes)]

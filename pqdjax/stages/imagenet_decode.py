@@ -45,7 +45,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from pqdjax import artifacts, parallel
 from pqdjax.config_checks import decoder_of, point_source, split_method
 from pqdjax.errors import InputError
-from pqdjax.data import image_folder, imagenet
+from pqdjax.data import image_folder, imagenet, streamed
 from pqdjax.data.preprocess import to_uint8
 from pqdjax.diffusion import img2img, sample_from
 from pqdjax.progress import Progress
@@ -127,9 +127,15 @@ def class_points(run, latents, quantized, ipc: int, c: int, source: str) -> np.n
 def real_images(run, latents, ipc: int, c: int) -> np.ndarray:
     """uint8 [K, S, S, 3]: the random baseline's training images of class c, resized and center-cropped to S = image_size."""
     data, size = run.config.data, run.config.decode.image_size
-    source = imagenet.open_configured_split(data, data.train_split)
+    source = streamed.open_configured_split(data, data.train_split)
     indices = latents.example_indices(c)[random_positions(run, latents, ipc, c)]
     return np.stack([imagenet.resize_and_center_crop(np.asarray(source[int(i)]["image"]), size, size) for i in indices])
+
+
+def condition_labels(classes: streamed.Classes, labels: np.ndarray) -> np.ndarray:
+    """The class-label condition int [n] of the run's labels [n]: their ImageNet-1K indices where the classes are
+    ImageNet classes (DiT is conditioned on ImageNet's 1,000), else the labels themselves (unused by Stable Diffusion)."""
+    return labels if classes.imagenet_indices is None else classes.imagenet_indices[labels]
 
 
 def point_keys(run, ipc: int, classes: list[int]) -> jax.Array:
@@ -149,9 +155,9 @@ def decode_ipc(run, prior, latents, quantized, ipc: int, fp: str, source: str = 
     """Writes the PNGs of this process's classes: `source`'s points by `decoder`, or the real images (resuming finished groups)."""
     config = run.config.decode
     store = run.store
-    prompts = imagenet.class_prompts()
+    prompts = run.classes.prompts
     mesh = Mesh(np.asarray(jax.local_devices()), (parallel.DATA_AXIS,))
-    mine = [int(c) for c in imagenet.process_shard(latents.num_classes)]
+    mine = [int(c) for c in streamed.process_shard(latents.num_classes)]
     per_call = max(1, config.diffusion.batch_size // ipc)
     groups = [mine[i : i + per_call] for i in range(0, len(mine), per_call)]
     bar = Progress(f"decode IPC {ipc} ({source}, {decoder or 'real'})", len(groups), unit="groups", log_every=max(1, len(groups) // 10))
@@ -166,8 +172,8 @@ def decode_ipc(run, prior, latents, quantized, ipc: int, fp: str, source: str = 
         else:
             points = np.concatenate([class_points(run, latents, quantized, ipc, c, source) for c in classes])
             points = points.reshape((-1,) + latents.shape)
-            images = pushforward(prior.model, points, labels, [prompts[c] for c in labels], point_keys(run, ipc, classes), config,
-                                 mesh, decoder)
+            images = pushforward(prior.model, points, condition_labels(run.classes, labels), [prompts[c] for c in labels],
+                                 point_keys(run, ipc, classes), config, mesh, decoder)
         files = []
         for i, (image, c) in enumerate(zip(images, labels)):
             files.append(f"{folder}/" + image_folder.image_file(c, prompts[c], latents.num_classes, i % ipc))
@@ -179,7 +185,7 @@ def decode_ipc(run, prior, latents, quantized, ipc: int, fp: str, source: str = 
 
 def write_manifest(run, quantized, ipc: int, method: str, num_classes: int, name: str, fp: str) -> None:
     """file,label,class,weight for every image of `method`; weights from the quantization (ddoq) or uniform."""
-    prompts = imagenet.class_prompts()
+    prompts = run.classes.prompts
     base, _ = split_method(method)
     folder = set_folder(point_source(base), decoder_of(method, run.config))
     files, labels, weights = [], [], []

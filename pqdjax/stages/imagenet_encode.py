@@ -35,7 +35,7 @@ import numpy as np
 from absl import logging
 
 from pqdjax import artifacts, parallel
-from pqdjax.data import imagenet
+from pqdjax.data import streamed
 from pqdjax.models import vae as vae_lib
 from pqdjax.progress import Progress
 from pqdjax.errors import NonFiniteError
@@ -166,10 +166,10 @@ def encode_process_part(run, prior, name: str, fp: str) -> None:
     """Encodes this process's part of the training split into the artifact `name` (resuming a partial one)."""
     config = run.config
     data = config.data
-    source = imagenet.open_configured_split(data, data.train_split)
+    source = streamed.open_configured_split(data, data.train_split)
     num_examples = _num_train_examples(config, source)
-    spec = imagenet.BatchSpec(data.batch_size_per_device * jax.local_device_count(), data.encode_resize, data.encode_crop)
-    total = imagenet.steps_per_process(num_examples, spec.batch_size)
+    spec = streamed.BatchSpec(data.batch_size_per_device * jax.local_device_count(), data.encode_resize, data.encode_crop)
+    total = streamed.steps_per_process(num_examples, spec.batch_size)
     mesh = run.mesh
     shape = jax.eval_shape(lambda p, x: vae_lib.encode(prior.model.vae, p, x), prior.model.vae_params,
                            jax.ShapeDtypeStruct((1, spec.crop, spec.crop, 3), jnp.float32)).shape[1:]
@@ -187,7 +187,7 @@ def encode_process_part(run, prior, name: str, fp: str) -> None:
     params = parallel.replicate(mesh, prior.model.vae_params)
     flush_every = config.encode.get("flush_every", 50)
     bar = Progress("encode", total, unit="batches", log_every=max(1, total // 10), first=state["batches"])
-    batches = imagenet.equal_host_batches(source, num_examples, spec, first_batch=state["batches"])
+    batches = streamed.equal_host_batches(source, num_examples, spec, first_batch=state["batches"])
     for b, batch in enumerate(batches, state["batches"]):
         arrays = parallel.shard_host_batch(mesh, {"images": batch["images"], "index": batch["index"]})
         latents = parallel.process_local_rows(encode(params, arrays["images"], arrays["index"])).reshape(len(batch["index"]), dim)
@@ -219,7 +219,7 @@ def _read_progress(path: str, fp: str, num_classes: int) -> dict:
 
 def run(run, prior) -> ClassLatents:
     config = run.config
-    inputs = imagenet.data_fields(config.data, imagenet.TRAIN_DATA_FIELDS)
+    inputs = streamed.data_fields(config.data, streamed.TRAIN_DATA_FIELDS)
     fp = artifacts.fingerprint("imagenet_encode", prior.fingerprint, inputs, config.prior.latent_sample, config.seed, "with_indices")
     name = f"{FOLDER}/process{jax.process_index()}"
     if run.store.is_complete(name, fp):

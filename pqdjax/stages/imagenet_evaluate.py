@@ -1,6 +1,7 @@
 """ImageNet stage evaluate: a fresh student per (method, IPC, seed) by the RDED/D4M protocol, validated sharded.
 
-The student (config.evaluate.model, 1,000 outputs like the teacher) trains on
+The student (config.evaluate.model, one output per class of the run; the teacher's
+ImageNet logits are read at those classes, pqdjax.stages.imagenet_teacher) trains on
 the PNGs of a manifest with the teacher's soft labels at temperature 20 and
 each image's weight rescaled to mean 1 per class (pqdjax.train.imagenet_student:
 data-parallel over the Mesh, orbax checkpoints under checkpoints/ so that a
@@ -19,7 +20,7 @@ import numpy as np
 from absl import logging
 
 from pqdjax import artifacts, parallel
-from pqdjax.data import imagenet
+from pqdjax.data import streamed
 from pqdjax.models.classifiers import make_classifier
 from pqdjax.data.image_folder import load_images, read_manifest
 from pqdjax.train.weighting import loss_normalization, student_weights
@@ -48,7 +49,7 @@ def evaluate_set(run, teacher, synthetic, seed: int, checkpoint_dir: str) -> dic
     start = time.perf_counter()
     files, labels, weights = read_manifest(synthetic.manifest)
     images = load_images(files)
-    student = make_classifier(config.evaluate.model, imagenet.NUM_CLASSES)
+    student = make_classifier(config.evaluate.model, config.data.num_classes)
     name = f"student {synthetic.method} IPC {synthetic.ipc} seed {seed}"
     variables, info = train_student(
         student, teacher.model, teacher.variables, images, per_image_weights(labels, weights, config.data.num_classes, config.evaluate.get("weighting")),
@@ -57,7 +58,7 @@ def evaluate_set(run, teacher, synthetic, seed: int, checkpoint_dir: str) -> dic
         loss_normalization=loss_normalization(config.evaluate.get("weighting")),
     )
     data = config.data
-    source = imagenet.open_configured_split(data, data.test_split)
+    source = streamed.open_configured_split(data, data.test_split)
     num_examples = min(len(source), data.get("test_limit") or len(source))
     test_accuracy = sharded_accuracy(student, variables, source, num_examples, data, run.mesh, name=f"{name} accuracy")
     logging.info("%s: validation accuracy %.4f after %d steps", name, test_accuracy, info["steps"])
@@ -70,7 +71,7 @@ def evaluate_set(run, teacher, synthetic, seed: int, checkpoint_dir: str) -> dic
 def run(run, teacher, synthetic: dict) -> list[dict]:
     config = run.config.evaluate
     settings = {k: v for k, v in config.to_dict().items() if k not in ("seeds", "compare")}  # adding seeds or pairs redoes nothing
-    eval_data = imagenet.data_fields(run.config.data, imagenet.TEST_DATA_FIELDS)
+    eval_data = streamed.data_fields(run.config.data, streamed.TEST_DATA_FIELDS)
     jobs = [(method, ipc, seed, synthetic_set, f"evaluate/{method}_ipc{ipc}_seed{seed}.json",
              artifacts.fingerprint("imagenet_evaluate", teacher.fingerprint, synthetic_set.fingerprint, settings, eval_data, seed))
             for (method, ipc), synthetic_set in synthetic.items() for seed in config.seeds]

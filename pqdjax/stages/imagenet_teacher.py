@@ -21,8 +21,9 @@ import flax.linen as nn
 from absl import logging
 
 from pqdjax import artifacts, parallel
-from pqdjax.data import imagenet
-from pqdjax.models.classifiers import make_classifier
+from pqdjax.data import imagenet, streamed
+from pqdjax.errors import ConfigError
+from pqdjax.models.classifiers import ClassSubset, make_classifier
 from pqdjax.models.convert_torchvision import load_torchvision_resnet
 from pqdjax.models.tiny_checkpoints import write_tiny_torchvision_resnet
 from pqdjax.train.imagenet_eval import sharded_accuracy
@@ -60,20 +61,33 @@ def checkpoint_path(run, model: nn.Module) -> str:
     return run.store.path(TINY_ARTIFACT)
 
 
+def teacher_classes(classes: streamed.Classes, dataset: str):
+    """int [C]: the ImageNet-1K logit of each of the run's classes; a ConfigError where they are not ImageNet classes."""
+    if classes.imagenet_indices is None:
+        raise ConfigError(
+            f"the teacher is an ImageNet-1K checkpoint, but the classes of {dataset} ({', '.join(classes.names[:3])}, ...) "
+            "are not ImageNet synsets (n01440764, ...); name the class folders by their synsets, or distil this dataset "
+            "with a teacher trained on it (configs/imagefolder.py)."
+        )
+    return classes.imagenet_indices
+
+
 def run(run) -> Teacher:
     config = run.config.teacher
     model = make_classifier(config.model, imagenet.NUM_CLASSES)
     path = checkpoint_path(run, model)
     variables = load_torchvision_resnet(path, model)
-    fp = artifacts.fingerprint("imagenet_teacher", config.model, file_digest(path))
+    classes = teacher_classes(run.classes, run.config.data.name)
+    model = ClassSubset(model, tuple(int(i) for i in classes))  # the run's classes' logits, in label order
+    fp = artifacts.fingerprint("imagenet_teacher", config.model, file_digest(path), classes.tolist())
     data = run.config.data
     eval_fp = artifacts.fingerprint(
-        "imagenet_teacher_accuracy", fp, imagenet.data_fields(data, imagenet.TEST_DATA_FIELDS),
+        "imagenet_teacher_accuracy", fp, streamed.data_fields(data, streamed.TEST_DATA_FIELDS),
     )
     if run.store.is_complete(ACCURACY_ARTIFACT, eval_fp):
         test_accuracy = run.store.load_record(ACCURACY_ARTIFACT)["test_accuracy"]
     else:
-        source = imagenet.open_configured_split(data, data.test_split)
+        source = streamed.open_configured_split(data, data.test_split)
         num_examples = min(len(source), data.get("test_limit") or len(source))
         test_accuracy = sharded_accuracy(model, variables, source, num_examples, data, run.mesh, name="teacher accuracy")
         record = {"test_accuracy": test_accuracy, "checkpoint": path}

@@ -3,7 +3,7 @@
 The validation protocol of torchvision / RDED / D4M: shorter side resized to
 256, center crop 224 (config.data.eval_resize / eval_crop), torchvision's
 normalisation. Every process reads its own part of the split
-(pqdjax.data.imagenet.process_shard), all processes run the same number of
+(pqdjax.data.streamed.process_shard), all processes run the same number of
 sharded steps (padding with masked rows), and the counts are summed over
 the global batch under jit, so the accuracy is that of the whole split.
 A run on the first C classes (config.data.num_classes) is validated on
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from pqdjax import parallel
-from pqdjax.data import imagenet
+from pqdjax.data import imagenet, streamed
 from pqdjax.progress import Progress
 from pqdjax.errors import ConfigError
 
@@ -43,13 +43,13 @@ def sharded_accuracy(model: nn.Module, variables, source, num_examples: int, dat
 
     data_config fields: eval_resize, eval_crop, batch_size_per_device, num_classes.
     """
-    spec = imagenet.BatchSpec(data_config.batch_size_per_device * jax.local_device_count(), data_config.eval_resize, data_config.eval_crop)
+    spec = streamed.BatchSpec(data_config.batch_size_per_device * jax.local_device_count(), data_config.eval_resize, data_config.eval_crop)
     count = count_correct_fn(model, mesh, data_config.num_classes)
     variables = parallel.replicate(mesh, variables)
-    steps = imagenet.steps_per_process(num_examples, spec.batch_size)
+    steps = streamed.steps_per_process(num_examples, spec.batch_size)
     progress = Progress(name, steps, unit="batches", log_every=max(1, steps // 10))
     correct = counted = 0
-    for step, batch in enumerate(imagenet.equal_host_batches(source, num_examples, spec), 1):
+    for step, batch in enumerate(streamed.equal_host_batches(source, num_examples, spec), 1):
         mask = batch["mask"] & (batch["labels"] < data_config.num_classes)
         arrays = parallel.shard_host_batch(mesh, {"images": batch["images"], "labels": batch["labels"], "mask": mask})
         c, n = count(variables, arrays["images"], arrays["labels"], arrays["mask"])
