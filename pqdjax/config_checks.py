@@ -117,7 +117,11 @@ def validate_streamed_config(config: ml_collections.ConfigDict) -> None:
     start = config.decode.diffusion.get("start", "img2img")
     if start not in STARTS:
         raise ConfigError(f"config.decode.diffusion.start must be one of {STARTS}, got {start!r}.")
-    if not config.teacher.checkpoint and not tiny:
+    from pqdjax.stages.imagenet_teacher import KINDS as TEACHERS
+
+    if config.teacher.get("kind", "torchvision") not in TEACHERS:
+        raise ConfigError(f"config.teacher.kind must be one of {TEACHERS}, got {config.teacher.kind!r}.")
+    if config.teacher.get("kind", "torchvision") == "torchvision" and not config.teacher.checkpoint and not tiny:
         raise ConfigError(
             "config.teacher.checkpoint is empty: set it to torchvision's ResNet-18 weights (.safetensors or .pth), "
             "e.g. --config.teacher.checkpoint=/models/resnet18-f37072fd.pth."

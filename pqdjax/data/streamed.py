@@ -221,6 +221,22 @@ def dataset_classes(config) -> Classes:
     return Classes(names, tuple(imagenet.class_prompts()[i] for i in indices), indices)
 
 
+def read_split(config, split: str, resize: int, crop: int, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """The whole split (its first config.train_limit examples where set) in host memory, for datasets of CIFAR's
+    size: (uint8 images [N, crop, crop, 3], int32 labels [N]) of the first config.num_classes classes, in
+    record order. Every process reads all of it (no sharding).
+    """
+    source = open_configured_split(config, split)
+    limit = config.get("train_limit") if split == config.get("train_split") else config.get("test_limit")
+    count = min(len(source), limit or len(source))
+    images, labels = [], []
+    for batch in host_batches(source, np.arange(count), BatchSpec(batch_size, resize, crop)):
+        keep = batch["mask"] & (batch["labels"] < config.num_classes)
+        images.append(batch["images"][keep])
+        labels.append(batch["labels"][keep])
+    return np.concatenate(images), np.concatenate(labels).astype(np.int32)
+
+
 def steps_per_process(num_examples: int, batch_size: int) -> int:
     """Batches every process runs over a split of num_examples shared by process_shard: the largest part's count.
 

@@ -19,14 +19,15 @@ def make_classifier(config: ml_collections.ConfigDict, num_classes: int) -> nn.M
     'convnet': ConvNet-D with config.width, config.depth, config.norm.
     'resnet10' | 'resnet18' | 'resnet34' | 'resnet50' | 'resnet101': torchvision's ResNet
     (BatchNorm: its variables include 'batch_stats', and it takes `train=`),
-    with an optional config.width (default 64) for tiny test models.
+    with an optional config.width (default 64) for tiny test models and config.stem
+    ('imagenet', or 'cifar' for 32 px images: pqdjax.models.resnet.ResNet).
     'mobilenet_v2': torchvision's MobileNet-V2 (BatchNorm, `train=` likewise), with an
     optional config.width_multiplier (default 1.0) for tiny test models.
     """
     if config.arch == "convnet":
         return ConvNet(num_classes=num_classes, width=config.width, depth=config.depth, norm=config.norm)
     if config.arch in RESNETS:
-        return ResNet(num_classes=num_classes, depth_name=config.arch, width=config.get("width", 64))
+        return ResNet(num_classes=num_classes, depth_name=config.arch, width=config.get("width", 64), stem=config.get("stem", "imagenet"))
     if config.arch == "mobilenet_v2":
         return MobileNetV2(num_classes=num_classes, width_multiplier=config.get("width_multiplier", 1.0))
     known = ", ".join(map(repr, ("convnet", *RESNETS, "mobilenet_v2")))
@@ -49,3 +50,24 @@ class ClassSubset(nn.Module):
 
     def __call__(self, x, train: bool = False):
         return self.classifier(x, train=train)[..., jnp.asarray(self.classes)]
+
+
+class FromNormalizedInput(nn.Module):
+    """A classifier trained on [-1, 1] images (pqdjax.train.classifier), called like a torchvision one.
+
+    The streamed pipeline feeds every teacher torchvision-normalised images
+    ((x - MEAN) / STD, x in [0, 1]) and `train=`; this undoes the normalisation
+    to the classifier's [-1, 1] range. The variables are the classifier's own
+    ({'params'}; shared scope).
+    """
+
+    classifier: nn.Module
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def setup(self):
+        nn.share_scope(self, self.classifier)
+
+    def __call__(self, x, train: bool = False):
+        unit = x * jnp.asarray(self.std, x.dtype) + jnp.asarray(self.mean, x.dtype)
+        return self.classifier(unit * 2.0 - 1.0)

@@ -89,11 +89,14 @@ class ResNet(nn.Module):
       num_classes: outputs of the final linear layer.
       depth_name: a key of ARCHITECTURES ('resnet10', 'resnet18', 'resnet34', 'resnet50', 'resnet101').
       width: channels of the first stage (64 in torchvision; smaller for tiny test models).
+      stem: 'imagenet' (torchvision's 7x7 stride-2 conv and max pool) or 'cifar' (a 3x3 stride-1 conv,
+        no pool: the ResNet-18 of CIFAR dataset distillation, SRe2L and RDED, for 32 px images).
     """
 
     num_classes: int
     depth_name: str = "resnet18"
     width: int = 64
+    stem: str = "imagenet"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -101,10 +104,13 @@ class ResNet(nn.Module):
             raise ConfigError(f"unknown ResNet {self.depth_name!r}; known: {sorted(ARCHITECTURES)}.")
         block_type, stages = ARCHITECTURES[self.depth_name]
         block = BasicBlock if block_type == "basic" else Bottleneck
-        x = _conv(self.width, 7, 2, "conv1")(x)
+        if self.stem not in ("imagenet", "cifar"):
+            raise ConfigError(f"ResNet stem must be 'imagenet' or 'cifar', got {self.stem!r}.")
+        x = _conv(self.width, 7, 2, "conv1")(x) if self.stem == "imagenet" else _conv(self.width, 3, 1, "conv1")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn1")(x)
         x = nn.relu(x)
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        if self.stem == "imagenet":
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for stage, num_blocks in enumerate(stages):
             for b in range(num_blocks):
                 stride = 2 if stage > 0 and b == 0 else 1

@@ -1,6 +1,7 @@
-"""ImageNet stage teacher: torchvision ResNet weights converted to flax variables, and their validation accuracy.
+"""Streamed stage teacher: torchvision ResNet weights converted to flax variables (or a classifier trained here),
+and its validation accuracy.
 
-The teacher's variables are {'params', 'batch_stats'} (BatchNorm running
+config.teacher.kind 'torchvision' (default): the teacher's variables are {'params', 'batch_stats'} (BatchNorm running
 statistics), converted from config.teacher.checkpoint (a torchvision state
 dict as .safetensors or .pth, read without executing pickled code) each run:
 converting takes seconds. Its top-1 accuracy on the validation split
@@ -10,6 +11,14 @@ fingerprinted by the checkpoint's content.
 With config.prior.tiny_random and no checkpoint, random weights of
 config.teacher.model are written as a torchvision state dict into the
 workdir (teacher/tiny_resnet.safetensors) and converted like real ones.
+Its ImageNet-1K logits are read at the run's classes (ClassSubset), which
+must be ImageNet synsets (pqdjax.data.streamed.Classes).
+
+config.teacher.kind 'trained' (a dataset no ImageNet checkpoint fits, CIFAR-10):
+config.teacher.model is trained here on the training split at
+eval_resize/eval_crop (pqdjax.train.classifier, as the default pipeline's
+teacher; the split read into host memory by every process), stored in
+teacher/params, and called through FromNormalizedInput like a torchvision one.
 """
 
 from __future__ import annotations
@@ -18,18 +27,23 @@ import dataclasses
 import hashlib
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 from absl import logging
 
 from pqdjax import artifacts, parallel
 from pqdjax.data import imagenet, streamed
 from pqdjax.errors import ConfigError
-from pqdjax.models.classifiers import ClassSubset, make_classifier
+from pqdjax.models.classifiers import ClassSubset, FromNormalizedInput, make_classifier
 from pqdjax.models.convert_torchvision import load_torchvision_resnet
 from pqdjax.models.tiny_checkpoints import write_tiny_torchvision_resnet
+from pqdjax.train.classifier import train_classifier
 from pqdjax.train.imagenet_eval import sharded_accuracy
 
 TINY_ARTIFACT = "teacher/tiny_resnet.safetensors"
 ACCURACY_ARTIFACT = "teacher/accuracy.json"
+TRAINED_ARTIFACT = "teacher/params"
+KINDS = ("torchvision", "trained")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,14 +86,44 @@ def teacher_classes(classes: streamed.Classes, dataset: str):
     return classes.imagenet_indices
 
 
-def run(run) -> Teacher:
+def trained(run) -> tuple[nn.Module, dict, str, str]:
+    """(model, variables, fingerprint, description) of a classifier trained here on the training split (kind 'trained')."""
+    config, data = run.config.teacher, run.config.data
+    classifier = make_classifier(config.model, data.num_classes)
+    model = FromNormalizedInput(classifier, imagenet.MEAN, imagenet.STD)
+    fp = artifacts.fingerprint("streamed_teacher", config.model, config.train, run.config.seed,
+                               streamed.data_fields(data, streamed.TRAIN_DATA_FIELDS), data.eval_resize, data.eval_crop)
+    size = (1, data.eval_crop, data.eval_crop, 3)
+    target = jax.eval_shape(lambda: classifier.init(jax.random.key(0), jnp.zeros(size))["params"])
+    if run.store.is_complete(TRAINED_ARTIFACT, fp):
+        return model, {"params": run.store.load_params(TRAINED_ARTIFACT, target)}, fp, run.store.path(TRAINED_ARTIFACT)
+    images, labels = streamed.read_split(data, data.train_split, data.eval_resize, data.eval_crop)
+    # Every process trains the same teacher from the same key and data (deterministic); process 0 stores it.
+    # Mid-training checkpoints in a one-process run only: one writer.
+    checkpoints = run.checkpoints("teacher", fp, config.train) if jax.process_count() == 1 else None
+    params = train_classifier(classifier, images, labels, config.train, run.rng("teacher"), run.fast_conv,
+                              checkpoints=checkpoints, metrics_dir=run.metrics_dir)
+    parallel.write_once(run.store, TRAINED_ARTIFACT, fp, lambda: run.store.save_params(TRAINED_ARTIFACT, params, fp))
+    if checkpoints:
+        checkpoints.discard()
+    return model, {"params": params}, fp, f"trained here on {len(labels)} images"
+
+
+def converted(run) -> tuple[nn.Module, dict, str, str]:
+    """(model, variables, fingerprint, checkpoint path) of torchvision ImageNet-1K weights read at the run's classes."""
     config = run.config.teacher
     model = make_classifier(config.model, imagenet.NUM_CLASSES)
     path = checkpoint_path(run, model)
     variables = load_torchvision_resnet(path, model)
     classes = teacher_classes(run.classes, run.config.data.name)
     model = ClassSubset(model, tuple(int(i) for i in classes))  # the run's classes' logits, in label order
-    fp = artifacts.fingerprint("imagenet_teacher", config.model, file_digest(path), classes.tolist())
+    return model, variables, artifacts.fingerprint("imagenet_teacher", config.model, file_digest(path), classes.tolist()), path
+
+
+def run(run) -> Teacher:
+    config = run.config.teacher
+    kind = config.get("kind", "torchvision")
+    model, variables, fp, path = trained(run) if kind == "trained" else converted(run)
     data = run.config.data
     eval_fp = artifacts.fingerprint(
         "imagenet_teacher_accuracy", fp, streamed.data_fields(data, streamed.TEST_DATA_FIELDS),
