@@ -83,7 +83,8 @@ what is complete and resumes what was interrupted):
             (0.08-1) + flip + CutMix, KL to the teacher at T = 20 on the same
             batch, per-image weights; data-parallel, orbax checkpoints every
             evaluate.train.checkpoint_every steps; validation resize 256 / crop 224.
-  report    results.json, results.md.
+  report    results.json, results.md, accuracy_vs_ipc.png, weights_ipc{K}.png, distilled.png
+            (the figures show the first 10 classes).
 """
 
 import ml_collections

@@ -28,10 +28,11 @@ import numpy as np
 from absl import logging
 
 from pqdjax import artifacts
+from pqdjax.data.image_folder import load_images, read_manifest
 from pqdjax.stages import (
     imagenet_decode, imagenet_encode, imagenet_evaluate, imagenet_fidelity, imagenet_prior, imagenet_quantize, imagenet_teacher,
 )
-from pqdjax.stages.report import evaluation_report, student_seconds
+from pqdjax.stages.report import FIGURE_CLASSES, evaluation_report, figure_set, student_seconds, write_figures
 
 
 def run_stages(run) -> dict:
@@ -48,6 +49,16 @@ def run_stages(run) -> dict:
     records = _timed(run, "evaluate", imagenet_evaluate.run, run, teacher, synthetic)
     run.stage_seconds["total"] = round(time.perf_counter() - total_start, 2)
     return report(run, teacher, latents, quantized, synthetic, records, fidelities)
+
+
+def figure_grid(run, synthetic: dict, ipcs, num_classes: int) -> tuple[str, np.ndarray, np.ndarray]:
+    """(method, uint8 images [C, K, H, W, 3], weights [C, K]) of the first num_classes classes of distilled.png's set,
+    read back from its manifest and PNGs."""
+    method, ipc = figure_set(run.config.methods, ipcs, synthetic)
+    files, labels, weights = read_manifest(synthetic[method, ipc].manifest)
+    keep = labels < num_classes  # the manifest is class-major, K rows per class
+    images = load_images([f for f, k in zip(files, keep) if k])
+    return method, images.reshape((num_classes, ipc) + images.shape[1:]), weights[keep].reshape(num_classes, ipc)
 
 
 def report(run, teacher, latents, quantized: dict, synthetic: dict, records: list[dict], fidelities: dict) -> dict:
@@ -78,5 +89,9 @@ def report(run, teacher, latents, quantized: dict, synthetic: dict, records: lis
     if jax.process_index() == 0:
         artifacts.write_json(run.store.path("results.json"), results)
         artifacts.write_text(run.store.path("results.md"), f"# Results\n\n{table}\nStage wall times (s): {run.stage_seconds}\n")
-        logging.info("report: wrote results.json and results.md to %s", run.store.workdir)
+        shown = min(latents.num_classes, FIGURE_CLASSES)
+        weights = {ipc: np.stack([quantized[ipc].load(run.store, c)["weights"] for c in range(shown)]) for ipc in ipcs}
+        write_figures(run.store, evaluation["accuracy"], list(config.methods), teacher.test_accuracy, weights,
+                      figure_grid(run, synthetic, ipcs, shown), run.classes.prompts)
+        logging.info("report: wrote results.json, results.md and the figures to %s", run.store.workdir)
     return {**results, "table": table}

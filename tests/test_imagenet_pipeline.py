@@ -57,6 +57,18 @@ def test_manifests_pngs_and_results(in1k_run):
         assert 0.0 <= record["test_accuracy"] <= 1.0 and record["images"] == classes * ipc and record["steps"] >= 1
     assert len(stored["quantization"][str(ipc)]["distortion_per_class"]) == classes
     assert "| ddoq |" in results["table"]
+    # The figures of every pipeline; distilled.png shows ddoq's PNGs with their manifest weights, class by class.
+    for figure in ("accuracy_vs_ipc.png", "distilled.png", f"weights_ipc{ipc}.png"):
+        assert Image.open(os.path.join(workdir, figure)).size[0] > 100
+    from pqdjax.imagenet_pipeline import figure_grid
+
+    run = pipeline.Run(config=config, store=artifacts.ArtifactStore(workdir))
+    synthetic = {(m, ipc): imagenet_decode.SyntheticSet(m, ipc, os.path.join(workdir, f"synthetic/ipc{ipc}/manifest_{m}.csv"), "")
+                 for m in config.methods}
+    method, grid, grid_weights = figure_grid(run, synthetic, [ipc], classes)
+    assert method == "ddoq" and grid.shape[:2] == (classes, ipc)
+    np.testing.assert_array_equal(grid.reshape((-1,) + grid.shape[2:]), pixels)
+    np.testing.assert_allclose(grid_weights.reshape(-1), [float(r["weight"]) for r in ddoq], rtol=1e-6)
 
 
 def test_latents_on_disk_are_the_vae_encodings_of_each_class(in1k_run):

@@ -13,6 +13,7 @@ weights_ipc{K}.png the histogram of the Voronoi weights per class.
 from __future__ import annotations
 
 import json
+import types
 
 import numpy as np
 from absl import logging
@@ -147,6 +148,29 @@ def fidelity_table(fidelities: dict, methods, ipcs) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+FIGURE_CLASSES = 10  # the classes shown in distilled.png and weights_ipc{K}.png: the first ones (ImageNet has 1,000)
+
+
+def write_figures(store, summary: dict, methods, teacher_accuracy: float, weights: dict, grid, class_names) -> None:
+    """The figures of every pipeline: accuracy_vs_ipc.png, weights_ipc{K}.png per IPC, distilled.png.
+
+    summary: summarize(records); weights: {ipc: float [C, K]} the Voronoi weights;
+    grid: (method, uint8 images [C, K, H, W, ch], weights [C, K]) of the set distilled.png shows, or None.
+    The per-class figures show the first FIGURE_CLASSES classes.
+    """
+    shown = min(len(class_names), FIGURE_CLASSES)
+    note = f" (first {shown} of {len(class_names)} classes)" if shown < len(class_names) else ""
+    figures.accuracy_vs_ipc(store.path("accuracy_vs_ipc.png"), summary, methods, teacher_accuracy)
+    for ipc, w in weights.items():
+        w = np.asarray(w)[:shown]
+        figures.weight_histograms(store.path(f"weights_ipc{ipc}.png"), w, class_names[:shown],
+                                  f"Voronoi weights per class (K = {w.shape[1]}; dashed: uniform){note}")
+    if grid is not None:
+        method, images, set_weights = grid
+        figures.distilled_grid(store.path("distilled.png"), types.SimpleNamespace(
+            method=method + note, images=np.asarray(images)[:shown], weights=np.asarray(set_weights)[:shown]), class_names[:shown])
+
+
 def full_data_summary(records: list[dict]) -> dict | None:
     """The full-data students' test accuracy over seeds {mean, std, n, epochs, records}, or None without them."""
     if not records:
@@ -203,18 +227,22 @@ def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict], fid
     store = run.store
     artifacts.write_json(store.path("results.json"), results)
     artifacts.write_text(store.path("results.md"), f"# Results\n\n{table}\nStage wall times (s): {run.stage_seconds}\n")
-    figure_ipc = min(ipcs, key=lambda k: abs(k - 10))
-    figure_method = "ddoq" if ("ddoq", figure_ipc) in synthetic else methods[-1]
-    figures.distilled_grid(store.path("distilled.png"), synthetic[figure_method, figure_ipc], run.dataset.class_names)
+    figure_method, figure_ipc = figure_set(methods, ipcs, synthetic)
+    shown = synthetic[figure_method, figure_ipc]
+    write_figures(store, summary, methods, teacher.test_accuracy, {ipc: quantized[ipc].arrays["weights"] for ipc in ipcs},
+                  (figure_method, shown.images, shown.weights), run.dataset.class_names)
     from pqdjax.stages.decode import STRIPS_ARTIFACT
 
     if store.info(STRIPS_ARTIFACT) is not None:
         figures.pushforward_strips(store.path("pushforward.png"), store.load_arrays(STRIPS_ARTIFACT), run.dataset.class_names)
-    figures.accuracy_vs_ipc(store.path("accuracy_vs_ipc.png"), summary, methods, teacher.test_accuracy)
-    for ipc in ipcs:
-        figures.weight_histograms(store.path(f"weights_ipc{ipc}.png"), quantized[ipc].arrays["weights"], run.dataset.class_names)
     logging.info("report: wrote results.json, results.md and the figures to %s", store.workdir)
     return {**results, "table": table}
+
+
+def figure_set(methods, ipcs, synthetic) -> tuple[str, int]:
+    """(method, IPC) of the set distilled.png shows: ddoq (else the last method) at the IPC nearest 10."""
+    ipc = min(ipcs, key=lambda k: abs(k - 10))
+    return ("ddoq" if ("ddoq", ipc) in synthetic else list(methods)[-1]), ipc
 
 
 def _synthetic_seconds(run, synthetic: dict) -> dict[str, float | None]:
