@@ -1,7 +1,7 @@
 r"""Quantization kernels side by side: pqdjax Lloyd vs scikit-learn KMeans (lloyd, elkan) vs ott-jax k_means.
 
 Command (under the machine's CPU lock, from the repository root):
-    flock /tmp/pqdjax-cpu.lock python -m benchmarks.quantize [--repeats=5] [--quick] [--shape=0|1|2|3] [--tolerance] [--clvq-memory]
+    flock /tmp/pqdjax-cpu.lock python -m benchmarks.quantize [--repeats=5] [--quick] [--shape=0..7] [--tolerance] [--clvq-memory]
 
 Each solver starts from the same k-means++ centres and runs the same number of
 Lloyd iterations (tolerance 0, the iteration count fixed), so times and
@@ -19,7 +19,9 @@ Shapes:
     and ott-jax loop over the classes;
   * one measure of standard normal samples (no clusters: the bounds rule out
     little, which measures what they cost when they do not pay), N = 50,000,
-    d = 256, K = 100.
+    d = 256, K = 100;
+  * Stable Diffusion's scale: one class of 1,300 latents of d = 16,384 (4 x 64 x 64),
+    K = 10, 50, 100 and 200.
 Last, CLVQ's peak memory (streamed mini-batches, in a fresh process per N)
 for N = 10^5 and 10^6 samples of dimension 256. --tolerance times only
 Lloyd's tolerance (the mean per-feature variance) per class against numpy's,
@@ -234,7 +236,7 @@ def main():
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="small shapes, for a smoke test")
     parser.add_argument("--shape", type=int, default=None,
-                        help="run only the Lloyd comparison at this index of the shape list (0-3), no CLVQ memory")
+                        help="run only the Lloyd comparison at this index of the shape list (0-7), no CLVQ memory")
     parser.add_argument("--tolerance", action="store_true", help="only the tolerance's cost per class, against numpy")
     parser.add_argument("--clvq-memory", action="store_true", help="only CLVQ's peak memory for N = 10^5 and 10^6")
     parser.add_argument("--clvq-child", default="", help=argparse.SUPPRESS)
@@ -256,6 +258,7 @@ def main():
     else:
         shapes = [(_blobs, (1, 50_000, 256), 100), (_blobs, (100, 1300, 1024), 10), (_blobs, (100, 1300, 1024), 50),
                   (_normal, (1, 50_000, 256), 100)]
+        shapes += [(_blobs, (1, 1300, 16_384), k) for k in (10, 50, 100, 200)]  # Stable Diffusion's latents of one class
         ns = (100_000, 1_000_000)
     indices = range(len(shapes)) if args.shape is None else [args.shape]
     if args.shape is not None:

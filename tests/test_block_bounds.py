@@ -103,3 +103,42 @@ def test_candidate_caps_and_when_bounds_are_used():
     assert lloyd_module.uses_block_bounds(10, 2, 100, bounds=True)
     with pytest.raises(ValueError, match="static max_iter"):
         lloyd_module.uses_block_bounds(10, 2, jnp.int32(5), bounds=True)
+
+
+def _first_pass(x, k, seed):
+    xj, mass = jnp.asarray(x), _uniform(len(x))
+    init = q.kmeans_plus_plus(xj, mass, k, jax.random.key(seed))
+    first = q.lloyd(xj, mass, init, max_iter=1, tol=0.0, bounds=False)
+    d2 = np.sum((x - np.asarray(init)[np.asarray(first.assignment)]) ** 2, axis=1)
+    return xj, mass, init, first, jnp.asarray(d2)
+
+
+def test_the_rule_sorts_clustered_data_and_leaves_unclustered_data_plain():
+    """The first pass's prediction (block_bounds.predicted_gatherable): on clusters split by several points each
+    most cells keep few candidates; on standard normal samples (distances concentrate) none does."""
+    k, caps = 48, block_bounds.candidate_caps(48)
+    clustered = _mixture(9000, 64, 8, seed=0, spread=0.5)
+    unclustered = np.random.default_rng(3).normal(size=(9000, 64)).astype(np.float32)
+    predicted = {}
+    for name, x in (("clustered", clustered), ("unclustered", unclustered)):
+        xj, mass, init, first, d2 = _first_pass(x, k, seed=0)
+        predicted[name] = float(block_bounds.predicted_gatherable(first.assignment, d2, mass, first.points, caps))
+        # Whatever the rule decides, the iterates are plain Lloyd's.
+        plain = q.lloyd(xj, mass, init, max_iter=30, tol=1e-4, bounds=False)
+        bounded = q.lloyd(xj, mass, init, max_iter=30, tol=1e-4, bounds=True)
+        assert int(bounded.iterations) == int(plain.iterations)
+        np.testing.assert_array_equal(np.asarray(bounded.assignment), np.asarray(plain.assignment))
+        np.testing.assert_allclose(np.asarray(bounded.points), np.asarray(plain.points), atol=1e-5)
+    assert predicted["clustered"] >= 0.9 and predicted["unclustered"] <= 0.1, predicted
+    assert lloyd_module.BOUNDED_MIN_GATHERED == 0.5
+
+
+def test_predicted_gatherable_counts_points_within_twice_the_mean_radius():
+    """A closed case: two cells of mean radius 1 whose points are 3 apart; a third point 1.5 from the first."""
+    points = jnp.asarray([[0.0, 0.0], [3.0, 0.0], [0.0, 1.5]])
+    assignment = jnp.asarray([0, 0, 1, 1, 2])
+    d2 = jnp.asarray([1.0, 1.0, 1.0, 1.0, 0.25])  # radii: cell 0 -> 1, cell 1 -> 1, cell 2 -> 0.5
+    mass = jnp.full((5,), 0.2)
+    # within 2 r: cell 0 sees {0, 2} (3 > 2), cell 1 sees {1}, cell 2 sees {2} (1.5 > 1)
+    assert float(block_bounds.predicted_gatherable(assignment, d2, mass, points, (1,))) == pytest.approx(0.6)
+    assert float(block_bounds.predicted_gatherable(assignment, d2, mass, points, (2,))) == pytest.approx(1.0)

@@ -106,6 +106,25 @@ def gatherable(bounds: BlockBounds, caps: tuple[int, ...]) -> jax.Array:
     return jnp.mean(jnp.sum(bounds.lower <= bounds.upper[:, None], axis=1) <= max(caps))
 
 
+def predicted_gatherable(assignment: jax.Array, d2: jax.Array, mass: jax.Array, points: jax.Array, caps: tuple[int, ...]) -> jax.Array:
+    """Share of the mass whose cell is predicted to leave few enough candidates to gather, before any sorting.
+
+    For a block inside cell a, lower[B, k] >= |c_a - c_k| - r and upper[B] <= r with r
+    the block's largest distance to c_a, so points farther than 2 r from c_a are no
+    candidates. The prediction takes r as the cell's mean distance r_a (a typical block,
+    not its worst sample) and counts the points within 2 r_a of c_a; a cell whose count
+    fits the largest cap counts as gatherable. Costs a K x K distance matrix.
+    assignment: int [n]; d2: [n] squared distances to the assigned points; mass: [n]; points: [K, d].
+    """
+    if not caps:
+        return jnp.zeros((), jnp.float32)
+    k = points.shape[0]
+    cell_mass = jax.ops.segment_sum(mass, assignment, k)
+    radius = jax.ops.segment_sum(mass * jnp.sqrt(d2), assignment, k) / jnp.maximum(cell_mass, jnp.finfo(jnp.float32).tiny)
+    within = jnp.sqrt(squared_distances(points, points)) <= 2.0 * radius[:, None]
+    return jnp.sum(cell_mass * (jnp.sum(within, axis=1) <= max(caps))) / jnp.maximum(jnp.sum(cell_mass), jnp.finfo(jnp.float32).tiny)
+
+
 def expansion_slack(x_sq_max: jax.Array, points_sq_max: jax.Array, d: int) -> jax.Array:
     """Bound on the float32 rounding error of |x|^2 - 2 x.c + |c|^2 (a d-term dot product)."""
     return 2.0 * (d + 2) * jnp.finfo(jnp.float32).eps * (x_sq_max + points_sq_max)

@@ -279,9 +279,12 @@ def _lloyd_bounded(x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int
     The first iteration runs in the input order; its assignment sorts the
     samples by cell, so that each block of BOUNDED_BLOCK_ROWS contiguous rows
     spans few cells. From the second iteration on, each block computes its
-    distances only to the points its bounds leave as candidates. If after the
+    distances only to the points its bounds leave as candidates. Where the
+    first pass predicts that fewer than BOUNDED_MIN_GATHERED of the mass will
+    have few enough candidates to gather (block_bounds.predicted_gatherable:
+    unclustered data), nothing is sorted and every pass is plain; if after the
     fourth iteration fewer than BOUNDED_MIN_GATHERED of the blocks have few
-    enough candidates to gather, the remaining iterations are plain passes.
+    enough candidates, the remaining iterations are plain passes.
     Outputs are in the input order. Needs max_iter >= 1 (static).
     """
     x = x.astype(jnp.float32)
@@ -299,13 +302,15 @@ def _lloyd_bounded(x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int
     centers, shift, _ = _new_centers(x, mass, points, sums, masses, first_d2)
 
     # The rest on samples sorted by cell, the cells in the order of a nearest-neighbour tour of
-    # their points.
-    order = block_bounds.tour_sorted_order(first, points)
+    # their points, where the first pass predicts that the bounds will rule out enough; else
+    # (unclustered data) in the input order with plain passes only, which skips the sort's cost.
+    caps = block_bounds.candidate_caps(k)
+    sorting = block_bounds.predicted_gatherable(first, first_d2, mass, centers, caps) >= BOUNDED_MIN_GATHERED
+    order = jax.lax.cond(sorting, block_bounds.tour_sorted_order, lambda a, p: jnp.arange(n, dtype=jnp.int32), first, points)
     count, rows = _blocks(n, BOUNDED_BLOCK_ROWS)
     pad = count * rows - n
     x_blocks, mass_blocks, sq_blocks = block_bounds.gather_blocks(x, mass, x_sq, order, count, rows)
     xs, ms = x_blocks.reshape(count * rows, d), mass_blocks.reshape(-1)  # sorted samples, pad rows last
-    caps = block_bounds.candidate_caps(k)
 
     def one_pass(points, bounds, pruning):
         """A pass with the bounds over the sorted blocks, or without them over the input's
@@ -338,7 +343,7 @@ def _lloyd_bounded(x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int
         return (centers, bounds, still_pruning, pruning, assignment, d2_min, masses, i + 1, shift, stable, current)
 
     init_state = (
-        centers, block_bounds.BlockBounds.unknown(count, k), jnp.bool_(bool(caps)), jnp.bool_(False),
+        centers, block_bounds.BlockBounds.unknown(count, k), sorting, jnp.bool_(False),
         first[order], first_d2[order], masses, jnp.int32(1), shift, jnp.bool_(False), jnp.bool_(False),
     )
     points, bounds, pruning, _, assignment, d2_min, masses, iterations, shift, stable, current = jax.lax.while_loop(
