@@ -53,7 +53,7 @@ prior=dit: the same points and weights, pushed forward by DiT-XL/2 (Peebles &
     strength 0.7 as D4M, guidance 4 (DiT's sampling guidance), 50 DDIM steps:
     not tuned, no DiT weights could be run here.
 
-Stages (pqdjax.imagenet_pipeline; every artifact fingerprinted, a rerun skips
+Stages (pqdjax.pipeline, the streamed components; every artifact fingerprinted, a rerun skips
 what is complete and resumes what was interrupted):
   input     tfds `imagenet2012` prepared once into ArrayRecord files (see
             pqdjax/data/imagenet.py for the `tfds build` command; the archives go

@@ -1,13 +1,16 @@
 """Runs the stages of a distillation experiment in order, skipping finished ones.
 
-    data -> prior -> teacher -> encode -> denoiser -> quantize -> decode -> fidelity -> evaluate -> report
+    prior -> teacher -> encode -> denoiser -> quantize -> decode -> fidelity -> evaluate -> full_data -> report
 
-(With config.export_pretrained set, the `pretrain` option of configs/default.py,
-the run stops after the denoiser and ships the VAE, teacher and denoiser:
-pqdjax.stages.export.)
-
-(ImageNet-1K, config.data.name 'imagenet2012', runs the stages of
-pqdjax.imagenet_pipeline instead.)
+One sequence (STAGES) for every run; the kind of run chooses each stage's
+component (stage_components): 'in_memory' runs (configs/default.py,
+imagefolder.py) hold the data in host memory and train the prior here
+(pqdjax/stages/{prior,teacher,encode,...}.py); 'streamed' runs (configs/in1k.py,
+imagenette.py, imagewoof.py, cifar10.py) read the data record by record per
+process and load a pretrained prior (pqdjax/stages/imagenet_*.py), and skip the
+denoiser and full_data stages. With config.export_pretrained set (the
+`pretrain` option of configs/default.py) the run stops after the denoiser and
+ships the VAE, teacher and denoiser (pqdjax.stages.export).
 
 Each stage lives in pqdjax/stages/ and takes the `Run` (config, artifact
 store, lazily loaded dataset, PRNG keys) and the outputs of the stages before
@@ -25,6 +28,7 @@ import json
 import os
 import time
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -103,12 +107,73 @@ def _timed(run: Run, name: str, fn, *args):
     return out
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Runs (or resumes) the experiment of `config` in `workdir`; returns the report (see stages.report)."""
-    from pqdjax.stages import decode, denoiser, encode, evaluate, export, fidelity, prior, quantize, report, teacher
+# The one stage sequence. Each kind of run supplies a component per stage (stage_components); a kind
+# without a stage skips it.
+STAGES = ("prior", "teacher", "encode", "denoiser", "quantize", "decode", "fidelity", "evaluate", "full_data")
 
-    streamed = bool(config.data.get("streamed"))
-    if streamed:
+
+def kind_of(config: ml_collections.ConfigDict) -> str:
+    """'streamed' (config.data.streamed: data read record by record per process, a pretrained prior; configs/in1k.py,
+    imagenette.py, imagewoof.py, cifar10.py) or 'in_memory' (data in host memory, the prior trained here or shipped;
+    configs/default.py, imagefolder.py)."""
+    return "streamed" if config.data.get("streamed") else "in_memory"
+
+
+def stage_components(config: ml_collections.ConfigDict) -> dict[str, Callable[[Run, dict], Any]]:
+    """{stage: component(run, outputs)} for the kind of `config`, plus 'report'. A component reads the outputs of
+    earlier stages by stage name (outputs['encode'] is the latents) and returns its own."""
+    from pqdjax.stages import report
+
+    if kind_of(config) == "streamed":
+        from pqdjax.stages import (imagenet_decode, imagenet_encode, imagenet_evaluate, imagenet_fidelity, imagenet_prior,
+                                   imagenet_quantize, imagenet_teacher)
+
+        return {
+            "prior": lambda run, o: imagenet_prior.run(run),
+            "teacher": lambda run, o: imagenet_teacher.run(run),
+            "encode": lambda run, o: imagenet_encode.run(run, o["prior"]),
+            "quantize": lambda run, o: imagenet_quantize.run(run, o["encode"]),
+            "decode": lambda run, o: imagenet_decode.run(run, o["prior"], o["encode"], o["quantize"]),
+            "fidelity": lambda run, o: imagenet_fidelity.run(run, o["prior"], o["teacher"], o["encode"], o["quantize"], o["decode"]),
+            "evaluate": lambda run, o: imagenet_evaluate.run(run, o["teacher"], o["decode"]),
+            "report": lambda run, o: report.run_streamed(run, o["teacher"], o["encode"], o["quantize"], o["decode"],
+                                                         o["evaluate"], o["fidelity"]),
+        }
+    from pqdjax.stages import decode, denoiser, encode, evaluate, export, fidelity, prior, quantize, teacher
+
+    trained = {
+        "prior": lambda run, o: prior.run(run),
+        "teacher": lambda run, o: teacher.run(run),
+        "encode": lambda run, o: encode.run(run, o["prior"]),
+        "denoiser": lambda run, o: denoiser.run(run, o["encode"]),
+    }
+    if config.get("export_pretrained"):  # configs/default.py:pretrain: ship the three components, no distillation
+        def ship(run, o):
+            shipped = export.run(run, o["prior"], o["teacher"], o["denoiser"], config.export_pretrained)
+            return {"table": json.dumps({name: entry["quality"] for name, entry in shipped.items()}, indent=2)}
+
+        return {**trained, "report": ship}
+
+    def evaluate_sets(run, o):
+        set_for_seed = decode.set_for_seed(run, o["prior"], o["encode"], o["quantize"], o["decode"], o["denoiser"])
+        return evaluate.run(run, o["teacher"], o["decode"], set_for_seed)
+
+    return {
+        **trained,
+        "quantize": lambda run, o: quantize.run(run, o["encode"]),
+        "decode": lambda run, o: decode.run(run, o["prior"], o["encode"], o["quantize"], o["denoiser"]),
+        "fidelity": lambda run, o: fidelity.run(run, o["prior"], o["teacher"], o["encode"], o["quantize"], o["decode"]),
+        "evaluate": evaluate_sets,
+        "full_data": lambda run, o: evaluate.full_data(run, o["teacher"]),
+        "report": lambda run, o: report.run(run, o["teacher"], o["quantize"], o["decode"], o["evaluate"], o["fidelity"],
+                                            o["full_data"]),
+    }
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Runs (or resumes) the experiment of `config` in `workdir`: STAGES in order with the components of its kind,
+    then the report; returns the report (see stages.report)."""
+    if kind_of(config) == "streamed":
         validate_streamed_config(config)
     else:
         validate_config(config)
@@ -120,23 +185,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     parallel.sync_processes("workdir ready")
     logging.info("workdir %s, JAX backend %s with %d device(s)", store.workdir, jax.default_backend(), jax.device_count())
     run_ = Run(config=config, store=store)
-    if streamed:
-        from pqdjax import imagenet_pipeline
-
-        return imagenet_pipeline.run_stages(run_)
+    components = stage_components(config)
     total_start = time.perf_counter()
-    prior_out = _timed(run_, "prior", prior.run, run_)
-    teacher_out = _timed(run_, "teacher", teacher.run, run_)
-    latents = _timed(run_, "encode", encode.run, run_, prior_out)
-    denoiser_out = _timed(run_, "denoiser", denoiser.run, run_, latents)
-    if config.get("export_pretrained"):
-        components = _timed(run_, "export", export.run, run_, prior_out, teacher_out, denoiser_out, config.export_pretrained)
-        return {"table": json.dumps({name: entry["quality"] for name, entry in components.items()}, indent=2)}
-    quantized = _timed(run_, "quantize", quantize.run, run_, latents)
-    synthetic = _timed(run_, "decode", decode.run, run_, prior_out, latents, quantized, denoiser_out)
-    fidelities = _timed(run_, "fidelity", fidelity.run, run_, prior_out, teacher_out, latents, quantized, synthetic)
-    set_for_seed = decode.set_for_seed(run_, prior_out, latents, quantized, synthetic, denoiser_out)
-    evaluations = _timed(run_, "evaluate", evaluate.run, run_, teacher_out, synthetic, set_for_seed)
-    full_data = _timed(run_, "full_data", evaluate.full_data, run_, teacher_out)
+    outputs: dict[str, Any] = {}
+    for name in STAGES:
+        if name in components:
+            outputs[name] = _timed(run_, name, components[name], run_, outputs)
     run_.stage_seconds["total"] = round(time.perf_counter() - total_start, 2)
-    return report.run(run_, teacher_out, quantized, synthetic, evaluations, fidelities, full_data)
+    return components["report"](run_, outputs)

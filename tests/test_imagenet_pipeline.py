@@ -60,7 +60,7 @@ def test_manifests_pngs_and_results(in1k_run):
     # The figures of every pipeline; distilled.png shows ddoq's PNGs with their manifest weights, class by class.
     for figure in ("accuracy_vs_ipc.png", "distilled.png", f"weights_ipc{ipc}.png"):
         assert Image.open(os.path.join(workdir, figure)).size[0] > 100
-    from pqdjax.imagenet_pipeline import figure_grid
+    from pqdjax.stages.report import figure_grid
 
     run = pipeline.Run(config=config, store=artifacts.ArtifactStore(workdir))
     synthetic = {(m, ipc): imagenet_decode.SyntheticSet(m, ipc, os.path.join(workdir, f"synthetic/ipc{ipc}/manifest_{m}.csv"), "")

@@ -1,4 +1,4 @@
-"""Stage report: results.json, results.md and the figures in the workdir.
+"""Stage report: results.json, results.md and the figures in the workdir (run: in-memory runs; run_streamed).
 
 results.json holds every figure of the run with the config that produced it;
 all wall times are under its "timing" key, the only part that differs between
@@ -13,12 +13,15 @@ weights_ipc{K}.png the histogram of the Voronoi weights per class.
 from __future__ import annotations
 
 import json
+import os
 import types
 
+import jax
 import numpy as np
 from absl import logging
 
 from pqdjax import artifacts, figures, stats
+from pqdjax.data.image_folder import load_images, read_manifest
 from pqdjax.config_checks import W2_METHODS, split_method
 
 
@@ -243,6 +246,53 @@ def figure_set(methods, ipcs, synthetic) -> tuple[str, int]:
     """(method, IPC) of the set distilled.png shows: ddoq (else the last method) at the IPC nearest 10."""
     ipc = min(ipcs, key=lambda k: abs(k - 10))
     return ("ddoq" if ("ddoq", ipc) in synthetic else list(methods)[-1]), ipc
+
+
+def run_streamed(run, teacher, latents, quantized: dict, synthetic: dict, records: list[dict], fidelities: dict) -> dict:
+    """The streamed runs' report (pqdjax.pipeline): results.json (wall times under 'timing'), results.md and the
+    figures (write_figures), written by process 0; returns results.json's dict plus 'table'."""
+    config = run.config
+    ipcs = sorted(quantized)
+    quantization = {}
+    for ipc in ipcs:
+        distortion = np.asarray([float(quantized[ipc].load(run.store, c)["distortion"]) for c in range(latents.num_classes)])
+        quantization[ipc] = {
+            "distortion_per_class": distortion.tolist(),
+            # Voronoi weights make the nearest-point map optimal: W2 = sqrt(distortion), exactly.
+            "w2": {"ddoq": {"mean": float(np.sqrt(np.maximum(distortion, 0)).mean()), "per_class": np.sqrt(np.maximum(distortion, 0)).tolist()}},
+        }
+    evaluation, sections = evaluation_report(config, teacher.test_accuracy, records, fidelities, ipcs, split="Validation")
+    table = sections["accuracy"] + sections["paired"] + sections["fidelity"]
+    results = {
+        "config": json.loads(config.to_json_best_effort()),
+        **evaluation,
+        "quantization": quantization,
+        "latents": {"shape": list(latents.shape), "per_class": latents.counts.sum(0).tolist()},
+        "synthetic": {f"{m}_ipc{k}": os.path.relpath(s.manifest, run.store.workdir) for (m, k), s in sorted(synthetic.items())},
+        "timing": {  # wall times in seconds: the one part of results.json that varies from run to run
+            "stage_seconds": run.stage_seconds,
+            "student_seconds": student_seconds(records),
+        },
+    }
+    if jax.process_index() == 0:
+        artifacts.write_json(run.store.path("results.json"), results)
+        artifacts.write_text(run.store.path("results.md"), f"# Results\n\n{table}\nStage wall times (s): {run.stage_seconds}\n")
+        shown = min(latents.num_classes, FIGURE_CLASSES)
+        weights = {ipc: np.stack([quantized[ipc].load(run.store, c)["weights"] for c in range(shown)]) for ipc in ipcs}
+        write_figures(run.store, evaluation["accuracy"], list(config.methods), teacher.test_accuracy, weights,
+                      figure_grid(run, synthetic, ipcs, shown), run.classes.prompts)
+        logging.info("report: wrote results.json, results.md and the figures to %s", run.store.workdir)
+    return {**results, "table": table}
+
+
+def figure_grid(run, synthetic: dict, ipcs, num_classes: int) -> tuple[str, np.ndarray, np.ndarray]:
+    """(method, uint8 images [C, K, H, W, 3], weights [C, K]) of the first num_classes classes of distilled.png's set,
+    read back from its manifest and PNGs."""
+    method, ipc = figure_set(run.config.methods, ipcs, synthetic)
+    files, labels, weights = read_manifest(synthetic[method, ipc].manifest)
+    keep = labels < num_classes  # the manifest is class-major, K rows per class
+    images = load_images([f for f, k in zip(files, keep) if k])
+    return method, images.reshape((num_classes, ipc) + images.shape[1:]), weights[keep].reshape(num_classes, ipc)
 
 
 def _synthetic_seconds(run, synthetic: dict) -> dict[str, float | None]:
