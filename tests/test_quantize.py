@@ -33,6 +33,21 @@ def test_lloyd_matches_sklearn_with_same_init(seed):
     assert bool(ours.converged)
 
 
+@pytest.mark.parametrize("k", [10, 50])
+def test_lloyd_matches_sklearn_at_stable_diffusion_latent_width(k):
+    """The benchmark's Stable Diffusion shape (1,300 x 16,384) at reduced size: 260 latents of 4 x 32 x 32, a
+    mixture like the benchmark's, K = 10 and 50, against scikit-learn from the same init in float64."""
+    rng = np.random.default_rng(k)
+    centers = rng.normal(size=(20, 4096))
+    x = (centers[rng.integers(0, 20, 260)] + rng.normal(0, 0.5, (260, 4096))).astype(np.float32)
+    init = np.asarray(q.kmeans_plus_plus(jnp.asarray(x), _uniform(len(x)), k, jax.random.key(k)))
+    ours = q.lloyd(jnp.asarray(x), _uniform(len(x)), jnp.asarray(init), max_iter=100, tol=1e-4)
+    ref = KMeans(k, init=init, n_init=1, max_iter=100, tol=1e-4, algorithm="lloyd").fit(x.astype(np.float64))
+    np.testing.assert_allclose(float(ours.distortion) * len(x), ref.inertia_, rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(ours.assignment), ref.labels_)
+    assert int(ours.iterations) == ref.n_iter_
+
+
 def test_kmeans_plus_plus_picks_distinct_weighted_samples():
     x = jnp.asarray(_blobs(n=300, k=5))
     mass = _uniform(300).at[:100].set(0.0)
