@@ -1,5 +1,7 @@
 """The one option parser of every config file (pqdjax.config_options.parse_arg) and the configs built on it."""
 
+import os
+
 import pytest
 
 from configs import default, in1k
@@ -150,3 +152,19 @@ def test_a_bad_student_protocol_is_refused_by_name(field, value, message):
         validate_config(config)
     config.evaluate.train.cutmix_beta = 0.0
     validate_config(config)
+
+
+CONFIG_FILES = sorted(f for f in os.listdir(os.path.join(os.path.dirname(__file__), "..", "configs")) if f.endswith(".py") and f[0] != "_")
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_every_config_file_builds_and_its_runlocal_passes_its_pipelines_checks(name):
+    from pqdjax import pipeline
+    from pqdjax.config_checks import validate_config, validate_streamed_config
+    from pqdjax.config_options import from_file
+
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", name)
+    full, local = from_file(path), from_file(path, "runlocal")
+    assert pipeline.kind_of(full) == pipeline.kind_of(local)
+    (validate_streamed_config if pipeline.kind_of(local) == "streamed" else validate_config)(local)
+    assert set(pipeline.stage_components(local)) >= {"prior", "teacher", "encode", "quantize", "decode", "evaluate", "report"}
