@@ -184,3 +184,11 @@ def test_resnet_cifar_stem_keeps_the_resolution():
         (features,) = state["intermediates"]["layer4_1"]["__call__"]
         assert features.shape == (1, final, final, 32)
         assert variables["params"]["conv1"]["kernel"].shape == ((7, 7, 3, 4) if stem == "imagenet" else (3, 3, 3, 4))
+
+
+def test_dit_on_classes_that_are_not_imagenet_classes_stops_at_the_first_stage(tmp_path):
+    config = cifar10.get_config("runlocal")
+    config.prior.kind = "dit"
+    with pytest.raises(ConfigError, match="conditioned on ImageNet-1K classes"):
+        pipeline.run(config, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run" / "teacher")  # nothing after the prior stage ran

@@ -322,14 +322,13 @@ def _lloyd_bounded(x: jax.Array, mass: jax.Array, init: jax.Array, max_iter: int
     # (unclustered data) plain passes in the input order, with no sorted copy of the samples.
     caps = block_bounds.candidate_caps(k)
     sorting = block_bounds.predicted_gatherable(first, first_d2, mass, centers, caps) >= BOUNDED_MIN_GATHERED
-    args = (x, mass, x_sq, points, centers, first, first_d2, masses, shift, threshold, plain_pass, caps, max_iter)
-    return jax.lax.cond(sorting, lambda: _bounded_rest(*args), lambda: _plain_rest(*args))
-
-
-def _plain_rest(x, mass, x_sq, points, centers, first, first_d2, masses, shift, threshold, plain_pass, caps, max_iter):
-    """Iterations 2.. of _lloyd_bounded as plain passes in the input order: _lloyd's own after its first."""
-    state = (centers, first, first_d2, masses, jnp.int32(1), shift, jnp.bool_(False), jnp.bool_(False))
-    return _plain_iterations(x, mass, plain_pass, state, max_iter, threshold)
+    # Without sorting: iterations 2.. are _lloyd's own plain passes in the input order, after its first.
+    after_first = (centers, first, first_d2, masses, jnp.int32(1), shift, jnp.bool_(False), jnp.bool_(False))
+    return jax.lax.cond(
+        sorting,
+        lambda: _bounded_rest(x, mass, x_sq, points, centers, first, first_d2, masses, shift, threshold, plain_pass, caps, max_iter),
+        lambda: _plain_iterations(x, mass, plain_pass, after_first, max_iter, threshold),
+    )
 
 
 def _bounded_rest(x, mass, x_sq, points, centers, first, first_d2, masses, shift, threshold, plain_pass, caps, max_iter):

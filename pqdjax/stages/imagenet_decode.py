@@ -44,7 +44,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pqdjax import artifacts, parallel
 from pqdjax.config_checks import decoder_of, point_source, split_method
-from pqdjax.errors import ConfigError, InputError
+from pqdjax.errors import InputError
 from pqdjax.data import image_folder, imagenet, streamed
 from pqdjax.data.preprocess import to_uint8
 from pqdjax.diffusion import img2img, sample_from
@@ -203,10 +203,6 @@ def write_manifest(run, quantized, ipc: int, method: str, num_classes: int, name
 
 
 def run(run, prior, latents, quantized: dict) -> dict[tuple[str, int], SyntheticSet]:
-    if run.config.prior.kind == "dit" and run.classes.imagenet_indices is None:
-        raise ConfigError(f"config.prior.kind 'dit' is conditioned on ImageNet-1K classes, but the classes of {run.config.data.name} "
-                          f"({', '.join(run.classes.names[:3])}, ...) are not ImageNet synsets; use prior 'stable_diffusion' "
-                          "(prompted by the class names).")
     out = {}
     for ipc, q in quantized.items():
         fp = artifacts.fingerprint("imagenet_decode", q.fingerprint, prior.fingerprint, run.config.decode, run.config.seed)

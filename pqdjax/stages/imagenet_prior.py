@@ -20,6 +20,7 @@ import dataclasses
 from absl import logging
 
 from pqdjax import artifacts, parallel
+from pqdjax.errors import ConfigError
 from pqdjax.models.dit_diffusion import DiTDiffusion, load_dit
 from pqdjax.models.stable_diffusion import StableDiffusion, load_stable_diffusion
 from pqdjax.models.tiny_checkpoints import write_tiny_dit, write_tiny_stable_diffusion
@@ -44,6 +45,11 @@ class Prior:
 
 def run(run) -> Prior:
     config = run.config.prior
+    # Checked here, the first stage, rather than at decode: the data's classes decide it.
+    if config.kind == "dit" and run.classes.imagenet_indices is None:
+        raise ConfigError(f"config.prior.kind 'dit' is conditioned on ImageNet-1K classes, but the classes of {run.config.data.name} "
+                          f"({', '.join(run.classes.names[:3])}, ...) are not ImageNet synsets; use prior 'stable_diffusion' "
+                          "(prompted by the class names).")
     fp = artifacts.fingerprint("imagenet_prior", config, run.config.seed)
     if config.get("tiny_random", False):
         name = tiny_artifact(config.kind)
