@@ -5,7 +5,7 @@
 Trains the default config's student (ConvNet-3, width 32) on IPC x 10 random
 28x28 images with the default config's teacher (ConvNet-3, width 128, random
 weights: the cost does not depend on them) and train settings, once with the
-teacher's logits looked up in pqdjax.train.distill.teacher_logits_per_view
+teacher's logits looked up in pqdjax.train.student.teacher_logits_per_view
 and once with the teacher run in every step (the D4M / SRe2L way), and prints
 the wall time of each. Both give the same targets (tests/test_train.py).
 """
@@ -20,7 +20,8 @@ import numpy as np
 
 from configs import default
 from pqdjax.models import classifiers
-from pqdjax.train import augment, distill
+from pqdjax import parallel
+from pqdjax.train import augment, student as student_trainer
 
 
 def main() -> None:
@@ -38,8 +39,8 @@ def main() -> None:
           f"{train.steps} steps x {train.batch_size} images see {train.steps * train.batch_size} views")
     for table in (True, False):
         start = time.perf_counter()
-        distill.train_student(student, teacher, teacher_params, images, np.ones(n), train, jax.random.key(2),
-                              fast_conv=True, per_view_table=table)
+        student_trainer.train_student(student, teacher, {"params": teacher_params}, images, np.ones(n), train,
+                                      jax.random.key(2), parallel.make_mesh(), fast_conv=True, per_view_table=table)
         name = "table of views" if table else "teacher per step"
         print(f"{name:17s} {time.perf_counter() - start:6.1f} s per student (compile included)")
 

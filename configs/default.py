@@ -14,6 +14,9 @@ Options (after a colon, comma-separated):
                                   cross-entropy, pad-crop + flip, 300 epochs), 'rrc_cutmix' (SRe2L/RDED/D4M:
                                   RandomResizedCrop + flip + CutMix relabelled by the teacher, 300 epochs)
                                   e.g. configs/default.py:table,protocol=hard
+    cross_arch                    the same sets also train a ResNet-10 and a MobileNet-V2 (CIFAR stems, for
+                                  28 x 28) beside the ConvNet-3: a table per architecture
+                                  (config.evaluate.cross_architectures), e.g. configs/default.py:table,cross_arch
 Hardware: 2 CPU cores, no accelerator.
 Runtime: 7 min 23 s on 2 CPU cores (12 students: 371 s), 9 min 18 s from a fresh
     clone with `make demo`; the VAE, teacher and denoiser are loaded from
@@ -48,7 +51,7 @@ def _classifier(width: int) -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     options = parse_arg(arg, "configs/default.py", choices={"protocol": PROTOCOLS}, table=False, runlocal=False,
-                        pretrain=False, sweep=False, weighting=False, protocol="kd")
+                        pretrain=False, sweep=False, weighting=False, protocol="kd", cross_arch=False)
 
     config = ml_collections.ConfigDict()
     config.seed = 0
@@ -152,6 +155,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # results.md gives the paired difference (same seeds) of each pair with a 95% t interval
     config.evaluate.compare = (("ddoq", "d4m"), ("ddoq", "random"), ("d4m", "random"), ("ddoq", "ddoq_vae"))
     config.evaluate.model = _classifier(32)
+    # Cross-architecture evaluation: {name: classifier config} of further students trained on the very same sets
+    # (same protocol, paired by seed within each architecture); results.md has a table per architecture.
+    config.evaluate.cross_architectures = ml_collections.ConfigDict()
     # > 0: also a student of config.evaluate.model per seed on every training image (uniform weights, the same loss and
     # augmentation) for this many epochs, the ceiling of the distillation loss (pqdjax.stages.evaluate.full_data)
     config.evaluate.full_data_epochs = 0
@@ -161,7 +167,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.evaluate.train = ml_collections.ConfigDict(dict(
         steps=300, batch_size=100, learning_rate=2e-3, warmup_steps=20, weight_decay=0.0,
         temperature=4.0, crop_padding=2, flip=True, log_every=100, checkpoint_every=100,
-        # pqdjax.train.distill: augment 'crop_flip' | 'rrc_cutmix' (RandomResizedCrop + flip + CutMix of cutmix_beta,
+        # pqdjax.train.student: augment 'crop_flip' | 'rrc_cutmix' (RandomResizedCrop + flip + CutMix of cutmix_beta,
         # the teacher relabelling every batch); labels 'teacher' (soft, KD) | 'hard' (the DC/DSA protocol)
         augment="crop_flip", cutmix_beta=1.0, labels="teacher",
         epochs=0,  # > 0: train for this many passes over the set instead of `steps` (IPC 1/10/50 at batch 100: E/E/5E steps)
@@ -171,6 +177,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif options.protocol == "rrc_cutmix":
         config.evaluate.train.update(augment="rrc_cutmix", epochs=300)
 
+    if options.cross_arch:
+        config.evaluate.cross_architectures = ml_collections.ConfigDict(dict(
+            resnet10=dict(arch="resnet10", width=32, stem="cifar"),
+            mobilenet_v2=dict(arch="mobilenet_v2", width_multiplier=0.5, stem="cifar"),
+        ))
     if options.table:
         config.ipcs = (1, 10, 50)
         config.evaluate.seeds = (0, 1, 2, 3, 4)
@@ -211,6 +222,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.teacher.model.width = 8
         config.teacher.train.update(steps=4, batch_size=32, warmup_steps=0, log_every=2, checkpoint_every=2)
         config.evaluate.model.width = 8
+        if options.cross_arch:
+            config.evaluate.cross_architectures.resnet10.width = 4
+            config.evaluate.cross_architectures.mobilenet_v2.width_multiplier = 0.25
         config.evaluate.train.update(steps=3, batch_size=20, warmup_steps=0, log_every=1, checkpoint_every=2)
         config.evaluate.seeds = (0,)
         config.ipcs = (2,)

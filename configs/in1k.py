@@ -78,7 +78,7 @@ what is complete and resumes what was interrupted):
   fidelity  per synthetic set: teacher agreement, cell consistency (the PNGs
             re-encoded by the SD VAE, in their point's Voronoi cell), W2 of
             the re-encoded images and of the points (pqdjax.stages.imagenet_fidelity).
-  evaluate  students (pqdjax.train.imagenet_student): 300 epochs, AdamW lr 1e-3,
+  evaluate  students (pqdjax.train.student): 300 epochs, AdamW lr 1e-3,
             weight decay 0.01 off norms and biases, cosine, RandomResizedCrop 224
             (0.08-1) + flip + CutMix, KL to the teacher at T = 20 on the same
             batch, per-image weights; data-parallel, orbax checkpoints every
@@ -162,7 +162,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.evaluate.model = ml_collections.ConfigDict(dict(arch=student))
     config.evaluate.train = ml_collections.ConfigDict(dict(
         epochs=300, batch_size=1024, learning_rate=1e-3, weight_decay=0.01, warmup_steps=0,
-        temperature=20.0, image_size=224, cutmix_beta=1.0, log_every=100,
+        # pqdjax.train.student: RandomResizedCrop to image_size + flip + CutMix, the teacher relabelling every batch
+        augment="rrc_cutmix", labels="teacher", temperature=20.0, image_size=224, cutmix_beta=1.0, log_every=100,
         checkpoint_every=1000, keep_checkpoints=2,
     ))
 

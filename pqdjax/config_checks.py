@@ -130,11 +130,12 @@ def validate_streamed_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.decode.method must be 'diffusion' (the prior's img2img) in the streamed pipeline, got {config.decode.method!r}.")
     if config.data.num_classes < 1:
         raise ConfigError(f"config.data.num_classes must be at least 1 (the first C classes of the dataset), got {config.data.num_classes}.")
+    _validate_student_protocol(config.evaluate.train)
     _validate_seeds_and_weighting(config.evaluate)
 
 
 def _validate_student_protocol(train: ml_collections.ConfigDict) -> None:
-    from pqdjax.train.distill import AUGMENTATIONS, LABELS
+    from pqdjax.train.student import AUGMENTATIONS, LABELS
 
     augment, labels = train.get("augment", "crop_flip"), train.get("labels", "teacher")
     if augment not in AUGMENTATIONS:
@@ -152,6 +153,24 @@ def _validate_seeds_and_weighting(evaluate: ml_collections.ConfigDict) -> None:
     weighting = evaluate.get("weighting")  # its power and mix: pqdjax.config_fields
     if weighting is not None and weighting.get("normalize", "class") not in NORMALIZATIONS:
         raise ConfigError(f"config.evaluate.weighting.normalize must be one of {NORMALIZATIONS}, got {weighting.normalize!r}.")
+    _validate_students(evaluate)
+
+
+def _validate_students(evaluate: ml_collections.ConfigDict) -> None:
+    """config.evaluate.model and every config.evaluate.cross_architectures entry name a known classifier and stem."""
+    from pqdjax.models.classifiers import make_classifier
+    from pqdjax.stages.evaluate import student_models
+
+    for arch, model in student_models(evaluate):
+        where = f"config.evaluate.cross_architectures.{arch}" if arch else "config.evaluate.model"
+        if not isinstance(model, ml_collections.ConfigDict) or "arch" not in model:
+            raise ConfigError(f"{where} must be a classifier config with an 'arch' (e.g. dict(arch='resnet10')), got {model!r}.")
+        try:
+            make_classifier(model, 2)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        if model.get("stem", "imagenet") not in ("imagenet", "cifar"):
+            raise ConfigError(f"{where}.stem must be 'imagenet' or 'cifar', got {model.stem!r}.")
 
 
 def _validate_decode(config: ml_collections.ConfigDict) -> None:

@@ -9,7 +9,8 @@ import pytest
 from pqdjax.models.classifiers import make_classifier
 from pqdjax.models.mobilenet import InvertedResidual, MobileNetV2, make_divisible
 from pqdjax.models.resnet import ResNet
-from pqdjax.train import imagenet_student, loop
+from pqdjax.train import loop
+from pqdjax.train import student as student_trainer
 
 
 def _count(tree) -> int:
@@ -125,16 +126,17 @@ def test_residual_connection_only_where_stride_is_1_and_channels_match(tiny):
     np.testing.assert_allclose(block_apply("features_2", 8, 2, x), 0.0, atol=1e-6)  # strided: no shortcut
 
 
-def test_one_kd_step_as_imagenet_student_gives_a_finite_loss_and_changes_the_model():
+def test_one_kd_step_of_the_student_trainer_gives_a_finite_loss_and_changes_the_model():
     student = make_classifier(ml_collections.ConfigDict(dict(arch="mobilenet_v2", width_multiplier=0.25)), 5)
     teacher = ResNet(num_classes=5, depth_name="resnet10", width=4)
     teacher_variables = _random_variables(teacher, 32, seed=7)
     config = ml_collections.ConfigDict(dict(learning_rate=1e-2, weight_decay=0.01))
-    tx = imagenet_student.make_optimizer(config, 4)
-    # imagenet_student.create_state's fields, with host-filled variables (see _random_variables).
+    tx, _ = student_trainer.make_optimizer(config, 4)
+    # student_trainer.create_state's fields, with host-filled variables (see _random_variables).
     variables = _random_variables(student, 32, seed=0)
-    state = imagenet_student.BatchNormTrainState(loop.create_train_state(variables["params"], tx), variables["batch_stats"])
-    step = imagenet_student.make_kd_step(student, teacher, tx, 20.0, 32, 1.0)
+    state = student_trainer.StudentState(loop.create_train_state(variables["params"], tx), variables["batch_stats"])
+    protocol = student_trainer.Protocol(temperature=20.0, augment="rrc_cutmix", image_size=32, cutmix_beta=1.0)
+    step = student_trainer.make_step(student, teacher, tx, protocol, student_trainer.TORCHVISION)
     rng = np.random.default_rng(0)
     batch = {
         "images": jnp.asarray(rng.integers(0, 256, (8, 36, 36, 3), dtype=np.uint8)),
@@ -238,3 +240,20 @@ def test_forward_matches_a_torch_implementation(tiny):
         expected = net(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
     logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
     np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_the_cifar_stem_keeps_a_4x4_map_at_32_px_with_the_same_parameters():
+    """stem='cifar': the stem conv and the first 24-channel block at stride 1, so 32 px ends at 4x4 (torchvision's: 1x1)."""
+    x = jnp.zeros((1, 32, 32, 3))
+    final = {}
+    for stem in ("imagenet", "cifar"):
+        model = MobileNetV2(num_classes=5, width_multiplier=0.25, stem=stem)
+        variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+        final[stem] = variables
+        _, state = jax.eval_shape(lambda v: model.apply(v, x, train=False, capture_intermediates=True, mutable=["intermediates"]), variables)
+        last = state["intermediates"]["features_18_0"]["__call__"][0]
+        assert last.shape[1:3] == ((1, 1) if stem == "imagenet" else (4, 4))
+    shapes = lambda v: jax.tree.map(lambda a: a.shape, v)
+    assert shapes(final["imagenet"]) == shapes(final["cifar"])
+    with pytest.raises(ValueError, match="stem must be 'imagenet' or 'cifar'"):
+        MobileNetV2(num_classes=5, stem="tiny").init(jax.random.key(0), x)

@@ -3,12 +3,13 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
 from configs import default
 from pqdjax import pipeline
-from pqdjax.train import autoencoder, classifier, distill
+from pqdjax.train import autoencoder, classifier, student
 
 
 def _config(data_dir):
@@ -207,7 +208,7 @@ def test_rerun_skips_finished_stages(finished_run, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a finished stage ran again")
 
-    for module, name in ((autoencoder, "train_vae"), (classifier, "train_classifier"), (distill, "train_student")):
+    for module, name in ((autoencoder, "train_vae"), (classifier, "train_classifier"), (student, "train_student")):
         monkeypatch.setattr(module, name, forbidden)
     from pqdjax.stages import denoiser, evaluate, prior, teacher
 
@@ -249,6 +250,47 @@ def test_a_new_seed_trains_only_new_students(finished_run, monkeypatch):
         for image in draw1[c]:
             assert (of_class == image.reshape(1, -1)).all(axis=1).any()
     assert not os.path.exists(os.path.join(workdir, "distilled/random_ipc2_draw1"))  # only draw 0 is exported
+
+
+def test_other_architectures_train_on_the_same_sets_and_get_a_table_each(finished_run, monkeypatch):
+    """configs/default.py:runlocal,cross_arch: a ResNet-10 and a MobileNet-V2 (BatchNorm) train on the very sets the
+    ConvNet students trained on; the ConvNet's records are reused; each architecture is reported apart, and its
+    recorded accuracy is that of the trained variables (BatchNorm statistics in inference mode)."""
+    from pqdjax.data.preprocess import to_model_range
+    from pqdjax.data.sources import load_dataset
+    from pqdjax.stages import evaluate
+
+    data_dir, workdir, before = finished_run
+    trained = {}
+    real = evaluate.train_student
+
+    def recording(*args, **kwargs):
+        variables, info = real(*args, **kwargs)
+        trained[kwargs["name"]] = (args[0], np.asarray(args[3]), variables)
+        return variables, info
+
+    monkeypatch.setattr(evaluate, "train_student", recording)
+    config = default.get_config("runlocal,cross_arch")
+    config.data.data_dir = data_dir
+    results = pipeline.run(config, workdir)
+    methods = ("random", "d4m", "ddoq", "ddoq_vae")
+    assert sorted(trained) == sorted(f"student {a} {m} IPC 2 seed 0" for a in ("resnet10", "mobilenet_v2") for m in methods)
+    assert results["accuracy"] == before["accuracy"]  # the ConvNet students: reused, not retrained
+    dataset = load_dataset(config.data)
+    test_images = np.asarray(to_model_range(dataset.test_images))
+    for arch in ("resnet10", "mobilenet_v2"):
+        by_method = {r["method"]: r for r in results["cross_architecture"][arch]["evaluations"]}
+        assert sorted(by_method) == sorted(methods) and all(r["arch"] == arch for r in by_method.values())
+        assert f"## Student {arch} " in results["table"]
+        for method in methods:
+            student, images, variables = trained[f"student {arch} {method} IPC 2 seed 0"]
+            assert "batch_stats" in variables
+            stored = np.load(os.path.join(workdir, f"synthetic/{method}_ipc2.npz"))["images"]
+            np.testing.assert_array_equal(images, np.asarray(to_model_range(stored.reshape((-1,) + stored.shape[2:]))))
+            logits = student.apply(variables, test_images, train=False)
+            assert by_method[method]["test_accuracy"] == pytest.approx(float(np.mean(np.argmax(logits, 1) == dataset.test_labels)))
+    # d4m and ddoq share their images; with the same architecture and seed they start alike: paired
+    assert "ddoq - d4m" in results["cross_architecture"]["resnet10"]["paired_differences"]
 
 
 def test_ipc_larger_than_a_class_is_a_clear_error(finished_run):
@@ -306,4 +348,5 @@ def test_a_full_data_student_trains_alone_and_is_reported(finished_run, monkeypa
     assert "| full data (student, 2 epochs) |" in results["table"]
     with open(os.path.join(workdir, "metrics", "full-data_student_seed_0.jsonl")) as f:
         steps = [json.loads(line)["step"] for line in f]
-    assert steps[-1] == 2 * (300 // config.evaluate.train.batch_size)  # epochs x batches per epoch
+    global_batch = config.evaluate.train.batch_size - config.evaluate.train.batch_size % jax.device_count()  # 8 fake devices
+    assert steps[-1] == 2 * (300 // global_batch)  # epochs x batches per epoch

@@ -67,7 +67,7 @@ def test_the_shipped_teacher_reaches_its_manifest_accuracy():
     dataset = load_dataset(CONFIG.data)
     model = make_classifier(CONFIG.teacher.model, dataset.num_classes)
     params, entry = pretrained.load_params(CONFIG.teacher.weights, _targets()["teacher"], CONFIG.teacher.model)
-    measured = accuracy(model, params, dataset.test_images, dataset.test_labels)
+    measured = accuracy(model, {"params": params}, dataset.test_images, dataset.test_labels)
     assert measured == pytest.approx(entry["quality"]["test_accuracy"], abs=2e-4)
     assert measured >= 0.93  # the target of a ConvNet-3 teacher on Fashion-MNIST (README: 93.04%)
 

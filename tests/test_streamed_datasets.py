@@ -159,7 +159,7 @@ def test_cifar10_trains_its_teacher_and_runs_end_to_end(tmp_path):
     from pqdjax import artifacts
 
     params = artifacts.ArtifactStore(workdir).load_params("teacher/params", target)
-    assert stored["teacher_test_accuracy"] == pytest.approx(accuracy(convnet, params, images, labels), abs=1e-9)
+    assert stored["teacher_test_accuracy"] == pytest.approx(accuracy(convnet, {"params": params}, images, labels), abs=1e-9)
     rows = _manifest(workdir, "ddoq", config.ipcs[0])
     assert all(Image.open(os.path.join(workdir, f"synthetic/ipc{config.ipcs[0]}", r["file"])).size == (32, 32) for r in rows)
 

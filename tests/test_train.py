@@ -6,7 +6,10 @@ import optax
 import pytest
 
 from pqdjax.models.convnet import ConvNet
-from pqdjax.train import augment, classifier, distill, loop, losses, weighting
+from pqdjax import parallel
+from pqdjax.train import augment, classifier, loop, losses, weighting
+from pqdjax.train import student as student_trainer
+from pqdjax.train.student import Protocol, StudentState
 
 
 def test_soft_label_kl_matches_closed_form():
@@ -74,10 +77,11 @@ def test_student_step_normalises_its_loss_as_asked():
     tx = optax.sgd(0.0)
     for normalize, want in (("class", jnp.mean(weights * per_example)),
                             ("batch", jnp.sum(weights * per_example) / jnp.sum(weights))):
-        step = distill.make_student_step(student, None, tx, 2.0, 0, False, False, per_view_table=True, loss_normalization=normalize)
-        state = loop.create_train_state(jax.tree.map(jnp.array, params), tx)
-        data = {"images": images, "weights": weights, "teacher_logits": teacher_logits}
-        _, metrics = step(state, data, jnp.arange(6), jax.random.key(3))
+        protocol = Protocol(temperature=2.0, crop_padding=0, flip=False, per_view_table=True, loss_normalization=normalize)
+        step = student_trainer.make_step(student, None, tx, protocol)
+        state = StudentState(loop.create_train_state(jax.tree.map(jnp.array, params), tx))
+        batch = {"images": images, "weights": weights, "teacher_logits": teacher_logits}
+        _, metrics = step(state, {}, batch, jax.random.key(3))
         np.testing.assert_allclose(metrics["loss"], want, rtol=1e-5)
 
 
@@ -93,9 +97,9 @@ def test_cutmix_students_learn_the_teachers_output_on_the_mixed_image():
     weights = jnp.array([2.0, 0.5, 0.5, 1.0, 1.0, 1.0])
     tx = optax.sgd(0.0)
     rng = jax.random.key(3)
-    step = distill.make_student_step(student, teacher, tx, 2.0, 0, False, False, augmentation="rrc_cutmix", cutmix_beta=1.0)
-    data = {"images": images, "weights": weights, "teacher_params": teacher_params}
-    _, metrics = step(loop.create_train_state(jax.tree.map(jnp.array, params), tx), data, jnp.arange(6), rng)
+    step = student_trainer.make_step(student, teacher, tx, Protocol(temperature=2.0, augment="rrc_cutmix", cutmix_beta=1.0))
+    state = StudentState(loop.create_train_state(jax.tree.map(jnp.array, params), tx))
+    _, metrics = step(state, {"params": teacher_params}, {"images": images, "weights": weights}, rng)
     mixed, mixed_weights = imagenet_augment.student_augment(rng, images, weights, 12, 1.0)
     assert not np.allclose(mixed_weights, weights)  # CutMix moved weight between images
     kl = losses.soft_label_kl(student.apply({"params": params}, mixed), teacher.apply({"params": teacher_params}, mixed), 2.0)
@@ -108,20 +112,20 @@ def test_hard_label_students_learn_each_images_class():
     params = student.init(jax.random.key(1), images[:1])["params"]
     weights, labels = jnp.array([2.0, 0.5, 0.5, 1.0, 1.0, 1.0]), jnp.array([0, 0, 1, 1, 2, 2])
     tx = optax.sgd(0.0)
-    step = distill.make_student_step(student, None, tx, 2.0, 0, False, False, hard_labels=True)
-    data = {"images": images, "weights": weights, "labels": labels}
-    _, metrics = step(loop.create_train_state(jax.tree.map(jnp.array, params), tx), data, jnp.arange(6), jax.random.key(3))
+    step = student_trainer.make_step(student, None, tx, Protocol(crop_padding=0, flip=False, hard_labels=True))
+    state = StudentState(loop.create_train_state(jax.tree.map(jnp.array, params), tx))
+    _, metrics = step(state, {}, {"images": images, "weights": weights, "labels": labels}, jax.random.key(3))
     log_probs = jax.nn.log_softmax(student.apply({"params": params}, images))
     np.testing.assert_allclose(metrics["loss"], jnp.mean(weights * -log_probs[jnp.arange(6), labels]), rtol=1e-5)
     with pytest.raises(ValueError, match="hard labels cannot follow CutMix"):
-        distill.make_student_step(student, None, tx, 2.0, 0, False, False, augmentation="rrc_cutmix", cutmix_beta=1.0, hard_labels=True)
+        Protocol(augment="rrc_cutmix", cutmix_beta=1.0, hard_labels=True)
     # train_student needs the labels for them, and trains without any teacher
     config = _train_config()
     config.labels = "hard"
     with pytest.raises(ValueError, match="pass labels"):
-        distill.train_student(student, None, None, np.asarray(images), np.ones(6), config, jax.random.key(1), fast_conv=False)
-    trained = distill.train_student(student, None, None, np.asarray(images), np.ones(6), config, jax.random.key(1),
-                                    fast_conv=False, labels=np.asarray(labels))
+        student_trainer.train_student(student, None, None, np.asarray(images), np.ones(6), config, jax.random.key(1), _one_device())
+    trained, _ = student_trainer.train_student(student, None, None, np.asarray(images), np.ones(6), config, jax.random.key(1),
+                                               _one_device(), labels=np.asarray(labels))
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(trained))
 
 
@@ -167,7 +171,7 @@ def test_teacher_logits_per_view_equal_the_teacher_on_each_view():
     teacher = ConvNet(num_classes=3, width=4, depth=1)
     images = np.asarray(jax.random.uniform(jax.random.key(0), (7, 8, 8, 1), minval=-1, maxval=1))
     params = teacher.init(jax.random.key(1), images[:1])["params"]
-    table = distill.teacher_logits_per_view(teacher, params, images, crop_padding=1, flip=True, batch_size=3)
+    table = student_trainer.teacher_logits_per_view(teacher, {"params": params}, images, crop_padding=1, flip=True, batch_size=3)
     views = augment.all_views(1, True)
     assert table.shape == (7, len(views), 3)
     for v in (0, 5, len(views) - 1):
@@ -185,16 +189,17 @@ def test_student_step_with_the_teacher_table_equals_the_step_with_the_teacher():
     tx = optax.sgd(0.5)
     data = {"images": float_images, "weights": jnp.linspace(0.5, 1.5, 24)}
     tables = {
-        True: dict(data, teacher_logits=distill.teacher_logits_per_view(teacher, teacher_params, float_images, 1, True)),
-        False: dict(data, teacher_params=teacher_params),
+        True: dict(data, teacher_logits=student_trainer.teacher_logits_per_view(teacher, {"params": teacher_params}, float_images, 1, True)),
+        False: data,
     }
     trained = {}
     for table, table_data in tables.items():
-        step = distill.make_student_step(student, teacher, tx, 2.0, 1, True, fast_conv=False, per_view_table=table)
-        state = loop.create_train_state(jax.tree.map(jnp.copy, params), tx)
+        step = student_trainer.make_step(student, teacher, tx, Protocol(temperature=2.0, crop_padding=1, flip=True, per_view_table=table))
+        state = StudentState(loop.create_train_state(jax.tree.map(jnp.copy, params), tx))
         for i in range(5):
-            state, metrics = step(state, table_data, jnp.arange(8) + 8 * (i % 3), jax.random.key(i))
-        trained[table] = state.params
+            batch = {k: v[jnp.arange(8) + 8 * (i % 3)] for k, v in table_data.items()}
+            state, metrics = step(state, {"params": teacher_params}, batch, jax.random.key(i))
+        trained[table] = state.train.params
     moved = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(trained[False]), jax.tree.leaves(params)))
     assert moved > 1e-3
     for a, b in zip(jax.tree.leaves(trained[True]), jax.tree.leaves(trained[False])):
@@ -207,6 +212,10 @@ def test_epoch_batches_visit_every_example_once_per_epoch():
     first_epoch = np.concatenate(batches[:3])
     assert len(set(first_epoch.tolist())) == 9  # 3 batches of 3 from a permutation of 10
     assert [len(b) for b in loop.epoch_batches(jax.random.key(0), 4, 100, 2)] == [4, 4]
+
+
+def _one_device():
+    return parallel.make_mesh(devices=jax.devices()[:1])
 
 
 def _train_config(**overrides):
@@ -231,7 +240,7 @@ def test_teacher_learns_a_separable_task():
     model = ConvNet(num_classes=2, width=8, depth=2)
     params = classifier.train_classifier(model, images, labels, _train_config(), jax.random.key(0), fast_conv=True)
     test_images, test_labels = _two_class_images(seed=1)
-    assert classifier.accuracy(model, params, test_images, test_labels, batch_size=24) > 0.95
+    assert classifier.accuracy(model, {"params": params}, test_images, test_labels, batch_size=24) > 0.95
 
 
 def test_student_learns_from_teacher_and_weights_matter():
@@ -240,13 +249,16 @@ def test_student_learns_from_teacher_and_weights_matter():
     teacher_params = classifier.train_classifier(teacher, images, labels, _train_config(), jax.random.key(0), fast_conv=False)
     float_images = np.asarray(images, np.float32) / 127.5 - 1
     student = ConvNet(num_classes=2, width=8, depth=2)
-    params = distill.train_student(student, teacher, teacher_params, float_images, np.ones(len(images)), _train_config(), jax.random.key(1), fast_conv=True)
+    teacher_variables = {"params": teacher_params}
+    variables, _ = student_trainer.train_student(student, teacher, teacher_variables, float_images, np.ones(len(images)), _train_config(),
+                                                 jax.random.key(1), _one_device(), fast_conv=True)
     test_images, test_labels = _two_class_images(seed=1)
-    assert classifier.accuracy(student, params, test_images, test_labels) > 0.95
+    assert classifier.accuracy(student, variables, test_images, test_labels) > 0.95
     # Weight only class 0: the student never sees class 1's targets and loses it.
     weights = (labels == 0).astype(np.float32) * 2
-    params0 = distill.train_student(student, teacher, teacher_params, float_images, weights, _train_config(), jax.random.key(1), fast_conv=True)
-    assert classifier.accuracy(student, params0, test_images, test_labels) < 0.9
+    variables0, _ = student_trainer.train_student(student, teacher, teacher_variables, float_images, weights, _train_config(),
+                                                  jax.random.key(1), _one_device(), fast_conv=True)
+    assert classifier.accuracy(student, variables0, test_images, test_labels) < 0.9
 
 
 def test_non_finite_loss_stops_training():
@@ -255,7 +267,8 @@ def test_non_finite_loss_stops_training():
     model = ConvNet(num_classes=2, width=4, depth=1)
     with pytest.raises(loop.NonFiniteError, match="NaN or inf"):
         images_nan[0, 0, 0, 0] = np.nan
-        distill.train_student(model, model, model.init(jax.random.key(0), images_nan[:1])["params"], images_nan, np.ones(len(images)), _train_config(), jax.random.key(1), fast_conv=False)
+        student_trainer.train_student(model, model, model.init(jax.random.key(0), images_nan[:1]), images_nan, np.ones(len(images)),
+                                      _train_config(), jax.random.key(1), _one_device())
     with pytest.raises(loop.NonFiniteError, match="teacher: loss=nan at step"):
         classifier.train_classifier(model, images, labels, _train_config(learning_rate=float("nan")), jax.random.key(0), fast_conv=False)
 
@@ -264,8 +277,8 @@ def test_predict_logits_pads_the_last_batch():
     images, _ = _two_class_images(n=10)
     model = ConvNet(num_classes=2, width=4, depth=1)
     params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
-    full = classifier.predict_logits(model, params, images, batch_size=10)
-    batched = classifier.predict_logits(model, params, images, batch_size=4)
+    full = classifier.predict_logits(model, {"params": params}, images, batch_size=10)
+    batched = classifier.predict_logits(model, {"params": params}, images, batch_size=4)
     np.testing.assert_allclose(batched, full, rtol=1e-5, atol=1e-5)
 
 

@@ -22,14 +22,17 @@ def make_classifier(config: ml_collections.ConfigDict, num_classes: int) -> nn.M
     with an optional config.width (default 64) for tiny test models and config.stem
     ('imagenet', or 'cifar' for 32 px images: pqdjax.models.resnet.ResNet).
     'mobilenet_v2': torchvision's MobileNet-V2 (BatchNorm, `train=` likewise), with an
-    optional config.width_multiplier (default 1.0) for tiny test models.
+    optional config.width_multiplier (default 1.0; smaller for small images and tiny test
+    models) and config.stem ('imagenet', or 'cifar' for 28-32 px images).
+    Every classifier is called as apply(variables, x, train=...).
     """
     if config.arch == "convnet":
         return ConvNet(num_classes=num_classes, width=config.width, depth=config.depth, norm=config.norm)
     if config.arch in RESNETS:
         return ResNet(num_classes=num_classes, depth_name=config.arch, width=config.get("width", 64), stem=config.get("stem", "imagenet"))
     if config.arch == "mobilenet_v2":
-        return MobileNetV2(num_classes=num_classes, width_multiplier=config.get("width_multiplier", 1.0))
+        return MobileNetV2(num_classes=num_classes, width_multiplier=config.get("width_multiplier", 1.0),
+                           stem=config.get("stem", "imagenet"))
     known = ", ".join(map(repr, ("convnet", *RESNETS, "mobilenet_v2")))
     raise ConfigError(f"unknown classifier arch {config.arch!r}; known: {known}.")
 

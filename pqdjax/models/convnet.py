@@ -28,7 +28,9 @@ class ConvNet(nn.Module):
     norm: str = "instance"
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """train: unused (no BatchNorm, no dropout); taken so that every classifier is called alike."""
+        del train
         if self.norm not in ("instance", "none"):
             raise ConfigError(f"ConvNet norm must be 'instance' or 'none', got {self.norm!r}.")
         for _ in range(self.depth):

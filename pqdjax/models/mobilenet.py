@@ -17,7 +17,7 @@ the top level and '/' between a block and its layers: torch's
 `features_2/conv_1_0`; `classifier.1` is `classifier_1`.
 
 Not included: torchvision's Dropout(0.2) before the classifier. The student
-step (pqdjax.train.imagenet_student) passes no dropout PRNG key to `apply`, so
+step (pqdjax.train.student) passes no dropout PRNG key to `apply`, so
 this model is deterministic in train mode too; train mode only switches
 BatchNorm to batch statistics.
 
@@ -112,19 +112,29 @@ class MobileNetV2(nn.Module):
       width_multiplier: scales every layer's channels (rounded to multiples of 8);
         1.0 is the standard model, smaller values give tiny test models. The
         last convolution keeps 1280 channels unless the multiplier exceeds 1.
+      stem: 'imagenet' (torchvision's) or 'cifar' for 28-32 px images: the stem
+        convolution and the first 24-channel block at stride 1 instead of 2 (the
+        common CIFAR adaptation), so the map shrinks by 8 (32 px -> 4x4) instead
+        of 32. The parameters are the same either way.
     """
 
     num_classes: int
     width_multiplier: float = 1.0
+    stem: str = "imagenet"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if self.width_multiplier <= 0:
             raise ConfigError(f"MobileNetV2 width_multiplier must be > 0, got {self.width_multiplier}.")
+        if self.stem not in ("imagenet", "cifar"):
+            raise ConfigError(f"MobileNetV2 stem must be 'imagenet' or 'cifar', got {self.stem!r}.")
+        cifar = self.stem == "cifar"
         conv_bn_relu6 = functools.partial(_conv_bn_relu6, train=train)
-        x = conv_bn_relu6(x, make_divisible(STEM_CHANNELS * self.width_multiplier), 3, 2, "features_0")
+        x = conv_bn_relu6(x, make_divisible(STEM_CHANNELS * self.width_multiplier), 3, 1 if cifar else 2, "features_0")
         index = 1
         for expansion, channels, blocks, first_stride in INVERTED_RESIDUAL_SETTING:
+            if cifar and channels == 24:
+                first_stride = 1
             features = make_divisible(channels * self.width_multiplier)
             for b in range(blocks):
                 stride = first_stride if b == 0 else 1

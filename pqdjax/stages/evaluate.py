@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+import jax
 import ml_collections
 import numpy as np
 from absl import logging
@@ -18,14 +19,44 @@ from pqdjax import artifacts
 from pqdjax.data.preprocess import to_model_range
 from pqdjax.models.classifiers import make_classifier
 from pqdjax.train.classifier import accuracy
-from pqdjax.train.distill import train_student
+from pqdjax.train.student import train_student
 from pqdjax.train.weighting import loss_normalization, student_weights
 
 
-def evaluate_set(run, teacher, synthetic, seed: int, checkpoints=None) -> dict:
+# config.evaluate fields that do not change what a student learns: adding seeds, pairs to compare, a full-data
+# student or other architectures redoes none
+NOT_IN_FINGERPRINT = ("seeds", "compare", "full_data_epochs", "cross_architectures")
+
+
+def student_models(config: ml_collections.ConfigDict) -> list[tuple[str | None, ml_collections.ConfigDict]]:
+    """The students every synthetic set trains, [(arch, model config)]: (None, config.model), the run's own, then
+    each (name, model) of config.cross_architectures (cross-architecture evaluation, reported a table each)."""
+    cross = config.get("cross_architectures") or {}
+    return [(None, config.model)] + [(name, cross[name]) for name in cross]
+
+
+def student_settings(config: ml_collections.ConfigDict, model: ml_collections.ConfigDict) -> dict:
+    """What determines a student of `model` besides its set and seed: config.evaluate without NOT_IN_FINGERPRINT."""
+    settings = {k: v for k, v in config.to_dict().items() if k not in NOT_IN_FINGERPRINT}
+    return {**settings, "model": model.to_dict()}
+
+
+def student_path(method: str, ipc: int, seed: int, arch: str | None) -> str:
+    """evaluate/{method}_ipc{K}_seed{s}, under evaluate/{arch}/ for another architecture (no suffix)."""
+    return f"evaluate/{arch + '/' if arch else ''}{method}_ipc{ipc}_seed{seed}"
+
+
+def student_rng(run, ipc: int, seed: int, arch: str | None) -> jax.Array:
+    """A student's key: (IPC, seed[, arch]), not the method, so methods over the same images train the same student."""
+    return run.rng("evaluate", ipc, seed) if arch is None else run.rng("evaluate", ipc, seed, arch)
+
+
+def evaluate_set(run, teacher, synthetic, seed: int, checkpoints=None, arch: str | None = None,
+                 model: ml_collections.ConfigDict | None = None) -> dict:
     """Trains one student on `synthetic` with the teacher's soft labels; returns its record.
 
-    checkpoints: a pqdjax.train.checkpoint.Checkpoints for the student's training, or None.
+    checkpoints: a pqdjax.train.checkpoint.Checkpoints for the student's training, or None;
+    arch, model: the student (student_models; default: config.evaluate.model).
     """
     config = run.config.evaluate
     dataset = run.dataset
@@ -33,19 +64,19 @@ def evaluate_set(run, teacher, synthetic, seed: int, checkpoints=None) -> dict:
     images = np.asarray(to_model_range(synthetic.images.reshape((-1,) + synthetic.images.shape[2:])))
     weighting = config.get("weighting")  # transforms of the set's weights (pqdjax.train.weighting)
     weights = student_weights(synthetic.weights, weighting).reshape(-1)
-    student = make_classifier(config.model, dataset.num_classes)
-    name = f"student {synthetic.method} IPC {synthetic.ipc} seed {seed}"
-    params = train_student(
-        student, teacher.model, teacher.params, images, weights, config.train,
-        run.rng("evaluate", synthetic.ipc, seed), run.fast_conv, name=name,  # not the method: one seed, one student init
-        checkpoints=checkpoints, metrics_dir=run.metrics_dir,
-        loss_normalization=loss_normalization(weighting),
+    student = make_classifier(model or config.model, dataset.num_classes)
+    name = f"student {arch + ' ' if arch else ''}{synthetic.method} IPC {synthetic.ipc} seed {seed}"
+    variables, _ = train_student(
+        student, teacher.model, {"params": teacher.params}, images, weights, config.train,
+        student_rng(run, synthetic.ipc, seed, arch), run.mesh,
         labels=np.repeat(np.arange(synthetic.images.shape[0]), synthetic.images.shape[1]),  # [C, K] sets, class-major
+        loss_normalization=loss_normalization(weighting), fast_conv=run.fast_conv, name=name,
+        checkpoints=checkpoints, metrics_dir=run.metrics_dir,
     )
-    test_accuracy = accuracy(student, params, dataset.test_images, dataset.test_labels)
+    test_accuracy = accuracy(student, variables, dataset.test_images, dataset.test_labels)
     logging.info("%s: test accuracy %.4f", name, test_accuracy)
     return {
-        "method": synthetic.method, "ipc": synthetic.ipc, "seed": seed,
+        **({"arch": arch} if arch else {}), "method": synthetic.method, "ipc": synthetic.ipc, "seed": seed,
         "test_accuracy": test_accuracy, "seconds": round(time.perf_counter() - start, 2),
     }
 
@@ -58,22 +89,23 @@ def run(run, teacher, synthetic: dict, set_for_seed=None) -> list[dict]:
     None: synthetic[method, ipc] for every seed.
     """
     config = run.config.evaluate
-    # adding seeds, pairs to compare or a full-data student redoes nothing
-    settings = {k: v for k, v in config.to_dict().items() if k not in ("seeds", "compare", "full_data_epochs")}
     records = []
-    for method, ipc in synthetic:
-        for seed in config.seeds:
-            synthetic_set = set_for_seed(method, ipc, seed) if set_for_seed else synthetic[method, ipc]
-            name = f"evaluate/{method}_ipc{ipc}_seed{seed}.json"
-            fp = artifacts.fingerprint("evaluate", teacher.fingerprint, synthetic_set.fingerprint, settings, seed)
-            if run.store.is_complete(name, fp):
-                records.append(run.store.load_record(name))
-                continue
-            checkpoints = run.checkpoints(f"evaluate/{method}_ipc{ipc}_seed{seed}", fp, config.train)
-            record = evaluate_set(run, teacher, synthetic_set, seed, checkpoints)
-            run.store.save_record(name, record, fp)
-            checkpoints.discard()
-            records.append(record)
+    for arch, model in student_models(config):
+        settings = student_settings(config, model)
+        for method, ipc in synthetic:
+            for seed in config.seeds:
+                synthetic_set = set_for_seed(method, ipc, seed) if set_for_seed else synthetic[method, ipc]
+                path = student_path(method, ipc, seed, arch)
+                fp = artifacts.fingerprint("evaluate", teacher.fingerprint, synthetic_set.fingerprint, settings, seed,
+                                           *([arch] if arch else []))
+                if run.store.is_complete(path + ".json", fp):
+                    records.append(run.store.load_record(path + ".json"))
+                    continue
+                checkpoints = run.checkpoints(path, fp, config.train)
+                record = evaluate_set(run, teacher, synthetic_set, seed, checkpoints, arch, model)
+                run.store.save_record(path + ".json", record, fp)
+                checkpoints.discard()
+                records.append(record)
     return records
 
 
@@ -98,12 +130,13 @@ def full_data(run, teacher) -> list[dict]:
             student = make_classifier(config.model, dataset.num_classes)
             label = f"full-data student seed {seed}"
             checkpoints = run.checkpoints(f"evaluate/full_data_seed{seed}", fp, train)
-            params = train_student(
-                student, teacher.model, teacher.params, images, np.ones(len(images), np.float32), train,
-                run.rng("evaluate_full_data", seed), run.fast_conv, name=label, checkpoints=checkpoints, metrics_dir=run.metrics_dir,
-                loss_normalization="batch", labels=dataset.train_labels,  # uniform weights: the plain mean either way
+            variables, _ = train_student(
+                student, teacher.model, {"params": teacher.params}, images, np.ones(len(images), np.float32), train,
+                run.rng("evaluate_full_data", seed), run.mesh, labels=dataset.train_labels,
+                loss_normalization="batch",  # uniform weights: the plain mean either way
+                fast_conv=run.fast_conv, name=label, checkpoints=checkpoints, metrics_dir=run.metrics_dir,
             )
-            test_accuracy = accuracy(student, params, dataset.test_images, dataset.test_labels)
+            test_accuracy = accuracy(student, variables, dataset.test_images, dataset.test_labels)
             logging.info("%s: test accuracy %.4f", label, test_accuracy)
             run.store.save_record(name, {"seed": seed, "test_accuracy": test_accuracy, "epochs": epochs, "images": len(images),
                                          "seconds": round(time.perf_counter() - start, 2)}, fp)

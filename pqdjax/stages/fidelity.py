@@ -34,7 +34,7 @@ from pqdjax.train.classifier import accuracy
 
 def teacher_agreement(teacher, images: np.ndarray, labels: np.ndarray) -> float:
     """Share of uint8 images [N, H, W, C] that the teacher labels as labels [N]: its accuracy on them."""
-    return accuracy(teacher.model, teacher.params, images, labels)
+    return accuracy(teacher.model, {"params": teacher.params}, images, labels)
 
 
 def cell_consistency(reencoded: np.ndarray, points: np.ndarray) -> float:

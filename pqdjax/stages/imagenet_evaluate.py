@@ -3,7 +3,7 @@
 The student (config.evaluate.model, one output per class of the run; the teacher's
 ImageNet logits are read at those classes, pqdjax.stages.imagenet_teacher) trains on
 the PNGs of a manifest with the teacher's soft labels at temperature 20 and
-each image's weight rescaled to mean 1 per class (pqdjax.train.imagenet_student:
+each image's weight rescaled to mean 1 per class (pqdjax.train.student:
 data-parallel over the Mesh, orbax checkpoints under checkpoints/ so that a
 killed run resumes), then is validated on config.data.test_split at resize
 256 / center crop 224 (pqdjax.train.imagenet_eval). One record per student:
@@ -22,10 +22,12 @@ from absl import logging
 from pqdjax import artifacts, parallel
 from pqdjax.data import streamed
 from pqdjax.models.classifiers import make_classifier
+from pqdjax.stages.evaluate import student_models, student_path, student_rng, student_settings
 from pqdjax.data.image_folder import load_images, read_manifest
 from pqdjax.train.weighting import loss_normalization, student_weights
 from pqdjax.train.imagenet_eval import sharded_accuracy
-from pqdjax.train.imagenet_student import train_student
+from pqdjax.train.checkpoint import ManagedCheckpoints
+from pqdjax.train.student import TORCHVISION, train_student
 
 
 def per_image_weights(labels: np.ndarray, weights: np.ndarray, num_classes: int, weighting=None) -> np.ndarray:
@@ -44,18 +46,25 @@ def per_image_weights(labels: np.ndarray, weights: np.ndarray, num_classes: int,
     return out
 
 
-def evaluate_set(run, teacher, synthetic, seed: int, checkpoint_dir: str) -> dict:
+def evaluate_set(run, teacher, synthetic, seed: int, checkpoint_dir: str, arch: str | None = None,
+                 model=None) -> dict:
+    """Trains one student on `synthetic`'s PNGs and validates it; returns its record.
+
+    arch, model: the student (pqdjax.stages.evaluate.student_models; default: config.evaluate.model).
+    """
     config = run.config
     start = time.perf_counter()
     files, labels, weights = read_manifest(synthetic.manifest)
     images = load_images(files)
-    student = make_classifier(config.evaluate.model, config.data.num_classes)
-    name = f"student {synthetic.method} IPC {synthetic.ipc} seed {seed}"
+    student = make_classifier(model or config.evaluate.model, config.data.num_classes)
+    name = f"student {arch + ' ' if arch else ''}{synthetic.method} IPC {synthetic.ipc} seed {seed}"
+    train = config.evaluate.train
+    checkpoints = ManagedCheckpoints(checkpoint_dir, train.checkpoint_every, train.get("keep_checkpoints", 2))
     variables, info = train_student(
         student, teacher.model, teacher.variables, images, per_image_weights(labels, weights, config.data.num_classes, config.evaluate.get("weighting")),
-        config.evaluate.train, run.rng("evaluate", synthetic.ipc, seed), run.mesh,  # not the method: one seed, one student init
-        checkpoint_dir=checkpoint_dir, name=name, metrics_dir=run.metrics_dir,
-        loss_normalization=loss_normalization(config.evaluate.get("weighting")),
+        train, student_rng(run, synthetic.ipc, seed, arch), run.mesh,
+        space=TORCHVISION, labels=labels, loss_normalization=loss_normalization(config.evaluate.get("weighting")),
+        fast_conv=run.fast_conv, name=name, checkpoints=checkpoints, metrics_dir=run.metrics_dir,
     )
     data = config.data
     source = streamed.open_configured_split(data, data.test_split)
@@ -63,30 +72,32 @@ def evaluate_set(run, teacher, synthetic, seed: int, checkpoint_dir: str) -> dic
     test_accuracy = sharded_accuracy(student, variables, source, num_examples, data, run.mesh, name=f"{name} accuracy")
     logging.info("%s: validation accuracy %.4f after %d steps", name, test_accuracy, info["steps"])
     return {
-        "method": synthetic.method, "ipc": synthetic.ipc, "seed": seed, "test_accuracy": test_accuracy,
+        **({"arch": arch} if arch else {}), "method": synthetic.method, "ipc": synthetic.ipc, "seed": seed, "test_accuracy": test_accuracy,
         "steps": info["steps"], "images": len(files), "seconds": round(time.perf_counter() - start, 2),
     }
 
 
 def run(run, teacher, synthetic: dict) -> list[dict]:
     config = run.config.evaluate
-    settings = {k: v for k, v in config.to_dict().items() if k not in ("seeds", "compare")}  # adding seeds or pairs redoes nothing
     eval_data = streamed.data_fields(run.config.data, streamed.TEST_DATA_FIELDS)
-    jobs = [(method, ipc, seed, synthetic_set, f"evaluate/{method}_ipc{ipc}_seed{seed}.json",
-             artifacts.fingerprint("imagenet_evaluate", teacher.fingerprint, synthetic_set.fingerprint, settings, eval_data, seed))
+    jobs = [(arch, model, method, ipc, seed, synthetic_set, student_path(method, ipc, seed, arch),
+             artifacts.fingerprint("imagenet_evaluate", teacher.fingerprint, synthetic_set.fingerprint,
+                                   student_settings(config, model), eval_data, seed, *([arch] if arch else [])))
+            for arch, model in student_models(config)
             for (method, ipc), synthetic_set in synthetic.items() for seed in config.seeds]
     # Every process decides what to train before any record is written: all of them train the same students
     # (data-parallel), and process 0 writes each record.
-    done = [run.store.is_complete(name, fp) for *_, name, fp in jobs]
+    done = [run.store.is_complete(path + ".json", fp) for *_, path, fp in jobs]
     parallel.sync_processes("evaluate: records read")
     records = []
-    for (method, ipc, seed, synthetic_set, name, fp), complete in zip(jobs, done):
+    for (arch, model, method, ipc, seed, synthetic_set, path, fp), complete in zip(jobs, done):
+        name = path + ".json"
         if complete:
             records.append(run.store.load_record(name))
             continue
         # The fingerprint in the folder name: a changed config never resumes another's checkpoint.
-        checkpoints = run.store.path(f"checkpoints/evaluate/{method}_ipc{ipc}_seed{seed}_{fp}")
-        record = evaluate_set(run, teacher, synthetic_set, seed, checkpoints)
+        checkpoints = run.store.path(f"checkpoints/{path}_{fp}")
+        record = evaluate_set(run, teacher, synthetic_set, seed, checkpoints, arch, model)
         parallel.write_once(run.store, name, fp, lambda: run.store.save_record(name, record, fp))
         if jax.process_index() == 0:
             shutil.rmtree(checkpoints, ignore_errors=True)

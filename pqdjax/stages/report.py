@@ -70,12 +70,21 @@ def w2_table(w2: dict, methods, ipcs) -> str:
 def evaluation_report(config, teacher_accuracy: float, records: list[dict], fidelities: dict, ipcs, split: str = "Test") -> tuple[dict, dict[str, str]]:
     """What every pipeline reports of its students and synthetic sets.
 
+    records: the students' records; those of config.evaluate.cross_architectures carry their 'arch'
+    (pqdjax.stages.evaluate.student_models) and are reported apart, a table per architecture.
     Returns (results.json entries: teacher_test_accuracy, accuracy, paired_differences,
-    fidelity, evaluations; markdown sections: accuracy, paired, fidelity).
+    fidelity, evaluations, and cross_architecture where there are such students; markdown
+    sections: accuracy, paired, fidelity, cross_architecture).
     """
     methods = list(config.methods)
+    pairs = [p for p in config.evaluate.get("compare", ()) if set(p) <= set(methods)]
+    by_arch: dict[str, list[dict]] = {}
+    for r in records:
+        if "arch" in r:
+            by_arch.setdefault(r["arch"], []).append(r)
+    records = [r for r in records if "arch" not in r]
     summary = summarize(records)
-    paired = paired_differences(records, [p for p in config.evaluate.get("compare", ()) if set(p) <= set(methods)])
+    paired = paired_differences(records, pairs)
     results = {
         "teacher_test_accuracy": teacher_accuracy,
         "accuracy": summary,
@@ -89,13 +98,30 @@ def evaluation_report(config, teacher_accuracy: float, records: list[dict], fide
         "accuracy": accuracy_table(summary, teacher_accuracy, methods, ipcs, split),
         "paired": paired_table(paired),
         "fidelity": FIDELITY_INTRO + fidelity_table(fidelities, methods, ipcs),
+        "cross_architecture": "",
     }
+    if by_arch:
+        cross = {arch: {"accuracy": summarize(rs), "paired_differences": paired_differences(rs, pairs),
+                        "evaluations": sorted(({k: v for k, v in r.items() if k != "seconds"} for r in rs),
+                                              key=lambda r: (r["method"], r["ipc"], r["seed"]))}
+                 for arch, rs in sorted(by_arch.items())}
+        results["cross_architecture"] = cross
+        sections["cross_architecture"] = "".join(
+            f"\n## Student {arch} (the same sets; config.evaluate.cross_architectures)\n\n"
+            + accuracy_table(c["accuracy"], teacher_accuracy, methods, ipcs, split) + paired_table(c["paired_differences"])
+            for arch, c in cross.items())
     return results, sections
 
 
 def student_seconds(records: list[dict]) -> dict[str, float | None]:
-    """Each student's wall time, keyed {method}_ipc{K}_seed{s}."""
-    return {f"{r['method']}_ipc{r['ipc']}_seed{r['seed']}": r.get("seconds") for r in records}
+    """Each student's wall time, keyed {method}_ipc{K}_seed{s}, or {arch}/{method}_ipc{K}_seed{s} for another architecture."""
+    return {record_name(r): r.get("seconds") for r in records}
+
+
+def record_name(record: dict) -> str:
+    """A student's name in the workdir: {method}_ipc{K}_seed{s}, under {arch}/ for config.evaluate.cross_architectures."""
+    name = f"{record['method']}_ipc{record['ipc']}_seed{record['seed']}"
+    return f"{record['arch']}/{name}" if "arch" in record else name
 
 
 def paired_differences(records: list[dict], pairs) -> dict[str, dict[int, dict]]:
@@ -213,7 +239,7 @@ def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict], fid
         row = f"{100 * full['mean']:.2f} ± {100 * full['std']:.2f} (n={full['n']})"
         sections["accuracy"] = sections["accuracy"].rstrip("\n") + (
             f"\n| full data (student, {full['epochs']} epochs) | " + " | ".join(row for _ in ipcs) + " |\n")
-    table = sections["accuracy"] + w2_table(w2, methods, ipcs) + sections["paired"] + sections["fidelity"]
+    table = sections["accuracy"] + w2_table(w2, methods, ipcs) + sections["paired"] + sections["fidelity"] + sections["cross_architecture"]
     results = {
         "config": json.loads(config.to_json_best_effort()),
         **evaluation,
@@ -262,7 +288,7 @@ def run_streamed(run, teacher, latents, quantized: dict, synthetic: dict, record
             "w2": {"ddoq": {"mean": float(np.sqrt(np.maximum(distortion, 0)).mean()), "per_class": np.sqrt(np.maximum(distortion, 0)).tolist()}},
         }
     evaluation, sections = evaluation_report(config, teacher.test_accuracy, records, fidelities, ipcs, split="Validation")
-    table = sections["accuracy"] + sections["paired"] + sections["fidelity"]
+    table = sections["accuracy"] + sections["paired"] + sections["fidelity"] + sections["cross_architecture"]
     results = {
         "config": json.loads(config.to_json_best_effort()),
         **evaluation,

@@ -40,7 +40,7 @@ def run(run) -> Teacher:
     if config.get("weights"):
         params, entry = pretrained.load_params(config.weights, target, config.model, run.config.data.name)
         fp = artifacts.fingerprint("teacher", run.data_fingerprint, entry["sha256"])  # the data: its test accuracy
-        test_accuracy = accuracy(model, params, dataset.test_images, dataset.test_labels)
+        test_accuracy = accuracy(model, {"params": params}, dataset.test_images, dataset.test_labels)
         logging.info("teacher: shipped %s, test accuracy %.4f (manifest: %.4f)", config.weights, test_accuracy, entry["quality"]["test_accuracy"])
         return Teacher(model, params, test_accuracy, fp)
     fp = artifacts.fingerprint("teacher", run.data_fingerprint, config, run.config.seed)
@@ -56,7 +56,7 @@ def run(run) -> Teacher:
         checkpoints=checkpoints, metrics_dir=run.metrics_dir,
     )
     seconds = round(time.perf_counter() - start, 2)
-    test_accuracy = accuracy(model, params, dataset.test_images, dataset.test_labels)
+    test_accuracy = accuracy(model, {"params": params}, dataset.test_images, dataset.test_labels)
     logging.info("teacher: test accuracy %.4f", test_accuracy)
     run.store.save_params(ARTIFACT, params, fp, {"test_accuracy": test_accuracy, "seconds": seconds})
     checkpoints.discard()

@@ -5,7 +5,7 @@ A crop-and-flip augmentation has finitely many outcomes per image: a view is
 mirrored in {0, 1}, so (2 * padding + 1)^2 * 2 views in all (one flip state
 when flipping is off). `sample_views` draws one per image and `apply_views`
 makes the images; `view_index` numbers the views so that anything computed
-once per view (a teacher's logits, pqdjax.train.distill) can be looked up.
+once per view (a teacher's logits, pqdjax.train.student) can be looked up.
 """
 
 from __future__ import annotations

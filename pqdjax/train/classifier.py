@@ -73,18 +73,21 @@ def train_classifier(
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _logits(model: nn.Module, params, images: jax.Array) -> jax.Array:
+def _logits(model: nn.Module, variables, images: jax.Array) -> jax.Array:
     if images.dtype == jnp.uint8:
         images = to_model_range(images)
-    return model.apply({"params": params}, images)
+    return model.apply(variables, images, train=False)
 
 
-def predict_logits(model: nn.Module, params, images, batch_size: int = 1000) -> np.ndarray:
-    """Logits of images (uint8 or float in [-1, 1], [N, H, W, C]) in fixed-size batches -> [N, classes]."""
-    return map_batches(lambda batch: _logits(model, params, batch), images, batch_size)
+def predict_logits(model: nn.Module, variables: dict, images, batch_size: int = 1000) -> np.ndarray:
+    """Logits of images (uint8 or float in [-1, 1], [N, H, W, C]) in fixed-size batches -> [N, classes].
+
+    variables: the model's {'params'[, 'batch_stats']} (BatchNorm in inference mode).
+    """
+    return map_batches(lambda batch: _logits(model, variables, batch), images, batch_size)
 
 
-def accuracy(model: nn.Module, params, images, labels, batch_size: int = 1000) -> float:
-    """Top-1 accuracy in [0, 1]."""
-    logits = predict_logits(model, params, images, batch_size)
+def accuracy(model: nn.Module, variables: dict, images, labels, batch_size: int = 1000) -> float:
+    """Top-1 accuracy in [0, 1]; variables: as predict_logits."""
+    logits = predict_logits(model, variables, images, batch_size)
     return float(np.mean(np.argmax(logits, axis=1) == np.asarray(labels)))

@@ -81,13 +81,14 @@ def cosine_schedule(learning_rate: float, num_steps: int, warmup_steps: int = 0)
     return optax.cosine_decay_schedule(learning_rate, max(num_steps, 1))
 
 
-def training_steps(config, num_examples: int) -> int:
+def training_steps(config, num_examples: int, batch_size: int | None = None) -> int:
     """A trainer's length in steps: config.epochs passes over num_examples (epoch_batches' epochs of
-    num_examples // min(batch_size, num_examples) steps) where config has epochs > 0, else config.steps."""
+    num_examples // min(batch_size, num_examples) steps) where config has epochs > 0, else config.steps.
+    batch_size: the batch the trainer draws (default config.batch_size)."""
     epochs = config.get("epochs", 0)
     if not epochs:
         return config.steps
-    return epochs * (num_examples // min(config.batch_size, num_examples))
+    return epochs * (num_examples // min(batch_size or config.batch_size, num_examples))
 
 
 def epoch_batches(rng: jax.Array, num_examples: int, batch_size: int, num_steps: int, first_step: int = 0) -> Iterator[jax.Array]:

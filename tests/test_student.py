@@ -1,4 +1,4 @@
-"""The ImageNet student protocol: augmentations, masked AdamW, the data-parallel step, resuming."""
+"""The student trainer at the ImageNet protocol: augmentations, masked AdamW, the data-parallel step, resuming."""
 
 import shutil
 
@@ -10,7 +10,12 @@ import pytest
 
 from pqdjax import parallel
 from pqdjax.models.resnet import ResNet
-from pqdjax.train import imagenet_augment, imagenet_student
+from pqdjax.train import imagenet_augment
+from pqdjax.train import student as student_trainer
+from pqdjax.train.checkpoint import ManagedCheckpoints
+from pqdjax.train.student import TORCHVISION, Protocol
+
+KD = Protocol(temperature=20.0, augment="rrc_cutmix", image_size=16, cutmix_beta=1.0)
 
 
 def test_crop_and_resize_full_window_is_identity_and_integer_window_is_a_slice():
@@ -47,7 +52,7 @@ def test_weight_decay_skips_norm_scales_and_biases():
     model = ResNet(num_classes=4, width=4)
     variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
     config = ml_collections.ConfigDict(dict(learning_rate=0.1, weight_decay=0.5))
-    tx = imagenet_student.make_optimizer(config, 10)
+    tx, _ = student_trainer.make_optimizer(config, 10)
     params = variables["params"]
     zero_grads = jax.tree.map(jnp.zeros_like, params)
     updates, _ = jax.jit(tx.update)(zero_grads, tx.init(params), params)
@@ -62,7 +67,7 @@ def _tiny_setup(image_size=16):
     teacher_variables = jax.jit(teacher.init)(jax.random.key(7), jnp.zeros((1, image_size, image_size, 3)))
     config = ml_collections.ConfigDict(dict(
         epochs=2, batch_size=16, learning_rate=1e-2, weight_decay=0.01, warmup_steps=0, temperature=20.0,
-        image_size=image_size, cutmix_beta=1.0, log_every=1, checkpoint_every=2, keep_checkpoints=2,
+        augment="rrc_cutmix", image_size=image_size, cutmix_beta=1.0, log_every=1, checkpoint_every=2, keep_checkpoints=2,
     ))
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (32, 20, 20, 3), dtype=np.uint8)
@@ -73,9 +78,9 @@ def _tiny_setup(image_size=16):
 @pytest.mark.parametrize("loss_normalization", ["class", "batch"])
 def test_kd_step_loss_is_the_weighted_kl_of_the_augmented_batch(loss_normalization):
     student, teacher, teacher_variables, config, images, weights = _tiny_setup()
-    tx = imagenet_student.make_optimizer(config, 4)
-    state = imagenet_student.create_state(student, jax.random.key(0), 16, tx)
-    step = imagenet_student.make_kd_step(student, teacher, tx, 20.0, 16, 1.0, loss_normalization)
+    tx, _ = student_trainer.make_optimizer(config, 4)
+    state = student_trainer.create_state(student, jax.random.key(0), (16, 16, 3), tx)
+    step = student_trainer.make_step(student, teacher, tx, Protocol(**{**KD.__dict__, "loss_normalization": loss_normalization}), TORCHVISION)
     batch = {"images": jnp.asarray(images[:16]), "weights": jnp.asarray(weights[:16])}
     rng = jax.random.key(5)
     _, metrics = jax.jit(step)(state, teacher_variables, batch, rng)
@@ -98,13 +103,13 @@ def test_kd_step_loss_is_the_weighted_kl_of_the_augmented_batch(loss_normalizati
 def test_sharded_step_on_8_devices_equals_single_device_step():
     assert jax.device_count() == 8, "tests/conftest.py fakes 8 CPU devices"
     student, teacher, teacher_variables, config, images, weights = _tiny_setup()
-    tx = imagenet_student.make_optimizer(config, 4)
-    step = imagenet_student.make_kd_step(student, teacher, tx, 20.0, 16, 1.0)
+    tx, _ = student_trainer.make_optimizer(config, 4)
+    step = student_trainer.make_step(student, teacher, tx, KD, TORCHVISION)
     results = []
     for mesh in (parallel.make_mesh(devices=jax.devices()[:1]), parallel.make_mesh()):
         assert parallel.data_parallel_size(mesh) in (1, 8)
-        state = parallel.replicate(mesh, imagenet_student.create_state(student, jax.random.key(0), 16, tx))
-        sharded_step = imagenet_student.jit_data_parallel(step, mesh)
+        state = parallel.replicate(mesh, student_trainer.create_state(student, jax.random.key(0), (16, 16, 3), tx))
+        sharded_step = student_trainer.jit_data_parallel(step, mesh)
         teacher_on_mesh = parallel.replicate(mesh, teacher_variables)
         for s in range(2):
             batch = parallel.shard_host_batch(mesh, {"images": images[16 * s : 16 * (s + 1)], "weights": weights[16 * s : 16 * (s + 1)]})
@@ -117,7 +122,7 @@ def test_sharded_step_on_8_devices_equals_single_device_step():
     assert sharded_loss == pytest.approx(single_loss, rel=1e-4)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5), single, sharded)
     # The step did change the parameters and the BatchNorm statistics.
-    fresh = imagenet_student.create_state(student, jax.random.key(0), 16, tx)
+    fresh = student_trainer.create_state(student, jax.random.key(0), (16, 16, 3), tx)
     assert not np.allclose(single.batch_stats["bn1"]["mean"], fresh.batch_stats["bn1"]["mean"])
 
 
@@ -125,11 +130,11 @@ def test_resuming_from_a_mid_training_checkpoint_continues_identically(tmp_path)
     student, teacher, teacher_variables, config, images, weights = _tiny_setup()
     mesh = parallel.make_mesh()
     args = (student, teacher, teacher_variables, images, weights, config, jax.random.key(11), mesh)
-    uninterrupted, info = imagenet_student.train_student(*args, checkpoint_dir=str(tmp_path / "a"))
+    uninterrupted, info = student_trainer.train_student(*args, space=TORCHVISION, checkpoints=ManagedCheckpoints(str(tmp_path / "a"), 2))
     assert info["steps"] == 4 and info["resumed_from"] == 0
     # Interrupted after step 2: the same run's folder with only the step-2 checkpoint in it.
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     shutil.rmtree(tmp_path / "b" / "4")
-    resumed, info = imagenet_student.train_student(*args, checkpoint_dir=str(tmp_path / "b"))
+    resumed, info = student_trainer.train_student(*args, space=TORCHVISION, checkpoints=ManagedCheckpoints(str(tmp_path / "b"), 2))
     assert info["resumed_from"] == 2
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed), jax.device_get(uninterrupted))
