@@ -291,6 +291,13 @@ def test_other_architectures_train_on_the_same_sets_and_get_a_table_each(finishe
             assert by_method[method]["test_accuracy"] == pytest.approx(float(np.mean(np.argmax(logits, 1) == dataset.test_labels)))
     # d4m and ddoq share their images; with the same architecture and seed they start alike: paired
     assert "ddoq - d4m" in results["cross_architecture"]["resnet10"]["paired_differences"]
+    # compute cost per student and per method: XLA's FLOPs (pqdjax.cost) and wall time, under "timing" only
+    flops = results["timing"]["student_flops"]
+    assert flops["resnet10/ddoq_ipc2_seed0"] > 0 and flops["ddoq_ipc2_seed0"] > 0
+    assert flops["resnet10/ddoq_ipc2_seed0"] != flops["mobilenet_v2/ddoq_ipc2_seed0"]
+    cost = results["timing"]["per_method"]["ddoq"][2]
+    assert cost["students"] == 3 and cost["flops"] == pytest.approx(sum(v for k, v in flops.items() if "ddoq_ipc2_seed0" in k))
+    assert all("train_flops" not in r for r in results["evaluations"])
 
 
 def test_ipc_larger_than_a_class_is_a_clear_error(finished_run):

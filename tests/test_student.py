@@ -138,3 +138,40 @@ def test_resuming_from_a_mid_training_checkpoint_continues_identically(tmp_path)
     resumed, info = student_trainer.train_student(*args, space=TORCHVISION, checkpoints=ManagedCheckpoints(str(tmp_path / "b"), 2))
     assert info["resumed_from"] == 2
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed), jax.device_get(uninterrupted))
+
+
+def test_compiled_flops_count_a_matmul_on_one_and_eight_devices():
+    """XLA's count against the closed form 2 m k n (the squared sum adds under 1%), summed over the mesh's devices."""
+    from pqdjax.cost import compiled_flops
+
+    w, x = jnp.ones((256, 128)), jnp.ones((64, 256))
+    closed_form = 2 * 64 * 256 * 128
+    for devices in (1, 8):
+        mesh = parallel.make_mesh(devices=jax.devices()[:devices])
+        f = jax.jit(lambda w, x: jnp.sum((x @ w) ** 2), in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)))
+        assert compiled_flops(f, w, x, devices=devices) == pytest.approx(closed_form, rel=0.01)
+
+
+def test_a_students_training_flops_are_its_steps_times_the_step():
+    """flops = steps x the step's count (plus the view table's teacher passes); the step costs at least the
+    forward and backward passes of the student's conv on the batch (closed form: 3 x 2 x 9 C_in C_out H W each)."""
+    from pqdjax.models.convnet import ConvNet
+
+    student, teacher = ConvNet(num_classes=3, width=8, depth=1), ConvNet(num_classes=3, width=8, depth=1)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (16, 8, 8, 1)).astype(np.float32)
+    teacher_variables = teacher.init(jax.random.key(0), images[:1])
+    mesh = parallel.make_mesh(devices=jax.devices()[:1])
+    flops = {}
+    for steps in (2, 4):
+        config = ml_collections.ConfigDict(dict(steps=steps, batch_size=8, learning_rate=1e-3, warmup_steps=0, weight_decay=0.0,
+                                                temperature=2.0, crop_padding=1, flip=True, log_every=100))
+        for table in (False, True):
+            _, info = student_trainer.train_student(student, teacher, teacher_variables, images, np.ones(16), config,
+                                                    jax.random.key(1), mesh, per_view_table=table)
+            flops[steps, table] = info["flops"]
+    step = flops[4, False] - flops[2, False]
+    assert flops[4, False] == pytest.approx(2 * flops[2, False], rel=1e-9)
+    assert step / 2 >= 3 * 8 * 2 * 9 * 1 * 8 * 8 * 8  # forward + backward of the conv, 8 images a step
+    table_flops = flops[2, True] - (flops[4, True] - flops[2, True])  # the table, computed once
+    assert table_flops >= 16 * 18 * 2 * 9 * 8 * 8 * 8  # the teacher's conv on 16 images x 18 views

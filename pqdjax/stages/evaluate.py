@@ -66,7 +66,7 @@ def evaluate_set(run, teacher, synthetic, seed: int, checkpoints=None, arch: str
     weights = student_weights(synthetic.weights, weighting).reshape(-1)
     student = make_classifier(model or config.model, dataset.num_classes)
     name = f"student {arch + ' ' if arch else ''}{synthetic.method} IPC {synthetic.ipc} seed {seed}"
-    variables, _ = train_student(
+    variables, info = train_student(
         student, teacher.model, {"params": teacher.params}, images, weights, config.train,
         student_rng(run, synthetic.ipc, seed, arch), run.mesh,
         labels=np.repeat(np.arange(synthetic.images.shape[0]), synthetic.images.shape[1]),  # [C, K] sets, class-major
@@ -77,7 +77,7 @@ def evaluate_set(run, teacher, synthetic, seed: int, checkpoints=None, arch: str
     logging.info("%s: test accuracy %.4f", name, test_accuracy)
     return {
         **({"arch": arch} if arch else {}), "method": synthetic.method, "ipc": synthetic.ipc, "seed": seed,
-        "test_accuracy": test_accuracy, "seconds": round(time.perf_counter() - start, 2),
+        "test_accuracy": test_accuracy, "seconds": round(time.perf_counter() - start, 2), "train_flops": info["flops"],
     }
 
 

@@ -74,6 +74,7 @@ def evaluate_set(run, teacher, synthetic, seed: int, checkpoint_dir: str, arch: 
     return {
         **({"arch": arch} if arch else {}), "method": synthetic.method, "ipc": synthetic.ipc, "seed": seed, "test_accuracy": test_accuracy,
         "steps": info["steps"], "images": len(files), "seconds": round(time.perf_counter() - start, 2),
+        "train_flops": info["flops"],
     }
 
 

@@ -1,11 +1,15 @@
 """Stage report: results.json, results.md and the figures in the workdir (run: in-memory runs; run_streamed).
 
 results.json holds every figure of the run with the config that produced it;
-all wall times are under its "timing" key, the only part that differs between
-two runs of the same config and seed. results.md has the accuracy table
+the compute cost (wall times per stage, artifact, synthetic set and student;
+each student's training FLOPs as XLA counts them, pqdjax.cost; sums per method
+and IPC) is under its "timing" key, the only part that differs between two
+runs of the same config and seed. results.md has the accuracy table
 (mean ± std over seeds, per method and IPC), the teacher's accuracy, W2
-per method and the pushforward's fidelity per synthetic set (teacher
-agreement, cell consistency, W2 of the re-encoded images: stages.fidelity); distilled.png the DDOQ images of every class with their weights;
+per method, the pushforward's fidelity per synthetic set (teacher
+agreement, cell consistency, W2 of the re-encoded images: stages.fidelity)
+and a table per further student architecture (config.evaluate.cross_architectures);
+distilled.png the DDOQ images of every class with their weights;
 accuracy_vs_ipc.png the accuracy against IPC per method with error bars;
 weights_ipc{K}.png the histogram of the Voronoi weights per class.
 """
@@ -91,7 +95,7 @@ def evaluation_report(config, teacher_accuracy: float, records: list[dict], fide
         "paired_differences": paired,
         "fidelity": {m: {ipc: r for (m2, ipc), r in sorted(fidelities.items()) if m2 == m} for m in methods},
         "evaluations": sorted(
-            ({k: v for k, v in r.items() if k != "seconds"} for r in records), key=lambda r: (r["method"], r["ipc"], r["seed"])
+            (without_cost(r) for r in records), key=lambda r: (r["method"], r["ipc"], r["seed"])
         ),
     }
     sections = {
@@ -102,7 +106,7 @@ def evaluation_report(config, teacher_accuracy: float, records: list[dict], fide
     }
     if by_arch:
         cross = {arch: {"accuracy": summarize(rs), "paired_differences": paired_differences(rs, pairs),
-                        "evaluations": sorted(({k: v for k, v in r.items() if k != "seconds"} for r in rs),
+                        "evaluations": sorted((without_cost(r) for r in rs),
                                               key=lambda r: (r["method"], r["ipc"], r["seed"]))}
                  for arch, rs in sorted(by_arch.items())}
         results["cross_architecture"] = cross
@@ -113,9 +117,31 @@ def evaluation_report(config, teacher_accuracy: float, records: list[dict], fide
     return results, sections
 
 
+COST_FIELDS = ("seconds", "train_flops")  # a record's compute cost: reported under results.json's "timing" only
+
+
+def without_cost(record: dict) -> dict:
+    """A student's record without its wall time and FLOPs (they vary with the machine and XLA's version)."""
+    return {k: v for k, v in record.items() if k not in COST_FIELDS}
+
+
 def student_seconds(records: list[dict]) -> dict[str, float | None]:
     """Each student's wall time, keyed {method}_ipc{K}_seed{s}, or {arch}/{method}_ipc{K}_seed{s} for another architecture."""
     return {record_name(r): r.get("seconds") for r in records}
+
+
+def student_cost(records: list[dict]) -> dict:
+    """The students' compute cost: {'student_flops': {name: FLOPs of its training (pqdjax.cost) or None},
+    'per_method': {method: {ipc: {students, seconds, flops}}}} (sums over seeds and architectures; flops None
+    where any student's is unknown)."""
+    per_method: dict = {}
+    for r in records:
+        cell = per_method.setdefault(r["method"], {}).setdefault(r["ipc"], {"students": 0, "seconds": 0.0, "flops": 0.0})
+        cell["students"] += 1
+        cell["seconds"] = round(cell["seconds"] + (r.get("seconds") or 0.0), 2)
+        flops = r.get("train_flops")
+        cell["flops"] = None if flops is None or cell["flops"] is None else cell["flops"] + flops
+    return {"student_flops": {record_name(r): r.get("train_flops") for r in records}, "per_method": per_method}
 
 
 def record_name(record: dict) -> str:
@@ -205,7 +231,7 @@ def full_data_summary(records: list[dict]) -> dict | None:
     if not records:
         return None
     values = [r["test_accuracy"] for r in records]
-    kept = [{k: v for k, v in r.items() if k != "seconds"} for r in records]  # wall times go under "timing" only
+    kept = [without_cost(r) for r in records]  # wall times and FLOPs go under "timing" only
     return {"mean": float(np.mean(values)), "std": stats.sample_std(values), "n": len(values), "epochs": records[0]["epochs"],
             "records": kept}
 
@@ -249,6 +275,7 @@ def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict], fid
             "stage_seconds": run.stage_seconds,
             "artifact_seconds": _artifact_seconds(run),
             "student_seconds": student_seconds(records),
+            **student_cost(records),
             **({"full_data_student_seconds": {f"seed{r['seed']}": r.get("seconds") for r in full_data}} if full else {}),
             "synthetic_seconds": _synthetic_seconds(run, synthetic),
         },
@@ -298,6 +325,7 @@ def run_streamed(run, teacher, latents, quantized: dict, synthetic: dict, record
         "timing": {  # wall times in seconds: the one part of results.json that varies from run to run
             "stage_seconds": run.stage_seconds,
             "student_seconds": student_seconds(records),
+            **student_cost(records),
         },
     }
     if jax.process_index() == 0:

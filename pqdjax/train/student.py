@@ -58,6 +58,7 @@ from absl import logging
 from flax import struct
 
 from pqdjax import parallel
+from pqdjax.cost import compiled_flops
 from pqdjax.data.imagenet import normalize as torchvision_normalize
 from pqdjax.errors import ConfigError, InputError, NonFiniteError
 from pqdjax.models.fast_conv import fast_conv_gradients
@@ -158,11 +159,12 @@ def create_state(model: nn.Module, rng: jax.Array, input_shape: tuple[int, ...],
 
 
 def teacher_logits_per_view(teacher: nn.Module, teacher_variables, images: np.ndarray, crop_padding: int, flip: bool,
-                            space: InputSpace = MODEL_RANGE, batch_size: int = 500) -> np.ndarray:
+                            space: InputSpace = MODEL_RANGE, batch_size: int = 500, with_flops: bool = False):
     """The teacher's logits of every crop-and-flip view of every image: [n, num_views, classes] (host).
 
     images: [n, H, W, C] as stored (`space`); view v of image i is
     augment.apply_views(images[i], augment.all_views(crop_padding, flip)[v]).
+    with_flops: also return the floating-point operations it took (pqdjax.cost; None where not counted).
     """
 
     @jax.jit
@@ -181,7 +183,12 @@ def teacher_logits_per_view(teacher: nn.Module, teacher_variables, images: np.nd
             padded = np.concatenate([chunk, np.zeros((size - len(chunk),) + chunk.shape[1:], chunk.dtype)])
             outputs.append(np.asarray(logits_of_view(padded, view))[: len(chunk)])
         per_view.append(np.concatenate(outputs))
-    return np.stack(per_view, axis=1)
+    table = np.stack(per_view, axis=1)
+    if not with_flops:
+        return table
+    per_call = compiled_flops(logits_of_view, padded, view)
+    calls = len(augment.all_views(crop_padding, flip)) * -(-len(images) // batch_size)
+    return table, None if per_call is None else per_call * calls
 
 
 def make_step(student: nn.Module, teacher: nn.Module | None, tx, protocol: Protocol, space: InputSpace = MODEL_RANGE):
@@ -285,7 +292,8 @@ def train_student(
     training sees. Every process passes the same host arrays and reads only its part of
     each batch. checkpoints: a pqdjax.train.checkpoint.CheckpointSaver, or None;
     metrics_dir: where the training curve goes (pqdjax.train.metrics), or None.
-    Returns (variables {'params'[, 'batch_stats']}, {'resumed_from': step, 'steps': total, 'metrics': last}).
+    Returns (variables {'params'[, 'batch_stats']}, {'resumed_from': step, 'steps': total, 'metrics': last,
+    'flops': the training's floating-point operations as XLA counts them (pqdjax.cost), or None}).
     """
     n = len(images)
     weights = np.asarray(weights, np.float32)
@@ -323,9 +331,10 @@ def train_student(
     host = {"images": images, "weights": weights}
     if protocol.hard_labels:
         host["labels"] = np.asarray(labels, np.int32)
-    elif per_view_table:
-        host["teacher_logits"] = teacher_logits_per_view(teacher, teacher_variables, images, protocol.crop_padding,
-                                                         protocol.flip, space)
+    table_flops = 0.0
+    if not protocol.hard_labels and per_view_table:
+        host["teacher_logits"], table_flops = teacher_logits_per_view(teacher, teacher_variables, images, protocol.crop_padding,
+                                                                      protocol.flip, space, with_flops=True)
     rows = parallel.host_batch_slice(batch_size)
 
     def make_batch(indices) -> dict:
@@ -334,10 +343,14 @@ def train_student(
         return parallel.shard_host_batch(mesh, {k: v[local] for k, v in host.items()})
 
     needs_teacher = not (protocol.hard_labels or per_view_table)
+    teacher_on_mesh = parallel.replicate(mesh, teacher_variables if needs_teacher else {})
     resumed_from = (checkpoints.latest_step() or 0) if checkpoints else 0
     state, metrics = loop.train(
-        step_fn, state, parallel.replicate(mesh, teacher_variables if needs_teacher else {}), num_examples=n,
+        step_fn, state, teacher_on_mesh, num_examples=n,
         num_steps=num_steps, batch_size=batch_size, rng=train_rng, name=name, log_every=config.log_every,
         checkpoints=checkpoints, metrics_dir=metrics_dir, learning_rate=schedule, make_batch=make_batch,
     )
-    return state.variables, {"resumed_from": resumed_from, "steps": num_steps, "metrics": metrics}
+    # The compute cost: XLA's count of the step (no loops in it: exact) over every step, and the view table.
+    step_flops = compiled_flops(step_fn, state, teacher_on_mesh, make_batch(np.arange(batch_size)), train_rng, devices=devices)
+    flops = None if step_flops is None or table_flops is None else step_flops * num_steps + table_flops
+    return state.variables, {"resumed_from": resumed_from, "steps": num_steps, "metrics": metrics, "flops": flops}
