@@ -300,6 +300,36 @@ def test_other_architectures_train_on_the_same_sets_and_get_a_table_each(finishe
     assert all("train_flops" not in r for r in results["evaluations"])
 
 
+def test_decode_flops_count_every_denoising_step_and_both_guidance_halves(finished_run):
+    """decode_flops: the VAE's batches, plus for diffusion one guided call (2 model passes: conditional and
+    unconditional) per DDIM step run per batch; strength 1 runs twice the steps of strength 0.5."""
+    import jax.numpy as jnp
+
+    from pqdjax.cost import compiled_flops
+    from pqdjax.stages import decode
+
+    data_dir, workdir, results = finished_run
+    run, the_prior, latents, the_denoiser, _, _ = _stages_to_decode(data_dir, workdir, ("ddoq",))
+    settings = run.config.decode.diffusion  # runlocal: 4 steps, batches of 8, strength 0.4 (2 steps run)
+    n = 2 * settings.batch_size
+    vae = decode.decode_flops(run, the_prior, the_denoiser, "vae", latents.shape, n)
+    diffusion = decode.decode_flops(run, the_prior, the_denoiser, "diffusion", latents.shape, n)
+    sample = decode.decode_flops(run, the_prior, the_denoiser, "sample", latents.shape, n)  # strength 1: 4 steps
+    steps_run = settings.steps - decode.start_index(settings.steps, settings.strength)
+    assert vae > 0 and steps_run == 2
+    assert (sample - vae) == pytest.approx(2 * (diffusion - vae), rel=1e-9)
+    model, params = the_denoiser.model, the_denoiser.params
+    one_pass = compiled_flops(jax.jit(model.epsilon), params, jnp.zeros((2 * settings.batch_size,) + latents.shape),
+                              jnp.zeros(2 * settings.batch_size, jnp.int32),
+                              model.class_context(params, jnp.zeros(2 * settings.batch_size, jnp.int32)))
+    # per batch and step: the model on [uncond; cond] (2 x batch rows) plus the guidance arithmetic
+    per_call = (diffusion - vae) / steps_run / 2
+    assert one_pass <= per_call <= 1.05 * one_pass
+    synthetic_flops = results["timing"]["synthetic_flops"]
+    assert synthetic_flops["random_ipc2"] == 0.0
+    assert synthetic_flops["d4m_ipc2"] == synthetic_flops["ddoq_ipc2"] > synthetic_flops["ddoq_vae_ipc2"] > 0
+
+
 def test_ipc_larger_than_a_class_is_a_clear_error(finished_run):
     data_dir, workdir, _ = finished_run
     config = _config(data_dir)

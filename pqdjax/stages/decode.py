@@ -35,10 +35,11 @@ from absl import logging
 
 from pqdjax import artifacts
 from pqdjax.batching import map_batches
+from pqdjax.cost import compiled_flops
 from pqdjax.config_checks import decoder_of, point_source, split_method
 from pqdjax.data import image_folder
 from pqdjax.data.preprocess import to_uint8
-from pqdjax.diffusion import img2img
+from pqdjax.diffusion import guided_epsilon, img2img, start_index
 from pqdjax.models import vae as vae_lib
 from pqdjax.errors import ConfigError, NonFiniteError
 from pqdjax.stages.quantize import method_set, random_draw
@@ -127,6 +128,45 @@ def _decode_points(run, prior, denoiser, decoder: str, latent_shape, points: np.
     return to_uint8(images).reshape((num_classes, ipc) + images.shape[1:])
 
 
+def decode_flops(run, prior, denoiser, decoder: str, latent_shape, n: int) -> float | None:
+    """Floating-point operations of decoding n points by `decoder`, as XLA counts them (pqdjax.cost).
+
+    The sampler runs its DDIM steps in a fori_loop, whose body XLA would count once,
+    so the count is built from programs without loops: one guided denoiser call on a
+    batch (both halves of classifier-free guidance) times the steps run times the
+    batches, plus the VAE decoder's batches. None where the backend counts none.
+    """
+    latent_shape = tuple(latent_shape)
+    vae_batch = min(256, n)  # decode_with_vae's batches
+    vae_decode = jax.jit(lambda p, z: vae_lib.decode(prior.vae, p, z, prior.latent_scale))
+    vae_flops = compiled_flops(vae_decode, prior.params, jnp.zeros((vae_batch,) + latent_shape))
+    if vae_flops is None:
+        return None
+    total = vae_flops * -(-n // vae_batch)
+    if decoder not in ("diffusion", "sample"):
+        return total
+    settings = run.config.decode.diffusion
+    strength = settings.strength if decoder == "diffusion" else 1.0
+    steps_run = settings.steps - start_index(settings.steps, strength)
+    batch = min(settings.batch_size, n)
+    model, params = denoiser.model, denoiser.params
+    context = model.class_context(params, jnp.zeros(batch, jnp.int32))
+    call = jax.jit(guided_epsilon, static_argnums=0)
+    eps_flops = compiled_flops(call, model.epsilon, params, jnp.zeros((batch,) + latent_shape), jnp.int32(0), context, context,
+                               settings.guidance)
+    return None if eps_flops is None else total + eps_flops * steps_run * -(-n // batch)
+
+
+def _timed_decode(run, prior, denoiser, decoder: str, latent_shape, points: np.ndarray) -> tuple[np.ndarray, dict]:
+    """(_decode_points(...), its cost {'seconds': wall time, 'flops': decode_flops})."""
+    images, seconds = _timed(lambda: _decode_points(run, prior, denoiser, decoder, latent_shape, points))
+    flops = decode_flops(run, prior, denoiser, decoder, latent_shape, points.shape[0] * points.shape[1])
+    return images, {"seconds": round(seconds, 2), "flops": flops}
+
+
+NO_COST = {"seconds": 0.0, "flops": 0.0}  # real images: nothing decoded
+
+
 def _decoder_fingerprint(run, decoder: str, quantized, prior, denoiser) -> str:
     if decoder in ("diffusion", "sample"):
         return artifacts.fingerprint(
@@ -137,11 +177,11 @@ def _decoder_fingerprint(run, decoder: str, quantized, prior, denoiser) -> str:
 
 
 def _synthetic_set(run, method: str, quantized, decoded_fp: str, make, draw: int = 0) -> SyntheticSet:
-    """The stored set (computed by make() -> (images, weights, seconds) if absent); draw 0 is also exported as PNGs.
+    """The stored set (computed by make() -> (images, weights, cost) if absent); draw 0 is also exported as PNGs.
 
-    seconds, the wall time of decoding the set's images, is kept in the artifact's
-    marker (synthetic_seconds); sets that share images (d4m and ddoq) both carry
-    the time of their one decoding.
+    cost, the wall time and FLOPs of decoding the set's images ({'seconds', 'flops'}), is
+    kept in the artifact's marker (stages.report: synthetic_seconds, synthetic_flops);
+    sets that share images (d4m and ddoq) both carry the cost of their one decoding.
     """
     suffix = f"_draw{draw}" if draw else ""
     name = f"synthetic/{method}_ipc{quantized.ipc}{suffix}.npz"
@@ -149,9 +189,9 @@ def _synthetic_set(run, method: str, quantized, decoded_fp: str, make, draw: int
     if run.store.is_complete(name, fp):
         stored = run.store.load_arrays(name)
     else:
-        images, weights, seconds = make()
+        images, weights, cost = make()
         stored = {"images": images, "weights": weights}
-        run.store.save_arrays(name, stored, fp, {"seconds": round(seconds, 2)})
+        run.store.save_arrays(name, stored, fp, cost)
     synthetic = SyntheticSet(method, quantized.ipc, stored["images"], stored["weights"], fp)
     if draw:
         return synthetic
@@ -166,13 +206,13 @@ def run(run, prior, latents, quantized: dict, denoiser=None) -> dict[tuple[str, 
     methods = tuple(run.config.methods)
     out = {}
     for ipc, q in quantized.items():
-        decoded: dict[tuple[str, str], tuple[np.ndarray, float]] = {}  # (decoder, point source): decoded once, shared
+        decoded: dict[tuple[str, str], tuple[np.ndarray, dict]] = {}  # (decoder, point source): decoded once, shared
 
-        def decoded_images(decoder: str, base: str) -> tuple[np.ndarray, float]:
+        def decoded_images(decoder: str, base: str) -> tuple[np.ndarray, dict]:
             key = (decoder, point_source(base))
             if key not in decoded:
                 points, _, _ = method_set(q.arrays, base, latents.latents)
-                decoded[key] = _timed(lambda: _decode_points(run, prior, denoiser, decoder, latents.shape, points))
+                decoded[key] = _timed_decode(run, prior, denoiser, decoder, latents.shape, points)
             return decoded[key]
 
         def maker(method: str):
@@ -180,11 +220,11 @@ def run(run, prior, latents, quantized: dict, denoiser=None) -> dict[tuple[str, 
             decoder = decoder_of(method, run.config)
             _, weights, indices = method_set(q.arrays, base, latents.latents)
             if decoder is None:  # the real images
-                return lambda: (run.dataset.train_images[indices], weights, 0.0)
+                return lambda: (run.dataset.train_images[indices], weights, NO_COST)
 
             def make():
-                images, seconds = decoded_images(decoder, base)
-                return images, weights, seconds
+                images, cost = decoded_images(decoder, base)
+                return images, weights, cost
 
             return make
 
@@ -238,15 +278,15 @@ def set_for_seed(run, prior, latents, quantized: dict, synthetic: dict, denoiser
         q = quantized[ipc]
         if decoder is None:
             source_fp = _random_fingerprint(run, ipc, seed)
-            make = lambda: (run.dataset.train_images[indices], uniform, 0.0)
+            make = lambda: (run.dataset.train_images[indices], uniform, NO_COST)
         else:
             source_fp = artifacts.fingerprint(
                 _decoder_fingerprint(run, decoder, q, prior, denoiser), point_source(base), "draw", latents.fingerprint,
             )
 
             def make():
-                images, seconds = _timed(lambda: _decode_points(run, prior, denoiser, decoder, latents.shape, latents.latents[indices]))
-                return images, uniform, seconds
+                images, cost = _timed_decode(run, prior, denoiser, decoder, latents.shape, latents.latents[indices])
+                return images, uniform, cost
         return _synthetic_set(run, method, q, source_fp, make, draw=seed)
 
     return set_for

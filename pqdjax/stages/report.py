@@ -277,7 +277,8 @@ def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict], fid
             "student_seconds": student_seconds(records),
             **student_cost(records),
             **({"full_data_student_seconds": {f"seed{r['seed']}": r.get("seconds") for r in full_data}} if full else {}),
-            "synthetic_seconds": _synthetic_seconds(run, synthetic),
+            "synthetic_seconds": _synthetic_cost(run, synthetic, "seconds"),
+            "synthetic_flops": _synthetic_cost(run, synthetic, "flops"),
         },
     }
     store = run.store
@@ -349,13 +350,14 @@ def figure_grid(run, synthetic: dict, ipcs, num_classes: int) -> tuple[str, np.n
     return method, images.reshape((num_classes, ipc) + images.shape[1:]), weights[keep].reshape(num_classes, ipc)
 
 
-def _synthetic_seconds(run, synthetic: dict) -> dict[str, float | None]:
-    """Per synthetic set {method}_ipc{K}: the wall time of decoding its images (0 for real images; d4m and
-    ddoq, which share their images, each carry the one decoding's time), as recorded when it was made."""
+def _synthetic_cost(run, synthetic: dict, field: str) -> dict[str, float | None]:
+    """Per synthetic set {method}_ipc{K}: the wall time ('seconds') or FLOPs ('flops', pqdjax.stages.decode.decode_flops)
+    of decoding its images (0 for real images; d4m and ddoq, which share their images, each carry the one decoding's),
+    as recorded when it was made."""
     out = {}
     for method, ipc in synthetic:
         info = run.store.info(f"synthetic/{method}_ipc{ipc}.npz") or {}
-        out[f"{method}_ipc{ipc}"] = info.get("seconds")
+        out[f"{method}_ipc{ipc}"] = info.get(field)
     return out
 
 
