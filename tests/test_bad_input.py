@@ -166,7 +166,7 @@ def test_an_unknown_config_option_is_one_line(tmp_path):
     result = _main("--config=configs/default.py:runlocal,bogus", f"--workdir={tmp_path / 'run'}")
     assert result.returncode == 1
     lines = [line for line in result.stderr.strip().splitlines() if "Flax classes are deprecated" not in line]
-    assert lines == ["pqdjax: error: unknown option(s) ['bogus'] for configs/default.py; known: table, runlocal, pretrain, sweep, weighting, protocol."]
+    assert lines == ["pqdjax: error: unknown option(s) ['bogus'] for configs/default.py; known: table, runlocal, pretrain, sweep, weighting, protocol, cross_arch."]
 
 
 def test_a_bug_keeps_its_traceback(tmp_path):

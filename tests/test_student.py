@@ -175,3 +175,19 @@ def test_a_students_training_flops_are_its_steps_times_the_step():
     assert step / 2 >= 3 * 8 * 2 * 9 * 1 * 8 * 8 * 8  # forward + backward of the conv, 8 images a step
     table_flops = flops[2, True] - (flops[4, True] - flops[2, True])  # the table, computed once
     assert table_flops >= 16 * 18 * 2 * 9 * 8 * 8 * 8  # the teacher's conv on 16 images x 18 views
+
+
+def test_a_set_smaller_than_the_mesh_trains_on_one_device_as_on_a_one_device_mesh():
+    """6 images on 8 devices: no global batch can split evenly, so one device trains them (one process); the result is the
+    one-device mesh's, returned on the run's mesh."""
+    from pqdjax.models.convnet import ConvNet
+
+    student, teacher = ConvNet(num_classes=3, width=4, depth=1), ConvNet(num_classes=3, width=4, depth=1)
+    images = np.random.default_rng(0).uniform(-1, 1, (6, 8, 8, 1)).astype(np.float32)
+    config = ml_collections.ConfigDict(dict(steps=3, batch_size=4, learning_rate=1e-2, warmup_steps=0, weight_decay=0.0,
+                                            temperature=2.0, crop_padding=1, flip=True, log_every=10))
+    args = (student, teacher, teacher.init(jax.random.key(0), images[:1]), images, np.ones(6), config, jax.random.key(1))
+    on_eight, _ = student_trainer.train_student(*args, parallel.make_mesh())
+    on_one, _ = student_trainer.train_student(*args, parallel.make_mesh(devices=jax.devices()[:1]))
+    assert len(jax.tree.leaves(on_eight)[0].sharding.device_set) == 8
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(on_eight), jax.device_get(on_one))

@@ -28,7 +28,8 @@ global batch from host memory and the step runs jitted over the run's Mesh,
 the batch sharded on 'data' and parameters, optimizer state and BatchNorm
 statistics replicated (pqdjax.parallel): the step equals the single-device
 step up to float summation order. The global batch is the largest multiple
-of the data-parallel devices within batch_size and the set.
+of the data-parallel devices within batch_size and the set; a set smaller than
+the mesh (a single process) trains on one device.
 
 Crop-and-flip has finitely many views of an image (pqdjax.train.augment), so
 when the set is small, the teacher's logits of every view of every image are
@@ -304,7 +305,10 @@ def train_student(
     protocol = protocol_from_config(config, loss_normalization=loss_normalization, fast_conv=fast_conv)
     if protocol.hard_labels and labels is None:
         raise ConfigError(f"{name}: config.labels 'hard' trains on each image's class: pass labels.")
-    devices = parallel.data_parallel_size(mesh)
+    run_mesh, devices = mesh, parallel.data_parallel_size(mesh)
+    if n < devices and jax.process_count() == 1:  # a set smaller than the mesh: one device trains it
+        logging.info("%s: %d images, fewer than the %d data-parallel devices: training on one device", name, n, devices)
+        mesh, devices = parallel.make_mesh(devices=jax.local_devices()[:1]), 1
     if n < devices:
         raise ConfigError(f"{name}: {n} images cannot fill one batch over the mesh's {devices} data-parallel devices.")
     batch_size = min(config.batch_size, n)
@@ -353,4 +357,5 @@ def train_student(
     # The compute cost: XLA's count of the step (no loops in it: exact) over every step, and the view table.
     step_flops = compiled_flops(step_fn, state, teacher_on_mesh, make_batch(np.arange(batch_size)), train_rng, devices=devices)
     flops = None if step_flops is None or table_flops is None else step_flops * num_steps + table_flops
-    return state.variables, {"resumed_from": resumed_from, "steps": num_steps, "metrics": metrics, "flops": flops}
+    variables = parallel.replicate(run_mesh, state.variables) if mesh is not run_mesh else state.variables
+    return variables, {"resumed_from": resumed_from, "steps": num_steps, "metrics": metrics, "flops": flops}
