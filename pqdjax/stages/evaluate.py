@@ -41,9 +41,14 @@ def student_settings(config: ml_collections.ConfigDict, model: ml_collections.Co
     return {**settings, "model": model.to_dict()}
 
 
+def student_name(method: str, ipc: int, seed: int, arch: str | None) -> str:
+    """{method}_ipc{K}_seed{s}, under {arch}/ for another architecture (config.evaluate.cross_architectures)."""
+    return f"{arch + '/' if arch else ''}{method}_ipc{ipc}_seed{seed}"
+
+
 def student_path(method: str, ipc: int, seed: int, arch: str | None) -> str:
-    """evaluate/{method}_ipc{K}_seed{s}, under evaluate/{arch}/ for another architecture (no suffix)."""
-    return f"evaluate/{arch + '/' if arch else ''}{method}_ipc{ipc}_seed{seed}"
+    """The student's record and checkpoints in the workdir: evaluate/{student_name} (no suffix)."""
+    return "evaluate/" + student_name(method, ipc, seed, arch)
 
 
 def student_rng(run, ipc: int, seed: int, arch: str | None) -> jax.Array:

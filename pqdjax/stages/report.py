@@ -145,9 +145,10 @@ def student_cost(records: list[dict]) -> dict:
 
 
 def record_name(record: dict) -> str:
-    """A student's name in the workdir: {method}_ipc{K}_seed{s}, under {arch}/ for config.evaluate.cross_architectures."""
-    name = f"{record['method']}_ipc{record['ipc']}_seed{record['seed']}"
-    return f"{record['arch']}/{name}" if "arch" in record else name
+    """A student's name in the workdir (pqdjax.stages.evaluate.student_name) from its record."""
+    from pqdjax.stages.evaluate import student_name
+
+    return student_name(record["method"], record["ipc"], record["seed"], record.get("arch"))
 
 
 def paired_differences(records: list[dict], pairs) -> dict[str, dict[int, dict]]:
