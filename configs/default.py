@@ -39,7 +39,7 @@ each image's loss times its weight.
 
 import ml_collections
 
-from pqdjax.config_options import parse_arg
+from pqdjax.config_options import distributed_config, parse_arg
 
 
 PROTOCOLS = ("kd", "hard", "rrc_cutmix")
@@ -62,6 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.methods = ("random", "d4m", "ddoq", "ddoq_vae")
     # 'auto': compute conv kernel gradients by shifted matmuls on CPU (pqdjax.models.fast_conv).
     config.fast_conv_gradients = "auto"
+    config.distributed = distributed_config()  # multi-process runs: pqdjax.launch_local, SLURM (README: Several processes)
 
     config.data = ml_collections.ConfigDict(dict(
         name="fashion_mnist",

@@ -89,7 +89,7 @@ what is complete and resumes what was interrupted):
 
 import ml_collections
 
-from pqdjax.config_options import parse_arg
+from pqdjax.config_options import distributed_config, parse_arg
 
 _STUDENTS = ("resnet18", "resnet50", "resnet101", "mobilenet_v2")
 _PRIORS = ("stable_diffusion", "dit")
@@ -111,13 +111,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.fast_conv_gradients = "auto"
     # One Mesh for every stage: all devices of all processes on the data axis.
     config.mesh = ml_collections.ConfigDict(dict(shape=(-1,), axes=("data",)))
-    # enabled: 'auto' (a cluster JAX detects: TPU pod, SLURM, Open MPI), True or False; by hand (or pqdjax.launch_local):
-    # coordinator_address HOST:PORT of process 0, num_processes, process_id. Timeouts in seconds: all processes must join
-    # within initialization_timeout; a process silent for heartbeat_timeout_seconds counts as dead and the others stop.
-    config.distributed = ml_collections.ConfigDict(dict(
-        enabled="auto", coordinator_address="", num_processes=-1, process_id=-1,
-        initialization_timeout=300, heartbeat_timeout_seconds=100,
-    ))
+    config.distributed = distributed_config()  # multi-process runs: TPU pods, SLURM, pqdjax.launch_local
 
     config.data = ml_collections.ConfigDict(dict(
         # streamed: read record by record, each process its part (pqdjax.data.streamed); name: a tfds name or 'imagefolder'

@@ -121,6 +121,15 @@ def write_bytes(path: str, data: bytes) -> None:
             f.write(data)
 
 
+def _one_process_checkpointer():
+    """An orbax checkpointer that involves only this process: the store has one writer (process 0, or each process
+    for its own files) and every process reads alone, so orbax must not wait for the others at its barriers."""
+    import orbax.checkpoint as ocp  # slow to import; only stages with parameters need it
+
+    me = jax.process_index()
+    return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}))
+
+
 class ArtifactStore:
     """The artifacts of one run, under `workdir`."""
 
@@ -233,23 +242,26 @@ class ArtifactStore:
 
     def save_params(self, name: str, params: Any, fp: str, info: Mapping[str, Any] = {}) -> None:
         """Saves a parameter pytree as an orbax checkpoint folder, then marks it complete."""
-        import orbax.checkpoint as ocp  # slow to import; only stages with parameters need it
-
         self._invalidate(name)
+        # host copies: orbax saves no single-device array in a multi-process run, and a replicated array is whole here
+        params = jax.tree.map(np.asarray, params)
         with _atomic_path(self.path(name)) as tmp:
-            with ocp.StandardCheckpointer() as checkpointer:
+            with _one_process_checkpointer() as checkpointer:
                 checkpointer.save(tmp, params)
                 checkpointer.wait_until_finished()
         self._mark(name, fp, info)
 
     def load_params(self, name: str, target: Any) -> Any:
         """Restores parameters saved by save_params; `target` gives their structure, shapes and dtypes."""
-        import orbax.checkpoint as ocp
-
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype), target)
         try:
-            with ocp.StandardCheckpointer() as checkpointer:
-                return checkpointer.restore(self.path(name), abstract)
+            with _one_process_checkpointer() as checkpointer:
+                restored = checkpointer.restore(self.path(name), abstract)
+            shapes = [(np.shape(a), b.shape) for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(abstract))]
+            wrong = [(got, want) for got, want in shapes if got != want]
+            if wrong:
+                raise ValueError(f"{len(wrong)} arrays have other shapes than the model's (e.g. {wrong[0][0]}, expected {wrong[0][1]})")
+            return restored
         except Exception as e:  # noqa: BLE001 - orbax raises many types for a bad checkpoint
             self._invalidate(name)
             raise ArtifactError(

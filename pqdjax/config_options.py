@@ -70,3 +70,18 @@ def from_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg)
+
+
+def distributed_config() -> ml_collections.ConfigDict:
+    """config.distributed of every config: how the processes of a multi-process run find each other
+    (pqdjax.parallel.initialize_distributed).
+
+    enabled: 'auto' (a cluster JAX detects: TPU pod, SLURM, Open MPI), True or False; by hand (or
+    pqdjax.launch_local): coordinator_address HOST:PORT of process 0, num_processes, process_id. Timeouts in
+    seconds: all processes must join within initialization_timeout; a process silent for
+    heartbeat_timeout_seconds counts as dead and the others stop.
+    """
+    return ml_collections.ConfigDict(dict(
+        enabled="auto", coordinator_address="", num_processes=-1, process_id=-1,
+        initialization_timeout=300, heartbeat_timeout_seconds=100,
+    ))

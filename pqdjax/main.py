@@ -15,6 +15,7 @@ import logging as std_logging
 import os
 import re
 import sys
+import traceback
 
 import jax
 from absl import app, flags, logging
@@ -55,19 +56,41 @@ def main(argv: list[str]) -> None:
             results = pipeline.run(_CONFIG.value, _WORKDIR.value)
     except INPUT_ERRORS as e:
         logging.debug("the run stopped", exc_info=True)
-        sys.exit(f"pqdjax: error: {_one_line(e)}")
+        _stop(f"pqdjax: error: {_one_line(e)}")
     except jax.errors.JaxRuntimeError as e:
         if not lost_peer(e):
+            _stop_on_bug()
             raise
         logging.info("the run stopped", exc_info=True)
         cause = " ".join(re.sub(r"\[[^\]]*\]", "", str(e).splitlines()[0]).split())[:160]
-        print(f"pqdjax: error: process {jax.process_index()} of {jax.process_count()} lost contact with another process "
-              f"({cause}); see the other processes' logs, then start all of them again: completed stages are reused.",
-              file=sys.stderr, flush=True)
-        # Not sys.exit: JAX's exit handler would wait at the distributed shutdown barrier for the lost process
-        # until the heartbeat timeout, then abort.
-        os._exit(1)
+        _stop(f"pqdjax: error: process {jax.process_index()} of {jax.process_count()} lost contact with another process "
+              f"({cause}); see the other processes' logs, then start all of them again: completed stages are reused.")
+    except Exception:
+        _stop_on_bug()
+        raise
     print(results["table"])
+
+
+def _multi_process() -> bool:
+    return jax.distributed.is_initialized() and jax.process_count() > 1
+
+
+def _stop(message: str) -> None:
+    """Ends the run with a one-line error. In a multi-process run not by sys.exit: JAX's exit handler would wait at
+    the distributed shutdown barrier for the other processes (stuck in a collective of their own) until its timeout;
+    exiting at once lets their next collective or heartbeat fail, and them stop with their own line."""
+    if not _multi_process():
+        sys.exit(message)
+    print(message, file=sys.stderr, flush=True)
+    os._exit(1)
+
+
+def _stop_on_bug() -> None:
+    """A bug in a multi-process run: its traceback, then the process exits at once (see _stop)."""
+    if _multi_process():
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
 
 
 # A collective or barrier of a multi-process run that failed because a peer went away (gloo, the coordination service).

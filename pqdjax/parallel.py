@@ -178,12 +178,59 @@ def process_local_rows(array: jax.Array) -> np.ndarray:
     return np.concatenate([np.asarray(parts[start]) for start in sorted(parts)])
 
 
+def process_shard(num_items: int, process_index: int | None = None, process_count: int | None = None) -> np.ndarray:
+    """The item indices this process takes of [0, num_items): its contiguous part (parts differ by at most 1), so that
+    concatenating the parts in process order gives [0, num_items) in order."""
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    return np.array_split(np.arange(num_items), count)[index]
+
+
+def gather_processes(local: PyTree) -> PyTree:
+    """Every process's rows of each leaf (numpy [n_p, ...], the same n_p for every leaf of one process), concatenated
+    in process order, on every process: with process_shard's parts, the whole in order. One process: `local` itself.
+
+    The parts may differ in length (padded for the collective, then trimmed); dtypes are kept (a collective would
+    narrow int64 to int32 without x64).
+    """
+    if jax.process_count() == 1:
+        return local
+    from jax.experimental import multihost_utils
+
+    leaves, treedef = jax.tree.flatten(jax.tree.map(np.asarray, local))
+    lengths = {len(leaf) for leaf in leaves}
+    if len(lengths) != 1:
+        raise ValueError(f"gather_processes: every leaf needs the same number of rows, got {sorted(lengths)}.")
+    counts = np.asarray(multihost_utils.process_allgather(np.int32(lengths.pop()))).reshape(-1)
+    longest = int(counts.max())
+    out = []
+    for leaf in leaves:
+        padded = np.zeros((longest,) + leaf.shape[1:], leaf.dtype)
+        padded[: len(leaf)] = leaf
+        gathered = np.asarray(multihost_utils.process_allgather(padded))  # [processes, longest, ...]
+        out.append(np.concatenate([gathered[p, : counts[p]] for p in range(len(counts))]).astype(leaf.dtype))
+    gathered = jax.tree.unflatten(treedef, out)
+    return {k: gathered[k] for k in local} if isinstance(local, dict) else gathered  # a dict keeps its key order
+
+
 def sync_processes(name: str) -> None:
     """A barrier across the processes of a multi-host run (nothing to wait for with one process)."""
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def complete_everywhere(store, name: str, fp: str) -> bool:
+    """store.is_complete(name, fp), as every process sees it before any process goes on (and may write it).
+
+    What a multi-process run checks before it decides to compute an artifact together: without the barrier,
+    process 0 might write it (write_once) before another process looks, which would then skip the collectives
+    and the barrier that process 0 waits in.
+    """
+    complete = store.is_complete(name, fp)
+    sync_processes(f"checked {name}")
+    return complete
 
 
 def write_once(store, name: str, fp: str, write: Callable[[], None]) -> None:

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from pqdjax import parallel
 from pqdjax.data import imagenet, streamed
 from pqdjax.data.sources import DatasetNotFoundError
 
@@ -27,7 +28,7 @@ def test_resize_and_center_crop_keeps_the_center():
 
 
 def test_process_shards_partition_the_split():
-    parts = [streamed.process_shard(10, i, 3) for i in range(3)]
+    parts = [parallel.process_shard(10, i, 3) for i in range(3)]
     np.testing.assert_array_equal(np.concatenate(parts), np.arange(10))
     assert [len(p) for p in parts] == [4, 3, 3]
 
@@ -36,7 +37,7 @@ def test_host_batches_from_tfds_mock_data():
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=7):
         source = streamed.open_split("validation")
-        indices = streamed.process_shard(len(source), 1, 2)
+        indices = parallel.process_shard(len(source), 1, 2)
         batches = list(streamed.host_batches(source, indices, streamed.BatchSpec(batch_size=2, resize=40, crop=32)))
         expected_labels = [source[int(i)]["label"] for i in indices]
     assert len(source) == 7 and list(indices) == [4, 5, 6]

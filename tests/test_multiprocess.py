@@ -95,7 +95,7 @@ def test_each_process_encodes_only_its_share_and_process_0_reports(runs):
         indices = np.concatenate([np.fromfile(f, np.int64) for f in sorted(glob.glob(f"{two}/encode/latents/process{p}/*.idx"))])
         shares.append(set(indices.tolist()))
     assert shares[0] and shares[1] and not shares[0] & shares[1]
-    assert max(shares[0]) < min(shares[1])  # contiguous halves of the split (pqdjax.data.streamed.process_shard)
+    assert max(shares[0]) < min(shares[1])  # contiguous halves of the split (pqdjax.parallel.process_shard)
     logs = [open(f"{two}/launch/process{p}.log").read() for p in range(2)]
     assert "report: wrote results.json" in logs[0] and "report: wrote results.json" not in logs[1]
     assert "process 0 of 2 joining 127.0.0.1:" in logs[0] and "JAX backend cpu with 4 device(s)" in logs[1]

@@ -37,15 +37,16 @@ def class_indices(labels: np.ndarray, num_classes: int) -> list[np.ndarray]:
     return groups
 
 
-def stack_padded(per_class: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Stacks per-class arrays [n_c, ...] into one [C, n_max, ...] array padded with zeros.
+def stack_padded(per_class: list[np.ndarray], n_max: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stacks per-class arrays [n_c, ...] into one [C, n_max, ...] array padded with zeros (n_max: default the
+    largest n_c; a larger one pads a part of the classes as all of them would be).
 
     Returns:
       padded: [C, n_max, ...], class c's rows first, then zeros.
       mass: float32 [C, n_max], 1/n_c on class c's rows and 0 on padding,
         so each class's empirical measure is (padded[c], mass[c]).
     """
-    n_max = max(len(rows) for rows in per_class)
+    n_max = max(len(rows) for rows in per_class) if n_max is None else n_max
     padded = np.zeros((len(per_class), n_max) + per_class[0].shape[1:], per_class[0].dtype)
     mass = np.zeros((len(per_class), n_max), np.float32)
     for c, rows in enumerate(per_class):
@@ -54,9 +55,9 @@ def stack_padded(per_class: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return padded, mass
 
 
-def pad_classes(values: np.ndarray, groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def pad_classes(values: np.ndarray, groups: list[np.ndarray], n_max: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """`stack_padded` of each class's rows of `values` [N, ...]; groups: per-class index arrays, as from `class_indices`."""
-    return stack_padded([values[g] for g in groups])
+    return stack_padded([values[g] for g in groups], n_max)
 
 
 def select_random(groups: list[np.ndarray], k: int, rng: jax.Array) -> np.ndarray:

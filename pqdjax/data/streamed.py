@@ -18,7 +18,7 @@ class: its prompt is its ImageNet name ('tench'), DiT is conditioned on its
 ImageNet index, and an ImageNet teacher's logits are read at those indices.
 
 Each process of a multi-host run reads its own contiguous part of a split
-(`process_shard`). Images are resized so that the shorter side is `resize`,
+(`pqdjax.parallel.process_shard`). Images are resized so that the shorter side is `resize`,
 then center-cropped to `crop` x `crop` (pqdjax.data.imagenet.resize_and_center_crop).
 """
 
@@ -36,6 +36,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from pqdjax import parallel
 from pqdjax.data import image_folder, imagenet
 from pqdjax.data.imagenet import resize_and_center_crop
 from pqdjax.errors import ConfigError, DatasetFormatError, DatasetNotFoundError
@@ -77,11 +78,6 @@ def split_digest(source) -> str:
     return digest.hexdigest()
 
 
-def process_shard(num_examples: int, process_index: int | None = None, process_count: int | None = None) -> np.ndarray:
-    """The example indices this process reads: its contiguous part of [0, num_examples) (parts differ by at most 1)."""
-    index = jax.process_index() if process_index is None else process_index
-    count = jax.process_count() if process_count is None else process_count
-    return np.array_split(np.arange(num_examples), count)[index]
 
 
 def open_split(split: str, data_dir: str | None = None, name: str = imagenet.TFDS_NAME):
@@ -251,7 +247,7 @@ def equal_host_batches(source, num_examples: int, spec: "BatchSpec", first_batch
 
     first_batch: batches to skip (without reading them) when resuming.
     """
-    indices = process_shard(num_examples)
+    indices = parallel.process_shard(num_examples)
     total = steps_per_process(num_examples, spec.batch_size)
     yielded = first_batch
     for batch in host_batches(source, indices[first_batch * spec.batch_size :], spec):

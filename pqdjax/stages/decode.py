@@ -18,6 +18,10 @@ latents) decodes that set's points with another, so that one run compares them:
     sample     the same at strength 1: pure class-conditional sampling from noise
                (the points' content unused), generated's decoder
 
+In a run of several processes, every decoder maps its batches split over the
+processes (pqdjax.batching.map_batches(across_processes=True)) and every
+process gets every image; process 0 writes the artifacts.
+
 Every set is also written as PNGs in class folders with a manifest of its
 weights (pqdjax.data.image_folder), distilled/{method}_ipc{K}/manifest.csv,
 for training on it outside pqdjax.
@@ -33,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from pqdjax import artifacts
+from pqdjax import artifacts, parallel
 from pqdjax.batching import map_batches
 from pqdjax.cost import compiled_flops
 from pqdjax.config_checks import decoder_of, point_source, split_method
@@ -67,7 +71,7 @@ def decode_with_vae(run, prior, denoiser, points: np.ndarray, labels: np.ndarray
     """Latent points [n, h, w, c] -> float images [n, H, W, C] by the VAE decoder (labels, denoiser unused)."""
     del run, denoiser, labels
     decode = jax.jit(lambda p, z: vae_lib.decode(prior.vae, p, z, prior.latent_scale))
-    return map_batches(lambda z: decode(prior.params, z), points, 256)
+    return map_batches(lambda z: decode(prior.params, z), points, 256, across_processes=True)
 
 
 def denoise_points(denoiser, points: np.ndarray, labels: np.ndarray, rng: jax.Array, *, strength: float, guidance: float, steps: int, batch_size: int) -> np.ndarray:
@@ -90,7 +94,7 @@ def denoise_points(denoiser, points: np.ndarray, labels: np.ndarray, rng: jax.Ar
             strength=strength, guidance=guidance, steps=steps,
         )
 
-    return map_batches(sample, np.arange(len(points)), batch_size)
+    return map_batches(sample, np.arange(len(points)), batch_size, across_processes=True)
 
 
 def decode_with_diffusion(run, prior, denoiser, points: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -186,19 +190,18 @@ def _synthetic_set(run, method: str, quantized, decoded_fp: str, make, draw: int
     suffix = f"_draw{draw}" if draw else ""
     name = f"synthetic/{method}_ipc{quantized.ipc}{suffix}.npz"
     fp = artifacts.fingerprint("synthetic", method, decoded_fp, *([draw] if draw else []))
-    if run.store.is_complete(name, fp):
+    if parallel.complete_everywhere(run.store, name, fp):
         stored = run.store.load_arrays(name)
     else:
         images, weights, cost = make()
         stored = {"images": images, "weights": weights}
-        run.store.save_arrays(name, stored, fp, cost)
+        parallel.write_once(run.store, name, fp, lambda: run.store.save_arrays(name, stored, fp, cost))
     synthetic = SyntheticSet(method, quantized.ipc, stored["images"], stored["weights"], fp)
     if draw:
         return synthetic
     folder = f"distilled/{method}_ipc{quantized.ipc}"
-    if not run.store.is_complete(folder, fp):
-        class_names = run.dataset.class_names
-        run.store.write_artifact(folder, lambda path: image_folder.write_set(path, synthetic.images, synthetic.weights, class_names), fp)
+    write = lambda path: image_folder.write_set(path, synthetic.images, synthetic.weights, run.dataset.class_names)
+    parallel.write_once(run.store, folder, fp, lambda: run.store.write_artifact(folder, write, fp))  # unless complete
     return synthetic
 
 
@@ -305,7 +308,7 @@ def _pushforward_strips(run, prior, denoiser, latent_shape, quantized) -> None:
     fp = artifacts.fingerprint(
         "strips", q.fingerprint, prior.fingerprint, denoiser.fingerprint, config.diffusion, strengths, run.config.seed
     )
-    if run.store.is_complete(STRIPS_ARTIFACT, fp):
+    if parallel.complete_everywhere(run.store, STRIPS_ARTIFACT, fp):
         return
     points = q.arrays["points"]  # [C, K, d]
     classes = np.arange(min(4, points.shape[0]))
@@ -322,4 +325,5 @@ def _pushforward_strips(run, prior, denoiser, latent_shape, quantized) -> None:
         columns.append(decode_with_vae(run, prior, None, denoised, labels))
     images = to_uint8(np.stack(columns, axis=1))  # [n, 1 + S, H, W, ch]
     images = images.reshape((len(classes), per_class) + images.shape[1:])
-    run.store.save_arrays(STRIPS_ARTIFACT, {"images": images, "strengths": np.asarray(strengths), "classes": classes, "ipc": ipc}, fp)
+    arrays = {"images": images, "strengths": np.asarray(strengths), "classes": classes, "ipc": ipc}
+    parallel.write_once(run.store, STRIPS_ARTIFACT, fp, lambda: run.store.save_arrays(STRIPS_ARTIFACT, arrays, fp))

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from pqdjax import artifacts, pretrained
+from pqdjax import artifacts, parallel, pretrained
 from pqdjax.diffusion.train import train_denoiser
 from pqdjax.models import silence_diffusers_deprecation
 from pqdjax.models.denoiser import LatentDenoiser, make_denoiser
@@ -60,7 +60,7 @@ def run(run, latents) -> Denoiser | None:
         logging.info("denoiser: shipped %s (teacher agreement of its samples %.3f)", config.weights, entry["quality"]["teacher_agreement"])
         return Denoiser(model, params, artifacts.fingerprint("denoiser", latents.fingerprint, entry["sha256"]))
     fp = artifacts.fingerprint("denoiser", latents.fingerprint, config, run.config.seed)
-    if run.store.is_complete(ARTIFACT, fp):
+    if parallel.complete_everywhere(run.store, ARTIFACT, fp):
         target = jax.eval_shape(model.init_params, jax.random.key(0))
         params = run.store.load_params(ARTIFACT, target)
         logging.info("denoiser: reusing %s", run.store.path(ARTIFACT))
@@ -72,6 +72,7 @@ def run(run, latents) -> Denoiser | None:
     seconds = round(time.perf_counter() - start, 2)
     num_params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
     logging.info("denoiser: %d parameters, final loss %.4f (%.1fs)", num_params, metrics.get("loss", float("nan")), seconds)
-    run.store.save_params(ARTIFACT, params, fp, {"seconds": seconds, "num_params": num_params, **metrics})
+    info = {"seconds": seconds, "num_params": num_params, **metrics}
+    parallel.write_once(run.store, ARTIFACT, fp, lambda: run.store.save_params(ARTIFACT, params, fp, info))
     checkpoints.discard()
     return Denoiser(model, params, fp)

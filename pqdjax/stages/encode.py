@@ -1,4 +1,10 @@
-"""Stage encode: every training image to its (scaled) latent, flattened to a vector."""
+"""Stage encode: every training image to its (scaled) latent, flattened to a vector.
+
+In a run of several processes, each encodes its contiguous part of the
+training images (pqdjax.batching.process_rows: whole batches, the ones a
+single process encodes) and every process gets all the latents; process 0
+writes latents.npz.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from pqdjax import artifacts
-from pqdjax.batching import map_batches
+from pqdjax import artifacts, parallel
+from pqdjax.batching import map_batches, process_rows
 from pqdjax.data.preprocess import to_model_range
 from pqdjax.models import vae as vae_lib
 from pqdjax.errors import NonFiniteError
@@ -31,7 +37,7 @@ class Latents:
 def encode_images(prior, images: np.ndarray, batch_size: int) -> np.ndarray:
     """uint8 [N, H, W, C] -> float32 [N, h, w, c] scaled posterior means, in fixed-size jitted batches."""
     encode = jax.jit(lambda p, x: vae_lib.encode(prior.vae, p, to_model_range(x), prior.latent_scale))
-    latents = map_batches(lambda batch: encode(prior.params, batch), images, batch_size, progress="encode")
+    latents = map_batches(lambda batch: encode(prior.params, batch), images, batch_size, progress="encode", across_processes=True)
     finite = np.isfinite(latents.reshape(len(latents), -1)).all(axis=1)
     if not finite.all():
         bad = np.flatnonzero(~finite)
@@ -45,15 +51,19 @@ def encode_images(prior, images: np.ndarray, batch_size: int) -> np.ndarray:
 def run(run, prior) -> Latents:
     config = run.config.encode
     fp = artifacts.fingerprint("encode", prior.fingerprint, config)
-    if run.store.is_complete(ARTIFACT, fp):
+    if parallel.complete_everywhere(run.store, ARTIFACT, fp):
         stored = run.store.load_arrays(ARTIFACT)
         logging.info("encode: reusing %s", run.store.path(ARTIFACT))
         return Latents(stored["latents"], stored["labels"], int(stored["num_classes"]), tuple(int(s) for s in stored["shape"]), fp)
     dataset = run.dataset
+    if jax.process_count() > 1:
+        start, stop = process_rows(len(dataset.train_images), config.batch_size)
+        logging.info("encode: process %d of %d encodes training images [%d, %d) of %d", jax.process_index(), jax.process_count(),
+                     start, stop, len(dataset.train_images))
     latents = encode_images(prior, dataset.train_images, config.batch_size)
     shape = latents.shape[1:]
     flat = latents.reshape(len(latents), -1)
     logging.info("encode: %d latents of shape %s (d = %d)", len(flat), shape, flat.shape[1])
     arrays = {"latents": flat, "labels": dataset.train_labels, "num_classes": dataset.num_classes, "shape": np.asarray(shape)}
-    run.store.save_arrays(ARTIFACT, arrays, fp)
+    parallel.write_once(run.store, ARTIFACT, fp, lambda: run.store.save_arrays(ARTIFACT, arrays, fp))
     return Latents(flat, dataset.train_labels, dataset.num_classes, tuple(shape), fp)

@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from pqdjax import artifacts
+from pqdjax import artifacts, parallel
 from pqdjax.data.preprocess import to_model_range
 from pqdjax.models.classifiers import make_classifier
 from pqdjax.train.classifier import accuracy
@@ -103,12 +103,13 @@ def run(run, teacher, synthetic: dict, set_for_seed=None) -> list[dict]:
                 path = student_path(method, ipc, seed, arch)
                 fp = artifacts.fingerprint("evaluate", teacher.fingerprint, synthetic_set.fingerprint, settings, seed,
                                            *([arch] if arch else []))
-                if run.store.is_complete(path + ".json", fp):
-                    records.append(run.store.load_record(path + ".json"))
+                name = path + ".json"
+                if parallel.complete_everywhere(run.store, name, fp):
+                    records.append(run.store.load_record(name))
                     continue
                 checkpoints = run.checkpoints(path, fp, config.train)
                 record = evaluate_set(run, teacher, synthetic_set, seed, checkpoints, arch, model)
-                run.store.save_record(path + ".json", record, fp)
+                parallel.write_once(run.store, name, fp, lambda: run.store.save_record(name, record, fp))
                 checkpoints.discard()
                 records.append(record)
     return records
@@ -130,7 +131,7 @@ def full_data(run, teacher) -> list[dict]:
         name = f"evaluate/full_data_seed{seed}.json"
         fp = artifacts.fingerprint("evaluate_full_data", teacher.fingerprint, run.data_fingerprint, settings, epochs,
                                    run.config.seed, seed)
-        if not run.store.is_complete(name, fp):
+        if not parallel.complete_everywhere(run.store, name, fp):
             start = time.perf_counter()
             student = make_classifier(config.model, dataset.num_classes)
             label = f"full-data student seed {seed}"
@@ -143,8 +144,9 @@ def full_data(run, teacher) -> list[dict]:
             )
             test_accuracy = accuracy(student, variables, dataset.test_images, dataset.test_labels)
             logging.info("%s: test accuracy %.4f", label, test_accuracy)
-            run.store.save_record(name, {"seed": seed, "test_accuracy": test_accuracy, "epochs": epochs, "images": len(images),
-                                         "seconds": round(time.perf_counter() - start, 2)}, fp)
+            record = {"seed": seed, "test_accuracy": test_accuracy, "epochs": epochs, "images": len(images),
+                      "seconds": round(time.perf_counter() - start, 2)}
+            parallel.write_once(run.store, name, fp, lambda: run.store.save_record(name, record, fp))
             checkpoints.discard()
         records.append(run.store.load_record(name))
     return records

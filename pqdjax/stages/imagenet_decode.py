@@ -157,7 +157,7 @@ def decode_ipc(run, prior, latents, quantized, ipc: int, fp: str, source: str = 
     store = run.store
     prompts = run.classes.prompts
     mesh = Mesh(np.asarray(jax.local_devices()), (parallel.DATA_AXIS,))
-    mine = [int(c) for c in streamed.process_shard(latents.num_classes)]
+    mine = [int(c) for c in parallel.process_shard(latents.num_classes)]
     per_call = max(1, config.diffusion.batch_size // ipc)
     groups = [mine[i : i + per_call] for i in range(0, len(mine), per_call)]
     bar = Progress(f"decode IPC {ipc} ({source}, {decoder or 'real'})", len(groups), unit="groups", log_every=max(1, len(groups) // 10))

@@ -24,7 +24,6 @@ import numpy as np
 from absl import logging
 
 from pqdjax import artifacts, parallel
-from pqdjax.data import streamed
 from pqdjax.data.grouping import EmptyClassError, stack_padded
 from pqdjax.progress import Progress
 from pqdjax.quantize import class_mesh, clvq_stream, kmeans_plus_plus, quantize_classes, solver
@@ -78,7 +77,7 @@ def quantize_ipc(run, latents, ipc: int, fp: str) -> ClassQuantization:
     config = run.config.quantize
     num_classes = latents.num_classes
     names = tuple(class_name(ipc, c) for c in range(num_classes))
-    mine = [int(c) for c in streamed.process_shard(num_classes)]
+    mine = [int(c) for c in parallel.process_shard(num_classes)]
     _check_sizes(latents, ipc, mine)
     todo = [c for c in mine if not run.store.is_complete(names[c], fp)]
     keys = {c: run.rng("quantize", ipc, c) for c in todo}

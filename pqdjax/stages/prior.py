@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from pqdjax import artifacts, pretrained
+from pqdjax import artifacts, parallel, pretrained
 from pqdjax.batching import map_batches
 from pqdjax.data.preprocess import to_model_range
 from pqdjax.models import vae as vae_lib
@@ -56,7 +56,7 @@ def run(run) -> Prior:
         # the data stays in the fingerprint: the latents and everything after them depend on it
         return Prior(vae, params, entry["latent_scale"], artifacts.fingerprint("prior", run.data_fingerprint, entry["sha256"]))
     fp = artifacts.fingerprint("prior", run.data_fingerprint, config, run.config.seed)
-    if run.store.is_complete(ARTIFACT, fp):
+    if parallel.complete_everywhere(run.store, ARTIFACT, fp):
         target = jax.eval_shape(lambda: vae_lib.init_params(vae, jax.random.key(0), height))
         params = run.store.load_params(ARTIFACT, target)
         scale = run.store.info(ARTIFACT)["latent_scale"]
@@ -72,7 +72,7 @@ def run(run) -> Prior:
     psnr = _psnr_db(reconstruction_mse)
     logging.info("prior: test reconstruction MSE %.4f (PSNR %.2f dB), latent scale %.4f", reconstruction_mse, psnr, scale)
     info = {"latent_scale": scale, "test_reconstruction_mse": reconstruction_mse, "test_psnr_db": psnr, "seconds": seconds}
-    run.store.save_params(ARTIFACT, params, fp, info)
+    parallel.write_once(run.store, ARTIFACT, fp, lambda: run.store.save_params(ARTIFACT, params, fp, info))
     checkpoints.discard()
     return Prior(vae, params, scale, fp)
 

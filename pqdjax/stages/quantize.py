@@ -2,8 +2,9 @@
 
 config.quantize.method picks the quantizer: "lloyd" (k-means++ then Lloyd),
 "clvq" (mini-batch competitive learning) or "barycenter" (free-support W2
-barycenter with uniform weights). All classes are quantized in one call, the
-class axis sharded over the available devices.
+barycenter with uniform weights). The classes are quantized in one call, the
+class axis sharded over this process's devices; in a run of several processes
+each takes its contiguous part of the classes and all get every class's result.
 
 For every IPC the artifact quantize/ipc{K}.npz holds, per class c:
   points [C, K, d]           the quantization points (D4M and DDOQ share them)
@@ -35,9 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from pqdjax import artifacts
+from pqdjax import artifacts, parallel
 from pqdjax.data.grouping import class_indices, pad_classes, select_random
 from pqdjax.config_checks import W2_METHODS
+from pqdjax.errors import ConfigError
 from pqdjax.quantize import class_mesh, quantize_classes, selection, solver, wasserstein2_classes
 from pqdjax.quantize.voronoi import voronoi_weights
 
@@ -85,13 +87,28 @@ def random_draw(run, labels: np.ndarray, num_classes: int, ipc: int, draw: int) 
 
 
 def quantize_ipc(run, latents, ipc: int) -> dict[str, np.ndarray]:
-    config = run.config.quantize
+    """The arrays of quantize/ipc{K}.npz. Each process quantizes its part of the classes (pqdjax.parallel.process_shard;
+    a class's result depends only on its rows and its key) and every process gets every class's."""
     groups = class_indices(latents.labels, latents.num_classes)
     random_indices = random_draw(run, latents.labels, latents.num_classes, ipc, 0)
-    padded, mass = pad_classes(latents.latents, groups)
+    keys = jax.random.split(run.rng("quantize", ipc), len(groups))
+    mine = parallel.process_shard(len(groups))
+    if not len(mine):
+        raise ConfigError(f"quantize: {jax.process_count()} processes for {len(groups)} classes; start at most {len(groups)} processes.")
+    # padded to the size of the largest class of all, as one process pads them
+    n_max = max(len(g) for g in groups)
+    arrays = _quantize_some(run, latents, ipc, [groups[c] for c in mine], keys[mine], random_indices[mine], n_max)
+    return parallel.gather_processes(arrays)
+
+
+def _quantize_some(run, latents, ipc: int, groups: list[np.ndarray], keys: jax.Array, random_indices: np.ndarray,
+                   n_max: int) -> dict[str, np.ndarray]:
+    """quantize_ipc's arrays for the classes whose training indices are `groups`, on this process's devices."""
+    config = run.config.quantize
+    padded, mass = pad_classes(latents.latents, groups, n_max)
     num_classes = len(groups)
-    keys = jax.random.split(run.rng("quantize", ipc), num_classes)
-    q = quantize_classes(jnp.asarray(padded), jnp.asarray(mass), ipc, keys, solver_from_config(config), mesh=class_mesh())
+    mesh = class_mesh(jax.local_devices())
+    q = quantize_classes(jnp.asarray(padded), jnp.asarray(mass), ipc, keys, solver_from_config(config), mesh=mesh)
     q = jax.device_get(q)
     # rows of the padded classes -> indices into the training set
     to_dataset = lambda rows: np.stack([groups[c][rows[c]] for c in range(num_classes)])
@@ -122,11 +139,11 @@ def run(run, latents) -> dict[int, Quantized]:
     for ipc in run.config.ipcs:
         name = f"quantize/ipc{ipc}.npz"
         fp = artifacts.fingerprint("quantize", latents.fingerprint, run.config.quantize, ipc, run.config.seed, "baselines", "random_draw")
-        if run.store.is_complete(name, fp):
+        if parallel.complete_everywhere(run.store, name, fp):
             arrays = run.store.load_arrays(name)
         else:
             arrays = quantize_ipc(run, latents, ipc)
-            run.store.save_arrays(name, arrays, fp)
+            parallel.write_once(run.store, name, fp, lambda: run.store.save_arrays(name, arrays, fp))
         logging.info(
             "quantize IPC %d (%s): distortion %.4f, W2 (means over classes) %s, iterations %s",
             ipc, run.config.quantize.method, arrays["distortion"].mean(),

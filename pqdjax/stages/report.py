@@ -282,19 +282,26 @@ def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict], fid
             "synthetic_flops": _synthetic_cost(run, synthetic, "flops"),
         },
     }
-    store = run.store
+    if jax.process_index() == 0:
+        _write_report(run, results, table, summary, quantized, synthetic)
+    return {**results, "table": table}
+
+
+def _write_report(run, results: dict, table: str, summary: dict, quantized: dict, synthetic: dict) -> None:
+    """results.json, results.md and the figures of `run` (process 0)."""
+    from pqdjax.stages.decode import STRIPS_ARTIFACT
+
+    store, methods, ipcs = run.store, list(run.config.methods), sorted(quantized)
     artifacts.write_json(store.path("results.json"), results)
     artifacts.write_text(store.path("results.md"), f"# Results\n\n{table}\nStage wall times (s): {run.stage_seconds}\n")
     figure_method, figure_ipc = figure_set(methods, ipcs, synthetic)
     shown = synthetic[figure_method, figure_ipc]
-    write_figures(store, summary, methods, teacher.test_accuracy, {ipc: quantized[ipc].arrays["weights"] for ipc in ipcs},
-                  (figure_method, shown.images, shown.weights), run.dataset.class_names)
-    from pqdjax.stages.decode import STRIPS_ARTIFACT
-
+    write_figures(store, summary, methods, results["teacher_test_accuracy"],
+                  {ipc: quantized[ipc].arrays["weights"] for ipc in ipcs}, (figure_method, shown.images, shown.weights),
+                  run.dataset.class_names)
     if store.info(STRIPS_ARTIFACT) is not None:
         figures.pushforward_strips(store.path("pushforward.png"), store.load_arrays(STRIPS_ARTIFACT), run.dataset.class_names)
     logging.info("report: wrote results.json, results.md and the figures to %s", store.workdir)
-    return {**results, "table": table}
 
 
 def figure_set(methods, ipcs, synthetic) -> tuple[str, int]:

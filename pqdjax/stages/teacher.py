@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from pqdjax import artifacts, pretrained
+from pqdjax import artifacts, parallel, pretrained
 from pqdjax.models.classifiers import make_classifier
 from pqdjax.train.classifier import accuracy, train_classifier
 
@@ -44,7 +44,7 @@ def run(run) -> Teacher:
         logging.info("teacher: shipped %s, test accuracy %.4f (manifest: %.4f)", config.weights, test_accuracy, entry["quality"]["test_accuracy"])
         return Teacher(model, params, test_accuracy, fp)
     fp = artifacts.fingerprint("teacher", run.data_fingerprint, config, run.config.seed)
-    if run.store.is_complete(ARTIFACT, fp):
+    if parallel.complete_everywhere(run.store, ARTIFACT, fp):
         params = run.store.load_params(ARTIFACT, target)
         test_accuracy = run.store.info(ARTIFACT)["test_accuracy"]
         logging.info("teacher: reusing %s (test accuracy %.4f)", run.store.path(ARTIFACT), test_accuracy)
@@ -58,6 +58,7 @@ def run(run) -> Teacher:
     seconds = round(time.perf_counter() - start, 2)
     test_accuracy = accuracy(model, {"params": params}, dataset.test_images, dataset.test_labels)
     logging.info("teacher: test accuracy %.4f", test_accuracy)
-    run.store.save_params(ARTIFACT, params, fp, {"test_accuracy": test_accuracy, "seconds": seconds})
+    info = {"test_accuracy": test_accuracy, "seconds": seconds}
+    parallel.write_once(run.store, ARTIFACT, fp, lambda: run.store.save_params(ARTIFACT, params, fp, info))
     checkpoints.discard()
     return Teacher(model, params, test_accuracy, fp)

@@ -2,7 +2,8 @@
 
 `train` (pqdjax.train.loop) takes any `CheckpointSaver`; two implement it:
 
-    Checkpoints         in the run's artifact store, atomic (below); one process
+    Checkpoints         in the run's artifact store, atomic (below); process 0
+                        writes, every process reads (its state is replicated)
     ManagedCheckpoints  an orbax CheckpointManager in a folder: asynchronous saves,
                         the newest few kept, every process of a multi-host run
                         writing its shards (the ImageNet student)
@@ -33,6 +34,7 @@ from typing import Any, Protocol
 import jax
 from absl import logging
 
+from pqdjax import parallel
 from pqdjax.artifacts import ArtifactStore
 
 _STEP_NAME = re.compile(r"^step_(\d{8})$")
@@ -86,7 +88,7 @@ class Checkpoints:
         for step in self._steps_on_disk():
             if self.store.is_complete(self._name(step), self.fingerprint):
                 latest = step
-            else:  # incomplete (killed mid-write) or from another config
+            elif jax.process_index() == 0:  # incomplete (killed mid-write) or from another config
                 self.store.remove(self._name(step))
         return latest
 
@@ -97,14 +99,17 @@ class Checkpoints:
         does not match the template; a rerun then starts from scratch.
         """
         step = self.latest_step()
-        if step is None:
-            return None
-        state = self.store.load_params(self._name(step), template)
-        logging.info("resuming from %s (step %d)", self.store.path(self._name(step)), step)
+        state = None if step is None else self.store.load_params(self._name(step), template)
+        # every process resumes from the same step: none saves a newer one before all have read
+        parallel.sync_processes(f"restored {self.folder}")
+        if state is not None:
+            logging.info("resuming from %s (step %d)", self.store.path(self._name(step)), step)
         return state
 
     def save(self, state: Any, step: int) -> None:
-        """Saves the state after `step` steps, then deletes the older checkpoints."""
+        """Saves the state after `step` steps, then deletes the older checkpoints (process 0; the others' state is the same)."""
+        if jax.process_index() != 0:
+            return
         self.store.save_params(self._name(step), state, self.fingerprint, {"step": step})
         for old in self._steps_on_disk():
             if old != step:
@@ -114,7 +119,9 @@ class Checkpoints:
         """Nothing to wait for: save writes synchronously."""
 
     def discard(self) -> None:
-        """Deletes the folder, and its parents left empty: call once the trained artifact itself is saved."""
+        """Deletes the folder, and its parents left empty: call once the trained artifact itself is saved (process 0)."""
+        if jax.process_index() != 0:
+            return
         folder = self.store.path(self.folder)
         shutil.rmtree(folder, ignore_errors=True)
         parent = os.path.dirname(folder)

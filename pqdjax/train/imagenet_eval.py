@@ -3,7 +3,7 @@
 The validation protocol of torchvision / RDED / D4M: shorter side resized to
 256, center crop 224 (config.data.eval_resize / eval_crop), torchvision's
 normalisation. Every process reads its own part of the split
-(pqdjax.data.streamed.process_shard), all processes run the same number of
+(pqdjax.parallel.process_shard), all processes run the same number of
 sharded steps (padding with masked rows), and the counts are summed over
 the global batch under jit, so the accuracy is that of the whole split.
 A run on the first C classes (config.data.num_classes) is validated on
