@@ -1,6 +1,6 @@
-"""configs/in1k.py:runlocal as 2 JAX processes x 2 CPU devices (jax.distributed on 127.0.0.1, gloo collectives) against
+"""configs/in1k.py:runlocal and configs/default.py:runlocal as 2 JAX processes x 2 CPU devices (jax.distributed on 127.0.0.1, gloo collectives) against
 1 process x 4 devices: the same latents, points, images and accuracies; a killed process stops the other with a one-line
-error, and a rerun resumes to the uninterrupted result. Slow (about 5 minutes on 2 cores): `pytest -m slow`, run by .ci/run."""
+error, and a rerun resumes to the uninterrupted result. Slow (about 8 minutes on 2 cores): `pytest -m slow`, run by .ci/run."""
 
 import glob
 import io
@@ -101,16 +101,17 @@ def test_each_process_encodes_only_its_share_and_process_0_reports(runs):
     assert "process 0 of 2 joining 127.0.0.1:" in logs[0] and "JAX backend cpu with 4 device(s)" in logs[1]
 
 
-def test_a_killed_process_stops_the_other_with_one_line_and_a_rerun_resumes(runs, tmp_path):
-    _, two = runs
-    workdir = str(tmp_path / "killed")
+def _kill_one_then_rerun(args: list[str], workdir: str, uninterrupted: str) -> None:
+    """Starts 2 processes, kills process 1 once it starts quantizing (encode done), checks that process 0 stops within
+    a bounded time with one line and no results; then reruns both, which reuse the finished stages and give the
+    uninterrupted run's results."""
     os.makedirs(workdir)
     port, env = launch_local.free_port(), launch_local.process_env(2)
     logs = [os.path.join(workdir, f"p{i}.log") for i in range(2)]
     procs = []
     for i in range(2):
         with open(logs[i], "w") as log:
-            procs.append(subprocess.Popen(launch_local.process_command([CONFIG, f"--workdir={workdir}"], i, 2, port), cwd=ROOT,
+            procs.append(subprocess.Popen(launch_local.process_command([*args, f"--workdir={workdir}"], i, 2, port), cwd=ROOT,
                                           env=env, stdout=log, stderr=subprocess.STDOUT))
     deadline = time.monotonic() + 600
     while "stage quantize" not in open(logs[1]).read():  # encode done: kill process 1 in the middle of the run
@@ -127,12 +128,16 @@ def test_a_killed_process_stops_the_other_with_one_line_and_a_rerun_resumes(runs
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
-        status, failures = launch_local.launch([CONFIG, f"--workdir={workdir}"], 2, devices_per_process=2)
+        status, failures = launch_local.launch([*args, f"--workdir={workdir}"], 2, devices_per_process=2)
     finally:
         os.chdir(cwd)
     assert status == 0, failures
     assert "encode: reusing" in open(os.path.join(workdir, "launch", "process0.log")).read()
-    assert _results_without_times(workdir) == _results_without_times(two)
+    assert _results_without_times(workdir) == _results_without_times(uninterrupted)
+
+
+def test_a_killed_process_stops_the_other_with_one_line_and_a_rerun_resumes(runs, tmp_path):
+    _kill_one_then_rerun([CONFIG], str(tmp_path / "killed"), runs[1])
 
 
 def test_launcher_reports_a_bad_run_in_one_line_per_process(tmp_path):
@@ -145,3 +150,46 @@ def test_launcher_reports_a_bad_run_in_one_line_per_process(tmp_path):
         os.chdir(cwd)
     assert status == 1 and len(failures) == 2
     assert all("pqdjax: error: config.quantize.method must be 'clvq' or 'lloyd'" in line for line in failures), failures
+
+
+# configs/default.py:runlocal, the in-memory pipeline: every process holds the data; encode and decode split their batches
+# over the processes (64-image encode batches: 5 of them, 3 for process 0 and 2 for process 1), quantize its classes.
+DEFAULT = ["--config=configs/default.py:runlocal", "--config.encode.batch_size=64"]
+
+
+@pytest.fixture(scope="module")
+def default_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("multiprocess_default")
+    one, two = str(root / "one"), str(root / "two")
+    subprocess.run([sys.executable, "-m", "pqdjax.main", *DEFAULT, f"--workdir={one}"], cwd=ROOT, env=launch_local.process_env(4),
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=900)
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        status, failures = launch_local.launch([*DEFAULT, f"--workdir={two}"], 2, devices_per_process=2, grace_seconds=30)
+    finally:
+        os.chdir(cwd)
+    assert status == 0, failures
+    return one, two
+
+
+def test_the_in_memory_pipeline_as_two_processes_gives_the_one_process_run(default_runs):
+    one, two = default_runs
+    # latents, quantization outputs, synthetic sets and their exported PNGs and manifests: byte-equal
+    for pattern in ("latents.npz", "quantize/*.npz", "synthetic/*.npz", "distilled/**/*.csv", "distilled/**/*.png"):
+        a, b = _files(one, pattern), _files(two, pattern)
+        assert a.keys() == b.keys() and a, pattern
+        assert [k for k in a if a[k] != b[k]] == [], pattern
+    assert _results_without_times(one) == _results_without_times(two)  # teacher, students, W2, fidelity
+
+
+def test_in_memory_processes_encode_their_own_rows_and_process_0_writes(default_runs):
+    _, two = default_runs
+    logs = [open(f"{two}/launch/process{p}.log").read() for p in range(2)]
+    assert "encode: process 0 of 2 encodes training images [0, 192) of 300" in logs[0]
+    assert "encode: process 1 of 2 encodes training images [192, 300) of 300" in logs[1]
+    assert "report: wrote results.json" in logs[0] and "report: wrote results.json" not in logs[1]
+
+
+def test_in_memory_run_a_killed_process_stops_the_other_and_a_rerun_resumes(default_runs, tmp_path):
+    _kill_one_then_rerun(DEFAULT, str(tmp_path / "killed"), default_runs[1])

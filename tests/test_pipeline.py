@@ -330,6 +330,22 @@ def test_decode_flops_count_every_denoising_step_and_both_guidance_halves(finish
     assert synthetic_flops["d4m_ipc2"] == synthetic_flops["ddoq_ipc2"] > synthetic_flops["ddoq_vae_ipc2"] > 0
 
 
+def test_encode_flops_are_one_batch_times_the_batches(finished_run):
+    """encode_flops: the encoder's loop-free program on one batch times the batches (the last one padded); XLA's
+    count of a conv network is linear in the batch; results.json reports the encoding's cost under timing.encode."""
+    from pqdjax.stages import encode
+
+    data_dir, workdir, results = finished_run
+    run, the_prior, _, _, _, _ = _stages_to_decode(data_dir, workdir, ("ddoq",))
+    images = run.dataset.train_images
+    one_batch = encode.encode_flops(the_prior, images[:50], 50)
+    assert one_batch > 0
+    assert encode.encode_flops(the_prior, images[:120], 50) == 3 * one_batch
+    assert encode.encode_flops(the_prior, images[:100], 100) == pytest.approx(2 * one_batch, rel=1e-3)
+    assert results["timing"]["encode"]["flops"] == encode.encode_flops(the_prior, images, run.config.encode.batch_size)
+    assert results["timing"]["encode"]["seconds"] > 0
+
+
 def test_ipc_larger_than_a_class_is_a_clear_error(finished_run):
     data_dir, workdir, _ = finished_run
     config = _config(data_dir)

@@ -27,6 +27,7 @@ from absl import logging
 from pqdjax import artifacts, figures, stats
 from pqdjax.data.image_folder import load_images, read_manifest
 from pqdjax.config_checks import W2_METHODS, split_method
+from pqdjax.stages.encode import ARTIFACT as ENCODE_ARTIFACT
 
 
 def summarize(records: list[dict]) -> dict[str, dict[int, dict]]:
@@ -278,6 +279,7 @@ def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict], fid
             "student_seconds": student_seconds(records),
             **student_cost(records),
             **({"full_data_student_seconds": {f"seed{r['seed']}": r.get("seconds") for r in full_data}} if full else {}),
+            "encode": {k: (run.store.info(ENCODE_ARTIFACT) or {}).get(k) for k in ("seconds", "flops")},
             "synthetic_seconds": _synthetic_cost(run, synthetic, "seconds"),
             "synthetic_flops": _synthetic_cost(run, synthetic, "flops"),
         },
