@@ -158,7 +158,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         epochs=300, batch_size=1024, learning_rate=1e-3, weight_decay=0.01, warmup_steps=0,
         # pqdjax.train.student: RandomResizedCrop to image_size + flip + CutMix, the teacher relabelling every batch
         augment="rrc_cutmix", labels="teacher", temperature=20.0, image_size=224, cutmix_beta=1.0, log_every=100,
-        checkpoint_every=1000, keep_checkpoints=2,
+        checkpoint_every=1000,
     ))
 
     if options.get("runlocal"):

@@ -1,6 +1,5 @@
 """The student trainer at the ImageNet protocol: augmentations, masked AdamW, the data-parallel step, resuming."""
 
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -8,11 +7,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from pqdjax import parallel
+from pqdjax import artifacts, parallel
 from pqdjax.models.resnet import ResNet
 from pqdjax.train import imagenet_augment
 from pqdjax.train import student as student_trainer
-from pqdjax.train.checkpoint import ManagedCheckpoints
+from pqdjax.train.checkpoint import Checkpoints
 from pqdjax.train.student import TORCHVISION, Protocol
 
 KD = Protocol(temperature=20.0, augment="rrc_cutmix", image_size=16, cutmix_beta=1.0)
@@ -67,7 +66,7 @@ def _tiny_setup(image_size=16):
     teacher_variables = jax.jit(teacher.init)(jax.random.key(7), jnp.zeros((1, image_size, image_size, 3)))
     config = ml_collections.ConfigDict(dict(
         epochs=2, batch_size=16, learning_rate=1e-2, weight_decay=0.01, warmup_steps=0, temperature=20.0,
-        augment="rrc_cutmix", image_size=image_size, cutmix_beta=1.0, log_every=1, checkpoint_every=2, keep_checkpoints=2,
+        augment="rrc_cutmix", image_size=image_size, cutmix_beta=1.0, log_every=1, checkpoint_every=2,
     ))
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (32, 20, 20, 3), dtype=np.uint8)
@@ -126,18 +125,30 @@ def test_sharded_step_on_8_devices_equals_single_device_step():
     assert not np.allclose(single.batch_stats["bn1"]["mean"], fresh.batch_stats["bn1"]["mean"])
 
 
-def test_resuming_from_a_mid_training_checkpoint_continues_identically(tmp_path):
+def test_resuming_from_a_mid_training_checkpoint_continues_identically(tmp_path, monkeypatch):
     student, teacher, teacher_variables, config, images, weights = _tiny_setup()
     mesh = parallel.make_mesh()
     args = (student, teacher, teacher_variables, images, weights, config, jax.random.key(11), mesh)
-    uninterrupted, info = student_trainer.train_student(*args, space=TORCHVISION, checkpoints=ManagedCheckpoints(str(tmp_path / "a"), 2))
+    saver = lambda folder: Checkpoints(artifacts.ArtifactStore(str(tmp_path / folder)), "checkpoints/student", "fp", every=2)
+    uninterrupted, info = student_trainer.train_student(*args, space=TORCHVISION, checkpoints=saver("a"))
     assert info["steps"] == 4 and info["resumed_from"] == 0
-    # Interrupted after step 2: the same run's folder with only the step-2 checkpoint in it.
-    shutil.copytree(tmp_path / "a", tmp_path / "b")
-    shutil.rmtree(tmp_path / "b" / "4")
-    resumed, info = student_trainer.train_student(*args, space=TORCHVISION, checkpoints=ManagedCheckpoints(str(tmp_path / "b"), 2))
+    # Killed right after the step-2 checkpoint is written.
+    real_save = Checkpoints.save
+
+    def save_then_die(self, state, step):
+        real_save(self, state, step)
+        if step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpoints, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        student_trainer.train_student(*args, space=TORCHVISION, checkpoints=saver("b"))
+    monkeypatch.setattr(Checkpoints, "save", real_save)
+    resumed, info = student_trainer.train_student(*args, space=TORCHVISION, checkpoints=saver("b"))
     assert info["resumed_from"] == 2
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed), jax.device_get(uninterrupted))
+    # the restored state was placed on the mesh like a fresh one (replicated), not left on the host
+    assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(resumed))
 
 
 def test_compiled_flops_count_a_matmul_on_one_and_eight_devices():

@@ -4,7 +4,7 @@ The student (config.evaluate.model, one output per class of the run; the teacher
 ImageNet logits are read at those classes, pqdjax.stages.imagenet_teacher) trains on
 the PNGs of a manifest with the teacher's soft labels at temperature 20 and
 each image's weight rescaled to mean 1 per class (pqdjax.train.student:
-data-parallel over the Mesh, orbax checkpoints under checkpoints/ so that a
+data-parallel over the Mesh, the run's checkpoints under checkpoints/ so that a
 killed run resumes), then is validated on config.data.test_split at resize
 256 / center crop 224 (pqdjax.train.imagenet_eval). One record per student:
 evaluate/{method}_ipc{K}_seed{s}.json.
@@ -12,10 +12,8 @@ evaluate/{method}_ipc{K}_seed{s}.json.
 
 from __future__ import annotations
 
-import shutil
 import time
 
-import jax
 import numpy as np
 from absl import logging
 
@@ -26,7 +24,6 @@ from pqdjax.stages.evaluate import student_models, student_path, student_rng, st
 from pqdjax.data.image_folder import load_images, read_manifest
 from pqdjax.train.weighting import loss_normalization, student_weights
 from pqdjax.train.imagenet_eval import sharded_accuracy
-from pqdjax.train.checkpoint import ManagedCheckpoints
 from pqdjax.train.student import TORCHVISION, train_student
 
 
@@ -46,10 +43,11 @@ def per_image_weights(labels: np.ndarray, weights: np.ndarray, num_classes: int,
     return out
 
 
-def evaluate_set(run, teacher, synthetic, seed: int, checkpoint_dir: str, arch: str | None = None,
+def evaluate_set(run, teacher, synthetic, seed: int, checkpoints, arch: str | None = None,
                  model=None) -> dict:
     """Trains one student on `synthetic`'s PNGs and validates it; returns its record.
 
+    checkpoints: the student's mid-training checkpoints (pqdjax.pipeline.Run.checkpoints), or None.
     arch, model: the student (pqdjax.stages.evaluate.student_models; default: config.evaluate.model).
     """
     config = run.config
@@ -59,7 +57,6 @@ def evaluate_set(run, teacher, synthetic, seed: int, checkpoint_dir: str, arch: 
     student = make_classifier(model or config.evaluate.model, config.data.num_classes)
     name = f"student {arch + ' ' if arch else ''}{synthetic.method} IPC {synthetic.ipc} seed {seed}"
     train = config.evaluate.train
-    checkpoints = ManagedCheckpoints(checkpoint_dir, train.checkpoint_every, train.get("keep_checkpoints", 2))
     variables, info = train_student(
         student, teacher.model, teacher.variables, images, per_image_weights(labels, weights, config.data.num_classes, config.evaluate.get("weighting")),
         train, student_rng(run, synthetic.ipc, seed, arch), run.mesh,
@@ -96,11 +93,9 @@ def run(run, teacher, synthetic: dict) -> list[dict]:
         if complete:
             records.append(run.store.load_record(name))
             continue
-        # The fingerprint in the folder name: a changed config never resumes another's checkpoint.
-        checkpoints = run.store.path(f"checkpoints/{path}_{fp}")
+        checkpoints = run.checkpoints(path, fp, config.train)  # a changed config never resumes another's checkpoint
         record = evaluate_set(run, teacher, synthetic_set, seed, checkpoints, arch, model)
         parallel.write_once(run.store, name, fp, lambda: run.store.save_record(name, record, fp))
-        if jax.process_index() == 0:
-            shutil.rmtree(checkpoints, ignore_errors=True)
+        checkpoints.discard()
         records.append(record)
     return records

@@ -1,12 +1,9 @@
 """Mid-training checkpoints, so that a killed training run resumes where it stopped.
 
-`train` (pqdjax.train.loop) takes any `CheckpointSaver`; two implement it:
-
-    Checkpoints         in the run's artifact store, atomic (below); process 0
-                        writes, every process reads (its state is replicated)
-    ManagedCheckpoints  an orbax CheckpointManager in a folder: asynchronous saves,
-                        the newest few kept, every process of a multi-host run
-                        writing its shards (the ImageNet student)
+`train` (pqdjax.train.loop) takes any `CheckpointSaver`; every trainer of
+every pipeline uses `Checkpoints`, in the run's artifact store. Its states are
+replicated (parameters and optimizer state on every device, the data split),
+so in a multi-process run process 0 writes and every process reads.
 
 `Checkpoints`: `train` saves its whole TrainState (params, optimizer
 state, step) every `every` steps as an orbax checkpoint
@@ -99,7 +96,7 @@ class Checkpoints:
         does not match the template; a rerun then starts from scratch.
         """
         step = self.latest_step()
-        state = None if step is None else self.store.load_params(self._name(step), template)
+        state = None if step is None else _placed_like(self.store.load_params(self._name(step), template), template)
         # every process resumes from the same step: none saves a newer one before all have read
         parallel.sync_processes(f"restored {self.folder}")
         if state is not None:
@@ -133,38 +130,6 @@ class Checkpoints:
             parent = os.path.dirname(parent)
 
 
-class ManagedCheckpoints:
-    """Checkpoints by an orbax CheckpointManager in `directory`: a save every `every` steps, written
-    asynchronously while training goes on, the newest `keep` kept. Every process of a multi-host run
-    calls save and restore (each writes and reads its shards); restore gives the template's shardings.
-    The caller makes the directory name unique to the training (e.g. with its fingerprint)."""
-
-    def __init__(self, directory: str, every: int, keep: int = 2):
-        import orbax.checkpoint as ocp  # slow to import; only resumable runs need it
-
-        self.every = every
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True)
-        self._manager = ocp.CheckpointManager(directory, options=options)
-
-    def latest_step(self) -> int | None:
-        return self._manager.latest_step()
-
-    def restore(self, template: Any) -> Any | None:
-        import orbax.checkpoint as ocp
-
-        step = self.latest_step()
-        if step is None:
-            return None
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), template)
-        state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
-        logging.info("resuming from the checkpoint of step %d in %s", step, self._manager.directory)
-        return state
-
-    def save(self, state: Any, step: int) -> None:
-        import orbax.checkpoint as ocp
-
-        self._manager.save(step, args=ocp.args.StandardSave(state))
-
-    def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+def _placed_like(state: Any, template: Any) -> Any:
+    """The restored host arrays placed as the template's arrays are (on the run's Mesh, replicated), leaf by leaf."""
+    return jax.tree.map(lambda x, t: jax.device_put(x, t.sharding) if isinstance(t, jax.Array) else x, state, template)
