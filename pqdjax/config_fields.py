@@ -53,6 +53,43 @@ RULES: tuple[tuple[str, str, float | None, float | None, bool], ...] = (
     ("distributed.heartbeat_timeout_seconds", INT, 1, None, False),
     ("denoiser.train.class_dropout", FLOAT, 0, 1, False),
     ("denoiser.train.ema_decay", FLOAT, 0, 1, False),
+    # models (a '*' segment: every entry of that dict)
+    ("teacher.model.width", INT, 1, None, False),
+    ("teacher.model.depth", INT, 1, None, False),
+    ("evaluate.model.width", INT, 1, None, False),
+    ("evaluate.model.depth", INT, 1, None, False),
+    ("evaluate.cross_architectures.*.width", INT, 1, None, False),
+    ("evaluate.cross_architectures.*.depth", INT, 1, None, False),
+    ("evaluate.cross_architectures.*.width_multiplier", FLOAT, 0, None, True),
+    ("prior.vae.latent_channels", INT, 1, None, False),
+    ("prior.vae.layers_per_block", INT, 1, None, False),
+    ("prior.vae.patch", INT, 1, None, False),
+    ("denoiser.model.attention_head_dim", INT, 1, None, False),
+    ("denoiser.model.context_dim", INT, 1, None, False),
+    ("denoiser.model.layers_per_block", INT, 1, None, False),
+    ("denoiser.model.num_train_timesteps", INT, 1, None, False),
+    ("denoiser.model.beta_start", FLOAT, 0, 1, True),
+    ("denoiser.model.beta_end", FLOAT, 0, 1, True),
+    # the streamed pipelines
+    ("data.batch_size_per_device", INT, 1, None, False),
+    ("data.encode_crop", INT, 1, None, False),
+    ("data.encode_resize", INT, 1, None, False),
+    ("data.eval_crop", INT, 1, None, False),
+    ("data.eval_resize", INT, 1, None, False),
+    ("data.mock_examples", INT, 0, None, False),  # 0: the real dataset
+    ("data.num_classes", INT, 1, None, False),
+    ("data.train_limit", INT, 0, None, False),  # 0: all
+    ("data.test_limit", INT, 0, None, False),  # 0: all
+    ("decode.image_size", INT, 1, None, False),
+    ("encode.flush_every", INT, 1, None, False),
+    ("evaluate.train.image_size", INT, 1, None, False),
+    ("prior.latent_scale", FLOAT, 0, None, True),
+    ("quantize.batch_size", INT, 1, None, False),
+    ("quantize.classes_per_call", INT, 1, None, False),
+    ("quantize.epochs", INT, 1, None, False),
+    ("data.image_size", INT, 1, None, False),  # configs/imagefolder.py
+    ("sweep.min_teacher_agreement", FLOAT, 0, 1, False),
+    ("sweep.min_cell_consistency", FLOAT, 0, 1, False),
 ) + tuple(
     rule
     for trainer in _TRAINERS
@@ -69,6 +106,16 @@ RULES: tuple[tuple[str, str, float | None, float | None, bool], ...] = (
     )
 )
 SWITCHES = ("fast_conv_gradients", "distributed.enabled")  # True, False or 'auto'
+# (path, test, what it must be): fields whose allowed values are not one range
+SPECIAL: tuple[tuple[str, Any, str], ...] = (
+    ("data.channels", lambda v: type(v) is int and v in (1, 3), "1 (grey) or 3 (RGB)"),
+    ("data.test_fraction", lambda v: type(v) in (int, float) and 0 <= v < 1, "a number in [0, 1)"),
+)
+
+
+# Numeric fields no rule covers, each with the reason: pqdjax.parallel.check_distributed_fields checks them together
+# (-1: not given).
+UNRULED = ("distributed.num_processes", "distributed.process_id")
 
 
 def _lookup(config: ml_collections.ConfigDict, path: str) -> tuple[bool, Any]:
@@ -78,6 +125,17 @@ def _lookup(config: ml_collections.ConfigDict, path: str) -> tuple[bool, Any]:
             return False, None
         node = node[part]
     return True, node
+
+
+def _expand(config: ml_collections.ConfigDict, path: str) -> list[str]:
+    """The concrete paths of `path` in `config`: a '*' segment stands for every key of that dict."""
+    head, star, tail = path.partition(".*.")
+    if not star:
+        return [path]
+    present, node = _lookup(config, head)
+    if not present or not isinstance(node, ml_collections.ConfigDict):
+        return []
+    return [p for key in node for p in _expand(config, f"{head}.{key}.{tail}")]
 
 
 def _describe(kind: str, low, high, low_open: bool) -> str:
@@ -111,12 +169,14 @@ def as_switch(value: Any) -> bool | str:
 def check_fields(config: ml_collections.ConfigDict) -> None:
     """Raises one ConfigError naming every field outside its type and range (RULES, SWITCHES)."""
     problems = []
-    for path, kind, low, high, low_open in RULES:
-        present, value = _lookup(config, path)
-        if path.endswith(".epochs") and _lookup(config, path[: -len("epochs")] + "steps")[0]:
-            low = 0  # a trainer with both: epochs 0 means its steps (pqdjax.train.loop.training_steps)
-        if present and _violates(value, kind, low, high, low_open):
-            problems.append(f"config.{path} must be {_describe(kind, low, high, low_open)}, got {value!r}")
+    for pattern, kind, low, high, low_open in RULES:
+        for path in _expand(config, pattern):
+            present, value = _lookup(config, path)
+            lowest = low
+            if path.endswith(".epochs") and _lookup(config, path[: -len("epochs")] + "steps")[0]:
+                lowest = 0  # a trainer with both: epochs 0 means its steps (pqdjax.train.loop.training_steps)
+            if present and _violates(value, kind, lowest, high, low_open):
+                problems.append(f"config.{path} must be {_describe(kind, lowest, high, low_open)}, got {value!r}")
     for trainer in _TRAINERS:
         present, train = _lookup(config, trainer)
         if present and "steps" in train and "warmup_steps" in train and not _violates(train.warmup_steps, INT, 0, None, False):
@@ -127,6 +187,10 @@ def check_fields(config: ml_collections.ConfigDict) -> None:
         bad = [s for s in strengths if _violates(s, FLOAT, 0, 1, False)]
         if bad:
             problems.append(f"config.decode.figure_strengths must be numbers in [0, 1], got {tuple(strengths)}")
+    for path, test, what in SPECIAL:
+        present, value = _lookup(config, path)
+        if present and not test(value):
+            problems.append(f"config.{path} must be {what}, got {value!r}")
     for path in SWITCHES:
         present, value = _lookup(config, path)
         if present and as_switch(value) is None:

@@ -2,10 +2,11 @@
 
 import os
 
+import ml_collections
 import pytest
 
 from configs import default, in1k
-from pqdjax.config_options import parse_arg
+from pqdjax.config_options import from_file, parse_arg
 from pqdjax.errors import ConfigError
 
 
@@ -67,16 +68,59 @@ def test_negative_evaluation_seeds_are_refused():
 
 def test_every_rule_names_a_field_of_some_config():
     """A misspelt path in the table would be skipped silently: each must exist in the default or the ImageNet config."""
-    from pqdjax.config_fields import RULES, _lookup
+    from pqdjax.config_fields import RULES, _expand, _lookup
 
-    configs = [default.get_config(), in1k.get_config()]
-    missing = [path for path, *_ in RULES if not any(_lookup(c, path)[0] for c in configs)
+    configs = [default.get_config("cross_arch"), in1k.get_config(), default.get_config("sweep")]
+    configs.append(from_file(os.path.join(os.path.dirname(__file__), "..", "configs", "imagefolder.py")))
+    configs[0].evaluate.cross_architectures.convnet5 = ml_collections.ConfigDict(dict(arch="convnet", width=32, depth=5))
+    missing = [path for path, *_ in RULES if not any(_lookup(c, p)[0] for c in configs for p in _expand(c, path))
                and not path.endswith((".epochs", ".crop_padding", ".weight_decay", ".warmup_steps", ".steps"))]
     assert not missing
     # the per-trainer fields exist where each trainer counts them
     for path in ("prior.train.steps", "teacher.train.crop_padding", "evaluate.train.weight_decay", "denoiser.train.warmup_steps"):
         assert _lookup(default.get_config(), path)[0], path
     assert _lookup(in1k.get_config(), "evaluate.train.epochs")[0]
+
+
+def _numeric_leaves(node, prefix=""):
+    for key, value in node.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from _numeric_leaves(value, f"{prefix}{key}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield f"{prefix}{key}"
+
+
+def test_every_numeric_field_of_every_config_has_a_rule():
+    """Each numeric field of each config file, with each option that adds fields, is checked by a rule of the table
+    (or named in UNRULED with its reason): a field added without one fails here."""
+    from pqdjax.config_fields import RULES, SPECIAL, UNRULED, _expand
+
+    configs = [default.get_config(), default.get_config("cross_arch,runlocal"), default.get_config("weighting"),
+               default.get_config("sweep"), in1k.get_config(), in1k.get_config("prior=dit")]
+    for name in ("imagefolder", "cifar10", "imagenette", "imagewoof"):
+        configs.append(from_file(os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py")))
+    uncovered = set()
+    for config in configs:
+        ruled = {path for pattern, *_ in RULES for path in _expand(config, pattern)} | {path for path, *_ in SPECIAL}
+        uncovered |= {path for path in _numeric_leaves(config) if path not in ruled and path not in UNRULED}
+    assert not uncovered, sorted(uncovered)
+
+
+def test_a_rule_with_a_star_checks_every_entry():
+    from pqdjax.config_checks import validate_config
+
+    config = default.get_config("cross_arch,runlocal")
+    config.evaluate.cross_architectures.resnet10.width = 0
+    config.evaluate.cross_architectures.mobilenet_v2.width_multiplier = -0.5
+    config.teacher.model.depth = -1
+    config.data.channels = 2  # a field of configs/imagefolder.py, checked wherever it is
+    with pytest.raises(ConfigError) as error:
+        validate_config(config)
+    for expected in ("config.evaluate.cross_architectures.resnet10.width must be an integer >= 1, got 0",
+                     "config.evaluate.cross_architectures.mobilenet_v2.width_multiplier must be a number > 0, got -0.5",
+                     "config.teacher.model.depth must be an integer >= 1, got -1",
+                     "config.data.channels must be 1 (grey) or 3 (RGB), got 2"):
+        assert expected in str(error.value)
 
 
 def test_every_bad_field_is_named_in_one_error():
