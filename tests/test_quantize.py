@@ -222,3 +222,21 @@ def test_quantize_refuses_a_mass_that_is_not_a_probability(mass, message):
         q.quantize(x, jnp.asarray(mass, jnp.float32), 4, jax.random.key(1))
     with pytest.raises(ValueError, match=message):
         q.quantize_classes(x[None], jnp.asarray(mass, jnp.float32)[None], 4, jax.random.split(jax.random.key(1), 1))
+    # the exported algorithms check it too
+    with pytest.raises(ValueError, match=message):
+        q.lloyd(x, jnp.asarray(mass, jnp.float32), x[:4])
+    with pytest.raises(ValueError, match=message):
+        q.clvq(x, jnp.asarray(mass, jnp.float32), x[:4], jax.random.key(2), batch_size=8)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: q.Lloyd(tol=-1.0), r"Lloyd: tol must be a number >= 0, got -1.0"),
+    (lambda: q.solver("lloyd", max_iter=0), r"Lloyd: max_iter must be a number >= 1, got 0"),
+    (lambda: q.CLVQ(batch_size=0), r"CLVQ: batch_size must be a number >= 1, got 0"),
+    (lambda: q.solver("clvq", tol=float("nan")), r"CLVQ: tol must be a number >= 0, got nan"),
+    (lambda: q.Barycenter(relative_epsilon=0.0), r"Barycenter: relative_epsilon must be a number >= 1e-12, got 0.0"),
+    (lambda: q.lloyd(jnp.zeros((5, 2)), jnp.full(5, 0.2), jnp.zeros((2, 2)), max_iter=0), r"lloyd: max_iter must be a number >= 1, got 0"),
+])
+def test_solver_options_out_of_range_are_refused_by_name(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()

@@ -202,3 +202,17 @@ def test_a_set_smaller_than_the_mesh_trains_on_one_device_as_on_a_one_device_mes
     on_one, _ = student_trainer.train_student(*args, parallel.make_mesh(devices=jax.devices()[:1]))
     assert len(jax.tree.leaves(on_eight)[0].sharding.device_set) == 8
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(on_eight), jax.device_get(on_one))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda w: np.concatenate([w[:3], [np.nan], w[4:]]), r"weights\[3\] = nan \(1 such\)"),
+    (lambda w: -w, r"weights\[0\] = -.* \(32 such\)"),
+    (lambda w: w[:-1], r"weights must be 32 numbers, one per image, got shape \(31,\)"),
+])
+def test_bad_image_weights_are_refused_before_training(bad, message):
+    from pqdjax.errors import InputError
+
+    student, teacher, teacher_variables, config, images, weights = _tiny_setup()
+    with pytest.raises(InputError, match="^student: .*" + message):
+        student_trainer.train_student(student, teacher, teacher_variables, images, bad(weights), config, jax.random.key(0),
+                                      parallel.make_mesh(), space=TORCHVISION, name="student")

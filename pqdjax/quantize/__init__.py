@@ -24,6 +24,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pqdjax.quantize.barycenter import Barycenter, free_support_barycenter
+from pqdjax.quantize.checks import check_mass
 from pqdjax.quantize.clvq import CLVQ, CLVQState, StreamResult, clvq, clvq_step, clvq_stream
 from pqdjax.quantize.lloyd import Lloyd, Quantization, kmeans_plus_plus, lloyd
 from pqdjax.quantize.restarts import Restarts
@@ -62,29 +63,6 @@ def _check_k(k: int, n: int) -> None:
         )
 
 
-def _check_mass(mass, shape: tuple[int, ...]) -> None:
-    """mass: one finite non-negative number per sample of x, each measure's summing to 1 (within 1e-4).
-
-    A mass that sums to n would stop Lloyd early (the tolerance is relative to
-    a unit mass) and return weights summing to n; refused rather than
-    renormalised, since it usually means counts were passed for masses.
-    Inside a caller's jit the values are unknown and only the shape is checked.
-    """
-    if tuple(np.shape(mass)) != tuple(shape):
-        raise ValueError(f"mass has shape {tuple(np.shape(mass))}; it must be {tuple(shape)}, one mass per sample of x.")
-    if isinstance(mass, jax.core.Tracer):
-        return
-    m = np.asarray(mass, np.float64)
-    if not np.all(np.isfinite(m)) or np.any(m < 0):
-        raise ValueError("mass must be finite and non-negative (zeros for padding rows).")
-    sums = m.sum(axis=-1)
-    if np.any(np.abs(sums - 1.0) > 1e-4):
-        raise ValueError(
-            f"mass must sum to 1 per measure, got sums from {sums.min():.6g} to {sums.max():.6g}; "
-            "pass mass / mass.sum(axis=-1, keepdims=True) (uniform: 1 / n per sample)."
-        )
-
-
 def quantize(x: jax.Array, mass: jax.Array, k: int, rng: jax.Array, method="lloyd") -> Quantization:
     """K-point quantizer of mu = sum_i mass_i delta_{x_i}.
 
@@ -96,7 +74,7 @@ def quantize(x: jax.Array, mass: jax.Array, k: int, rng: jax.Array, method="lloy
       iterations, converged.
     """
     _check_k(k, x.shape[0])
-    _check_mass(mass, x.shape[:1])
+    check_mass(mass, x.shape[:1])
     return solver(method)(x, mass, k, rng)
 
 
@@ -134,7 +112,7 @@ def quantize_classes(x, mass, k: int, rngs: jax.Array, method="lloyd", mesh: Mes
       Quantization whose fields have a leading [C] axis.
     """
     _check_k(k, x.shape[1])
-    _check_mass(mass, x.shape[:2])
+    check_mass(mass, x.shape[:2])
     method = solver(method)
     if mesh is None:
         return _quantize_batched(x, mass, rngs, k, method)

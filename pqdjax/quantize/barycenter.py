@@ -18,6 +18,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from pqdjax.quantize.checks import check_options
 from pqdjax.quantize.lloyd import Quantization, finish, kmeans_plus_plus, tolerance_threshold
 from pqdjax.quantize.metrics import sinkhorn_plan
 
@@ -75,6 +76,10 @@ class Barycenter:
     tol: float = 1e-4
     relative_epsilon: float = 1e-2
     sinkhorn_max_iterations: int = 5000
+
+    def __post_init__(self):
+        check_options("Barycenter", max_iter=(self.max_iter, 1), tol=(self.tol, 0),
+                      relative_epsilon=(self.relative_epsilon, 1e-12), sinkhorn_max_iterations=(self.sinkhorn_max_iterations, 1))
 
     def __call__(self, x: jax.Array, mass: jax.Array, k: int, rng: jax.Array) -> Quantization:
         """x: [n, d], mass: [n] -> Quantization with K = k points."""

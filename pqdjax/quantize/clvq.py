@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from pqdjax.quantize.checks import check_mass, check_options
 from pqdjax.quantize.lloyd import Quantization, finish, kmeans_plus_plus, tolerance_threshold
 from pqdjax.quantize.voronoi import assign
 
@@ -65,6 +66,8 @@ def clvq(x: jax.Array, mass: jax.Array, init: jax.Array, rng: jax.Array, batch_s
     Args:
       x: [n, d]; mass: [n] summing to 1 (zeros for padding); init: [K, d]; rng: key.
     """
+    check_mass(mass, x.shape[:1])
+    check_options("clvq", batch_size=(batch_size, 1), max_steps=(max_steps, 1), tol=(tol, 0))
     x = x.astype(jnp.float32)
     mass = mass.astype(jnp.float32)
     threshold = tolerance_threshold(x, mass, tol)
@@ -99,6 +102,10 @@ class CLVQ:
     max_steps: int = 300
     tol: float = 1e-6
     init_size: int = 3072
+
+    def __post_init__(self):
+        check_options("CLVQ", batch_size=(self.batch_size, 1), max_steps=(self.max_steps, 1), tol=(self.tol, 0),
+                      init_size=(self.init_size, 1))
 
     def __call__(self, x: jax.Array, mass: jax.Array, k: int, rng: jax.Array) -> Quantization:
         """x: [n, d], mass: [n] -> Quantization with K = k points."""

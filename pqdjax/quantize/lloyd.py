@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from pqdjax.quantize import block_bounds
+from pqdjax.quantize.checks import check_mass, check_options
 from pqdjax.quantize.voronoi import assign, cell_masses, nearest, squared_distances, squared_norms
 
 
@@ -425,6 +426,8 @@ def lloyd(
     Returns:
       Quantization of `x` with the points Lloyd converged to.
     """
+    check_mass(mass, x.shape[:1])
+    check_options("lloyd", max_iter=(max_iter, 1), tol=(tol, 0))
     with_bounds = uses_block_bounds(x.shape[0], init.shape[0], max_iter, bounds)
     # Python numbers stay static (tol = 0 then skips the variance pass); traced ones are operands.
     static_iter = max_iter if isinstance(max_iter, int) else None
@@ -465,6 +468,9 @@ class Lloyd:
     max_iter: int = 100
     tol: float = 1e-4
     bounds: bool | None = None
+
+    def __post_init__(self):
+        check_options("Lloyd", max_iter=(self.max_iter, 1), tol=(self.tol, 0))
 
     def __call__(self, x: jax.Array, mass: jax.Array, k: int, rng: jax.Array) -> Quantization:
         """x: [n, d], mass: [n] -> Quantization with K = k points."""

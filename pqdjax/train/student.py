@@ -298,8 +298,12 @@ def train_student(
     """
     n = len(images)
     weights = np.asarray(weights, np.float32)
-    if weights.shape != (n,) or not np.all(np.isfinite(weights)) or np.any(weights < 0):
-        raise InputError(f"{name}: weights must be {n} finite non-negative numbers, one per image.")
+    if weights.shape != (n,):
+        raise InputError(f"{name}: weights must be {n} numbers, one per image, got shape {weights.shape}.")
+    bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
+    if len(bad):
+        raise InputError(f"{name}: weights must be finite and non-negative, got weights[{bad[0]}] = {weights[bad[0]]} "
+                         f"({len(bad)} such).")
     if np.issubdtype(np.asarray(images[:1]).dtype, np.floating) and not np.all(np.isfinite(images)):
         raise NonFiniteError(f"{name}: the synthetic images contain NaN or inf.")
     protocol = protocol_from_config(config, loss_normalization=loss_normalization, fast_conv=fast_conv)
