@@ -49,6 +49,34 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def file_digest(path: str) -> str:
+    """sha256 of a file's content (a checkpoint's identity in fingerprints)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def folder_digest(folder: str, sample: int = 1 << 20) -> str:
+    """A cheap identity of a folder of large files (a diffusion checkpoint, several GB): every file's relative path,
+    size, and sha256 of its first and last `sample` bytes (a safetensors header lists every tensor's shape and
+    offset), so another checkpoint or a changed file gives another digest without reading gigabytes."""
+    digest = hashlib.sha256()
+    for root, dirs, files in sorted(os.walk(folder)):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            size = os.path.getsize(path)
+            digest.update(f"{os.path.relpath(path, folder)}\0{size}\0".encode())
+            with open(path, "rb") as f:
+                digest.update(f.read(sample))
+                if size > sample:
+                    f.seek(max(sample, size - sample))
+                    digest.update(f.read(sample))
+    return digest.hexdigest()[:16]
+
+
 def _without_unfingerprinted(value: Any) -> Any:
     if hasattr(value, "to_dict"):  # ml_collections.ConfigDict
         value = value.to_dict()

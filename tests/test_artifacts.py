@@ -118,3 +118,32 @@ def test_unwritable_workdir():
         target.chmod(0o700)
     assert os.listdir(target) == []  # the check leaves nothing behind
     shutil.rmtree(parent)
+
+
+def test_folder_digest_identifies_a_checkpoint_folder_without_reading_it_all(tmp_path):
+    """artifacts.folder_digest (the pretrained prior's identity in fingerprints): equal for a copy, different for
+    another header, another size or another file name; against sha256 of the sampled bytes written out here."""
+    import hashlib
+    import shutil
+
+    folder = tmp_path / "ckpt"
+    (folder / "unet").mkdir(parents=True)
+    big = np.random.default_rng(0).integers(0, 256, 3 * 1024, dtype=np.uint8).tobytes()
+    (folder / "unet" / "model.safetensors").write_bytes(big)
+    (folder / "config.json").write_text('{"a": 1}')
+    shutil.copytree(folder, tmp_path / "copy")
+    assert artifacts.folder_digest(str(folder), sample=1024) == artifacts.folder_digest(str(tmp_path / "copy"), sample=1024)
+    # the oracle: the files in sorted order, each its path, size, first and last 1024 bytes
+    oracle = hashlib.sha256()
+    for rel, data in (("config.json", b'{"a": 1}'), ("unet/model.safetensors", big)):
+        oracle.update(f"{rel}\0{len(data)}\0".encode() + data[:1024] + (data[-1024:] if len(data) > 1024 else b""))
+    assert artifacts.folder_digest(str(folder), sample=1024) == oracle.hexdigest()[:16]
+    before = artifacts.folder_digest(str(folder), sample=1024)
+    changed_header = b"\x00" + big[1:]
+    (folder / "unet" / "model.safetensors").write_bytes(changed_header)
+    assert artifacts.folder_digest(str(folder), sample=1024) != before
+    (folder / "unet" / "model.safetensors").write_bytes(big + b"x")
+    assert artifacts.folder_digest(str(folder), sample=1024) != before
+    (folder / "unet" / "model.safetensors").write_bytes(big)
+    (folder / "config.json").rename(folder / "other.json")
+    assert artifacts.folder_digest(str(folder), sample=1024) != before

@@ -16,6 +16,7 @@ config.prior.latent_scale (if set) replaces the scaling factor of the VAE's
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from absl import logging
 
@@ -58,6 +59,10 @@ def run(run) -> Prior:
         folder = run.store.path(name)
     else:
         folder = config.pretrained_dir
+    # what was loaded, not only its name: another checkpoint in the same folder redoes what depends on it
+    # (a hub id names one repo; its files are identified by the hub's own revision)
+    if os.path.isdir(folder):
+        fp = artifacts.fingerprint(fp, artifacts.folder_digest(folder))
     model = _LOADERS[config.kind](folder)
     if config.get("latent_scale"):
         model = dataclasses.replace(model, latent_scale=float(config.latent_scale))

@@ -24,7 +24,6 @@ teacher/params, and called through FromNormalizedInput like a torchvision one.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 
 import flax.linen as nn
 import jax
@@ -54,15 +53,6 @@ class Teacher:
     variables: dict
     test_accuracy: float
     fingerprint: str
-
-
-def file_digest(path: str) -> str:
-    """sha256 of a file's content (a checkpoint's identity in fingerprints)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def checkpoint_path(run, model: nn.Module) -> str:
@@ -117,7 +107,7 @@ def converted(run) -> tuple[nn.Module, dict, str, str]:
     variables = load_torchvision_resnet(path, model)
     classes = teacher_classes(run.classes, run.config.data.name)
     model = ClassSubset(model, tuple(int(i) for i in classes))  # the run's classes' logits, in label order
-    return model, variables, artifacts.fingerprint("imagenet_teacher", config.model, file_digest(path), classes.tolist()), path
+    return model, variables, artifacts.fingerprint("imagenet_teacher", config.model, artifacts.file_digest(path), classes.tolist()), path
 
 
 def run(run) -> Teacher:
