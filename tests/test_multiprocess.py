@@ -24,10 +24,24 @@ CONFIG = "--config=configs/in1k.py:runlocal"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run_one_process(workdir: str, devices: int) -> None:
-    env = launch_local.process_env(devices)
-    subprocess.run([sys.executable, "-m", "pqdjax.main", CONFIG, f"--workdir={workdir}"], cwd=ROOT, env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=900)
+def _launch(args: list[str], devices_per_process: int, **kwargs) -> tuple[int, list[str]]:
+    """launch_local.launch of `python -m pqdjax.main *args` as 2 processes, from the repository root."""
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        return launch_local.launch(args, 2, devices_per_process=devices_per_process, **kwargs)
+    finally:
+        os.chdir(cwd)
+
+
+def _one_and_two_processes(root, args: list[str]) -> tuple[str, str]:
+    """Workdirs of `args` run as 1 process x 4 devices and as 2 processes x 2 devices."""
+    one, two = str(root / "one"), str(root / "two")
+    subprocess.run([sys.executable, "-m", "pqdjax.main", *args, f"--workdir={one}"], cwd=ROOT, env=launch_local.process_env(4),
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=900)
+    status, failures = _launch([*args, f"--workdir={two}"], 2, grace_seconds=30)
+    assert status == 0, failures
+    return one, two
 
 
 def _results_without_times(workdir: str) -> dict:
@@ -51,17 +65,7 @@ def _files(workdir: str, pattern: str) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("multiprocess")
-    one, two = str(root / "one"), str(root / "two")
-    _run_one_process(one, devices=4)
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        status, failures = launch_local.launch([CONFIG, f"--workdir={two}"], 2, devices_per_process=2, grace_seconds=30)
-    finally:
-        os.chdir(cwd)
-    assert status == 0, failures
-    return one, two
+    return _one_and_two_processes(tmp_path_factory.mktemp("multiprocess"), [CONFIG])
 
 
 def test_two_processes_give_the_one_process_run(runs):
@@ -125,12 +129,7 @@ def _kill_one_then_rerun(args: list[str], workdir: str, uninterrupted: str) -> N
     assert re.match(r"pqdjax: error: process 0 of 2 lost contact with another process \(.+\); see the other processes' logs", last), last
     assert not os.path.exists(os.path.join(workdir, "results.json"))
 
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        status, failures = launch_local.launch([*args, f"--workdir={workdir}"], 2, devices_per_process=2)
-    finally:
-        os.chdir(cwd)
+    status, failures = _launch([*args, f"--workdir={workdir}"], 2)
     assert status == 0, failures
     assert "encode: reusing" in open(os.path.join(workdir, "launch", "process0.log")).read()
     assert _results_without_times(workdir) == _results_without_times(uninterrupted)
@@ -141,13 +140,7 @@ def test_a_killed_process_stops_the_other_with_one_line_and_a_rerun_resumes(runs
 
 
 def test_launcher_reports_a_bad_run_in_one_line_per_process(tmp_path):
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        status, failures = launch_local.launch([CONFIG, f"--workdir={tmp_path}", "--config.quantize.method=kmeans"], 2,
-                                               devices_per_process=1, grace_seconds=5)
-    finally:
-        os.chdir(cwd)
+    status, failures = _launch([CONFIG, f"--workdir={tmp_path}", "--config.quantize.method=kmeans"], 1, grace_seconds=5)
     assert status == 1 and len(failures) == 2
     assert all("pqdjax: error: config.quantize.method must be 'clvq' or 'lloyd'" in line for line in failures), failures
 
@@ -159,18 +152,7 @@ DEFAULT = ["--config=configs/default.py:runlocal", "--config.encode.batch_size=6
 
 @pytest.fixture(scope="module")
 def default_runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("multiprocess_default")
-    one, two = str(root / "one"), str(root / "two")
-    subprocess.run([sys.executable, "-m", "pqdjax.main", *DEFAULT, f"--workdir={one}"], cwd=ROOT, env=launch_local.process_env(4),
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=900)
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        status, failures = launch_local.launch([*DEFAULT, f"--workdir={two}"], 2, devices_per_process=2, grace_seconds=30)
-    finally:
-        os.chdir(cwd)
-    assert status == 0, failures
-    return one, two
+    return _one_and_two_processes(tmp_path_factory.mktemp("multiprocess_default"), DEFAULT)
 
 
 def test_the_in_memory_pipeline_as_two_processes_gives_the_one_process_run(default_runs):

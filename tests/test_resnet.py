@@ -134,5 +134,43 @@ def test_full_size_resnets_have_torchvisions_parameter_count_and_state_dict_keys
     zeros = jax.tree.map(lambda x: np.zeros(x.shape, np.float32), variables)
     state = resnet_to_torchvision(zeros)
     assert len(state) == state_keys
-    assert state["fc.weight"].shape == (1000, 512 if arch in ("resnet18", "resnet34") else 2048)
-    assert state["layer1.0.bn1.num_batches_tracked"].shape == ()
+    expected = _torchvision_state_shapes(arch)
+    assert {k: tuple(np.shape(v)) for k, v in state.items()} == expected
+    # the list itself against torchvision's published figures: its key count and its parameter count
+    assert len(expected) == state_keys
+    assert sum(int(np.prod(shape)) for k, shape in expected.items() if not k.endswith(("running_mean", "running_var", "tracked"))) == parameters
+
+
+def _torchvision_state_shapes(arch: str) -> dict[str, tuple]:
+    """{key: shape} of torchvision's resnet{18,34,50,101}().state_dict(), built from its architecture as its source
+    (torchvision/models/resnet.py) defines it: stem conv1 7x7/64 + bn1; layer1-4 of BasicBlock (2 3x3 convs,
+    expansion 1) or Bottleneck (1x1, 3x3, 1x1, expansion 4) at widths 64-512, a downsample (1x1 conv + BN) in a
+    layer's first block where the shape changes; fc 1000 classes. Written here, apart from pqdjax's converter."""
+    blocks = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3), "resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}[arch]
+    bottleneck = arch in ("resnet50", "resnet101")
+    expansion = 4 if bottleneck else 1
+    shapes = {}
+
+    def conv_bn(prefix, conv, bn, out_ch, in_ch, size):
+        shapes[f"{prefix}{conv}.weight"] = (out_ch, in_ch, size, size)
+        for field in ("weight", "bias", "running_mean", "running_var"):
+            shapes[f"{prefix}{bn}.{field}"] = (out_ch,)
+        shapes[f"{prefix}{bn}.num_batches_tracked"] = ()
+
+    conv_bn("", "conv1", "bn1", 64, 3, 7)
+    in_ch = 64
+    for layer, (count, width) in enumerate(zip(blocks, (64, 128, 256, 512)), 1):
+        for b in range(count):
+            prefix = f"layer{layer}.{b}."
+            if bottleneck:
+                conv_bn(prefix, "conv1", "bn1", width, in_ch, 1)
+                conv_bn(prefix, "conv2", "bn2", width, width, 3)
+                conv_bn(prefix, "conv3", "bn3", width * expansion, width, 1)
+            else:
+                conv_bn(prefix, "conv1", "bn1", width, in_ch, 3)
+                conv_bn(prefix, "conv2", "bn2", width, width, 3)
+            if b == 0 and (layer > 1 or in_ch != width * expansion):
+                conv_bn(prefix, "downsample.0", "downsample.1", width * expansion, in_ch, 1)
+            in_ch = width * expansion
+    shapes["fc.weight"], shapes["fc.bias"] = (1000, in_ch), (1000,)
+    return shapes
