@@ -35,21 +35,48 @@ class _TorchBasicBlock(tnn.Module):
         return self.relu(self.bn2(self.conv2(out)) + identity)
 
 
-class _TorchResNet18(tnn.Module):
-    """torchvision.models.resnet18's module tree and forward pass, with a configurable width."""
+class _TorchBottleneck(tnn.Module):
+    """torchvision.models.resnet.Bottleneck (ResNet v1.5: the stride on the 3x3 conv2), same attribute names."""
 
-    def __init__(self, num_classes, width=64):
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride):
+        super().__init__()
+        self.conv1 = tnn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = tnn.BatchNorm2d(planes)
+        self.conv2 = tnn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = tnn.BatchNorm2d(planes)
+        self.conv3 = tnn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = tnn.BatchNorm2d(planes * 4)
+        self.relu = tnn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or inplanes != planes * 4:
+            self.downsample = tnn.Sequential(tnn.Conv2d(inplanes, planes * 4, 1, stride, bias=False), tnn.BatchNorm2d(planes * 4))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + identity)
+
+
+class _TorchResNet18(tnn.Module):
+    """torchvision.models.resnet18's module tree and forward pass (resnet50's with bottleneck=True), with a
+    configurable width."""
+
+    def __init__(self, num_classes, width=64, bottleneck=False):
         super().__init__()
         self.conv1 = tnn.Conv2d(3, width, 7, 2, 3, bias=False)
         self.bn1 = tnn.BatchNorm2d(width)
         self.relu = tnn.ReLU(inplace=True)
         self.maxpool = tnn.MaxPool2d(3, 2, 1)
+        block, counts, expansion = (_TorchBottleneck, (3, 4, 6, 3), 4) if bottleneck else (_TorchBasicBlock, (2, 2, 2, 2), 1)
         inplanes = width
-        for stage in range(4):
+        for stage, count in enumerate(counts):
             planes = width * 2**stage
-            blocks = [_TorchBasicBlock(inplanes, planes, 2 if stage else 1), _TorchBasicBlock(planes, planes, 1)]
+            blocks = [block(inplanes, planes, 2 if stage else 1)] + [block(planes * expansion, planes, 1) for _ in range(count - 1)]
             setattr(self, f"layer{stage + 1}", tnn.Sequential(*blocks))
-            inplanes = planes
+            inplanes = planes * expansion
         self.avgpool = tnn.AdaptiveAvgPool2d((1, 1))
         self.fc = tnn.Linear(inplanes, num_classes)
 
@@ -59,10 +86,11 @@ class _TorchResNet18(tnn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def _trained_looking_torch_resnet18(num_classes=10, width=64, seed=0):
-    """A torch ResNet-18 in eval mode with non-trivial BatchNorm statistics and affine parameters."""
+def _trained_looking_torch_resnet18(num_classes=10, width=64, seed=0, bottleneck=False):
+    """A torch ResNet-18 (ResNet-50 with bottleneck=True) in eval mode with non-trivial BatchNorm statistics and
+    affine parameters."""
     torch.manual_seed(seed)
-    model = _TorchResNet18(num_classes, width)
+    model = _TorchResNet18(num_classes, width, bottleneck)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, tnn.BatchNorm2d):
@@ -93,6 +121,19 @@ def test_resnet18_conversion_matches_torch_forward(tmp_path):
     save_file(torch_model.state_dict(), st_path)
     from_safetensors = convert_torchvision.load_torchvision_resnet(st_path, model)
     jax.tree.map(np.testing.assert_array_equal, from_safetensors, variables)
+
+
+def test_resnet50_bottleneck_conversion_matches_torch_forward():
+    """The Bottleneck blocks (1x1, strided 3x3, 1x1; 4x expansion; a downsample in every stage's first block)."""
+    torch_model = _trained_looking_torch_resnet18(num_classes=6, width=8, seed=3, bottleneck=True)
+    state = {k: v.numpy() for k, v in torch_model.state_dict().items()}
+    model = ResNet(num_classes=6, depth_name="resnet50", width=8)
+    variables = convert_torchvision.torchvision_to_flax(state, model)
+    images = np.random.default_rng(2).normal(size=(2, 64, 64, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = torch_model(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+    got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images))
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_training_mode_batchnorm_matches_torch():
