@@ -190,8 +190,8 @@ def gather_processes(local: PyTree) -> PyTree:
     """Every process's rows of each leaf (numpy [n_p, ...], the same n_p for every leaf of one process), concatenated
     in process order, on every process: with process_shard's parts, the whole in order. One process: `local` itself.
 
-    The parts may differ in length (padded for the collective, then trimmed); dtypes are kept (a collective would
-    narrow int64 to int32 without x64).
+    The parts may differ in length (padded for the collective, then trimmed). Rows travel as their bytes, so every
+    dtype comes back bit for bit (a collective on the values would narrow int64 and float64 without x64).
     """
     if jax.process_count() == 1:
         return local
@@ -205,10 +205,12 @@ def gather_processes(local: PyTree) -> PyTree:
     longest = int(counts.max())
     out = []
     for leaf in leaves:
-        padded = np.zeros((longest,) + leaf.shape[1:], leaf.dtype)
-        padded[: len(leaf)] = leaf
-        gathered = np.asarray(multihost_utils.process_allgather(padded))  # [processes, longest, ...]
-        out.append(np.concatenate([gathered[p, : counts[p]] for p in range(len(counts))]).astype(leaf.dtype))
+        rows = np.zeros((longest,) + leaf.shape[1:], leaf.dtype)
+        rows[: len(leaf)] = leaf
+        as_bytes = rows.reshape(longest, -1).view(np.uint8)  # [longest, bytes per row]
+        gathered = np.asarray(multihost_utils.process_allgather(as_bytes))  # [processes, longest, bytes per row]
+        parts = [gathered[p, : counts[p]].copy().view(leaf.dtype).reshape((counts[p],) + leaf.shape[1:]) for p in range(len(counts))]
+        out.append(np.concatenate(parts))
     gathered = jax.tree.unflatten(treedef, out)
     return {k: gathered[k] for k in local} if isinstance(local, dict) else gathered  # a dict keeps its key order
 
@@ -233,6 +235,10 @@ def complete_everywhere(store, name: str, fp: str) -> bool:
     return complete
 
 
+# Seconds write_once waits, one after another, for a shared filesystem to show process 0's write (about a minute).
+SHARED_FS_WAITS = (0.5, 1, 2, 4, 8, 16, 30)
+
+
 def write_once(store, name: str, fp: str, write: Callable[[], None]) -> None:
     """One writer for an artifact every process needs: process 0 calls write() (which must mark `name` complete
     with `fp` in the ArtifactStore `store`) unless it is complete already; then every process waits for it.
@@ -243,7 +249,7 @@ def write_once(store, name: str, fp: str, write: Callable[[], None]) -> None:
         write()
     sync_processes(f"write_once {name}")
     # Network filesystems (NFS, gcsfuse) may answer from a cache of the lookup before the write for a while.
-    for wait in (0.5, 1, 2, 4, 8, 16, 30):
+    for wait in SHARED_FS_WAITS:
         if store.is_complete(name, fp):
             return
         time.sleep(wait)

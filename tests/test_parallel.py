@@ -72,10 +72,13 @@ def test_write_once_writes_and_names_an_unshared_workdir(tmp_path, monkeypatch):
     parallel.write_once(store, "a.json", "fp", lambda: store.save_record("a.json", {"x": 1}, "fp"))
     assert store.load_record("a.json") == {"x": 1}
     parallel.write_once(store, "a.json", "fp", lambda: pytest.fail("written twice"))  # complete: not rewritten
-    # a process other than 0 whose workdir is not process 0's sees nothing after the barrier
+    # a process other than 0 whose workdir is not process 0's sees nothing after the barrier, however long it waits
     monkeypatch.setattr(jax, "process_index", lambda: 1)
+    waited = []
+    monkeypatch.setattr(parallel.time, "sleep", waited.append)
     with pytest.raises(ValueError, match="does not see .*b.json, which process 0 wrote: the workdir must be one folder"):
         parallel.write_once(store, "b.json", "fp", lambda: store.save_record("b.json", {}, "fp"))
+    assert waited == list(parallel.SHARED_FS_WAITS) and sum(waited) > 60  # a minute for NFS's cached lookups
 
 
 def test_class_latent_batches_do_not_depend_on_how_many_processes_encoded(tmp_path):
