@@ -78,8 +78,6 @@ def split_digest(source) -> str:
     return digest.hexdigest()
 
 
-
-
 def open_split(split: str, data_dir: str | None = None, name: str = imagenet.TFDS_NAME):
     """tfds.data_source of a prepared split ('train', 'validation', 'train[:1%]'); a clear error when not prepared."""
     import tensorflow_datasets as tfds  # slow to import; only streamed runs need it

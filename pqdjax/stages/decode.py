@@ -67,11 +67,19 @@ def decoders_in_use(config) -> set[str]:
     return {d for d in (decoder_of(m, config) for m in config.methods) if d is not None}
 
 
+VAE_BATCH = 256  # latent points per call of the VAE decoder
+
+
+def _vae_decoder(prior):
+    """The jitted VAE decoder: (params, latents [B, h, w, c]) -> float images [B, H, W, C]."""
+    return jax.jit(lambda p, z: vae_lib.decode(prior.vae, p, z, prior.latent_scale))
+
+
 def decode_with_vae(run, prior, denoiser, points: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Latent points [n, h, w, c] -> float images [n, H, W, C] by the VAE decoder (labels, denoiser unused)."""
     del run, denoiser, labels
-    decode = jax.jit(lambda p, z: vae_lib.decode(prior.vae, p, z, prior.latent_scale))
-    return map_batches(lambda z: decode(prior.params, z), points, 256, across_processes=True)
+    decode = _vae_decoder(prior)
+    return map_batches(lambda z: decode(prior.params, z), points, VAE_BATCH, across_processes=True)
 
 
 def denoise_points(denoiser, points: np.ndarray, labels: np.ndarray, rng: jax.Array, *, strength: float, guidance: float, steps: int, batch_size: int) -> np.ndarray:
@@ -141,9 +149,8 @@ def decode_flops(run, prior, denoiser, decoder: str, latent_shape, n: int) -> fl
     batches, plus the VAE decoder's batches. None where the backend counts none.
     """
     latent_shape = tuple(latent_shape)
-    vae_batch = min(256, n)  # decode_with_vae's batches
-    vae_decode = jax.jit(lambda p, z: vae_lib.decode(prior.vae, p, z, prior.latent_scale))
-    vae_flops = compiled_flops(vae_decode, prior.params, jnp.zeros((vae_batch,) + latent_shape))
+    vae_batch = min(VAE_BATCH, n)  # decode_with_vae's batches
+    vae_flops = compiled_flops(_vae_decoder(prior), prior.params, jnp.zeros((vae_batch,) + latent_shape))
     if vae_flops is None:
         return None
     total = vae_flops * -(-n // vae_batch)

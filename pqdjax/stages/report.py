@@ -279,7 +279,7 @@ def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict], fid
             "student_seconds": student_seconds(records),
             **student_cost(records),
             **({"full_data_student_seconds": {f"seed{r['seed']}": r.get("seconds") for r in full_data}} if full else {}),
-            "encode": {k: (run.store.info(ENCODE_ARTIFACT) or {}).get(k) for k in ("seconds", "flops")},
+            "encode": _encode_cost(run),
             "synthetic_seconds": _synthetic_cost(run, synthetic, "seconds"),
             "synthetic_flops": _synthetic_cost(run, synthetic, "flops"),
         },
@@ -369,6 +369,12 @@ def _synthetic_cost(run, synthetic: dict, field: str) -> dict[str, float | None]
         info = run.store.info(f"synthetic/{method}_ipc{ipc}.npz") or {}
         out[f"{method}_ipc{ipc}"] = info.get(field)
     return out
+
+
+def _encode_cost(run) -> dict[str, float | None]:
+    """{'seconds', 'flops'} of encoding the training set, as its marker recorded them (pqdjax.stages.encode)."""
+    info = run.store.info(ENCODE_ARTIFACT) or {}
+    return {k: info.get(k) for k in ("seconds", "flops")}
 
 
 def _artifact_seconds(run) -> dict[str, float]:
