@@ -66,7 +66,7 @@ def test_converted_unet_and_vae_equal_diffusers_pytorch_models(checkpoint, tmp_p
     read by load_stable_diffusion; the Flax forward passes equal the PyTorch ones to 1e-4."""
     import shutil
 
-    torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch (pip install torch==2.13.0)")
+    import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from pqdjax.models.tiny_checkpoints import TINY_UNET_CONFIG, TINY_VAE_CONFIG

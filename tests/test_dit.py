@@ -32,7 +32,7 @@ def loaded(checkpoint):
 
 def test_flax_forward_equals_diffusers_pytorch_dit(tmp_path):
     """Weights written by torch's own state_dict, read by the real loader; the forward of both to 1e-4."""
-    torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch (pip install torch==2.13.0)")
+    import torch
     from diffusers import DiTTransformer2DModel
 
     torch.manual_seed(0)
@@ -60,7 +60,7 @@ def test_flax_forward_equals_diffusers_pytorch_dit(tmp_path):
 def test_the_dit_xl_2_parameter_layout_is_diffusers():
     """DiT-XL/2 at full size, no weights: every tensor name and shape of DiTTransformer2DModel's default config (the
     facebook/DiT-XL-2-256 checkpoint's) is a parameter of the Flax DiT's default config, and nothing else."""
-    torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch (pip install torch==2.13.0)")
+    import torch
     from diffusers import DiTTransformer2DModel
 
     with torch.device("meta"):  # shapes only
@@ -150,7 +150,7 @@ def test_guided_sampling_equals_diffusers_dit_pipeline_loop(loaded, checkpoint):
     """The reverse process from given latents with class-label guidance: our JAX sampler (Flax DDIM on DiT's schedule)
     against DiTPipeline's loop run in torch (its DDIMScheduler, its guidance on the first in_channels, learned sigma
     dropped) on the same weights and initial latents."""
-    torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch (pip install torch==2.13.0)")
+    import torch
     from diffusers import DDIMScheduler, DiTTransformer2DModel
 
     root, _ = checkpoint

@@ -6,6 +6,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+from references import torchvision
+
 from pqdjax.models.classifiers import make_classifier
 from pqdjax.models.mobilenet import InvertedResidual, MobileNetV2, make_divisible
 from pqdjax.models.resnet import ResNet
@@ -18,12 +20,14 @@ def _count(tree) -> int:
 
 
 def test_parameter_count_and_layout_match_torchvision():
-    """3,504,872 trainable parameters with 1,000 classes: torchvision's documented count for mobilenet_v2 (shapes only, no compile)."""
+    """3,504,872 trainable parameters with 1,000 classes: torchvision's documented count for mobilenet_v2, and
+    torchvision's own model has it too (shapes only, no compile)."""
     model = make_classifier(ml_collections.ConfigDict(dict(arch="mobilenet_v2")), 1000)
     assert isinstance(model, MobileNetV2)
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
     assert set(variables) == {"params", "batch_stats"}
     assert _count(variables["params"]) == 3_504_872
+    assert sum(p.numel() for p in torchvision().models.mobilenet_v2().parameters()) == 3_504_872
     params = variables["params"]
     # torchvision's key layout: features.0.0 stem conv, features.1.conv.0.0 depthwise (no expansion at t=1),
     # features.2.conv.0.0 expansion 16 -> 96, features.18.0 last conv, classifier.1.
@@ -162,45 +166,6 @@ def test_in1k_config_student_option():
         in1k.get_config("student=mobilenet_v3")
 
 
-def _torch_mobilenet_v2(num_classes: int, width: float):
-    """MobileNet-V2 written directly in torch (torchvision's module layout and forward), the second implementation."""
-    import torch
-    from torch import nn as tnn
-
-    def conv_bn_relu6(cin, cout, kernel, stride, groups=1):
-        conv = tnn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False)
-        return tnn.Sequential(conv, tnn.BatchNorm2d(cout), tnn.ReLU6())
-
-    class Block(tnn.Module):
-        def __init__(self, cin, cout, stride, t):
-            super().__init__()
-            hidden = int(round(cin * t))
-            layers = [conv_bn_relu6(cin, hidden, 1, 1)] if t != 1 else []
-            layers += [conv_bn_relu6(hidden, hidden, 3, stride, hidden), tnn.Conv2d(hidden, cout, 1, bias=False), tnn.BatchNorm2d(cout)]
-            self.conv, self.residual = tnn.Sequential(*layers), stride == 1 and cin == cout
-
-        def forward(self, x):
-            return x + self.conv(x) if self.residual else self.conv(x)
-
-    class Net(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            channels = make_divisible(32 * width)
-            features = [conv_bn_relu6(3, channels, 3, 2)]
-            for t, c, n, s in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)):
-                for b in range(n):
-                    features.append(Block(channels, make_divisible(c * width), s if b == 0 else 1, t))
-                    channels = make_divisible(c * width)
-            features.append(conv_bn_relu6(channels, 1280, 1, 1))
-            self.features = tnn.Sequential(*features)
-            self.classifier = tnn.Sequential(tnn.Dropout(0.2), tnn.Linear(1280, num_classes))
-
-        def forward(self, x):
-            return self.classifier(torch.flatten(tnn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
-
-    return Net()
-
-
 def _torch_state_to_flax(state: dict) -> dict:
     """torchvision MobileNet-V2 state-dict keys -> the flax tree: `features.2.conv.1.0.weight` -> params/features_2/conv_1_0/kernel."""
     variables = {"params": {}, "batch_stats": {}}
@@ -221,12 +186,14 @@ def _torch_state_to_flax(state: dict) -> dict:
     return variables
 
 
-def test_forward_matches_a_torch_implementation(tiny):
-    """Torch weights (random BatchNorm statistics) converted by key name: same tree as ours, same logits in eval mode."""
-    torch = pytest.importorskip("torch")
+def test_forward_matches_torchvisions_mobilenet_v2(tiny):
+    """torchvision's own mobilenet_v2 (width 0.25, random BatchNorm statistics) converted by key name: same tree as
+    ours, same logits in eval mode."""
+    import torch
+
     model, ours = tiny
     torch.manual_seed(0)
-    net = _torch_mobilenet_v2(5, 0.25).eval()
+    net = torchvision().models.mobilenet_v2(num_classes=5, width_mult=0.25).eval()
     with torch.no_grad():
         for module in net.modules():
             if isinstance(module, torch.nn.BatchNorm2d):

@@ -1,4 +1,5 @@
-"""ResNet shapes, the converter against torch's layer definitions written out here, and the .pth reader's refusal to run pickled code (no torch needed)."""
+"""ResNet shapes against torchvision's state dicts, the converter against torch's layer definitions written out here
+(a kernel with one non-zero entry), and the .pth reader's refusal to run pickled code."""
 
 import collections
 import os
@@ -8,6 +9,7 @@ import zipfile
 import jax
 import jax.numpy as jnp
 import pytest
+from references import torchvision
 
 from pqdjax.models import convert_torchvision
 from pqdjax.models.resnet import ResNet
@@ -122,8 +124,8 @@ def test_converted_kernels_follow_torchs_conv_and_linear_definitions():
     ("resnet18", 11_689_512, 122), ("resnet34", 21_797_672, 218), ("resnet50", 25_557_032, 320), ("resnet101", 44_549_160, 626),
 ])
 def test_full_size_resnets_have_torchvisions_parameter_count_and_state_dict_keys(arch, parameters, state_keys):
-    """Against torchvision's published figures (its model docs: 11.7M / 21.8M / 25.6M / 44.5M parameters at 1,000
-    classes; its state dicts hold every conv and fc weight, fc bias, and 5 entries per BatchNorm), shapes only."""
+    """Against torchvision's own state dict (every key and shape) and its published figures (its model docs: 11.7M /
+    21.8M / 25.6M / 44.5M parameters at 1,000 classes), shapes only."""
     import numpy as np
 
     from pqdjax.models.tiny_checkpoints import resnet_to_torchvision
@@ -142,35 +144,9 @@ def test_full_size_resnets_have_torchvisions_parameter_count_and_state_dict_keys
 
 
 def _torchvision_state_shapes(arch: str) -> dict[str, tuple]:
-    """{key: shape} of torchvision's resnet{18,34,50,101}().state_dict(), built from its architecture as its source
-    (torchvision/models/resnet.py) defines it: stem conv1 7x7/64 + bn1; layer1-4 of BasicBlock (2 3x3 convs,
-    expansion 1) or Bottleneck (1x1, 3x3, 1x1, expansion 4) at widths 64-512, a downsample (1x1 conv + BN) in a
-    layer's first block where the shape changes; fc 1000 classes. Written here, apart from pqdjax's converter."""
-    blocks = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3), "resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}[arch]
-    bottleneck = arch in ("resnet50", "resnet101")
-    expansion = 4 if bottleneck else 1
-    shapes = {}
+    """{key: shape} of torchvision's own resnet{18,34,50,101}().state_dict(), built on torch's meta device (no memory)."""
+    import torch
 
-    def conv_bn(prefix, conv, bn, out_ch, in_ch, size):
-        shapes[f"{prefix}{conv}.weight"] = (out_ch, in_ch, size, size)
-        for field in ("weight", "bias", "running_mean", "running_var"):
-            shapes[f"{prefix}{bn}.{field}"] = (out_ch,)
-        shapes[f"{prefix}{bn}.num_batches_tracked"] = ()
-
-    conv_bn("", "conv1", "bn1", 64, 3, 7)
-    in_ch = 64
-    for layer, (count, width) in enumerate(zip(blocks, (64, 128, 256, 512)), 1):
-        for b in range(count):
-            prefix = f"layer{layer}.{b}."
-            if bottleneck:
-                conv_bn(prefix, "conv1", "bn1", width, in_ch, 1)
-                conv_bn(prefix, "conv2", "bn2", width, width, 3)
-                conv_bn(prefix, "conv3", "bn3", width * expansion, width, 1)
-            else:
-                conv_bn(prefix, "conv1", "bn1", width, in_ch, 3)
-                conv_bn(prefix, "conv2", "bn2", width, width, 3)
-            if b == 0 and (layer > 1 or in_ch != width * expansion):
-                conv_bn(prefix, "downsample.0", "downsample.1", width * expansion, in_ch, 1)
-            in_ch = width * expansion
-    shapes["fc.weight"], shapes["fc.bias"] = (1000, in_ch), (1000,)
-    return shapes
+    with torch.device("meta"):
+        model = getattr(torchvision().models, arch)()
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
