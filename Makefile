@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+REFERENCES := $(VENV)/references
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -12,11 +13,15 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt Makefile
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "pqdjax needs Python 3.11, found " + sys.version.split()[0]'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	# torchvision's own models, the tests' outside reference (tests/references.py), in a folder of their own rather than
+	# site-packages: its compiled operators do not load beside torch's CPU build, and transformers imports torchvision
+	# wherever Python finds it. 0.28.0 is the release made for torch 2.13.0.
+	$(BIN)/pip install --quiet --no-deps --target $(REFERENCES) torchvision==0.28.0
 	touch $(STAMP)
 
 # The embedded dataset, from Debian's dataset-fashion-mnist (skipped where apt is absent:

@@ -3,9 +3,9 @@
 Each notebook is a jupytext percent-format source notebooks/NN_name.py paired
 with notebooks/NN_name.ipynb, which holds the outputs of a full run
 (`make notebooks`). Here the .py source is executed by a real Jupyter kernel
-(nbclient + ipykernel) with PQDJAX_NOTEBOOK_QUICK=1, which shrinks the sizes;
-every notebook ends by printing one `CHECK <claim>: agrees|DISAGREES` line per
-claim it tests.
+(nbclient + ipykernel) with PQDJAX_NOTEBOOK_QUICK=1, which shrinks the sizes, and (slow, in .ci/run) at
+the full sizes; every notebook ends by printing one `CHECK <claim>: agrees|DISAGREES`
+line per claim it tests.
 """
 
 import glob
@@ -59,10 +59,13 @@ def shared_run_workdir(tmp_path_factory):
     return workdir
 
 
-@pytest.mark.parametrize("source", SOURCES, ids=_name)
-def test_notebook_runs_and_its_claims_agree(source, monkeypatch, request):
+def _execute_and_check_claims(source: str, mode: str, monkeypatch, request) -> None:
+    """Runs the notebook `source` headless in `mode` ('quick' or 'full') and asserts every CHECK line agrees."""
     notebook = jupytext.read(source)
-    monkeypatch.setenv("PQDJAX_NOTEBOOK_QUICK", "1")
+    if mode == "quick":
+        monkeypatch.setenv("PQDJAX_NOTEBOOK_QUICK", "1")
+    else:
+        monkeypatch.delenv("PQDJAX_NOTEBOOK_QUICK", raising=False)
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     monkeypatch.delenv("XLA_FLAGS", raising=False)  # one CPU device, as on a user's laptop
     if "PQDJAX_RUN_WORKDIR" in jupytext.writes(notebook, "py:percent"):
@@ -70,11 +73,26 @@ def test_notebook_runs_and_its_claims_agree(source, monkeypatch, request):
     client = nbclient.NotebookClient(notebook, timeout=None, startup_timeout=600, kernel_name="python3", resources={"metadata": {"path": ROOT}})
     client.execute()  # raises CellExecutionError, with the traceback, if a cell fails
     text = _stream_text(notebook)
+    assert f"mode: {mode}" in text, f"{_name(source)} did not run in {mode} mode:\n{text[:500]}"
     checks = CHECK_LINE.findall(text)
     assert checks, f"{_name(source)} printed no CHECK lines:\n{text[-2000:]}"
     disagreeing = [claim for claim, verdict in checks if verdict != "agrees"]
-    assert not disagreeing, f"{_name(source)}: claims that disagree in quick mode: {disagreeing}"
+    assert not disagreeing, f"{_name(source)}: claims that disagree in {mode} mode: {disagreeing}"
     assert any(output.get("data", {}).get("image/png") for cell in notebook.cells for output in cell.get("outputs", [])), "no PNG output"
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=_name)
+def test_notebook_runs_and_its_claims_agree(source, monkeypatch, request):
+    _execute_and_check_claims(source, "quick", monkeypatch, request)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", SOURCES, ids=_name)
+def test_notebook_claims_agree_in_full_mode(source, monkeypatch, request):
+    """The full sizes `make notebooks` runs, executed here rather than read from the committed outputs, so a change
+    that breaks a claim made only at full size (more K, more dimensions, more samples) fails. Notebook 05 reads the
+    shared runlocal run, with all its IPCs."""
+    _execute_and_check_claims(source, "full", monkeypatch, request)
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=_name)
