@@ -86,12 +86,20 @@ def evaluate_set(run, teacher, synthetic, seed: int, checkpoints=None, arch: str
     }
 
 
-def run(run, teacher, synthetic: dict, set_for_seed=None) -> list[dict]:
-    """A student per (method, IPC, seed) of `synthetic` ({(method, ipc): SyntheticSet}); their records.
+def train_students(run, teacher, synthetic: dict, evaluate_one, kind: str = "evaluate", inputs: tuple = (),
+                   set_for_seed=None) -> list[dict]:
+    """A student per (architecture, method, IPC, seed) of `synthetic` ({(method, ipc): set}); their records. Every
+    pipeline's evaluate stage is this loop with its own `evaluate_one`.
 
-    set_for_seed(method, ipc, seed): the set the student of `seed` trains on
-    (pqdjax.stages.decode.set_for_seed: a random subset drawn anew per seed);
-    None: synthetic[method, ipc] for every seed.
+    evaluate_one(run, teacher, set, seed, checkpoints, arch, model) -> record: trains and tests one student.
+    kind, inputs: the fingerprint's name and what besides the teacher, the set, the student's settings and its seed
+    decides a record (the streamed pipeline: its test split's data fields).
+    set_for_seed(method, ipc, seed): the set the student of `seed` trains on (pqdjax.stages.decode.set_for_seed: a
+    random subset drawn anew per seed); None: synthetic[method, ipc] for every seed.
+
+    A record is reused while its fingerprint holds; otherwise the student trains from its mid-training checkpoints
+    under checkpoints/evaluate/ (a killed run resumes it), and process 0 writes the record. In a run of several
+    processes every process trains every student together (data-parallel over the Mesh).
     """
     config = run.config.evaluate
     records = []
@@ -101,18 +109,23 @@ def run(run, teacher, synthetic: dict, set_for_seed=None) -> list[dict]:
             for seed in config.seeds:
                 synthetic_set = set_for_seed(method, ipc, seed) if set_for_seed else synthetic[method, ipc]
                 path = student_path(method, ipc, seed, arch)
-                fp = artifacts.fingerprint("evaluate", teacher.fingerprint, synthetic_set.fingerprint, settings, seed,
+                fp = artifacts.fingerprint(kind, teacher.fingerprint, synthetic_set.fingerprint, settings, *inputs, seed,
                                            *([arch] if arch else []))
                 name = path + ".json"
                 if parallel.complete_everywhere(run.store, name, fp):
                     records.append(run.store.load_record(name))
                     continue
-                checkpoints = run.checkpoints(path, fp, config.train)
-                record = evaluate_set(run, teacher, synthetic_set, seed, checkpoints, arch, model)
+                checkpoints = run.checkpoints(path, fp, config.train)  # a changed config never resumes another's
+                record = evaluate_one(run, teacher, synthetic_set, seed, checkpoints, arch, model)
                 parallel.write_once(run.store, name, fp, lambda: run.store.save_record(name, record, fp))
                 checkpoints.discard()
                 records.append(record)
     return records
+
+
+def run(run, teacher, synthetic: dict, set_for_seed=None) -> list[dict]:
+    """The in-memory pipeline's students (train_students with evaluate_set): tested on the dataset's test split."""
+    return train_students(run, teacher, synthetic, evaluate_set, set_for_seed=set_for_seed)
 
 
 def full_data(run, teacher) -> list[dict]:

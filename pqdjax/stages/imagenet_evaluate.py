@@ -17,10 +17,10 @@ import time
 import numpy as np
 from absl import logging
 
-from pqdjax import artifacts, parallel
+from pqdjax import artifacts
 from pqdjax.data import streamed
 from pqdjax.models.classifiers import make_classifier
-from pqdjax.stages.evaluate import student_models, student_path, student_rng, student_settings
+from pqdjax.stages.evaluate import student_rng, train_students
 from pqdjax.data.image_folder import load_images, read_manifest
 from pqdjax.train.weighting import loss_normalization, student_weights
 from pqdjax.train.imagenet_eval import sharded_accuracy
@@ -76,26 +76,7 @@ def evaluate_set(run, teacher, synthetic, seed: int, checkpoints, arch: str | No
 
 
 def run(run, teacher, synthetic: dict) -> list[dict]:
-    config = run.config.evaluate
+    """The streamed pipeline's students (pqdjax.stages.evaluate.train_students with evaluate_set): validated on
+    config.data.test_split, whose data fields are in each record's fingerprint."""
     eval_data = streamed.data_fields(run.config.data, streamed.TEST_DATA_FIELDS)
-    jobs = [(arch, model, method, ipc, seed, synthetic_set, student_path(method, ipc, seed, arch),
-             artifacts.fingerprint("imagenet_evaluate", teacher.fingerprint, synthetic_set.fingerprint,
-                                   student_settings(config, model), eval_data, seed, *([arch] if arch else [])))
-            for arch, model in student_models(config)
-            for (method, ipc), synthetic_set in synthetic.items() for seed in config.seeds]
-    # Every process decides what to train before any record is written: all of them train the same students
-    # (data-parallel), and process 0 writes each record.
-    done = [run.store.is_complete(path + ".json", fp) for *_, path, fp in jobs]
-    parallel.sync_processes("evaluate: records read")
-    records = []
-    for (arch, model, method, ipc, seed, synthetic_set, path, fp), complete in zip(jobs, done):
-        name = path + ".json"
-        if complete:
-            records.append(run.store.load_record(name))
-            continue
-        checkpoints = run.checkpoints(path, fp, config.train)  # a changed config never resumes another's checkpoint
-        record = evaluate_set(run, teacher, synthetic_set, seed, checkpoints, arch, model)
-        parallel.write_once(run.store, name, fp, lambda: run.store.save_record(name, record, fp))
-        checkpoints.discard()
-        records.append(record)
-    return records
+    return train_students(run, teacher, synthetic, evaluate_set, "imagenet_evaluate", (eval_data,))
