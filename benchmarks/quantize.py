@@ -1,7 +1,7 @@
 r"""Quantization kernels side by side: pqdjax Lloyd vs scikit-learn KMeans (lloyd, elkan) vs ott-jax k_means.
 
 Command (under the machine's CPU lock, from the repository root):
-    flock /tmp/pqdjax-cpu.lock python -m benchmarks.quantize [--repeats=5] [--quick] [--shape=0..7] [--tolerance] [--clvq-memory]
+    flock /tmp/pqdjax-cpu.lock python -m benchmarks.quantize [--repeats=5] [--quick] [--shape=0..7] [--tolerance] [--clvq-memory] [--norms]
 
 Each solver starts from the same k-means++ centres and runs the same number of
 Lloyd iterations (tolerance 0, the iteration count fixed), so times and
@@ -25,7 +25,8 @@ Shapes:
 Last, CLVQ's peak memory (streamed mini-batches, in a fresh process per N)
 for N = 10^5 and 10^6 samples of dimension 256. --tolerance times only
 Lloyd's tolerance (the mean per-feature variance) per class against numpy's,
-on 100 x 1,300 x 1,024.
+on 100 x 1,300 x 1,024; --norms only the squared row norms, against one
+matrix-vector product per row and numpy.
 """
 
 from __future__ import annotations
@@ -193,6 +194,26 @@ def tolerance_cost(classes=100, n=1300, d=1024, repeats=5) -> dict:
             "max_rel_diff_vs_float64": float(np.max(np.abs(ours - reference) / reference))}
 
 
+def norms_cost(repeats=5) -> list[dict]:
+    """|x|^2 per row as Lloyd computes it once per measure (pqdjax.quantize.voronoi.squared_norms: long rows in
+    pieces of 128), against one matrix-vector product over the whole row (its form for short rows) and numpy."""
+    plain = jax.jit(lambda x: jnp.matmul(jnp.square(x), jnp.ones(x.shape[-1], x.dtype), precision=jax.lax.Precision.HIGHEST))
+    ours = jax.jit(squared_norms)
+    rows = []
+    for shape in ((1300, 16_384), (100, 1300, 1024), (50_000, 256)):
+        x = np.random.default_rng(8).normal(size=shape).astype(np.float32)
+        xj = jnp.asarray(x)
+        times = _interleaved_times({
+            "pqdjax squared_norms": lambda: jax.block_until_ready(ours(xj)),
+            "one matrix-vector product per row": lambda: jax.block_until_ready(plain(xj)),
+            "numpy einsum": lambda: np.einsum("...d,...d->...", x, x),
+        }, repeats)
+        reference = np.einsum("...d,...d->...", x.astype(np.float64), x.astype(np.float64))
+        rows.append({"shape": " x ".join(map(str, shape)), "ms": {name: 1e3 * float(np.median(t)) for name, t in times.items()},
+                     "max_rel_diff_vs_float64": float(np.max(np.abs(np.asarray(ours(xj)) - reference) / reference))})
+    return rows
+
+
 def _peak_rss_mib() -> float:
     """This process's peak resident memory since its exec (VmHWM). Not getrusage's ru_maxrss: Linux carries that over
     an exec, so a child started by fork + exec from a large parent reports the parent's peak (2.7 GiB seen here)."""
@@ -239,6 +260,7 @@ def main():
                         help="run only the Lloyd comparison at this index of the shape list (0-7), no CLVQ memory")
     parser.add_argument("--tolerance", action="store_true", help="only the tolerance's cost per class, against numpy")
     parser.add_argument("--clvq-memory", action="store_true", help="only CLVQ's peak memory for N = 10^5 and 10^6")
+    parser.add_argument("--norms", action="store_true", help="only the squared row norms (computed once per measure)")
     parser.add_argument("--clvq-child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.clvq_child:
@@ -246,6 +268,9 @@ def main():
         return
     if args.tolerance:
         print(json.dumps(tolerance_cost(repeats=args.repeats)))
+        return
+    if args.norms:
+        print(json.dumps(norms_cost(repeats=args.repeats)))
         return
     if args.clvq_memory:
         print(json.dumps(clvq_memory((100_000, 1_000_000))))

@@ -48,6 +48,16 @@ def test_lloyd_matches_sklearn_at_stable_diffusion_latent_width(k):
     assert int(ours.iterations) == ref.n_iter_
 
 
+@pytest.mark.parametrize("shape", [(300, 196), (300, 256), (3, 50, 2048), (40, 16_384)])
+def test_squared_norms_of_short_and_long_rows_against_float64(shape):
+    """Short rows in one matrix-vector product, long rows (d >= 1,024, a multiple of 128) summed in pieces of 128."""
+    from pqdjax.quantize.voronoi import squared_norms
+
+    x = np.random.default_rng(len(shape)).normal(1.0, 2.0, shape).astype(np.float32)
+    expected = np.einsum("...d,...d->...", x.astype(np.float64), x.astype(np.float64))
+    np.testing.assert_allclose(np.asarray(jax.jit(squared_norms)(jnp.asarray(x))), expected, rtol=2e-6)
+
+
 def test_kmeans_plus_plus_picks_distinct_weighted_samples():
     x = jnp.asarray(_blobs(n=300, k=5))
     mass = _uniform(300).at[:100].set(0.0)
