@@ -1,4 +1,4 @@
-r"""DDOQ vs D4M vs random real images on any folder of images, with a prior trained in the run.
+r"""DDOQ vs D4M vs random real images on any folder of images, with a prior trained in the run or Stable Diffusion.
 
 Command:
     python -m pqdjax.main --config=configs/imagefolder.py --workdir=runs/mydata --config.data.dir=DIR
@@ -11,7 +11,14 @@ Options (after a colon, comma-separated):
     sweep       strength x guidance on held-out training images (pqdjax.sweep)
     ipc=N       images per class (default 10)
     size=N      the square size images are resized and center-cropped to (default 32)
-    gray        read the images as grayscale (default RGB)
+    gray        read the images as grayscale (default RGB; the trained prior only)
+    prior=NAME  'trained' (default: the VAE, denoiser and teacher trained in the run, the
+                data in host memory) or 'stable_diffusion': D4M's prior, the streamed
+                pipeline of configs/cifar10.py (the folder read record by record, each
+                image upsampled to 512 px for the VAE, the class folder names as prompts,
+                a ConvNet-3 teacher trained in the run, ResNet-18 students with the CIFAR
+                stem), for which DIR needs a test/ folder and
+                --config.prior.pretrained_dir=/models/stable-diffusion-v1-5
 Hardware: 2 CPU cores suffice for a CIFAR-sized folder (tens of thousands of 32x32 images).
 Runtime: not measured on a real folder yet. On 2 CPU cores, the settings of
     configs/default.py (which this config reuses) trained the VAE, the teacher and the
@@ -20,7 +27,11 @@ Runtime: not measured on a real folder yet. On 2 CPU cores, the settings of
 Results: none measured; a new dataset should start with the sweep option, which
     chooses strength and guidance on held-out training images.
 
-Everything but the data comes from configs/default.py: the conv VAE, the
+With prior=stable_diffusion every class folder is distilled (config.data.num_classes
+0: as many as DIR/train holds, counted when the run starts). Everything else is
+configs/cifar10.py's; its Hardware note (one GPU) applies.
+
+With the trained prior, everything but the data comes from configs/default.py: the conv VAE, the
 class-conditioned latent denoiser and the ConvNet-3 teacher, all trained in
 the run (no weights ship for a user's folder), Lloyd quantization, img2img at
 strength 0.7 and guidance 4 (the Fashion-MNIST sweep's choice), students with
@@ -33,12 +44,32 @@ import os
 import ml_collections
 
 from pqdjax.config_options import from_file, parse_arg
+from pqdjax.errors import ConfigError
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _stable_diffusion_config(options) -> ml_collections.ConfigDict:
+    """configs/cifar10.py's streamed run with Stable Diffusion, on the folder: every class, images of options.size."""
+    if options.gray or options.sweep:
+        raise ConfigError("configs/imagefolder.py: gray and sweep go with prior=trained; Stable Diffusion reads RGB and "
+                          "keeps D4M's img2img settings.")
+    config = from_file(os.path.join(_HERE, "cifar10.py"), f"ipc={options.ipc}" + (",runlocal" if options.runlocal else ""))
+    config.data.update(name="imagefolder", dir="", train_split="train", test_split="test", mock_examples=0,
+                       num_classes=0,  # every class folder, counted when the run starts (pqdjax.pipeline)
+                       eval_resize=options.size, eval_crop=options.size)
+    config.decode.image_size = options.size
+    config.evaluate.train.update(image_size=options.size)
+    return config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    options = parse_arg(arg, "configs/imagefolder.py", runlocal=False, sweep=False, ipc=10, size=32, gray=False)
+    options = parse_arg(arg, "configs/imagefolder.py", choices={"prior": ("trained", "stable_diffusion")},
+                        runlocal=False, sweep=False, ipc=10, size=32, gray=False, prior="trained")
+    if options.prior == "stable_diffusion":
+        return _stable_diffusion_config(options)
     base = ",".join(name for name in ("runlocal", "sweep") if options[name])
-    config = from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.py"), base)
+    config = from_file(os.path.join(_HERE, "default.py"), base)
     config.data = ml_collections.ConfigDict(dict(
         name="imagefolder",
         dir="",  # DIR with DIR/train/CLASS/* (required)

@@ -174,6 +174,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs (or resumes) the experiment of `config` in `workdir`: STAGES in order with the components of its kind,
     then the report; returns the report (see stages.report)."""
     if kind_of(config) == "streamed":
+        if config.data.get("num_classes") == 0:  # every class of the dataset (configs/imagefolder.py:prior=stable_diffusion)
+            from pqdjax.data import streamed
+
+            split = streamed.open_configured_split(config.data, config.data.train_split)
+            config.data.num_classes = len(streamed.source_class_names(split))
+            logging.info("data: config.data.num_classes = 0, so all %d classes of %s", config.data.num_classes, config.data.name)
         validate_streamed_config(config)
     else:
         validate_config(config)
@@ -185,6 +191,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     parallel.sync_processes("workdir ready")
     logging.info("workdir %s, JAX backend %s with %d device(s)", store.workdir, jax.default_backend(), jax.device_count())
     run_ = Run(config=config, store=store)
+    if kind_of(config) == "streamed":  # both splits found, with the same classes, before any stage runs
+        names = run_.classes.names
+        logging.info("data: %d classes of %s (%s%s)", len(names), config.data.name, ", ".join(names[:5]), ", ..." if len(names) > 5 else "")
     components = stage_components(config)
     total_start = time.perf_counter()
     outputs: dict[str, Any] = {}

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 from pqdjax import pipeline
 from pqdjax.config_options import from_file
 from pqdjax.data import image_folder
-from pqdjax.errors import DatasetFormatError, DatasetNotFoundError
+from pqdjax.errors import ConfigError, DatasetFormatError, DatasetNotFoundError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = ("circle", "square", "stripes")
@@ -91,3 +91,32 @@ def test_the_runlocal_run_distils_the_folder(tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["class"] for r in rows] == ["circle", "circle", "square", "square", "stripes", "stripes"]
     assert np.asarray(Image.open(tmp_path / "run" / "distilled" / "ddoq_ipc2" / rows[0]["file"])).shape == (16, 16, 3)
+
+
+def test_the_stable_diffusion_option_distils_every_class_folder_with_their_names_as_prompts(tmp_path):
+    """prior=stable_diffusion: the streamed pipeline (tiny random Stable Diffusion, a teacher trained in the run) on
+    the folder; every class folder is distilled, named as its folder, and every training image encoded in its class."""
+    folder = write_folder(tmp_path / "shapes", test=True)
+    config = _config("runlocal,size=16,prior=stable_diffusion", folder)
+    assert config.data.num_classes == 0 and config.data.get("streamed") and config.prior.kind == "stable_diffusion"
+    results = pipeline.run(config, str(tmp_path / "run"))
+    assert config.data.num_classes == len(SHAPES)
+    assert sorted(results["accuracy"]) == sorted(config.methods)
+    stored = json.load(open(tmp_path / "run" / "results.json"))
+    assert stored["config"]["data"]["num_classes"] == len(SHAPES)
+    assert stored["latents"]["per_class"] == [len(os.listdir(os.path.join(folder, "train", s))) for s in SHAPES]
+    ipc = config.ipcs[0]
+    with open(tmp_path / "run" / "synthetic" / f"ipc{ipc}" / "manifest_ddoq.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(int(r["label"]), r["class"]) for r in rows] == [(c, s) for c, s in enumerate(SHAPES) for _ in range(ipc)]
+    png = Image.open(tmp_path / "run" / "synthetic" / f"ipc{ipc}" / rows[0]["file"])
+    assert np.asarray(png).shape == (16, 16, 3)
+
+
+def test_the_stable_diffusion_option_refuses_gray_and_a_folder_without_a_test_split(tmp_path):
+    with pytest.raises(ConfigError, match="gray and sweep go with prior=trained"):
+        _config("prior=stable_diffusion,gray", "")
+    config = _config("runlocal,prior=stable_diffusion", write_folder(tmp_path / "shapes"))  # train/ only
+    with pytest.raises(DatasetNotFoundError, match="shapes/test is not a folder"):
+        pipeline.run(config, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run" / "prior"), "the missing split is found before any stage runs"
