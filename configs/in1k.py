@@ -77,7 +77,7 @@ what is complete and resumes what was interrupted):
             manifests (file, label, weight) for d4m (uniform) and ddoq (Voronoi).
   fidelity  per synthetic set: teacher agreement, cell consistency (the PNGs
             re-encoded by the SD VAE, in their point's Voronoi cell), W2 of
-            the re-encoded images and of the points (pqdjax.stages.imagenet_fidelity).
+            the re-encoded images and of the points (pqdjax.stages.streamed_fidelity).
   evaluate  students (pqdjax.train.student): 300 epochs, AdamW lr 1e-3,
             weight decay 0.01 off norms and biases, cosine, RandomResizedCrop 224
             (0.08-1) + flip + CutMix, KL to the teacher at T = 20 on the same
@@ -121,7 +121,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         train_limit=0, test_limit=0,  # use only the first N examples of a split (0: all)
         mock_examples=0,  # > 0: tfds.testing.mock_data with this many random examples per split
     ))
-    # kind: 'stable_diffusion' or 'dit' (pqdjax.stages.imagenet_prior); tiny_random: a tiny random checkpoint of
+    # kind: 'stable_diffusion' or 'dit' (pqdjax.stages.streamed_prior); tiny_random: a tiny random checkpoint of
     # that kind written into the workdir (smoke runs).
     config.prior = ml_collections.ConfigDict(dict(
         kind=options.prior, pretrained_dir="", latent_scale=0.18215, latent_sample=False, tiny_random=False,

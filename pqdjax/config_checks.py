@@ -102,8 +102,8 @@ def validate_streamed_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.quantize.method must be 'clvq' or 'lloyd' in the streamed pipeline, got {config.quantize.method!r}.")
     if config.quantize.method == "clvq" and config.quantize.get("n_init", 1) > 1:
         raise ConfigError("config.quantize.n_init > 1 needs method 'lloyd' in the streamed pipeline: the streamed CLVQ runs one start per class.")
-    from pqdjax.stages.imagenet_decode import STARTS
-    from pqdjax.stages.imagenet_prior import KINDS
+    from pqdjax.stages.streamed_decode import STARTS
+    from pqdjax.stages.streamed_prior import KINDS
 
     if config.prior.kind not in KINDS:
         raise ConfigError(f"config.prior.kind must be one of {KINDS}, got {config.prior.kind!r}.")
@@ -117,7 +117,7 @@ def validate_streamed_config(config: ml_collections.ConfigDict) -> None:
     start = config.decode.diffusion.get("start", "img2img")
     if start not in STARTS:
         raise ConfigError(f"config.decode.diffusion.start must be one of {STARTS}, got {start!r}.")
-    from pqdjax.stages.imagenet_teacher import KINDS as TEACHERS
+    from pqdjax.stages.streamed_teacher import KINDS as TEACHERS
 
     if config.teacher.get("kind", "torchvision") not in TEACHERS:
         raise ConfigError(f"config.teacher.kind must be one of {TEACHERS}, got {config.teacher.kind!r}.")

@@ -7,7 +7,7 @@ component (stage_components): 'in_memory' runs (configs/default.py,
 imagefolder.py) hold the data in host memory and train the prior here
 (pqdjax/stages/{prior,teacher,encode,...}.py); 'streamed' runs (configs/in1k.py,
 imagenette.py, imagewoof.py, cifar10.py) read the data record by record per
-process and load a pretrained prior (pqdjax/stages/imagenet_*.py), and skip the
+process and load a pretrained prior (pqdjax/stages/streamed_*.py), and skip the
 denoiser and full_data stages. With config.export_pretrained set (the
 `pretrain` option of configs/default.py) the run stops after the denoiser and
 ships the VAE, teacher and denoiser (pqdjax.stages.export).
@@ -125,17 +125,17 @@ def stage_components(config: ml_collections.ConfigDict) -> dict[str, Callable[[R
     from pqdjax.stages import report
 
     if kind_of(config) == "streamed":
-        from pqdjax.stages import (imagenet_decode, imagenet_encode, imagenet_evaluate, imagenet_fidelity, imagenet_prior,
-                                   imagenet_quantize, imagenet_teacher)
+        from pqdjax.stages import (streamed_decode, streamed_encode, streamed_evaluate, streamed_fidelity, streamed_prior,
+                                   streamed_quantize, streamed_teacher)
 
         return {
-            "prior": lambda run, o: imagenet_prior.run(run),
-            "teacher": lambda run, o: imagenet_teacher.run(run),
-            "encode": lambda run, o: imagenet_encode.run(run, o["prior"]),
-            "quantize": lambda run, o: imagenet_quantize.run(run, o["encode"]),
-            "decode": lambda run, o: imagenet_decode.run(run, o["prior"], o["encode"], o["quantize"]),
-            "fidelity": lambda run, o: imagenet_fidelity.run(run, o["prior"], o["teacher"], o["encode"], o["quantize"], o["decode"]),
-            "evaluate": lambda run, o: imagenet_evaluate.run(run, o["teacher"], o["decode"]),
+            "prior": lambda run, o: streamed_prior.run(run),
+            "teacher": lambda run, o: streamed_teacher.run(run),
+            "encode": lambda run, o: streamed_encode.run(run, o["prior"]),
+            "quantize": lambda run, o: streamed_quantize.run(run, o["encode"]),
+            "decode": lambda run, o: streamed_decode.run(run, o["prior"], o["encode"], o["quantize"]),
+            "fidelity": lambda run, o: streamed_fidelity.run(run, o["prior"], o["teacher"], o["encode"], o["quantize"], o["decode"]),
+            "evaluate": lambda run, o: streamed_evaluate.run(run, o["teacher"], o["decode"]),
             "report": lambda run, o: report.run_streamed(run, o["teacher"], o["encode"], o["quantize"], o["decode"],
                                                          o["evaluate"], o["fidelity"]),
         }

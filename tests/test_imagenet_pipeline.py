@@ -13,7 +13,7 @@ pytest.importorskip("tensorflow_datasets")
 from configs import in1k  # noqa: E402
 from pqdjax import artifacts, pipeline  # noqa: E402
 from pqdjax.data import imagenet, streamed  # noqa: E402
-from pqdjax.stages import imagenet_decode, imagenet_encode, imagenet_quantize  # noqa: E402
+from pqdjax.stages import streamed_decode, streamed_encode, streamed_quantize  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_manifests_pngs_and_results(in1k_run):
     from pqdjax.stages.report import figure_grid
 
     run = pipeline.Run(config=config, store=artifacts.ArtifactStore(workdir))
-    synthetic = {(m, ipc): imagenet_decode.SyntheticSet(m, ipc, os.path.join(workdir, f"synthetic/ipc{ipc}/manifest_{m}.csv"), "")
+    synthetic = {(m, ipc): streamed_decode.SyntheticSet(m, ipc, os.path.join(workdir, f"synthetic/ipc{ipc}/manifest_{m}.csv"), "")
                  for m in config.methods}
     method, grid, grid_weights = figure_grid(run, synthetic, [ipc], classes)
     assert method == "ddoq" and grid.shape[:2] == (classes, ipc)
@@ -106,7 +106,7 @@ def test_ddoq_vae_is_the_points_decoded_by_the_sd_vae_with_ddoq_weights(in1k_run
     import jax
 
     from pqdjax.models.stable_diffusion import load_stable_diffusion
-    from pqdjax.stages.imagenet_prior import tiny_artifact
+    from pqdjax.stages.streamed_prior import tiny_artifact
 
     config, workdir = in1k_run["config"], in1k_run["workdir"]
     (ipc,), classes = config.ipcs, config.data.num_classes
@@ -117,7 +117,7 @@ def test_ddoq_vae_is_the_points_decoded_by_the_sd_vae_with_ddoq_weights(in1k_run
     store = artifacts.ArtifactStore(workdir)
     latent_shape = in1k_run["results"]["latents"]["shape"]
     for c in range(classes):
-        points = store.load_arrays(imagenet_quantize.class_name(ipc, c))["points"].reshape([ipc] + latent_shape)
+        points = store.load_arrays(streamed_quantize.class_name(ipc, c))["points"].reshape([ipc] + latent_shape)
         decoded = np.asarray(sd.decode_latents(points))
         expected = np.asarray(jax.image.resize(decoded, (ipc, 224, 224, 3), "bicubic", antialias=True))
         expected = np.clip(np.round((expected + 1) * 127.5), 0, 255)
@@ -173,12 +173,12 @@ def test_a_rerun_does_no_work(in1k_run, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a rerun of a finished run redid work")
 
-    monkeypatch.setattr(imagenet_encode, "encode_process_part", refuse)
-    monkeypatch.setattr(imagenet_decode, "pushforward", refuse)
-    monkeypatch.setattr("pqdjax.stages.imagenet_quantize.quantize_streaming", refuse)
-    monkeypatch.setattr("pqdjax.stages.imagenet_evaluate.evaluate_set", refuse)
-    monkeypatch.setattr("pqdjax.stages.imagenet_teacher.sharded_accuracy", refuse)
-    monkeypatch.setattr("pqdjax.stages.imagenet_fidelity.measure", refuse)
+    monkeypatch.setattr(streamed_encode, "encode_process_part", refuse)
+    monkeypatch.setattr(streamed_decode, "pushforward", refuse)
+    monkeypatch.setattr("pqdjax.stages.streamed_quantize.quantize_streaming", refuse)
+    monkeypatch.setattr("pqdjax.stages.streamed_evaluate.evaluate_set", refuse)
+    monkeypatch.setattr("pqdjax.stages.streamed_teacher.sharded_accuracy", refuse)
+    monkeypatch.setattr("pqdjax.stages.streamed_fidelity.measure", refuse)
     again = pipeline.run(config, workdir)
     first = in1k_run["results"]
     assert {k: v for k, v in again.items() if k != "timing"} == {k: v for k, v in first.items() if k != "timing"}
@@ -190,12 +190,12 @@ def test_an_interrupted_encode_resumes_to_the_same_files(in1k_run, monkeypatch, 
     config = in1k.get_config("runlocal")
     config.encode.flush_every = 1
     run = pipeline.Run(config=config, store=artifacts.ArtifactStore(workdir))
-    from pqdjax.stages import imagenet_prior
+    from pqdjax.stages import streamed_prior
 
-    prior = imagenet_prior.run(run)
+    prior = streamed_prior.run(run)
     name, fp = "encode/resume_check", "fp"
     calls = {"n": 0}
-    original = imagenet_encode._ClassFiles.append
+    original = streamed_encode._ClassFiles.append
 
     def append_then_die(self, latents, labels, indices):
         calls["n"] += 1
@@ -203,21 +203,21 @@ def test_an_interrupted_encode_resumes_to_the_same_files(in1k_run, monkeypatch, 
             raise KeyboardInterrupt  # as a kill between two batches
         original(self, latents, labels, indices)
 
-    monkeypatch.setattr(imagenet_encode._ClassFiles, "append", append_then_die)
+    monkeypatch.setattr(streamed_encode._ClassFiles, "append", append_then_die)
     with pytest.raises(KeyboardInterrupt):
-        imagenet_encode.encode_process_part(run, prior, name, fp)
+        streamed_encode.encode_process_part(run, prior, name, fp)
     assert run.store.info(name) is None  # nothing marked complete
     with open(run.store.path(name + ".partial/progress.json")) as f:
         assert json.load(f)["batches"] == 2
-    monkeypatch.setattr(imagenet_encode._ClassFiles, "append", original)
+    monkeypatch.setattr(streamed_encode._ClassFiles, "append", original)
     resumed_batches = []
     real_batches = streamed.equal_host_batches
     monkeypatch.setattr(streamed, "equal_host_batches", lambda *a, **k: resumed_batches.append(k.get("first_batch")) or real_batches(*a, **k))
-    imagenet_encode.encode_process_part(run, prior, name, fp)
+    streamed_encode.encode_process_part(run, prior, name, fp)
     assert resumed_batches == [2]
     reference = run.store.path("encode/latents/process0")
     for c in range(config.data.num_classes):
-        for file in (imagenet_encode.class_file(c), imagenet_encode.index_file(c)):
+        for file in (streamed_encode.class_file(c), streamed_encode.index_file(c)):
             with open(os.path.join(reference, file), "rb") as a, open(run.store.path(f"{name}/{file}"), "rb") as b:
                 assert a.read() == b.read(), file
     assert run.store.info(name)["counts"] == run.store.info("encode/latents/process0")["counts"]
@@ -257,10 +257,10 @@ def test_dit_pushforward_from_the_point_as_initial_latent(tmp_path):
     points = np.asarray(jax.random.normal(jax.random.key(0), (2, 8, 8, 4)))
     labels = np.array([3, 7])
     mesh = Mesh(np.asarray(jax.local_devices()), ("data",))
-    got = imagenet_decode.pushforward(model, points, labels, ["", ""], jax.random.key(1), config, mesh)
+    got = streamed_decode.pushforward(model, points, labels, ["", ""], jax.random.key(1), config, mesh)
     cond, uncond = model.guidance_contexts(labels, [], "")
     latents = sample_from(model.epsilon, model.scheduler, model.denoiser_params, points, cond, uncond, guidance=config.diffusion.guidance, steps=3)
     decoded = np.asarray(jax.image.resize(model.decode_latents(latents), (2, 224, 224, 3), "bicubic", antialias=True))
     np.testing.assert_allclose(got.astype(float), np.clip(np.round((decoded + 1) * 127.5), 0, 255), atol=1.0)
-    other = imagenet_decode.pushforward(model, points, np.array([3, 8]), ["", ""], jax.random.key(1), config, mesh)
+    other = streamed_decode.pushforward(model, points, np.array([3, 8]), ["", ""], jax.random.key(1), config, mesh)
     assert np.abs(other[1].astype(float) - got[1]).mean() > 0.1 and np.array_equal(other[0], got[0])  # the label conditions

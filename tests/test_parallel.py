@@ -83,7 +83,7 @@ def test_write_once_writes_and_names_an_unshared_workdir(tmp_path, monkeypatch):
 
 def test_class_latent_batches_do_not_depend_on_how_many_processes_encoded(tmp_path):
     """CLVQ streams a class in mini-batches: cut across the processes' files, they are those of one process's file."""
-    from pqdjax.stages.imagenet_encode import ClassLatents, class_file
+    from pqdjax.stages.streamed_encode import ClassLatents, class_file
 
     rows = np.arange(7 * 3, dtype=np.float32).reshape(7, 3)
     layouts = {1: [rows], 2: [rows[:3], rows[3:]], 3: [rows[:1], rows[1:5], rows[5:]]}

@@ -1,4 +1,4 @@
-"""ImageNet stage fidelity: what the pushforward (Stable Diffusion or DiT) kept, for every synthetic set.
+"""Streamed stage fidelity: what the pushforward (Stable Diffusion or DiT) kept, for every synthetic set.
 
 The same three measures as the default pipeline's fidelity stage
 (pqdjax.stages.fidelity), on the PNGs of each manifest:
@@ -34,7 +34,7 @@ from pqdjax.config_checks import decoder_of, point_source, split_method
 from pqdjax.data import imagenet
 from pqdjax.quantize import wasserstein2_classes
 from pqdjax.stages.fidelity import cell_consistency, measure_sets
-from pqdjax.stages.imagenet_decode import class_points as class_points_of
+from pqdjax.stages.streamed_decode import class_points as class_points_of
 from pqdjax.data.image_folder import load_images, read_manifest
 
 BATCH_SIZE = 32

@@ -1,4 +1,4 @@
-"""ImageNet stage decode: the quantization points pushed forward to 224 px PNGs by the prior's img2img (SD or DiT).
+"""Streamed stage decode: the quantization points pushed forward to 224 px PNGs by the prior's img2img (SD or DiT).
 
 Methods, as in the default pipeline (pqdjax.stages.decode): d4m and ddoq
 decode the k-means points by config.decode.method ('diffusion'); random is K

@@ -1,4 +1,4 @@
-"""ImageNet stage prior: the latent diffusion checkpoint whose VAE encodes and whose denoiser pushes forward.
+"""Streamed stage prior: the latent diffusion checkpoint whose VAE encodes and whose denoiser pushes forward.
 
 config.prior.kind:
     stable_diffusion   a v1.x checkpoint in diffusers' layout (pqdjax.models.stable_diffusion),

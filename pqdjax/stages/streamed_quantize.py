@@ -1,4 +1,4 @@
-"""ImageNet stage quantize: per class, K = IPC latent points and their Voronoi weights.
+"""Streamed stage quantize: per class, K = IPC latent points and their Voronoi weights.
 
 config.quantize.method:
     clvq    clvq_stream: competitive learning over the class's latent file read in

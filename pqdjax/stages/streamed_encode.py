@@ -1,4 +1,4 @@
-"""ImageNet stage encode: every training image to its latent by the prior's VAE, streamed to disk per class.
+"""Streamed stage encode: every training image to its latent by the prior's VAE, streamed to disk per class.
 
 1.28M images x 16,384 floats (512 px) do not fit in host memory, so latents
 are appended to one raw float32 file per class as they are produced:

@@ -1,7 +1,7 @@
-"""ImageNet stage evaluate: a fresh student per (method, IPC, seed) by the RDED/D4M protocol, validated sharded.
+"""Streamed stage evaluate: a fresh student per (method, IPC, seed) by the RDED/D4M protocol, validated sharded.
 
 The student (config.evaluate.model, one output per class of the run; the teacher's
-ImageNet logits are read at those classes, pqdjax.stages.imagenet_teacher) trains on
+ImageNet logits are read at those classes, pqdjax.stages.streamed_teacher) trains on
 the PNGs of a manifest with the teacher's soft labels at temperature 20 and
 each image's weight rescaled to mean 1 per class (pqdjax.train.student:
 data-parallel over the Mesh, the run's checkpoints under checkpoints/ so that a
