@@ -6,9 +6,9 @@ One sequence (STAGES) for every run; the kind of run chooses each stage's
 component (stage_components): 'in_memory' runs (configs/default.py,
 imagefolder.py) hold the data in host memory and train the prior here
 (pqdjax/stages/{prior,teacher,encode,...}.py); 'streamed' runs (configs/in1k.py,
-imagenette.py, imagewoof.py, cifar10.py) read the data record by record per
-process and load a pretrained prior (pqdjax/stages/streamed_*.py), and skip the
-denoiser and full_data stages. With config.export_pretrained set (the
+imagenette.py, imagewoof.py, cifar10.py, imagefolder.py:prior=stable_diffusion)
+read the data record by record per process and load a pretrained prior
+(pqdjax/stages/streamed_*.py), and skip the denoiser and full_data stages. With config.export_pretrained set (the
 `pretrain` option of configs/default.py) the run stops after the denoiser and
 ships the VAE, teacher and denoiser (pqdjax.stages.export).
 
@@ -114,8 +114,8 @@ STAGES = ("prior", "teacher", "encode", "denoiser", "quantize", "decode", "fidel
 
 def kind_of(config: ml_collections.ConfigDict) -> str:
     """'streamed' (config.data.streamed: data read record by record per process, a pretrained prior; configs/in1k.py,
-    imagenette.py, imagewoof.py, cifar10.py) or 'in_memory' (data in host memory, the prior trained here or shipped;
-    configs/default.py, imagefolder.py)."""
+    imagenette.py, imagewoof.py, cifar10.py, imagefolder.py:prior=stable_diffusion) or 'in_memory' (data in host
+    memory, the prior trained here or shipped; configs/default.py, imagefolder.py)."""
     return "streamed" if config.data.get("streamed") else "in_memory"
 
 
@@ -172,13 +172,16 @@ def stage_components(config: ml_collections.ConfigDict) -> dict[str, Callable[[R
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs (or resumes) the experiment of `config` in `workdir`: STAGES in order with the components of its kind,
-    then the report; returns the report (see stages.report)."""
+    then the report; returns the report (see stages.report).
+
+    A streamed config's config.data.num_classes = 0 ('every class') is replaced in `config` itself by the
+    dataset's class count before anything else, so config.json, the fingerprints and the report see the count.
+    Every process counts the same folder (the data, like the workdir, must be the same for every host)."""
     if kind_of(config) == "streamed":
         if config.data.get("num_classes") == 0:  # every class of the dataset (configs/imagefolder.py:prior=stable_diffusion)
             from pqdjax.data import streamed
 
-            split = streamed.open_configured_split(config.data, config.data.train_split)
-            config.data.num_classes = len(streamed.source_class_names(split))
+            config.data.num_classes = streamed.class_count(config.data)
             logging.info("data: config.data.num_classes = 0, so all %d classes of %s", config.data.num_classes, config.data.name)
         validate_streamed_config(config)
     else:

@@ -26,4 +26,6 @@ def torchvision():
             sys.modules.setdefault(name, types.ModuleType(name))
     import torchvision as module
 
+    if not module.__version__.startswith("0.28.0"):
+        raise ImportError(f"torchvision {module.__version__} found, the tests compare with 0.28.0 (torch 2.13.0's); run `make setup`.")
     return module

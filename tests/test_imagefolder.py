@@ -111,11 +111,18 @@ def test_the_stable_diffusion_option_distils_every_class_folder_with_their_names
     assert [(int(r["label"]), r["class"]) for r in rows] == [(c, s) for c, s in enumerate(SHAPES) for _ in range(ipc)]
     png = Image.open(tmp_path / "run" / "synthetic" / f"ipc{ipc}" / rows[0]["file"])
     assert np.asarray(png).shape == (16, 16, 3)
+    # the folder names are Stable Diffusion's prompts (not ImageNet synsets: no ImageNet class index)
+    classes = pipeline.Run(config=config, store=None).classes
+    assert classes.prompts == SHAPES and classes.imagenet_indices is None
 
 
 def test_the_stable_diffusion_option_refuses_gray_and_a_folder_without_a_test_split(tmp_path):
-    with pytest.raises(ConfigError, match="gray and sweep go with prior=trained"):
-        _config("prior=stable_diffusion,gray", "")
+    for option in ("gray", "sweep"):
+        with pytest.raises(ConfigError, match="gray and sweep go with prior=trained"):
+            _config(f"prior=stable_diffusion,{option}", "")
+    with pytest.raises(ConfigError, match="quantizer= goes with prior=stable_diffusion"):
+        _config("quantizer=clvq", "")
+    assert _config("prior=stable_diffusion,quantizer=clvq", "").quantize.method == "clvq"
     config = _config("runlocal,prior=stable_diffusion", write_folder(tmp_path / "shapes"))  # train/ only
     with pytest.raises(DatasetNotFoundError, match="shapes/test is not a folder"):
         pipeline.run(config, str(tmp_path / "run"))

@@ -48,9 +48,10 @@ def test_lloyd_matches_sklearn_at_stable_diffusion_latent_width(k):
     assert int(ours.iterations) == ref.n_iter_
 
 
-@pytest.mark.parametrize("shape", [(300, 196), (300, 256), (3, 50, 2048), (40, 16_384)])
+@pytest.mark.parametrize("shape", [(300, 196), (300, 256), (30, 1024), (30, 1100), (3, 50, 2048), (40, 16_384)])
 def test_squared_norms_of_short_and_long_rows_against_float64(shape):
-    """Short rows in one matrix-vector product, long rows (d >= 1,024, a multiple of 128) summed in pieces of 128."""
+    """Short rows in one matrix-vector product, long rows (d >= 1,024, a multiple of 128: 1,024 the first; 1,100 is
+    not) summed in pieces of 128."""
     from pqdjax.quantize.voronoi import squared_norms
 
     x = np.random.default_rng(len(shape)).normal(1.0, 2.0, shape).astype(np.float32)

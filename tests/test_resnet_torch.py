@@ -14,7 +14,6 @@ from pqdjax.models import convert_torchvision
 from pqdjax.models.classifiers import make_classifier
 from pqdjax.models.resnet import ResNet
 
-models = torchvision().models
 
 
 def _trained_looking(model: tnn.Module, seed: int = 0) -> tnn.Module:
@@ -33,7 +32,7 @@ def _trained_looking(model: tnn.Module, seed: int = 0) -> tnn.Module:
 
 def _torchvision_resnet(arch: str, num_classes: int, seed: int = 0) -> tnn.Module:
     torch.manual_seed(seed)
-    return _trained_looking(getattr(models, arch)(num_classes=num_classes), seed)
+    return _trained_looking(getattr(torchvision().models, arch)(num_classes=num_classes), seed)
 
 
 def test_resnet18_conversion_matches_torch_forward(tmp_path):
@@ -55,6 +54,21 @@ def test_resnet18_conversion_matches_torch_forward(tmp_path):
     save_file(torch_model.state_dict(), st_path)
     from_safetensors = convert_torchvision.load_torchvision_resnet(st_path, model)
     jax.tree.map(np.testing.assert_array_equal, from_safetensors, variables)
+
+
+def test_resnet10_the_students_depth_matches_torchvisions_resnet_class():
+    """ResNet-10 (one BasicBlock per stage; the runlocal and cross-architecture students) is torchvision's ResNet class
+    with layers [1, 1, 1, 1]."""
+    resnet = torchvision().models.resnet
+    torch.manual_seed(1)
+    torch_model = _trained_looking(resnet.ResNet(resnet.BasicBlock, [1, 1, 1, 1], num_classes=4), seed=1)
+    model = ResNet(num_classes=4, depth_name="resnet10")
+    variables = convert_torchvision.torchvision_to_flax({k: v.numpy() for k, v in torch_model.state_dict().items()}, model)
+    images = np.random.default_rng(4).normal(size=(2, 48, 48, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = torch_model(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+    got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images))
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_resnet50_bottleneck_conversion_matches_torch_forward():
@@ -89,7 +103,7 @@ def test_training_mode_batchnorm_matches_torch():
 
 
 def test_mismatched_checkpoint_is_a_clear_error():
-    state = {k: v.numpy() for k, v in models.resnet18(num_classes=10).state_dict().items()}
+    state = {k: v.numpy() for k, v in torchvision().models.resnet18(num_classes=10).state_dict().items()}
     with pytest.raises(convert_torchvision.CheckpointFormatError, match="shape"):
         convert_torchvision.torchvision_to_flax(state, ResNet(num_classes=7))
     with pytest.raises(convert_torchvision.CheckpointFormatError, match="missing.*layer1_2"):  # ResNet-18's for a ResNet-34

@@ -195,8 +195,16 @@ def source_class_names(source) -> tuple[str, ...]:
     return tuple(names)
 
 
+def class_count(config) -> int:
+    """The number of classes of the dataset config.data names, read from its training split."""
+    return len(source_class_names(open_configured_split(config, config.train_split)))
+
+
 def dataset_classes(config) -> Classes:
     """The first config.num_classes classes of the dataset config (config.data), both splits checked to agree."""
+    if config.num_classes < 1:  # 0 ('every class') is resolved by pqdjax.pipeline.run before any stage
+        raise ConfigError(f"config.data.num_classes = {config.num_classes}: at least 1 class, or 0 for every class when "
+                          "the run starts through pqdjax.pipeline.run.")
     train = source_class_names(open_configured_split(config, config.train_split))
     test = source_class_names(open_configured_split(config, config.test_split))
     if train != test:

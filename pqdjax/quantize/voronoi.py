@@ -29,8 +29,8 @@ def squared_norms(x: jax.Array) -> jax.Array:
     """|x_i|^2 over the last axis: [..., d] -> [...]. A matrix-vector product, which XLA:CPU
     runs several times faster than a row reduction; long rows as [..., d / 128, 128] pieces
     (a matrix-vector product each, then a sum over d / 128), since XLA:CPU's product with one
-    long vector is slow (1,300 x 16,384, Stable Diffusion's latents of a class: 3.9 ms against
-    32 ms; at d <= 1,024 the two are within 20%: python -m benchmarks.quantize --norms)."""
+    long vector is slow (1,300 x 16,384, Stable Diffusion's latents of a class: 5.1 ms against
+    26.8 ms; at d <= 1,024 the two are within 20%: python -m benchmarks.quantize --norms)."""
     d = x.shape[-1]
     ones = lambda n: jnp.ones(n, x.dtype)
     if d >= LONG_ROW_PIECES * PIECE and d % PIECE == 0:

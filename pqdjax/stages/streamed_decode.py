@@ -1,4 +1,4 @@
-"""Streamed stage decode: the quantization points pushed forward to 224 px PNGs by the prior's img2img (SD or DiT).
+"""Streamed stage decode: the quantization points pushed forward to PNGs (decode.image_size) by the prior's img2img (SD or DiT).
 
 Methods, as in the default pipeline (pqdjax.stages.decode): d4m and ddoq
 decode the k-means points by config.decode.method ('diffusion'); random is K
@@ -11,7 +11,8 @@ For every IPC K and class c, each of the K latent points is noised to
 config.decode.diffusion.strength and denoised by DDIM (diffusion.steps of the
 schedule, classifier-free guidance diffusion.guidance), decoded by the VAE and
 resized to config.decode.image_size. The condition is the prior's: for Stable
-Diffusion the prompt = the class's name (pqdjax/data/imagenet_classes.txt)
+Diffusion the prompt = the class's name (pqdjax.data.streamed.Classes: the ImageNet
+name of a synset, else the folder or tfds label name)
 against diffusion.negative_prompt (D4M: strength 0.7, guidance 8, 50 steps,
 224 px); for DiT the class label against the null class. With
 diffusion.start 'initial_latent' the point is not noised: the whole reverse

@@ -1,12 +1,12 @@
 """Streamed stage evaluate: a fresh student per (method, IPC, seed) by the RDED/D4M protocol, validated sharded.
 
-The student (config.evaluate.model, one output per class of the run; the teacher's
-ImageNet logits are read at those classes, pqdjax.stages.streamed_teacher) trains on
+The student (config.evaluate.model, one output per class of the run; an ImageNet
+teacher's logits are read at those classes, pqdjax.stages.streamed_teacher) trains on
 the PNGs of a manifest with the teacher's soft labels at temperature 20 and
 each image's weight rescaled to mean 1 per class (pqdjax.train.student:
 data-parallel over the Mesh, the run's checkpoints under checkpoints/ so that a
 killed run resumes), then is validated on config.data.test_split at resize
-256 / center crop 224 (pqdjax.train.imagenet_eval). One record per student:
+data.eval_resize / center crop data.eval_crop (pqdjax.train.imagenet_eval). One record per student:
 evaluate/{method}_ipc{K}_seed{s}.json.
 """
 

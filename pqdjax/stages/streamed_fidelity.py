@@ -42,7 +42,7 @@ BATCH_SIZE = 32
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _teacher_predictions(model, variables, images: jax.Array, num_classes: int) -> jax.Array:
-    """uint8 [B, 224, 224, 3] -> predicted class [B] among the first num_classes."""
+    """uint8 [B, S, S, 3] (S = decode.image_size) -> predicted class [B] among the first num_classes."""
     logits = model.apply(variables, imagenet.normalize(images.astype(jnp.float32) / 255.0), train=False)
     return jnp.argmax(logits[:, :num_classes], axis=-1)
 
