@@ -36,12 +36,11 @@ from pqdjax.errors import ConfigError
 from pqdjax.models.classifiers import ClassSubset, FromNormalizedInput, make_classifier
 from pqdjax.models.convert_torchvision import load_torchvision_resnet
 from pqdjax.models.tiny_checkpoints import write_tiny_torchvision_resnet
-from pqdjax.train.classifier import train_classifier
+from pqdjax.stages.teacher import ARTIFACT as TRAINED_ARTIFACT, train_here
 from pqdjax.train.imagenet_eval import sharded_accuracy
 
 TINY_ARTIFACT = "teacher/tiny_resnet.safetensors"
 ACCURACY_ARTIFACT = "teacher/accuracy.json"
-TRAINED_ARTIFACT = "teacher/params"
 KINDS = ("torchvision", "trained")
 
 
@@ -85,18 +84,10 @@ def trained(run) -> tuple[nn.Module, dict, str, str]:
                                streamed.data_fields(data, streamed.TRAIN_DATA_FIELDS), data.eval_resize, data.eval_crop)
     size = (1, data.eval_crop, data.eval_crop, 3)
     target = jax.eval_shape(lambda: classifier.init(jax.random.key(0), jnp.zeros(size))["params"])
-    if run.store.is_complete(TRAINED_ARTIFACT, fp):
-        return model, {"params": run.store.load_params(TRAINED_ARTIFACT, target)}, fp, run.store.path(TRAINED_ARTIFACT)
-    images, labels = streamed.read_split(data, data.train_split, data.eval_resize, data.eval_crop)
-    # Every process trains the same teacher from the same key and data (deterministic); process 0 stores it.
-    # Mid-training checkpoints in a one-process run only: one writer.
-    checkpoints = run.checkpoints("teacher", fp, config.train) if jax.process_count() == 1 else None
-    params = train_classifier(classifier, images, labels, config.train, run.rng("teacher"), run.fast_conv,
-                              checkpoints=checkpoints, metrics_dir=run.metrics_dir)
-    parallel.write_once(run.store, TRAINED_ARTIFACT, fp, lambda: run.store.save_params(TRAINED_ARTIFACT, params, fp))
-    if checkpoints:
-        checkpoints.discard()
-    return model, {"params": params}, fp, f"trained here on {len(labels)} images"
+    # the split read into host memory by every process, only when the teacher trains
+    read = lambda: streamed.read_split(data, data.train_split, data.eval_resize, data.eval_crop)
+    params, info = train_here(run, classifier, target, read, fp)
+    return model, {"params": params}, fp, f"{run.store.path(TRAINED_ARTIFACT)} (trained here on {info.get('images', 'the training')} images)"
 
 
 def converted(run) -> tuple[nn.Module, dict, str, str]:
@@ -118,7 +109,7 @@ def run(run) -> Teacher:
     eval_fp = artifacts.fingerprint(
         "imagenet_teacher_accuracy", fp, streamed.data_fields(data, streamed.TEST_DATA_FIELDS),
     )
-    if run.store.is_complete(ACCURACY_ARTIFACT, eval_fp):
+    if parallel.complete_everywhere(run.store, ACCURACY_ARTIFACT, eval_fp):
         test_accuracy = run.store.load_record(ACCURACY_ARTIFACT)["test_accuracy"]
     else:
         source = streamed.open_configured_split(data, data.test_split)

@@ -44,21 +44,31 @@ def run(run) -> Teacher:
         logging.info("teacher: shipped %s, test accuracy %.4f (manifest: %.4f)", config.weights, test_accuracy, entry["quality"]["test_accuracy"])
         return Teacher(model, params, test_accuracy, fp)
     fp = artifacts.fingerprint("teacher", run.data_fingerprint, config, run.config.seed)
-    if parallel.complete_everywhere(run.store, ARTIFACT, fp):
-        params = run.store.load_params(ARTIFACT, target)
-        test_accuracy = run.store.info(ARTIFACT)["test_accuracy"]
-        logging.info("teacher: reusing %s (test accuracy %.4f)", run.store.path(ARTIFACT), test_accuracy)
-        return Teacher(model, params, test_accuracy, fp)
+    tested = lambda params: {"test_accuracy": accuracy(model, {"params": params}, dataset.test_images, dataset.test_labels)}
+    params, info = train_here(run, model, target, lambda: (dataset.train_images, dataset.train_labels), fp, tested)
+    logging.info("teacher: test accuracy %.4f", info["test_accuracy"])
+    return Teacher(model, params, info["test_accuracy"], fp)
+
+
+def train_here(run, model: nn.Module, target, read_data, fp: str, measure=None) -> tuple[dict, dict]:
+    """The teacher's params trained in the run, or reused: (params, the info in their marker). Every pipeline's
+    teacher trained here (config.teacher.train) goes through it.
+
+    target: the params' shapes (jax.eval_shape of model.init's 'params'); read_data() -> (uint8 images [N, H, W, C],
+    int labels [N]), called only to train; measure(params) -> a dict kept in the marker with the training time
+    (e.g. the test accuracy). Training resumes from its mid-training checkpoints (checkpoints/teacher); in a run of
+    several processes every process trains the same teacher (same data and key) and process 0 stores it.
+    """
+    config = run.config.teacher
+    if parallel.complete_everywhere(run.store, ARTIFACT, fp):  # checked by all before process 0 may write it
+        logging.info("teacher: reusing %s", run.store.path(ARTIFACT))
+        return run.store.load_params(ARTIFACT, target), run.store.info(ARTIFACT)
+    images, labels = read_data()
     start = time.perf_counter()
     checkpoints = run.checkpoints("teacher", fp, config.train)
-    params = train_classifier(
-        model, dataset.train_images, dataset.train_labels, config.train, run.rng("teacher"), run.fast_conv,
-        checkpoints=checkpoints, metrics_dir=run.metrics_dir,
-    )
-    seconds = round(time.perf_counter() - start, 2)
-    test_accuracy = accuracy(model, {"params": params}, dataset.test_images, dataset.test_labels)
-    logging.info("teacher: test accuracy %.4f", test_accuracy)
-    info = {"test_accuracy": test_accuracy, "seconds": seconds}
+    params = train_classifier(model, images, labels, config.train, run.rng("teacher"), run.fast_conv,
+                              checkpoints=checkpoints, metrics_dir=run.metrics_dir)
+    info = {"seconds": round(time.perf_counter() - start, 2), "images": len(labels), **(measure(params) if measure else {})}
     parallel.write_once(run.store, ARTIFACT, fp, lambda: run.store.save_params(ARTIFACT, params, fp, info))
     checkpoints.discard()
-    return Teacher(model, params, test_accuracy, fp)
+    return params, info
