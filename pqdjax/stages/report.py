@@ -273,11 +273,9 @@ def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict], fid
         **evaluation,
         **({"full_data_student": full} if full else {}),
         "quantization": quantization,
-        "timing": {  # wall times in seconds: the one part of results.json that varies from run to run
-            "stage_seconds": run.stage_seconds,
+        "timing": {
+            **_timing(run, records),
             "artifact_seconds": _artifact_seconds(run),
-            "student_seconds": student_seconds(records),
-            **student_cost(records),
             **({"full_data_student_seconds": {f"seed{r['seed']}": r.get("seconds") for r in full_data}} if full else {}),
             "encode": _encode_cost(run),
             "synthetic_seconds": _synthetic_cost(run, synthetic, "seconds"),
@@ -294,8 +292,7 @@ def _write_report(run, results: dict, table: str, summary: dict, quantized: dict
     from pqdjax.stages.decode import STRIPS_ARTIFACT
 
     store, methods, ipcs = run.store, list(run.config.methods), sorted(quantized)
-    artifacts.write_json(store.path("results.json"), results)
-    artifacts.write_text(store.path("results.md"), f"# Results\n\n{table}\nStage wall times (s): {run.stage_seconds}\n")
+    _write_results(run, results, table)
     figure_method, figure_ipc = figure_set(methods, ipcs, synthetic)
     shown = synthetic[figure_method, figure_ipc]
     write_figures(store, summary, methods, results["teacher_test_accuracy"],
@@ -304,6 +301,18 @@ def _write_report(run, results: dict, table: str, summary: dict, quantized: dict
     if store.info(STRIPS_ARTIFACT) is not None:
         figures.pushforward_strips(store.path("pushforward.png"), store.load_arrays(STRIPS_ARTIFACT), run.dataset.class_names)
     logging.info("report: wrote results.json, results.md and the figures to %s", store.workdir)
+
+
+def _timing(run, records: list[dict]) -> dict:
+    """results.json's timing of every pipeline: wall times in seconds (the one part of results.json that varies from
+    run to run) of the stages and students, and the students' training FLOPs."""
+    return {"stage_seconds": run.stage_seconds, "student_seconds": student_seconds(records), **student_cost(records)}
+
+
+def _write_results(run, results: dict, table: str) -> None:
+    """results.json and results.md (the tables and the stage wall times) of every pipeline, by process 0."""
+    artifacts.write_json(run.store.path("results.json"), results)
+    artifacts.write_text(run.store.path("results.md"), f"# Results\n\n{table}\nStage wall times (s): {run.stage_seconds}\n")
 
 
 def figure_set(methods, ipcs, synthetic) -> tuple[str, int]:
@@ -333,15 +342,10 @@ def run_streamed(run, teacher, latents, quantized: dict, synthetic: dict, record
         "quantization": quantization,
         "latents": {"shape": list(latents.shape), "per_class": latents.counts.sum(0).tolist()},
         "synthetic": {f"{m}_ipc{k}": os.path.relpath(s.manifest, run.store.workdir) for (m, k), s in sorted(synthetic.items())},
-        "timing": {  # wall times in seconds: the one part of results.json that varies from run to run
-            "stage_seconds": run.stage_seconds,
-            "student_seconds": student_seconds(records),
-            **student_cost(records),
-        },
+        "timing": _timing(run, records),
     }
     if jax.process_index() == 0:
-        artifacts.write_json(run.store.path("results.json"), results)
-        artifacts.write_text(run.store.path("results.md"), f"# Results\n\n{table}\nStage wall times (s): {run.stage_seconds}\n")
+        _write_results(run, results, table)
         shown = min(latents.num_classes, FIGURE_CLASSES)
         weights = {ipc: np.stack([quantized[ipc].load(run.store, c)["weights"] for c in range(shown)]) for ipc in ipcs}
         write_figures(run.store, evaluation["accuracy"], list(config.methods), teacher.test_accuracy, weights,
