@@ -35,18 +35,27 @@ def _torchvision_resnet(arch: str, num_classes: int, seed: int = 0) -> tnn.Modul
     return _trained_looking(getattr(torchvision().models, arch)(num_classes=num_classes), seed)
 
 
+def _assert_eval_logits_equal(torch_model: tnn.Module, model, variables, image_size: int, seed: int) -> None:
+    """torch_model and the flax `model` with `variables` give the same logits, in eval mode, on 2 random images."""
+    images = np.random.default_rng(seed).normal(size=(2, image_size, image_size, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = torch_model(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+    got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images))
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def _converted(torch_model: tnn.Module, model) -> dict:
+    """The flax variables of `model` converted from torch_model's state dict."""
+    return convert_torchvision.torchvision_to_flax({k: v.numpy() for k, v in torch_model.state_dict().items()}, model)
+
+
 def test_resnet18_conversion_matches_torch_forward(tmp_path):
     torch_model = _torchvision_resnet("resnet18", 10)
     path = str(tmp_path / "resnet18.pth")
     torch.save(torch_model.state_dict(), path)
-    images = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
-    with torch.no_grad():
-        expected = torch_model(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
-
     model = make_classifier(ml_collections.ConfigDict(dict(arch="resnet18")), 10)
     variables = convert_torchvision.load_torchvision_resnet(path, model)
-    got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images))
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+    _assert_eval_logits_equal(torch_model, model, variables, image_size=64, seed=0)
     # The same weights through safetensors give the same variables.
     from safetensors.torch import save_file
 
@@ -63,33 +72,21 @@ def test_resnet10_the_students_depth_matches_torchvisions_resnet_class():
     torch.manual_seed(1)
     torch_model = _trained_looking(resnet.ResNet(resnet.BasicBlock, [1, 1, 1, 1], num_classes=4), seed=1)
     model = ResNet(num_classes=4, depth_name="resnet10")
-    variables = convert_torchvision.torchvision_to_flax({k: v.numpy() for k, v in torch_model.state_dict().items()}, model)
-    images = np.random.default_rng(4).normal(size=(2, 48, 48, 3)).astype(np.float32)
-    with torch.no_grad():
-        expected = torch_model(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
-    got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images))
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+    _assert_eval_logits_equal(torch_model, model, _converted(torch_model, model), image_size=48, seed=4)
 
 
 def test_resnet50_bottleneck_conversion_matches_torch_forward():
     """The Bottleneck blocks (1x1, strided 3x3, 1x1; 4x expansion; a downsample in every stage's first block)."""
     torch_model = _torchvision_resnet("resnet50", 6, seed=3)
-    state = {k: v.numpy() for k, v in torch_model.state_dict().items()}
     model = ResNet(num_classes=6, depth_name="resnet50")
-    variables = convert_torchvision.torchvision_to_flax(state, model)
-    images = np.random.default_rng(2).normal(size=(2, 64, 64, 3)).astype(np.float32)
-    with torch.no_grad():
-        expected = torch_model(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
-    got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images))
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+    _assert_eval_logits_equal(torch_model, model, _converted(torch_model, model), image_size=64, seed=2)
 
 
 def test_training_mode_batchnorm_matches_torch():
     """train=True normalises by the batch statistics and updates the running averages like torch's momentum 0.1."""
     torch_model = _torchvision_resnet("resnet18", 5).train()
     model = ResNet(num_classes=5)
-    state = {k: v.numpy() for k, v in torch_model.state_dict().items()}
-    variables = convert_torchvision.torchvision_to_flax(state, model)
+    variables = _converted(torch_model, model)
     images = np.random.default_rng(1).normal(size=(4, 32, 32, 3)).astype(np.float32)
     with torch.no_grad():
         expected = torch_model(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
