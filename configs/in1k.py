@@ -77,7 +77,7 @@ what is complete and resumes what was interrupted):
             manifests (file, label, weight) for d4m (uniform) and ddoq (Voronoi).
   fidelity  per synthetic set: teacher agreement, cell consistency (the PNGs
             re-encoded by the SD VAE, in their point's Voronoi cell), W2 of
-            the re-encoded images and of the points (pqdjax.stages.streamed_fidelity).
+            the re-encoded images and of the points (pqdjax.stages.fidelity).
   evaluate  students (pqdjax.train.student): 300 epochs, AdamW lr 1e-3,
             weight decay 0.01 off norms and biases, cosine, RandomResizedCrop 224
             (0.08-1) + flip + CutMix, KL to the teacher at T = 20 on the same

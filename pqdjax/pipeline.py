@@ -8,7 +8,10 @@ imagefolder.py) hold the data in host memory and train the prior here
 (pqdjax/stages/{prior,teacher,encode,...}.py); 'streamed' runs (configs/in1k.py,
 imagenette.py, imagewoof.py, cifar10.py, imagefolder.py:prior=stable_diffusion)
 read the data record by record per process and load a pretrained prior
-(pqdjax/stages/streamed_*.py), and skip the denoiser and full_data stages. With config.export_pretrained set (the
+(pqdjax/stages/streamed_*.py), and skip the denoiser and full_data stages.
+Stages with one component for every kind (fidelity) reach the others'
+outputs through small interfaces that both kinds implement (listed in the
+stage's docstring). With config.export_pretrained set (the
 `pretrain` option of configs/default.py) the run stops after the denoiser and
 ships the VAE, teacher and denoiser (pqdjax.stages.export).
 
@@ -122,10 +125,14 @@ def kind_of(config: ml_collections.ConfigDict) -> str:
 def stage_components(config: ml_collections.ConfigDict) -> dict[str, Callable[[Run, dict], Any]]:
     """{stage: component(run, outputs)} for the kind of `config`, plus 'report'. A component reads the outputs of
     earlier stages by stage name (outputs['encode'] is the latents) and returns its own."""
-    from pqdjax.stages import report
+    from pqdjax.stages import fidelity, report
 
+    # The components every kind shares (each reads the others' outputs through the interfaces in its docstring).
+    shared = {
+        "fidelity": lambda run, o: fidelity.run(run, o["prior"], o["teacher"], o["encode"], o["quantize"], o["decode"]),
+    }
     if kind_of(config) == "streamed":
-        from pqdjax.stages import (streamed_decode, streamed_encode, streamed_evaluate, streamed_fidelity, streamed_prior,
+        from pqdjax.stages import (streamed_decode, streamed_encode, streamed_evaluate, streamed_prior,
                                    streamed_quantize, streamed_teacher)
 
         return {
@@ -134,12 +141,12 @@ def stage_components(config: ml_collections.ConfigDict) -> dict[str, Callable[[R
             "encode": lambda run, o: streamed_encode.run(run, o["prior"]),
             "quantize": lambda run, o: streamed_quantize.run(run, o["encode"]),
             "decode": lambda run, o: streamed_decode.run(run, o["prior"], o["encode"], o["quantize"]),
-            "fidelity": lambda run, o: streamed_fidelity.run(run, o["prior"], o["teacher"], o["encode"], o["quantize"], o["decode"]),
+            **shared,
             "evaluate": lambda run, o: streamed_evaluate.run(run, o["teacher"], o["decode"]),
             "report": lambda run, o: report.run_streamed(run, o["teacher"], o["encode"], o["quantize"], o["decode"],
                                                          o["evaluate"], o["fidelity"]),
         }
-    from pqdjax.stages import decode, denoiser, encode, evaluate, export, fidelity, prior, quantize, teacher
+    from pqdjax.stages import decode, denoiser, encode, evaluate, export, prior, quantize, teacher
 
     trained = {
         "prior": lambda run, o: prior.run(run),
@@ -162,7 +169,7 @@ def stage_components(config: ml_collections.ConfigDict) -> dict[str, Callable[[R
         **trained,
         "quantize": lambda run, o: quantize.run(run, o["encode"]),
         "decode": lambda run, o: decode.run(run, o["prior"], o["encode"], o["quantize"], o["denoiser"]),
-        "fidelity": lambda run, o: fidelity.run(run, o["prior"], o["teacher"], o["encode"], o["quantize"], o["decode"]),
+        **shared,
         "evaluate": evaluate_sets,
         "full_data": lambda run, o: evaluate.full_data(run, o["teacher"]),
         "report": lambda run, o: report.run(run, o["teacher"], o["quantize"], o["decode"], o["evaluate"], o["fidelity"],

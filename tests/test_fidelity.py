@@ -1,16 +1,23 @@
 """The pushforward metrics of stages.fidelity, each against a small case computed by hand."""
 
 import itertools
+import os
 import types
 
 import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+import pytest
 
 from pqdjax.data.preprocess import to_model_range
 from pqdjax.models import vae as vae_lib
 from pqdjax.stages import fidelity
+from pqdjax.stages.decode import SyntheticSet
+from pqdjax.stages.encode import Latents
+from pqdjax.stages.prior import Prior
+from pqdjax.stages.quantize import Quantized
+from pqdjax.stages.teacher import Teacher
 
 
 class FirstPixels(nn.Module):
@@ -22,8 +29,8 @@ class FirstPixels(nn.Module):
         return x.reshape(len(x), -1)[:, : self.num_classes]
 
 
-def _teacher():
-    return types.SimpleNamespace(model=FirstPixels(), params={})
+def _teacher(num_classes: int = 3) -> Teacher:
+    return Teacher(model=FirstPixels(num_classes), params={}, test_accuracy=0.0, fingerprint="first pixels")
 
 
 def test_teacher_agreement_counts_the_images_labelled_as_their_class():
@@ -51,20 +58,20 @@ def test_measure_against_brute_force_transport():
     config = ml_collections.ConfigDict(dict(arch="conv", block_out_channels=(8,), layers_per_block=1, latent_channels=2, patch=2))
     vae = vae_lib.make_vae(config, 4, 1)
     params = vae_lib.init_params(vae, jax.random.key(0), 4)
-    prior = types.SimpleNamespace(vae=vae, params=params, latent_scale=1.3)
+    prior = Prior(vae, params, 1.3, "prior")
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (2, 3, 4, 4, 1), dtype=np.uint8)  # [C, K, H, W, ch]
     data = rng.integers(0, 256, (6, 4, 4, 1), dtype=np.uint8)
     encode = lambda x: np.asarray(vae_lib.encode(vae, params, to_model_range(x), 1.3), np.float64).reshape(len(x), -1)
-    latents = types.SimpleNamespace(latents=encode(data).astype(np.float32), labels=np.array([0, 1, 0, 1, 1, 0]), num_classes=2)
+    latents = Latents(encode(data).astype(np.float32), np.array([0, 1, 0, 1, 1, 0]), 2, (2, 2, 2), "latents")
     points = rng.normal(size=(2, 3, 8)).astype(np.float32)
-    quantized = types.SimpleNamespace(arrays={"points": points, "w2_d4m": np.array([1.0, 2.0])})
-    synthetic = types.SimpleNamespace(method="d4m", images=images, weights=np.full((2, 3), 1 / 3, np.float32))
+    quantized = Quantized(3, {"points": points, "w2_d4m": np.array([1.0, 2.0])}, "quantized")
+    synthetic = SyntheticSet("d4m", 3, images, np.full((2, 3), 1 / 3, np.float32), "set")
     run = types.SimpleNamespace(config=ml_collections.ConfigDict(dict(
         quantize=dict(w2_exact_max_size=10_000_000, w2_relative_epsilon=3e-3, w2_max_iterations=1000),
-        encode=dict(batch_size=4), decode=dict(method="diffusion"),
+        encode=dict(batch_size=4), decode=dict(method="diffusion"), data=dict(),
     )))
-    teacher = types.SimpleNamespace(model=FirstPixels(num_classes=2), params={})
+    teacher = _teacher(num_classes=2)
     record = fidelity.measure(run, prior, teacher, latents, quantized, synthetic)
 
     w2 = []
@@ -82,3 +89,31 @@ def test_measure_against_brute_force_transport():
     flat = images.reshape(6, 4, 4, 1)
     expected_agreement = np.mean(np.argmax(flat.reshape(6, -1)[:, :2], axis=1) == np.repeat([0, 1], 3))
     assert record["teacher_agreement"] == expected_agreement
+
+
+def test_a_streamed_set_loads_class_major_as_the_in_memory_one(tmp_path):
+    """The PNGs and manifest of a set, rows in any order, load back as the in-memory set's images and weights."""
+    from pqdjax.data import image_folder
+    from pqdjax.errors import InputError
+    from pqdjax.stages import streamed_decode
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (3, 2, 5, 5, 3), dtype=np.uint8)
+    weights = rng.dirichlet(np.ones(2), size=3).astype(np.float32)
+    folder = str(tmp_path / "set")
+    image_folder.write_set(folder, images, weights, ["a", "b", "c"])
+    manifest = os.path.join(folder, image_folder.MANIFEST)
+    with open(manifest) as f:
+        header, *rows = f.read().splitlines()
+    shuffled = [rows[i] for i in (5, 0, 3, 2, 4, 1)]
+    with open(manifest, "w") as f:
+        f.write("\n".join([header] + shuffled) + "\n")
+    in_memory = SyntheticSet("ddoq", 2, images, weights, "set")
+    loaded = streamed_decode.SyntheticSet("ddoq", 2, manifest, "set").load()
+    np.testing.assert_array_equal(loaded[0], in_memory.load()[0])
+    np.testing.assert_allclose(loaded[1], in_memory.load()[1], rtol=1e-7)
+
+    with open(manifest, "w") as f:
+        f.write("\n".join([header] + shuffled[:-1]) + "\n")  # one image of class 0 missing
+    with pytest.raises(InputError, match="does not hold 2 images of each"):
+        streamed_decode.SyntheticSet("ddoq", 2, manifest, "set").load()

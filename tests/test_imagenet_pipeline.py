@@ -178,7 +178,7 @@ def test_a_rerun_does_no_work(in1k_run, monkeypatch):
     monkeypatch.setattr("pqdjax.stages.streamed_quantize.quantize_streaming", refuse)
     monkeypatch.setattr("pqdjax.stages.streamed_evaluate.evaluate_set", refuse)
     monkeypatch.setattr("pqdjax.stages.streamed_teacher.sharded_accuracy", refuse)
-    monkeypatch.setattr("pqdjax.stages.streamed_fidelity.measure", refuse)
+    monkeypatch.setattr("pqdjax.stages.fidelity.measure", refuse)
     again = pipeline.run(config, workdir)
     first = in1k_run["results"]
     assert {k: v for k, v in again.items() if k != "timing"} == {k: v for k, v in first.items() if k != "timing"}

@@ -61,6 +61,10 @@ class SyntheticSet:
     weights: np.ndarray
     fingerprint: str
 
+    def load(self) -> tuple[np.ndarray, np.ndarray]:
+        """(images uint8 [C, K, H, W, ch], weights float32 [C, K])."""
+        return self.images, self.weights
+
 
 def decoders_in_use(config) -> set[str]:
     """The decoders the config's methods need."""

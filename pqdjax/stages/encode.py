@@ -37,6 +37,13 @@ class Latents:
     shape: tuple[int, int, int]
     fingerprint: str
 
+    def class_size(self, c: int) -> int:
+        return int(np.sum(self.labels == c))
+
+    def load(self, c: int) -> np.ndarray:
+        """Class c's latents [n_c, d], in dataset order (as pqdjax.data.grouping.class_indices)."""
+        return self.latents[self.labels == c]
+
 
 def _encoder(prior):
     """The jitted encoder: (params, uint8 [B, H, W, C]) -> float32 [B, h, w, c] scaled posterior means."""

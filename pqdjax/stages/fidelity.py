@@ -1,21 +1,36 @@
-"""Stage fidelity: what the pushforward kept, for every synthetic set.
+"""Stage fidelity: what the pushforward kept, for every synthetic set of every run.
 
 The student trains on images, not on latent points, so whether a decoder
 keeps what the quantizer found is measured on the images themselves:
 
     teacher_agreement  share of the set's images that the teacher labels as
                        the class they were made for
-    cell_consistency   share of images whose re-encoded latent (the VAE
-                       encoder's mean) lies in the Voronoi cell of the point it
-                       was decoded from, among its set's K points of the class
-                       (None for real images, which are decoded from no point)
+    cell_consistency   share of images whose re-encoded latent (the prior's VAE
+                       encoder, posterior mean, scaled) lies in the Voronoi cell
+                       of the point it was decoded from, among its set's K points
+                       of the class (None for real images and for samples, which
+                       are decoded from no point)
     w2_images          W2 from the class's latent measure to the re-encoded
                        images with the set's weights, mean over classes: what
-                       the student actually trains on, beside the quantize
-                       stage's W2 of the points (w2_points)
+                       the student actually trains on, beside W2 of the set's
+                       points with the same weights (w2_points; real-image
+                       methods: their images' latents; None for samples)
 
-One record per set, fidelity/{method}_ipc{K}.json, reused while the set,
-the prior, the teacher and the latents are unchanged.
+One implementation for every kind of run: it asks the run's components for
+what it measures, each through a small interface both kinds implement:
+
+    synthetic.load()                  images uint8 [C, K, H, W, ch], weights [C, K]
+    teacher.predict(images)           the teacher's class of each image [N]
+    prior.reencode(images, config)    scaled latents [N, d], as the encode stage makes them
+    latents.load(c)                   class c's training latents [n_c, d]
+    quantized.set_points(run, latents, base), .w2_points(run, latents, base)
+                                      a base method's points [C, K, d] and their W2 [C]
+
+(in-memory runs: stages.{decode, teacher, prior, encode, quantize}; streamed
+runs: the stages.streamed_* modules of the same names). One class's latents
+are in memory at a time. One record per set, fidelity/{method}_ipc{K}.json,
+reused while the set, its quantization, the prior, the teacher and the
+latents are unchanged; process 0 writes it.
 """
 
 from __future__ import annotations
@@ -25,16 +40,13 @@ from absl import logging
 
 from pqdjax import artifacts, parallel
 from pqdjax.config_checks import W2_METHODS, decoder_of, split_method
-from pqdjax.data.grouping import class_indices, pad_classes
-from pqdjax.quantize import wasserstein2_classes
-from pqdjax.stages.encode import encode_images
-from pqdjax.stages.quantize import method_set
-from pqdjax.train.classifier import accuracy
+from pqdjax.errors import InputError
+from pqdjax.stages.quantize import class_w2
 
 
 def teacher_agreement(teacher, images: np.ndarray, labels: np.ndarray) -> float:
-    """Share of uint8 images [N, H, W, C] that the teacher labels as labels [N]: its accuracy on them."""
-    return accuracy(teacher.model, {"params": teacher.params}, images, labels)
+    """Share of uint8 images [N, H, W, C] that the teacher (teacher.predict) labels as labels [N]."""
+    return float(np.mean(np.asarray(teacher.predict(images)) == np.asarray(labels)))
 
 
 def cell_consistency(reencoded: np.ndarray, points: np.ndarray) -> float:
@@ -49,27 +61,24 @@ def cell_consistency(reencoded: np.ndarray, points: np.ndarray) -> float:
 
 def measure(run, prior, teacher, latents, quantized, synthetic) -> dict:
     """The record of one synthetic set (see the module docstring)."""
-    config = run.config.quantize
-    images = synthetic.images  # [C, K, H, W, ch]
-    num_classes, ipc = images.shape[:2]
+    images, weights = synthetic.load()
+    num_classes, ipc = weights.shape
+    if num_classes != latents.num_classes:
+        raise InputError(f"fidelity: the {synthetic.method} set of IPC {ipc} has {num_classes} classes, the latents "
+                         f"{latents.num_classes}; delete synthetic/ in the workdir to decode the sets again.")
     flat_images = images.reshape((-1,) + images.shape[2:])
-    labels = np.repeat(np.arange(num_classes), ipc)
-    reencoded = encode_images(prior, flat_images, run.config.encode.batch_size).reshape(num_classes, ipc, -1)
-    padded, mass = pad_classes(latents.latents, class_indices(latents.labels, latents.num_classes))
-    w2, _ = wasserstein2_classes(
-        padded, mass, reencoded, synthetic.weights, config.w2_exact_max_size, config.w2_relative_epsilon, config.w2_max_iterations,
-    )
-    base, decoder = split_method(synthetic.method)
-    points, _, _ = method_set(quantized.arrays, base, latents.latents)
-    from_points = base in W2_METHODS and decoder_of(synthetic.method, run.config) not in (None, "sample")  # not samples, not real images
-    record = {
+    reencoded = prior.reencode(flat_images, run.config).reshape(num_classes, ipc, -1)
+    w2_images = [class_w2(latents.load(c), reencoded[c], weights[c], run.config) for c in range(num_classes)]
+    base, _ = split_method(synthetic.method)
+    with_points = base in W2_METHODS  # 'generated' samples have no points of their own
+    from_points = with_points and decoder_of(synthetic.method, run.config) not in (None, "sample")  # not real images
+    return {
         "method": synthetic.method, "ipc": ipc,
-        "teacher_agreement": teacher_agreement(teacher, flat_images, labels),
-        "cell_consistency": cell_consistency(reencoded, points) if from_points else None,
-        "w2_images": float(np.mean(w2)),
-        "w2_points": float(np.mean(quantized.arrays[f"w2_{base}"])) if base in W2_METHODS else None,
+        "teacher_agreement": teacher_agreement(teacher, flat_images, np.repeat(np.arange(num_classes), ipc)),
+        "cell_consistency": cell_consistency(reencoded, quantized.set_points(run, latents, base)) if from_points else None,
+        "w2_images": float(np.mean(w2_images)),
+        "w2_points": float(np.mean(quantized.w2_points(run, latents, base))) if with_points else None,
     }
-    return record
 
 
 def measure_sets(run, synthetic: dict, quantized: dict, measure_set, kind: str, *inputs) -> dict[tuple[str, int], dict]:
@@ -104,5 +113,6 @@ def run(run, prior, teacher, latents, quantized: dict, synthetic: dict) -> dict[
     """The fidelity record of every synthetic set, keyed like `synthetic` by (method, IPC)."""
     return measure_sets(
         run, synthetic, quantized, lambda q, synthetic_set: measure(run, prior, teacher, latents, q, synthetic_set),
-        "fidelity", prior.fingerprint, teacher.fingerprint, latents.fingerprint, run.config.quantize, run.config.encode,
+        "fidelity", prior.fingerprint, teacher.fingerprint, latents.fingerprint, run.config.quantize,
+        run.config.data.get("encode_crop"),
     )

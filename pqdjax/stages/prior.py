@@ -19,6 +19,7 @@ from pqdjax import artifacts, parallel, pretrained
 from pqdjax.batching import map_batches
 from pqdjax.data.preprocess import to_model_range
 from pqdjax.models import vae as vae_lib
+from pqdjax.stages.encode import encode_images
 from pqdjax.train.autoencoder import train_vae
 from pqdjax.errors import InputError
 
@@ -33,6 +34,10 @@ class Prior:
     params: dict
     latent_scale: float
     fingerprint: str
+
+    def reencode(self, images: np.ndarray, config) -> np.ndarray:
+        """uint8 images [N, H, W, C] -> their scaled latents [N, d], as the encode stage makes them (config: the run's)."""
+        return encode_images(self, images, config.encode.batch_size).reshape(len(images), -1)
 
 
 def latent_scale_of(vae, params, images: np.ndarray, batch_size: int = 500) -> float:

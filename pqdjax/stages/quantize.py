@@ -52,6 +52,25 @@ class Quantized:
     arrays: dict[str, np.ndarray]
     fingerprint: str
 
+    def set_points(self, run, latents, base: str) -> np.ndarray:
+        """The latent points [C, K, d] of a base method of W2_METHODS (real-image methods: their images' latents)."""
+        del run
+        return method_set(self.arrays, base, latents.latents)[0]
+
+    def w2_points(self, run, latents, base: str) -> np.ndarray:
+        """W2 [C] from each class's latent measure to the base method's weighted points, as this stage computed it."""
+        del run, latents
+        return self.arrays[f"w2_{base}"]
+
+
+def class_w2(x: np.ndarray, points: np.ndarray, weights: np.ndarray, config) -> float:
+    """W2 from the uniform measure on one class's latents x [n, d] to points [K, d] with weights [K], exact or by
+    Sinkhorn as config.quantize's w2_* settings say (pqdjax.quantize.wasserstein2_classes)."""
+    q = config.quantize
+    settings = (q.get("w2_exact_max_size", 10_000_000), q.get("w2_relative_epsilon", 3e-3), q.get("w2_max_iterations", 20000))
+    mass = np.full((1, len(x)), 1.0 / len(x), np.float32)
+    return float(wasserstein2_classes(x[None], mass, points[None], weights[None], *settings)[0][0])
+
 
 def solver_from_config(config):
     """The quantization solver that config.quantize describes."""

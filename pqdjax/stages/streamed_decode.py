@@ -61,6 +61,17 @@ class SyntheticSet:
     manifest: str
     fingerprint: str
 
+    def load(self) -> tuple[np.ndarray, np.ndarray]:
+        """The manifest's PNGs and weights, class-major: (images uint8 [C, K, S, S, 3], weights float32 [C, K])."""
+        files, labels, weights = image_folder.read_manifest(self.manifest)
+        order = np.lexsort((np.arange(len(labels)), labels))  # by class, in manifest order within a class
+        num_classes = len(labels) // self.ipc
+        if len(labels) % self.ipc or not np.array_equal(labels[order], np.repeat(np.arange(num_classes), self.ipc)):
+            raise InputError(f"{self.manifest} does not hold {self.ipc} images of each of classes 0..{num_classes - 1}; "
+                             "delete synthetic/ in the workdir to decode the sets again.")
+        images = image_folder.load_images([files[i] for i in order])
+        return images.reshape((num_classes, self.ipc) + images.shape[1:]), weights[order].astype(np.float32).reshape(num_classes, self.ipc)
+
 
 STARTS = ("img2img", "initial_latent")
 

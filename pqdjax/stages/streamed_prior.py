@@ -18,9 +18,13 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import jax.numpy as jnp
+import numpy as np
 from absl import logging
 
 from pqdjax import artifacts, parallel
+from pqdjax.batching import map_batches
+from pqdjax.data import imagenet
 from pqdjax.errors import ConfigError
 from pqdjax.models.dit_diffusion import DiTDiffusion, load_dit
 from pqdjax.models.stable_diffusion import StableDiffusion, load_stable_diffusion
@@ -42,6 +46,17 @@ class Prior:
 
     model: StableDiffusion | DiTDiffusion
     fingerprint: str
+
+    def reencode(self, images: np.ndarray, config) -> np.ndarray:
+        """uint8 images [N, H, W, 3] -> scaled latents [N, d] of the VAE (posterior means), each image resized and
+        center-cropped to the encoder's input size config.data.encode_crop first, as the encode stage reads them."""
+        size = config.data.encode_crop
+        resized = np.stack([imagenet.resize_and_center_crop(image, size, size) for image in images])
+        encode = lambda batch: self.model.encode_images(jnp.asarray(batch, jnp.float32) / 127.5 - 1.0)
+        return map_batches(encode, resized, REENCODE_BATCH).reshape(len(images), -1)
+
+
+REENCODE_BATCH = 32  # images per call of Prior.reencode
 
 
 def run(run) -> Prior:

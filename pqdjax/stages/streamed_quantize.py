@@ -24,9 +24,11 @@ import numpy as np
 from absl import logging
 
 from pqdjax import artifacts, parallel
+from pqdjax.config_checks import point_source
 from pqdjax.data.grouping import EmptyClassError, stack_padded
 from pqdjax.progress import Progress
 from pqdjax.quantize import class_mesh, clvq_stream, kmeans_plus_plus, quantize_classes, solver
+from pqdjax.stages.quantize import class_w2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +42,21 @@ class ClassQuantization:
     def load(self, store, c: int) -> dict[str, np.ndarray]:
         """points [K, d], weights [K], distortion [] of class c."""
         return store.load_arrays(self.names[c])
+
+    def set_points(self, run, latents, base: str) -> np.ndarray:
+        """The latent points [C, K, d] of a base method (d4m, ddoq: the k-means points; random: its images' latents)."""
+        from pqdjax.stages.streamed_decode import class_points  # the decode stage owns the random draw
+
+        source = point_source(base)
+        return np.stack([class_points(run, latents, self, self.ipc, c, source) for c in range(latents.num_classes)])
+
+    def w2_points(self, run, latents, base: str) -> np.ndarray:
+        """W2 [C] from each class's latent measure (its latent file) to the base method's points with its weights
+        (ddoq: the Voronoi weights; d4m, random: uniform), one class in memory at a time."""
+        points = self.set_points(run, latents, base)
+        uniform = np.full(self.ipc, 1.0 / self.ipc, np.float32)
+        weights = lambda c: self.load(run.store, c)["weights"].astype(np.float32) if base == "ddoq" else uniform
+        return np.asarray([class_w2(latents.load(c), points[c], weights(c), run.config) for c in range(latents.num_classes)], np.float32)
 
 
 def class_name(ipc: int, c: int) -> str:

@@ -24,13 +24,16 @@ teacher/params, and called through FromNormalizedInput like a torchvision one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 
 from pqdjax import artifacts, parallel
+from pqdjax.batching import map_batches
 from pqdjax.data import imagenet, streamed
 from pqdjax.errors import ConfigError
 from pqdjax.models.classifiers import ClassSubset, FromNormalizedInput, make_classifier
@@ -52,6 +55,20 @@ class Teacher:
     variables: dict
     test_accuracy: float
     fingerprint: str
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """The teacher's class of each uint8 image [N, S, S, 3] (decode.image_size; validation preprocessing:
+        torchvision normalisation), among the run's classes: int [N]."""
+        return map_batches(lambda batch: _predictions(self.model, self.variables, batch), images, PREDICT_BATCH)
+
+
+PREDICT_BATCH = 32  # images per call of Teacher.predict (at 224 px and more)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _predictions(model, variables, images: jax.Array) -> jax.Array:
+    """uint8 [B, S, S, 3] -> the class with the largest logit [B]."""
+    return jnp.argmax(model.apply(variables, imagenet.normalize(images.astype(jnp.float32) / 255.0), train=False), axis=-1)
 
 
 def checkpoint_path(run, model: nn.Module) -> str:

@@ -13,11 +13,12 @@ import time
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 
 from pqdjax import artifacts, parallel, pretrained
 from pqdjax.models.classifiers import make_classifier
-from pqdjax.train.classifier import accuracy, train_classifier
+from pqdjax.train.classifier import accuracy, predict_logits, train_classifier
 
 ARTIFACT = "teacher/params"
 
@@ -30,6 +31,10 @@ class Teacher:
     params: dict
     test_accuracy: float
     fingerprint: str
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """The teacher's class of each uint8 image [N, H, W, C] (the data's own size): int [N]."""
+        return np.argmax(predict_logits(self.model, {"params": self.params}, images), axis=1)
 
 
 def run(run) -> Teacher:
