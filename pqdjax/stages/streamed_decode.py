@@ -64,7 +64,8 @@ class SyntheticSet:
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         """The manifest's PNGs and weights, class-major: (images uint8 [C, K, S, S, 3], weights float32 [C, K])."""
         files, labels, weights = image_folder.read_manifest(self.manifest)
-        order = np.lexsort((np.arange(len(labels)), labels))  # by class, in manifest order within a class
+        # by class, then by image index k (the file name '{k:03d}.png': shorter names first, then by name), in any row order
+        order = np.asarray(sorted(range(len(files)), key=lambda i: (labels[i], len(files[i]), files[i])), np.int64)
         num_classes = len(labels) // self.ipc
         if len(labels) % self.ipc or not np.array_equal(labels[order], np.repeat(np.arange(num_classes), self.ipc)):
             raise InputError(f"{self.manifest} does not hold {self.ipc} images of each of classes 0..{num_classes - 1}; "
