@@ -102,7 +102,6 @@ def validate_streamed_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.quantize.method must be 'clvq' or 'lloyd' in the streamed pipeline, got {config.quantize.method!r}.")
     if config.quantize.method == "clvq" and config.quantize.get("n_init", 1) > 1:
         raise ConfigError("config.quantize.n_init > 1 needs method 'lloyd' in the streamed pipeline: the streamed CLVQ runs one start per class.")
-    from pqdjax.stages.streamed_decode import STARTS
     from pqdjax.stages.streamed_prior import KINDS
 
     if config.prior.kind not in KINDS:
@@ -114,9 +113,7 @@ def validate_streamed_config(config: ml_collections.ConfigDict) -> None:
             f"config.prior.pretrained_dir is empty: set it to a {config.prior.kind} checkpoint folder in diffusers' layout "
             f"(or a hub repo id), e.g. --config.prior.pretrained_dir={example}."
         )
-    start = config.decode.diffusion.get("start", "img2img")
-    if start not in STARTS:
-        raise ConfigError(f"config.decode.diffusion.start must be one of {STARTS}, got {start!r}.")
+    _validate_start(config)
     from pqdjax.stages.streamed_teacher import KINDS as TEACHERS
 
     if config.teacher.get("kind", "torchvision") not in TEACHERS:
@@ -173,9 +170,19 @@ def _validate_students(evaluate: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"{where}.stem must be 'imagenet' or 'cifar', got {model.stem!r}.")
 
 
+def _validate_start(config: ml_collections.ConfigDict) -> None:
+    """config.decode.diffusion.start (every pipeline: one pushforward, pqdjax.diffusion.pushforward)."""
+    from pqdjax.diffusion.pushforward import STARTS
+
+    start = config.decode.diffusion.get("start", "img2img")
+    if start not in STARTS:
+        raise ConfigError(f"config.decode.diffusion.start must be one of {STARTS}, got {start!r}.")
+
+
 def _validate_decode(config: ml_collections.ConfigDict) -> None:
     if config.decode.method not in KNOWN_DECODERS:
         raise ConfigError(f"config.decode.method must be one of {KNOWN_DECODERS}, got {config.decode.method!r}.")
+    _validate_start(config)
     if not {"diffusion", "sample"} & {decoder_of(m, config) for m in config.methods} and not config.get("export_pretrained"):
         return
     train = config.denoiser.train

@@ -9,6 +9,7 @@ import pytest
 
 from configs import default
 from pqdjax import pipeline
+from pqdjax.errors import ConfigError
 from pqdjax.train import autoencoder, classifier, student
 
 
@@ -376,6 +377,40 @@ def test_generated_is_class_conditional_sampling_with_uniform_weights(finished_r
     records = fidelity.run(run, the_prior, teacher.run(run), latents, quantized, synthetic)
     assert records["generated", 2]["cell_consistency"] is None and records["generated", 2]["w2_points"] is None
     assert records["d4m", 2]["cell_consistency"] is not None and records["generated", 2]["w2_images"] > 0
+
+
+def test_the_in_memory_denoiser_is_pushed_forward_by_the_shared_sampler(finished_run):
+    """decode.denoise_points goes through pqdjax.diffusion.pushforward.denoise with the trained denoiser as its
+    ConditionalDenoiser: equal to the sampler called directly with the class embeddings (img2img, per-batch keys),
+    and start='initial_latent' runs the whole reverse process from the points (the streamed pipeline's option);
+    an unknown start is a clear config error."""
+    import jax.numpy as jnp
+
+    from pqdjax.diffusion import img2img, sample_from
+    from pqdjax.stages import decode
+
+    data_dir, workdir, _ = finished_run
+    run, _, latents, the_denoiser, quantized, _ = _stages_to_decode(data_dir, workdir, ("ddoq",))
+    settings = run.config.decode.diffusion
+    points = quantized[2].arrays["points"][:3].reshape((-1,) + latents.shape)  # 3 classes x 2 points
+    labels = np.repeat(np.arange(3), 2)
+    model, params, key = the_denoiser.model, the_denoiser.params, jax.random.key(7)
+    cond = model.class_context(params, jnp.asarray(labels))
+    uncond = model.class_context(params, jnp.full(6, model.null_class))
+    kwargs = dict(guidance=settings.guidance, steps=settings.steps, batch_size=6)
+    got = decode.denoise_points(the_denoiser, points, labels, key, strength=settings.strength, **kwargs)
+    want = img2img(model.epsilon, model.ddim_scheduler, params, jnp.asarray(points), cond, uncond, jax.random.fold_in(key, 0),
+                   strength=settings.strength, guidance=settings.guidance, steps=settings.steps)
+    np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=1e-5)
+    from_points = decode.denoise_points(the_denoiser, points, labels, key, strength=settings.strength, start="initial_latent", **kwargs)
+    want = sample_from(model.epsilon, model.ddim_scheduler, params, jnp.asarray(points), cond, uncond,
+                       guidance=settings.guidance, steps=settings.steps)
+    np.testing.assert_allclose(from_points, np.asarray(want), rtol=1e-5, atol=1e-5)
+    assert np.abs(from_points - got).max() > 1e-2  # a different start, a different result
+    config = _config(data_dir)
+    config.decode.diffusion.start = "noise"
+    with pytest.raises(ConfigError, match="config.decode.diffusion.start must be one of"):
+        pipeline.run(config, workdir)
 
 
 def test_a_full_data_student_trains_alone_and_is_reported(finished_run, monkeypatch):

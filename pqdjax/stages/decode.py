@@ -14,7 +14,9 @@ latents) decodes that set's points with another, so that one run compares them:
     vae        the VAE decoder, directly
     diffusion  the pushforward of DDOQ and D4M: img2img of each point with the
                class-conditioned latent denoiser (noise to config.decode.diffusion
-               .strength, DDIM with classifier-free guidance), then the VAE decoder
+               .strength, DDIM with classifier-free guidance), then the VAE decoder;
+               every pipeline's (pqdjax.diffusion.pushforward.denoise), so
+               diffusion.start='initial_latent' applies here as with DiT
     sample     the same at strength 1: pure class-conditional sampling from noise
                (the points' content unused), generated's decoder
 
@@ -43,7 +45,8 @@ from pqdjax.cost import compiled_flops
 from pqdjax.config_checks import decoder_of, point_source, split_method
 from pqdjax.data import image_folder
 from pqdjax.data.preprocess import to_uint8
-from pqdjax.diffusion import guided_epsilon, img2img, start_index
+from pqdjax.diffusion import guided_epsilon, start_index
+from pqdjax.diffusion.pushforward import denoise
 from pqdjax.models import vae as vae_lib
 from pqdjax.errors import ConfigError, NonFiniteError
 from pqdjax.stages.quantize import method_set, random_draw
@@ -86,25 +89,21 @@ def decode_with_vae(run, prior, denoiser, points: np.ndarray, labels: np.ndarray
     return map_batches(lambda z: decode(prior.params, z), points, VAE_BATCH, across_processes=True)
 
 
-def denoise_points(denoiser, points: np.ndarray, labels: np.ndarray, rng: jax.Array, *, strength: float, guidance: float, steps: int, batch_size: int) -> np.ndarray:
-    """img2img of latent points [n, h, w, c] of classes labels [n] with the class-conditioned denoiser.
+def denoise_points(denoiser, points: np.ndarray, labels: np.ndarray, rng: jax.Array, *, strength: float, guidance: float,
+                   steps: int, batch_size: int, start: str = "img2img") -> np.ndarray:
+    """The pushforward (pqdjax.diffusion.pushforward.denoise) of latent points [n, h, w, c] of classes labels [n] by
+    the class-conditioned denoiser, in batches split over the processes.
 
     Batch b's noise comes from fold_in(rng, b), so a point's result depends on
     its position and batch size but not on the other points of the batch.
     """
-    model, params = denoiser.model, denoiser.params
-    scheduler = model.ddim_scheduler
     points = np.asarray(points, np.float32)
     labels = np.asarray(labels, np.int32)
 
     def sample(indices: np.ndarray) -> jax.Array:
-        cond = model.class_context(params, jnp.asarray(labels[indices]))
-        uncond = model.class_context(params, jnp.full(len(indices), model.null_class))
         key = jax.random.fold_in(rng, int(indices[0]) // batch_size)
-        return img2img(
-            model.epsilon, scheduler, params, jnp.asarray(points[indices]), cond, uncond, key,
-            strength=strength, guidance=guidance, steps=steps,
-        )
+        return denoise(denoiser, jnp.asarray(points[indices]), labels[indices], None, key,
+                       strength=strength, guidance=guidance, steps=steps, start=start)
 
     return map_batches(sample, np.arange(len(points)), batch_size, across_processes=True)
 
@@ -113,8 +112,8 @@ def decode_with_diffusion(run, prior, denoiser, points: np.ndarray, labels: np.n
     """Latent points [n, h, w, c] of classes labels [n] -> float images [n, H, W, C]: img2img, then the VAE decoder."""
     settings = run.config.decode.diffusion
     denoised = denoise_points(
-        denoiser, points, labels, run.rng("decode", "diffusion"),
-        strength=settings.strength, guidance=settings.guidance, steps=settings.steps, batch_size=settings.batch_size,
+        denoiser, points, labels, run.rng("decode", "diffusion"), strength=settings.strength, guidance=settings.guidance,
+        steps=settings.steps, batch_size=settings.batch_size, start=settings.get("start", "img2img"),
     )
     return decode_with_vae(run, prior, None, denoised, labels)
 
@@ -164,11 +163,10 @@ def decode_flops(run, prior, denoiser, decoder: str, latent_shape, n: int) -> fl
     strength = settings.strength if decoder == "diffusion" else 1.0
     steps_run = settings.steps - start_index(settings.steps, strength)
     batch = min(settings.batch_size, n)
-    model, params = denoiser.model, denoiser.params
-    context = model.class_context(params, jnp.zeros(batch, jnp.int32))
+    context, _ = denoiser.guidance_contexts(np.zeros(batch, np.int32), None, "")
     call = jax.jit(guided_epsilon, static_argnums=0)
-    eps_flops = compiled_flops(call, model.epsilon, params, jnp.zeros((batch,) + latent_shape), jnp.int32(0), context, context,
-                               settings.guidance)
+    eps_flops = compiled_flops(call, denoiser.epsilon, denoiser.denoiser_params, jnp.zeros((batch,) + latent_shape), jnp.int32(0),
+                               context, context, settings.guidance)
     return None if eps_flops is None else total + eps_flops * steps_run * -(-n // batch)
 
 

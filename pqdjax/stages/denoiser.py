@@ -15,6 +15,7 @@ import dataclasses
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -28,11 +29,35 @@ ARTIFACT = "prior/denoiser"
 
 @dataclasses.dataclass(frozen=True)
 class Denoiser:
-    """model: the UNet with its class embedding and schedule; params: its weights."""
+    """model: the UNet with its class embedding and schedule; params: its weights.
+
+    The pushforward's ConditionalDenoiser (pqdjax.diffusion.pushforward), conditioned on the run's class labels.
+    """
 
     model: LatentDenoiser
     params: dict
     fingerprint: str
+
+    @property
+    def scheduler(self):
+        """The DDIM schedule of sampling (one object per model)."""
+        return self.model.ddim_scheduler
+
+    @property
+    def denoiser_params(self) -> dict:
+        return self.params
+
+    @property
+    def epsilon(self):
+        """The model's noise prediction (params, latents, timesteps, context) -> [B, h, w, c] (one function per model)."""
+        return self.model.epsilon
+
+    def guidance_contexts(self, labels, prompts, negative_prompt: str) -> tuple[jax.Array, jax.Array]:
+        """(conditional, unconditional) contexts [n, 1, D]: the labels' class embeddings and the null class's
+        (prompts and negative_prompt unused: the denoiser is conditioned on the class label)."""
+        del prompts, negative_prompt
+        labels = jnp.asarray(np.asarray(labels, np.int32))
+        return self.model.class_context(self.params, labels), self.model.class_context(self.params, jnp.full(len(labels), self.model.null_class))
 
 
 def needed(config) -> bool:

@@ -48,7 +48,7 @@ from pqdjax.config_checks import decoder_of, point_source, split_method
 from pqdjax.errors import InputError
 from pqdjax.data import image_folder, imagenet, streamed
 from pqdjax.data.preprocess import to_uint8
-from pqdjax.diffusion import img2img, sample_from
+from pqdjax.diffusion.pushforward import denoise
 from pqdjax.progress import Progress
 
 
@@ -74,9 +74,6 @@ class SyntheticSet:
         return images.reshape((num_classes, self.ipc) + images.shape[1:]), weights[order].astype(np.float32).reshape(num_classes, self.ipc)
 
 
-STARTS = ("img2img", "initial_latent")
-
-
 def pushforward(model, points: np.ndarray, labels: np.ndarray, prompts: list[str], rng: jax.Array, config, mesh: Mesh,
                 decoder: str = "diffusion") -> np.ndarray:
     """Latent points [n, h, w, 4] of classes labels [n] -> uint8 images [n, S, S, 3] (S = config.image_size) by the
@@ -99,19 +96,12 @@ def pushforward(model, points: np.ndarray, labels: np.ndarray, prompts: list[str
         images = _resize(model.decode_latents(put(pad(points))), config.image_size)
         return to_uint8(np.asarray(images))[:n]
     settings = config.diffusion
-    cond, uncond = (put(c) for c in model.guidance_contexts(pad(np.asarray(labels)), prompts, settings.get("negative_prompt", "")))
-    params = jax.device_put(model.denoiser_params, NamedSharding(mesh, PartitionSpec()))
-    start = settings.get("start", "img2img")
-    if start == "img2img":
-        if rng.ndim and extra:  # per-point keys: the padding rows reuse the last point's key
-            rng = jnp.concatenate([rng, jnp.repeat(rng[-1:], extra, axis=0)])
-        latents = img2img(model.epsilon, model.scheduler, params, put(pad(points)), cond, uncond, rng,
-                          strength=settings.strength, guidance=settings.guidance, steps=settings.steps)
-    elif start == "initial_latent":
-        latents = sample_from(model.epsilon, model.scheduler, params, put(pad(points)), cond, uncond,
-                              guidance=settings.guidance, steps=settings.steps)
-    else:
-        raise ValueError(f"config.decode.diffusion.start must be one of {STARTS}, got {start!r}.")
+    if rng.ndim and extra:  # per-point keys: the padding rows reuse the last point's key
+        rng = jnp.concatenate([rng, jnp.repeat(rng[-1:], extra, axis=0)])
+    latents = denoise(model, put(pad(points)), pad(np.asarray(labels)), prompts, rng, strength=settings.strength,
+                      guidance=settings.guidance, steps=settings.steps, start=settings.get("start", "img2img"),
+                      negative_prompt=settings.get("negative_prompt", ""), place=put,
+                      params=jax.device_put(model.denoiser_params, NamedSharding(mesh, PartitionSpec())))
     images = _resize(model.decode_latents(latents), config.image_size)
     return to_uint8(np.asarray(images))[:n]
 
