@@ -1,7 +1,7 @@
 r"""Quantization kernels side by side: pqdjax Lloyd vs scikit-learn KMeans (lloyd, elkan) vs ott-jax k_means.
 
 Command (under the machine's CPU lock, from the repository root):
-    flock /tmp/pqdjax-cpu.lock python -m benchmarks.quantize [--repeats=5] [--quick] [--shape=0..7] [--tolerance] [--clvq-memory] [--norms]
+    flock /tmp/pqdjax-cpu.lock python -m benchmarks.quantize [--repeats=5] [--quick] [--shape=0..7] [--tolerance] [--clvq-memory] [--norms] [--hamerly] [--profile]
 
 Each solver starts from the same k-means++ centres and runs the same number of
 Lloyd iterations (tolerance 0, the iteration count fixed), so times and
@@ -26,7 +26,9 @@ Last, CLVQ's peak memory (streamed mini-batches, in a fresh process per N)
 for N = 10^5 and 10^6 samples of dimension 256. --tolerance times only
 Lloyd's tolerance (the mean per-feature variance) per class against numpy's,
 on 100 x 1,300 x 1,024; --norms only the squared row norms, against one
-matrix-vector product per row and numpy.
+matrix-vector product per row and numpy; --hamerly only the share of samples
+that per-sample (Hamerly) bounds would leave to compute on shapes 0 and 3;
+--profile only where one plain pass goes on shape 3.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from ott.tools import k_means as ott_k_means
 from sklearn.cluster import KMeans
 
 from pqdjax import quantize as q
-from pqdjax.quantize.voronoi import squared_norms
+from pqdjax.quantize.voronoi import nearest, squared_norms
 
 lloyd_module = importlib.import_module("pqdjax.quantize.lloyd")
 
@@ -214,6 +216,69 @@ def norms_cost(repeats=5) -> list[dict]:
     return rows
 
 
+def pass_profile(repeats: int = 10) -> dict:
+    """Where one plain Lloyd pass goes on the standard normal measure (shape 3: 50,000 x 256, K = 100), in ms:
+    the distance matmul as one product, the same per block of BLOCK_ROWS rows with the row minimum, the nearest
+    point per block (pqdjax.quantize.voronoi.nearest), and the whole pass (nearest + cell sums and masses)."""
+    x = jnp.asarray(_normal(np.random.default_rng(3), 1, 50_000, 256)[0])
+    n = len(x)
+    points = x[:100]
+    blocks = lloyd_module._padded_blocks(x, jnp.full(n, 1.0 / n), lloyd_module.BLOCK_ROWS)
+    per_block = lambda f: jax.jit(lambda c: jax.lax.map(lambda b: f(b, c), (blocks[0], blocks[2])))
+    parts = {
+        "matmul, one product": jax.jit(lambda c: jnp.matmul(x, c.T, precision=jax.lax.Precision.HIGHEST)),
+        "matmul + row minimum, per block": per_block(lambda b, c: jnp.min(jnp.matmul(b[0], c.T, precision=jax.lax.Precision.HIGHEST), axis=1)),
+        "nearest point, per block": per_block(lambda b, c: nearest(b[0], c, b[1])),
+        "whole pass": jax.jit(lambda c: lloyd_module._assign_and_accumulate(*blocks, c)),
+    }
+    times = _interleaved_times({name: lambda f=f: jax.block_until_ready(f(points)) for name, f in parts.items()}, repeats)
+    return {name: round(1e3 * float(np.median(t)), 1) for name, t in times.items()}
+
+
+def hamerly_share(iterations: int = 20, seed: int = 0) -> list[dict]:
+    """Share of the samples that per-sample bounds (Hamerly 2010) leave needing distances, per Lloyd iteration, on the
+    benchmark's two single measures (the Gaussian mixture and the standard normal, shapes 0 and 3: same data, same
+    k-means++ start). In float64 with numpy, exact bounds: u_i >= |x_i - c_a(i)| grows by its point's move, l_i <= the
+    distance to the second nearest point shrinks by the largest move among the others; a sample is skipped when
+    u_i <= max(l_i, s_a / 2) (s_a: half the distance from c_a to its nearest other point) before or after
+    tightening u_i. What is left is what a per-sample-bounds Lloyd would still compute distances for.
+    """
+    rows = []
+    for index, make in ((0, _blobs), (3, _normal)):
+        x = make(np.random.default_rng(index), 1, 50_000, 256)[0].astype(np.float64)
+        n, k = len(x), 100
+        init = q.kmeans_plus_plus(jnp.asarray(x, jnp.float32), jnp.full(n, 1.0 / n), k, jax.random.key(seed))
+        centers = np.asarray(init, np.float64)
+        distances = lambda a, c: np.sqrt(np.maximum((a * a).sum(1)[:, None] - 2 * a @ c.T + (c * c).sum(1)[None], 0))
+        d = distances(x, centers)
+        assignment = d.argmin(1)
+        two = np.sort(d, axis=1)[:, :2]
+        upper, lower = two[:, 0].copy(), two[:, 1].copy()
+        shares = []
+        for _ in range(iterations):
+            moved = np.stack([x[assignment == j].mean(0) if np.any(assignment == j) else centers[j] for j in range(k)])
+            step = np.linalg.norm(moved - centers, axis=1)
+            centers = moved
+            largest, second = np.argsort(step)[-1], np.sort(step)[-2]
+            upper += step[assignment]
+            lower -= np.where(assignment == largest, second, step[largest])
+            between = distances(centers, centers)
+            np.fill_diagonal(between, np.inf)
+            bound = np.maximum(lower, between.min(1)[assignment] / 2)
+            need = upper > bound
+            upper[need] = np.linalg.norm(x[need] - centers[assignment[need]], axis=1)  # tightened
+            need &= upper > bound
+            shares.append(float(need.mean()))
+            d = distances(x[need], centers)
+            order = np.argsort(d, axis=1)[:, :2]
+            assignment[need] = order[:, 0]
+            upper[need] = np.take_along_axis(d, order[:, :1], 1)[:, 0]
+            lower[need] = np.take_along_axis(d, order[:, 1:], 1)[:, 0]
+        rows.append({"data": "Gaussian mixture" if make is _blobs else "standard normal", "n": n, "d": 256, "k": k,
+                     "share_per_iteration": [round(v, 3) for v in shares], "mean_share": round(float(np.mean(shares)), 3)})
+    return rows
+
+
 def _peak_rss_mib() -> float:
     """This process's peak resident memory since its exec (VmHWM). Not getrusage's ru_maxrss: Linux carries that over
     an exec, so a child started by fork + exec from a large parent reports the parent's peak (2.7 GiB seen here)."""
@@ -261,6 +326,9 @@ def main():
     parser.add_argument("--tolerance", action="store_true", help="only the tolerance's cost per class, against numpy")
     parser.add_argument("--clvq-memory", action="store_true", help="only CLVQ's peak memory for N = 10^5 and 10^6")
     parser.add_argument("--norms", action="store_true", help="only the squared row norms (computed once per measure)")
+    parser.add_argument("--profile", action="store_true", help="only where one plain pass goes on shape 3 (ms)")
+    parser.add_argument("--hamerly", action="store_true",
+                        help="only the share of samples per-sample (Hamerly) bounds leave to compute, shapes 0 and 3")
     parser.add_argument("--clvq-child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.clvq_child:
@@ -271,6 +339,12 @@ def main():
         return
     if args.norms:
         print(json.dumps(norms_cost(repeats=args.repeats)))
+        return
+    if args.hamerly:
+        print(json.dumps(hamerly_share(args.iterations)))
+        return
+    if args.profile:
+        print(json.dumps(pass_profile(max(args.repeats, 10))))
         return
     if args.clvq_memory:
         print(json.dumps(clvq_memory((100_000, 1_000_000))))
