@@ -105,8 +105,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.ipcs = (ipc,)
-    # Also known: random (K random training images per class), and d4m_vae, ddoq_vae, random_vae: the same
-    # points (random: the images' latents) decoded by the SD VAE alone (what img2img adds).
+    # Also known (pqdjax.config_checks): random, medoid, medoid_weighted, herding (real training images per class),
+    # generated (the prior's class-conditional samples), and any of them with a decoder suffix, e.g. ddoq_vae,
+    # random_vae: the points (real images: their latents) decoded by the VAE alone (what img2img adds).
     config.methods = ("d4m", "ddoq")
     config.fast_conv_gradients = "auto"
     # One Mesh for every stage: all devices of all processes on the data axis.

@@ -69,16 +69,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.ipcs must be positive integers, got {ipcs}.")
     if len(set(ipcs)) != len(ipcs):
         raise ConfigError(f"config.ipcs has duplicates: {ipcs}.")
-    methods = tuple(config.methods)
-    if not methods or len(set(methods)) != len(methods):
-        raise ConfigError(f"config.methods must be distinct and non-empty, got {methods}.")
-    for method in methods:
-        base, decoder = split_method(method)
-        if base not in KNOWN_METHODS or (decoder is not None and decoder not in KNOWN_DECODERS):
-            raise ConfigError(
-                f"unknown method {method!r} in config.methods; known: {KNOWN_METHODS}, each also with a "
-                f"decoder suffix from {KNOWN_DECODERS} (e.g. 'ddoq_vae', 'random_vae')."
-            )
+    _validate_methods(config)
     _validate_decode(config)
     _validate_student_protocol(config.evaluate.train)
     if config.get("export_pretrained"):
@@ -94,10 +85,7 @@ def validate_streamed_config(config: ml_collections.ConfigDict) -> None:
     ipcs = tuple(config.ipcs)
     if not ipcs or any(not isinstance(k, int) or k < 1 for k in ipcs) or len(set(ipcs)) != len(ipcs):
         raise ConfigError(f"config.ipcs must be distinct positive integers, got {ipcs}.")
-    methods = tuple(config.methods)
-    imagenet_methods = {"d4m", "ddoq", "random", "d4m_vae", "ddoq_vae", "random_vae"}
-    if not methods or set(methods) - imagenet_methods or len(set(methods)) != len(methods):
-        raise ConfigError(f"config.methods must be distinct names from {tuple(sorted(imagenet_methods))} in the streamed pipeline, got {methods}.")
+    _validate_methods(config)
     if config.quantize.method not in ("clvq", "lloyd"):
         raise ConfigError(f"config.quantize.method must be 'clvq' or 'lloyd' in the streamed pipeline, got {config.quantize.method!r}.")
     if config.quantize.method == "clvq" and config.quantize.get("n_init", 1) > 1:
@@ -168,6 +156,20 @@ def _validate_students(evaluate: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"{where}: {e}") from None
         if model.get("stem", "imagenet") not in ("imagenet", "cifar"):
             raise ConfigError(f"{where}.stem must be 'imagenet' or 'cifar', got {model.stem!r}.")
+
+
+def _validate_methods(config: ml_collections.ConfigDict) -> None:
+    """config.methods: distinct base methods (KNOWN_METHODS), each with an optional decoder suffix; every pipeline."""
+    methods = tuple(config.methods)
+    if not methods or len(set(methods)) != len(methods):
+        raise ConfigError(f"config.methods must be distinct and non-empty, got {methods}.")
+    for method in methods:
+        base, decoder = split_method(method)
+        if base not in KNOWN_METHODS or (decoder is not None and decoder not in KNOWN_DECODERS):
+            raise ConfigError(
+                f"unknown method {method!r} in config.methods; known: {KNOWN_METHODS}, each also with a "
+                f"decoder suffix from {KNOWN_DECODERS} (e.g. 'ddoq_vae', 'random_vae')."
+            )
 
 
 def _validate_start(config: ml_collections.ConfigDict) -> None:

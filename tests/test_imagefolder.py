@@ -127,3 +127,65 @@ def test_the_stable_diffusion_option_refuses_gray_and_a_folder_without_a_test_sp
     with pytest.raises(DatasetNotFoundError, match="shapes/test is not a folder"):
         pipeline.run(config, str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run" / "prior"), "the missing split is found before any stage runs"
+
+
+def _herding_np(x: np.ndarray, k: int) -> list[int]:
+    """Herding toward the mean in float64, written out: each step adds the unused sample that brings the mean of the
+    chosen ones nearest the class mean."""
+    target, total, chosen = x.mean(0), np.zeros(x.shape[1]), []
+    for t in range(k):
+        error = np.sum(np.square((total + x) / (t + 1) - target), axis=1)
+        error[chosen] = np.inf
+        chosen.append(int(np.argmin(error)))
+        total = total + x[chosen[-1]]
+    return chosen
+
+
+def test_every_method_runs_in_the_streamed_pipeline(tmp_path):
+    """The real-image selections and the samples of the default pipeline on a streamed run: herding's images are the
+    training images that herding in float64 picks, medoid_weighted's the training image nearest each k-means point
+    with the Voronoi masses of their latents as weights, generated's class-conditional samples of the prior with
+    uniform weights; fidelity measures each (no cell consistency for real images or samples)."""
+    from pqdjax.data import imagenet, streamed
+    from pqdjax.stages import streamed_encode, streamed_prior, streamed_quantize
+
+    folder = write_folder(tmp_path / "shapes", test=True)
+    config = _config("runlocal,size=16,prior=stable_diffusion", folder)
+    config.methods = ("ddoq", "medoid_weighted", "herding", "generated")
+    workdir = str(tmp_path / "run")
+    results = pipeline.run(config, workdir)
+    assert sorted(results["accuracy"]) == sorted(config.methods)
+    ipc = config.ipcs[0]
+    run = pipeline.Run(config=config, store=pipeline.artifacts.ArtifactStore(workdir))
+    latents = streamed_encode.run(run, streamed_prior.run(run))
+    quantized = streamed_quantize.run(run, latents)[ipc]
+    split = streamed.open_configured_split(config.data, config.data.train_split)
+    size = config.decode.image_size
+    manifests = {m: image_folder.read_manifest(os.path.join(workdir, f"synthetic/ipc{ipc}/manifest_{m}.csv")) for m in config.methods}
+    medoid_w2 = []
+    for c in range(latents.num_classes):
+        x = latents.load(c).astype(np.float64)
+        points = quantized.load(run.store, c)["points"].astype(np.float64)
+        medoids = [int(np.argmin(np.sum(np.square(x - p), axis=1))) for p in points]
+        to_medoids = np.sum(np.square(x[:, None] - x[medoids][None]), axis=-1)
+        nearest_medoid = np.argmin(to_medoids, axis=1)
+        medoid_w2.append(np.sqrt(np.mean(to_medoids.min(axis=1))))
+        expected = {"herding": (_herding_np(x, ipc), np.full(ipc, 1.0 / ipc)),
+                    "medoid_weighted": (medoids, np.bincount(nearest_medoid, minlength=ipc) / len(x))}
+        for method, (positions, weights) in expected.items():
+            files, labels, got_weights = manifests[method]
+            rows = np.flatnonzero(labels == c)
+            np.testing.assert_allclose(got_weights[rows], weights, atol=1e-6)
+            for row, position in zip(rows, positions):
+                index = int(latents.example_indices(c)[position])
+                real = imagenet.resize_and_center_crop(np.asarray(split[index]["image"]), size, size)
+                np.testing.assert_array_equal(np.asarray(Image.open(files[row])), real)
+    files, labels, weights = manifests["generated"]
+    np.testing.assert_allclose(weights, 1.0 / ipc, rtol=1e-6)
+    ddoq_files = manifests["ddoq"][0]
+    assert not any(np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b))) for a, b in zip(files, ddoq_files))
+    fidelity = results["fidelity"]
+    assert fidelity["generated"][ipc]["cell_consistency"] is None and fidelity["generated"][ipc]["w2_points"] is None
+    assert fidelity["herding"][ipc]["cell_consistency"] is None and fidelity["herding"][ipc]["w2_points"] > 0
+    # with their own Voronoi masses as weights, the nearest-point map is optimal: W2 = sqrt(mean squared distance)
+    assert fidelity["medoid_weighted"][ipc]["w2_points"] == pytest.approx(np.mean(medoid_w2), rel=1e-4)

@@ -165,6 +165,14 @@ def test_fidelity_of_every_set(in1k_run):
     assert d4m["w2_points"] >= ddoq["w2_points"] - 1e-5
     assert d4m["w2_images"] > 0 and ddoq["w2_images"] > 0
     assert "| ddoq | 2 |" in results["table"] and "cell consistency" in results["table"]
+    # W2 of every method's points in the report, as in the default one: the fidelity stage's per-class values
+    w2 = results["quantization"][ipc]["w2"]
+    assert set(w2) == {m.split("_")[0] for m in config.methods}
+    for base in w2:
+        assert len(w2[base]["per_class"]) == config.data.num_classes
+        assert w2[base]["mean"] == pytest.approx(np.mean(w2[base]["per_class"]), rel=1e-6)
+    assert w2["d4m"]["per_class"] == d4m["w2_points_per_class"]
+    assert "W2 from each class's latent measure" in results["table"]
 
 
 def test_a_rerun_does_no_work(in1k_run, monkeypatch):

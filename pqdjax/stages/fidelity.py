@@ -13,8 +13,9 @@ keeps what the quantizer found is measured on the images themselves:
     w2_images          W2 from the class's latent measure to the re-encoded
                        images with the set's weights, mean over classes: what
                        the student actually trains on, beside W2 of the set's
-                       points with the same weights (w2_points; real-image
-                       methods: their images' latents; None for samples)
+                       points with the same weights (w2_points, and per class
+                       w2_points_per_class; real-image methods: their images'
+                       latents; None for samples)
 
 One implementation for every kind of run: it asks the run's components for
 what it measures, each through a small interface both kinds implement:
@@ -72,12 +73,14 @@ def measure(run, prior, teacher, latents, quantized, synthetic) -> dict:
     base, _ = split_method(synthetic.method)
     with_points = base in W2_METHODS  # 'generated' samples have no points of their own
     from_points = with_points and decoder_of(synthetic.method, run.config) not in (None, "sample")  # not real images
+    w2_points = [float(w) for w in quantized.w2_points(run, latents, base)] if with_points else None
     return {
         "method": synthetic.method, "ipc": ipc,
         "teacher_agreement": teacher_agreement(teacher, flat_images, np.repeat(np.arange(num_classes), ipc)),
         "cell_consistency": cell_consistency(reencoded, quantized.set_points(run, latents, base)) if from_points else None,
         "w2_images": float(np.mean(w2_images)),
-        "w2_points": float(np.mean(quantized.w2_points(run, latents, base))) if with_points else None,
+        "w2_points": None if w2_points is None else float(np.mean(w2_points)),
+        "w2_points_per_class": w2_points,
     }
 
 

@@ -25,7 +25,6 @@ import numpy as np
 from absl import logging
 
 from pqdjax import artifacts, figures, stats
-from pqdjax.data.image_folder import load_images, read_manifest
 from pqdjax.config_checks import W2_METHODS, split_method
 from pqdjax.stages.encode import ARTIFACT as ENCODE_ARTIFACT
 
@@ -329,13 +328,17 @@ def run_streamed(run, teacher, latents, quantized: dict, synthetic: dict, record
     quantization = {}
     for ipc in ipcs:
         distortion = np.asarray([float(quantized[ipc].load(run.store, c)["distortion"]) for c in range(latents.num_classes)])
-        quantization[ipc] = {
-            "distortion_per_class": distortion.tolist(),
-            # Voronoi weights make the nearest-point map optimal: W2 = sqrt(distortion), exactly.
-            "w2": {"ddoq": {"mean": float(np.sqrt(np.maximum(distortion, 0)).mean()), "per_class": np.sqrt(np.maximum(distortion, 0)).tolist()}},
-        }
+        # W2 of every base method with points of its own, as the fidelity stage measured it for the run's sets (the
+        # default report's quantize stage measures it for all of them)
+        w2 = {split_method(m)[0]: {"mean": r["w2_points"], "per_class": r["w2_points_per_class"]}
+              for (m, k), r in sorted(fidelities.items()) if k == ipc and r["w2_points"] is not None}
+        # Voronoi weights make the nearest-point map optimal: ddoq's W2 = sqrt(distortion), exactly.
+        w2["ddoq"] = {"mean": float(np.sqrt(np.maximum(distortion, 0)).mean()), "per_class": np.sqrt(np.maximum(distortion, 0)).tolist()}
+        quantization[ipc] = {"distortion_per_class": distortion.tolist(), "w2": w2}
     evaluation, sections = evaluation_report(config, teacher.test_accuracy, records, fidelities, ipcs, split="Validation")
-    table = sections["accuracy"] + sections["paired"] + sections["fidelity"] + sections["cross_architecture"]
+    w2 = {ipc: quantization[ipc]["w2"] for ipc in ipcs}
+    table = (sections["accuracy"] + w2_table(w2, list(config.methods), ipcs) + sections["paired"] + sections["fidelity"]
+             + sections["cross_architecture"])
     results = {
         "config": json.loads(config.to_json_best_effort()),
         **evaluation,
@@ -356,12 +359,10 @@ def run_streamed(run, teacher, latents, quantized: dict, synthetic: dict, record
 
 def figure_grid(run, synthetic: dict, ipcs, num_classes: int) -> tuple[str, np.ndarray, np.ndarray]:
     """(method, uint8 images [C, K, H, W, 3], weights [C, K]) of the first num_classes classes of distilled.png's set,
-    read back from its manifest and PNGs."""
+    read back from its manifest and PNGs (SyntheticSet.load)."""
     method, ipc = figure_set(run.config.methods, ipcs, synthetic)
-    files, labels, weights = read_manifest(synthetic[method, ipc].manifest)
-    keep = labels < num_classes  # the manifest is class-major, K rows per class
-    images = load_images([f for f, k in zip(files, keep) if k])
-    return method, images.reshape((num_classes, ipc) + images.shape[1:]), weights[keep].reshape(num_classes, ipc)
+    images, weights = synthetic[method, ipc].load()
+    return method, images[:num_classes], weights[:num_classes]
 
 
 def _synthetic_cost(run, synthetic: dict, field: str) -> dict[str, float | None]:

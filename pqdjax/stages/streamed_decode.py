@@ -1,11 +1,16 @@
 """Streamed stage decode: the quantization points pushed forward to PNGs (decode.image_size) by the prior's img2img (SD or DiT).
 
-Methods, as in the default pipeline (pqdjax.stages.decode): d4m and ddoq
-decode the k-means points by config.decode.method ('diffusion'); random is K
-random training images of each class (resized and center-cropped to
-decode.image_size); a decoder suffix decodes a set's points (random: its
-images' latents) by another decoder: 'vae' (d4m_vae, ddoq_vae, random_vae)
-by the prior's VAE alone, to measure what img2img adds.
+Methods, as in the default pipeline (pqdjax.stages.decode; pqdjax.config_checks
+lists them): d4m and ddoq decode the k-means points by config.decode.method
+('diffusion'); random, medoid, medoid_weighted and herding are K real training
+images of each class (resized and center-cropped to decode.image_size): K
+random ones, the one whose latent is nearest each k-means point, or K chosen
+by herding toward the class's latent mean (pqdjax.quantize.selection; these
+two read the class's latents into memory); generated is K class-conditional
+samples (decoder 'sample': img2img at strength 1 from zeros). A decoder
+suffix decodes a set's points (real-image methods: their images' latents) by
+another decoder: 'vae' (d4m_vae, ddoq_vae, random_vae) by the prior's VAE
+alone, to measure what img2img adds.
 
 For every IPC K and class c, each of the K latent points is noised to
 config.decode.diffusion.strength and denoised by DDIM (diffusion.steps of the
@@ -25,9 +30,10 @@ noise initializations", one reading; see configs/in1k.py).
     synthetic/ipc{K}/groups/{c:04d}.json             marks a group of classes done (resume; groups_.../)
     synthetic/ipc{K}/manifest_{method}.csv           file,label,class,weight per image
 
-d4m and ddoq share the images of a decoder (the same points); their manifests
-differ in the weights: 1/K for d4m, the Voronoi cell masses for ddoq (summing
-to 1 per class). Classes are decoded config.decode.diffusion.batch_size // K at a time,
+d4m and ddoq share the images of a decoder (the same points), as medoid and
+medoid_weighted do; their manifests differ in the weights (method_weights): 1/K
+for d4m and medoid, the Voronoi cell masses of the points (ddoq) or of the
+medoids' latents (medoid_weighted), summing to 1 per class. Classes are decoded config.decode.diffusion.batch_size // K at a time,
 the batch sharded over this process's devices; each process decodes its
 part of the classes, process 0 writes the manifests.
 """
@@ -45,11 +51,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pqdjax import artifacts, parallel
 from pqdjax.config_checks import decoder_of, point_source, split_method
-from pqdjax.errors import InputError
 from pqdjax.data import image_folder, imagenet, streamed
 from pqdjax.data.preprocess import to_uint8
 from pqdjax.diffusion.pushforward import denoise
+from pqdjax.errors import InputError
 from pqdjax.progress import Progress
+from pqdjax.quantize import selection
+from pqdjax.quantize.voronoi import voronoi_weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +85,8 @@ class SyntheticSet:
 def pushforward(model, points: np.ndarray, labels: np.ndarray, prompts: list[str], rng: jax.Array, config, mesh: Mesh,
                 decoder: str = "diffusion") -> np.ndarray:
     """Latent points [n, h, w, 4] of classes labels [n] -> uint8 images [n, S, S, 3] (S = config.image_size) by the
-    prior's denoiser + VAE decoding (decoder 'diffusion') or by the VAE decoder alone ('vae'; labels, prompts, rng unused).
+    prior's denoiser + VAE decoding (decoder 'diffusion'), class-conditional samples of the same shape ('sample':
+    strength 1 from zeros, the points' content unused) or the VAE decoder alone ('vae'; labels, prompts, rng unused).
 
     model: the prior (StableDiffusion, conditioned on the prompts; DiTDiffusion, on the labels);
     rng: the noise key, or one key per point [n] (point_keys).
@@ -96,10 +105,13 @@ def pushforward(model, points: np.ndarray, labels: np.ndarray, prompts: list[str
         images = _resize(model.decode_latents(put(pad(points))), config.image_size)
         return to_uint8(np.asarray(images))[:n]
     settings = config.diffusion
+    strength, start = settings.strength, settings.get("start", "img2img")
+    if decoder == "sample":  # class-conditional samples: strength 1 from zeros (the points give only the shape)
+        points, strength, start = np.zeros_like(points), 1.0, "img2img"
     if rng.ndim and extra:  # per-point keys: the padding rows reuse the last point's key
         rng = jnp.concatenate([rng, jnp.repeat(rng[-1:], extra, axis=0)])
-    latents = denoise(model, put(pad(points)), pad(np.asarray(labels)), prompts, rng, strength=settings.strength,
-                      guidance=settings.guidance, steps=settings.steps, start=settings.get("start", "img2img"),
+    latents = denoise(model, put(pad(points)), pad(np.asarray(labels)), prompts, rng, strength=strength,
+                      guidance=settings.guidance, steps=settings.steps, start=start,
                       negative_prompt=settings.get("negative_prompt", ""), place=put,
                       params=jax.device_put(model.denoiser_params, NamedSharding(mesh, PartitionSpec())))
     images = _resize(model.decode_latents(latents), config.image_size)
@@ -120,19 +132,50 @@ def random_positions(run, latents, ipc: int, c: int) -> np.ndarray:
     return np.asarray(jax.random.choice(jax.random.fold_in(run.rng("random", ipc), c), n, (ipc,), replace=False))
 
 
+def selected_positions(run, latents, quantized, ipc: int, c: int, source: str) -> np.ndarray:
+    """int [K]: the rows of class c's latents whose training images stand for the class in a real-image point source:
+    'random' (random_positions), 'medoid' (the latent nearest each k-means point) or 'herding' (K latents chosen by
+    herding toward the class's latent mean), as the default pipeline chooses them (pqdjax.quantize.selection)."""
+    if source == "random":
+        return random_positions(run, latents, ipc, c)
+    x = jnp.asarray(latents.load(c))
+    mass = jnp.full(len(x), 1.0 / len(x), jnp.float32)
+    if source == "medoid":
+        return np.asarray(selection.medoids(x, mass, jnp.asarray(quantized.load(run.store, c)["points"])))
+    if source == "herding":
+        if ipc > len(x):
+            raise InputError(f"IPC {ipc} is larger than class {c} ({len(x)} training images); choose IPC <= {len(x)}.")
+        return np.asarray(selection.herding(x, mass, ipc))
+    raise ValueError(f"no real images for point source {source!r}")
+
+
 def class_points(run, latents, quantized, ipc: int, c: int, source: str) -> np.ndarray:
-    """Class c's K latent points [K, d] of a point source: 'kmeans' (d4m, ddoq) or 'random' (the random images' latents)."""
+    """Class c's K latent points [K, d] of a point source: 'kmeans' (d4m, ddoq, generated) or a real-image source
+    (random, medoid, herding: the latents of their images)."""
     if source == "kmeans":
         return quantized.load(run.store, c)["points"]
-    return latents.load(c)[random_positions(run, latents, ipc, c)]
+    return latents.load(c)[selected_positions(run, latents, quantized, ipc, c, source)]
 
 
-def real_images(run, latents, ipc: int, c: int) -> np.ndarray:
-    """uint8 [K, S, S, 3]: the random baseline's training images of class c, resized and center-cropped to S = image_size."""
+def method_weights(run, latents, quantized, ipc: int, c: int, base: str) -> np.ndarray:
+    """float32 [K]: a base method's weights of class c's K images: the Voronoi cell masses of the k-means points
+    (ddoq) or of the medoids' latents in the class's latent measure (medoid_weighted), else uniform 1/K."""
+    if base == "ddoq":
+        return quantized.load(run.store, c)["weights"].astype(np.float32)
+    if base == "medoid_weighted":
+        x = jnp.asarray(latents.load(c))
+        medoids = x[selected_positions(run, latents, quantized, ipc, c, "medoid")]
+        return np.asarray(voronoi_weights(x, jnp.full(len(x), 1.0 / len(x), jnp.float32), medoids), np.float32)
+    return np.full(ipc, 1.0 / ipc, np.float32)
+
+
+def real_images(run, latents, quantized, ipc: int, c: int, source: str) -> np.ndarray:
+    """uint8 [K, S, S, 3]: the training images of class c that a real-image point source chooses
+    (selected_positions), resized and center-cropped to S = image_size."""
     data, size = run.config.data, run.config.decode.image_size
-    source = streamed.open_configured_split(data, data.train_split)
-    indices = latents.example_indices(c)[random_positions(run, latents, ipc, c)]
-    return np.stack([imagenet.resize_and_center_crop(np.asarray(source[int(i)]["image"]), size, size) for i in indices])
+    split = streamed.open_configured_split(data, data.train_split)
+    indices = latents.example_indices(c)[selected_positions(run, latents, quantized, ipc, c, source)]
+    return np.stack([imagenet.resize_and_center_crop(np.asarray(split[int(i)]["image"]), size, size) for i in indices])
 
 
 def condition_labels(classes: streamed.Classes, labels: np.ndarray) -> np.ndarray:
@@ -141,10 +184,11 @@ def condition_labels(classes: streamed.Classes, labels: np.ndarray) -> np.ndarra
     return labels if classes.imagenet_indices is None else classes.imagenet_indices[labels]
 
 
-def point_keys(run, ipc: int, classes: list[int]) -> jax.Array:
+def point_keys(run, ipc: int, classes: list[int], decoder: str = "diffusion") -> jax.Array:
     """One noise key per point [len(classes) * ipc], class-major: key (c, k) depends on neither the batch nor the
-    process that decodes it, so the images are the same for any number of processes and batch size."""
-    base = run.rng("decode", ipc)
+    process that decodes it, so the images are the same for any number of processes and batch size. The samples
+    (decoder 'sample') draw from keys of their own."""
+    base = run.rng("decode", "sample", ipc) if decoder == "sample" else run.rng("decode", ipc)
     return jnp.stack([jax.random.fold_in(jax.random.fold_in(base, c), k) for c in classes for k in range(ipc)])
 
 
@@ -171,12 +215,12 @@ def decode_ipc(run, prior, latents, quantized, ipc: int, fp: str, source: str = 
             continue
         labels = np.repeat(classes, ipc)
         if decoder is None:
-            images = np.concatenate([real_images(run, latents, ipc, c) for c in classes])
+            images = np.concatenate([real_images(run, latents, quantized, ipc, c, source) for c in classes])
         else:
             points = np.concatenate([class_points(run, latents, quantized, ipc, c, source) for c in classes])
             points = points.reshape((-1,) + latents.shape)
             images = pushforward(prior.model, points, condition_labels(run.classes, labels), [prompts[c] for c in labels],
-                                 point_keys(run, ipc, classes), config, mesh, decoder)
+                                 point_keys(run, ipc, classes, decoder), config, mesh, decoder)
         files = []
         for i, (image, c) in enumerate(zip(images, labels)):
             files.append(f"{folder}/" + image_folder.image_file(c, prompts[c], latents.num_classes, i % ipc))
@@ -186,14 +230,15 @@ def decode_ipc(run, prior, latents, quantized, ipc: int, fp: str, source: str = 
     parallel.sync_processes(f"decode_ipc{ipc}_{source}_{decoder}")
 
 
-def write_manifest(run, quantized, ipc: int, method: str, num_classes: int, name: str, fp: str) -> None:
-    """file,label,class,weight for every image of `method`; weights from the quantization (ddoq) or uniform."""
+def write_manifest(run, latents, quantized, ipc: int, method: str, name: str, fp: str) -> None:
+    """file,label,class,weight for every image of `method`, with the method's weights (method_weights)."""
+    num_classes = latents.num_classes
     prompts = run.classes.prompts
     base, _ = split_method(method)
     folder = set_folder(point_source(base), decoder_of(method, run.config))
     files, labels, weights = [], [], []
     for c in range(num_classes):
-        weights.append(quantized.load(run.store, c)["weights"] if base == "ddoq" else np.full(ipc, 1.0 / ipc))
+        weights.append(method_weights(run, latents, quantized, ipc, c, base))
         files += [f"{folder}/" + image_folder.image_file(c, prompts[c], num_classes, k) for k in range(ipc)]
         labels += [c] * ipc
     text = image_folder.manifest_text(files, np.asarray(labels), np.concatenate(weights), prompts)
@@ -216,7 +261,7 @@ def run(run, prior, latents, quantized: dict) -> dict[tuple[str, int], Synthetic
                 decode_ipc(run, prior, latents, q, ipc, fp, source, decoder)
             if jax.process_index() == 0:
                 for method, name in names.items():
-                    write_manifest(run, q, ipc, method, latents.num_classes, name, fp)
+                    write_manifest(run, latents, q, ipc, method, name, fp)
             parallel.sync_processes(f"manifest_ipc{ipc}")
         else:
             logging.info("decode: reusing the synthetic images of IPC %d", ipc)

@@ -44,19 +44,21 @@ class ClassQuantization:
         return store.load_arrays(self.names[c])
 
     def set_points(self, run, latents, base: str) -> np.ndarray:
-        """The latent points [C, K, d] of a base method (d4m, ddoq: the k-means points; random: its images' latents)."""
-        from pqdjax.stages.streamed_decode import class_points  # the decode stage owns the random draw
+        """The latent points [C, K, d] of a base method (d4m, ddoq: the k-means points; real-image methods: their
+        images' latents)."""
+        from pqdjax.stages.streamed_decode import class_points  # the decode stage owns the choice of real images
 
         source = point_source(base)
         return np.stack([class_points(run, latents, self, self.ipc, c, source) for c in range(latents.num_classes)])
 
     def w2_points(self, run, latents, base: str) -> np.ndarray:
         """W2 [C] from each class's latent measure (its latent file) to the base method's points with its weights
-        (ddoq: the Voronoi weights; d4m, random: uniform), one class in memory at a time."""
+        (streamed_decode.method_weights), one class in memory at a time."""
+        from pqdjax.stages.streamed_decode import method_weights
+
         points = self.set_points(run, latents, base)
-        uniform = np.full(self.ipc, 1.0 / self.ipc, np.float32)
-        weights = lambda c: self.load(run.store, c)["weights"].astype(np.float32) if base == "ddoq" else uniform
-        return np.asarray([class_w2(latents.load(c), points[c], weights(c), run.config) for c in range(latents.num_classes)], np.float32)
+        return np.asarray([class_w2(latents.load(c), points[c], method_weights(run, latents, self, self.ipc, c, base), run.config)
+                           for c in range(latents.num_classes)], np.float32)
 
 
 def class_name(ipc: int, c: int) -> str:
