@@ -240,14 +240,15 @@ def hamerly_share(iterations: int = 20, seed: int = 0) -> list[dict]:
     benchmark's two single measures (the Gaussian mixture and the standard normal, shapes 0 and 3: same data, same
     k-means++ start). In float64 with numpy, exact bounds: u_i >= |x_i - c_a(i)| grows by its point's move, l_i <= the
     distance to the second nearest point shrinks by the largest move among the others; a sample is skipped when
-    u_i <= max(l_i, s_a / 2) (s_a: half the distance from c_a to its nearest other point) before or after
+    u_i <= max(l_i, s_a / 2) (s_a: the distance from c_a to its nearest other point) before or after
     tightening u_i. What is left is what a per-sample-bounds Lloyd would still compute distances for.
     """
     rows = []
     for index, make in ((0, _blobs), (3, _normal)):
         x = make(np.random.default_rng(index), 1, 50_000, 256)[0].astype(np.float64)
         n, k = len(x), 100
-        init = q.kmeans_plus_plus(jnp.asarray(x, jnp.float32), jnp.full(n, 1.0 / n), k, jax.random.key(seed))
+        key = jax.random.split(jax.random.key(seed), 1)[0]  # compare_lloyd's key of its one class
+        init = q.kmeans_plus_plus(jnp.asarray(x, jnp.float32), jnp.full(n, 1.0 / n, jnp.float32), k, key)
         centers = np.asarray(init, np.float64)
         distances = lambda a, c: np.sqrt(np.maximum((a * a).sum(1)[:, None] - 2 * a @ c.T + (c * c).sum(1)[None], 0))
         d = distances(x, centers)

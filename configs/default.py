@@ -147,7 +147,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # student validation accuracy (mean of d4m and ddoq, 2 seeds) among settings with teacher agreement >= 90%
     # and cell consistency >= 50%: 76.75% at (0.4, 6), the best overall too; 76.62% at (0.5, 6), 76.49% at
     # (0.3, 6), 76.28% at (0.5, 4); teacher agreement 99% and cell consistency 93% at (0.4, 6).
-    config.decode.diffusion = ml_collections.ConfigDict(dict(strength=0.4, guidance=6.0, steps=50, batch_size=100))
+    # start: 'img2img' (D4M, DDOQ) or 'initial_latent' (the whole reverse process from the point; pqdjax.diffusion.pushforward)
+    config.decode.diffusion = ml_collections.ConfigDict(dict(strength=0.4, guidance=6.0, steps=50, batch_size=100, start="img2img"))
     # The figure pushforward.png: a few points decoded directly, then after img2img at these strengths.
     config.decode.figure_strengths = (0.3, 0.5, 0.7, 0.9, 1.0)
 

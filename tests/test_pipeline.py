@@ -384,13 +384,15 @@ def test_the_in_memory_denoiser_is_pushed_forward_by_the_shared_sampler(finished
     ConditionalDenoiser: equal to the sampler called directly with the class embeddings (img2img, per-batch keys),
     and start='initial_latent' runs the whole reverse process from the points (the streamed pipeline's option);
     an unknown start is a clear config error."""
+    import dataclasses
+
     import jax.numpy as jnp
 
     from pqdjax.diffusion import img2img, sample_from
     from pqdjax.stages import decode
 
     data_dir, workdir, _ = finished_run
-    run, _, latents, the_denoiser, quantized, _ = _stages_to_decode(data_dir, workdir, ("ddoq",))
+    run, the_prior, latents, the_denoiser, quantized, _ = _stages_to_decode(data_dir, workdir, ("ddoq",))
     settings = run.config.decode.diffusion
     points = quantized[2].arrays["points"][:3].reshape((-1,) + latents.shape)  # 3 classes x 2 points
     labels = np.repeat(np.arange(3), 2)
@@ -407,6 +409,14 @@ def test_the_in_memory_denoiser_is_pushed_forward_by_the_shared_sampler(finished
                        guidance=settings.guidance, steps=settings.steps)
     np.testing.assert_allclose(from_points, np.asarray(want), rtol=1e-5, atol=1e-5)
     assert np.abs(from_points - got).max() > 1e-2  # a different start, a different result
+    # the decode stage's diffusion decoder follows config.decode.diffusion.start
+    config = run.config.copy_and_resolve_references()
+    config.decode.diffusion.start = "initial_latent"
+    decoded = decode.decode_with_diffusion(dataclasses.replace(run, config=config), the_prior, the_denoiser, points, labels)
+    whole = decode.denoise_points(the_denoiser, points, labels, run.rng("decode", "diffusion"), strength=settings.strength,
+                                  guidance=settings.guidance, steps=settings.steps, batch_size=settings.batch_size,
+                                  start="initial_latent")
+    np.testing.assert_allclose(decoded, decode.decode_with_vae(run, the_prior, None, whole, labels), rtol=1e-5, atol=1e-5)
     config = _config(data_dir)
     config.decode.diffusion.start = "noise"
     with pytest.raises(ConfigError, match="config.decode.diffusion.start must be one of"):

@@ -15,23 +15,27 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from pqdjax.diffusion.sampler import img2img, sample_from
 from pqdjax.errors import ConfigError
 
-# How the reverse process starts from a point: 'img2img' noises it to `strength` and denoises (SDEdit, D4M, DDOQ);
-# 'initial_latent' runs the whole reverse process from the point in place of Gaussian noise.
+# How the reverse process starts from a point (config.decode.diffusion.start): 'img2img' noises it to `strength` and
+# denoises (SDEdit, D4M, DDOQ); 'initial_latent' runs the whole reverse process from the point in place of Gaussian
+# noise. denoise also takes 'sample' (the decoder of the 'generated' baseline): strength 1 from zeros, a
+# class-conditional sample that takes only its shape from the point.
 STARTS = ("img2img", "initial_latent")
 
 
 class ConditionalDenoiser(Protocol):
     """What the pushforward needs of a prior's denoiser.
 
-    scheduler: a diffusers FlaxDDIMScheduler (the same object on every access, so the sampler compiles once);
+    scheduler: a diffusers FlaxDDIMScheduler (an equal object on every access: a static argument of the jitted
+      sampler, so it compiles once);
     denoiser_params: the parameters `epsilon` takes;
     epsilon(params, latents [B, h, w, c], timesteps int32 [B], context [B, ...]) -> noise prediction [B, h, w, c]
-      (the same function object on every access: a static argument of the jitted sampler);
+      (an equal function on every access, e.g. a method of one model object: also a static argument);
     guidance_contexts(labels int [n], prompts [n] or None, negative_prompt) -> (conditional, unconditional)
       contexts [n, ...] of classifier-free guidance.
     """
@@ -55,12 +59,15 @@ def denoise(model: ConditionalDenoiser, points, labels: np.ndarray, prompts: Seq
 
     prompts: one per point for text-conditioned priors (None for class-conditioned ones);
     rng: the noise key, or one key per point [n] (an image then depends only on its point's key);
-    start: one of STARTS ('initial_latent' is deterministic: rng and strength unused);
+    start: one of STARTS ('initial_latent' is deterministic: rng and strength unused), or 'sample' (strength 1 from
+    zeros: the points give only the shape);
     place: applied to the contexts (e.g. a device_put sharding them like the points); params: the denoiser's
     parameters as placed by the caller (default model.denoiser_params).
     """
-    if start not in STARTS:
+    if start not in STARTS + ("sample",):
         raise ConfigError(f"config.decode.diffusion.start must be one of {STARTS}, got {start!r}.")
+    if start == "sample":
+        points, strength, start = jnp.zeros_like(points), 1.0, "img2img"
     place = place or (lambda a: a)
     cond, uncond = (place(c) for c in model.guidance_contexts(labels, prompts, negative_prompt))
     params = model.denoiser_params if params is None else params

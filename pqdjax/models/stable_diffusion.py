@@ -31,7 +31,7 @@ from diffusers.models.modeling_flax_pytorch_utils import rename_key, rename_key_
 from flax.traverse_util import flatten_dict, unflatten_dict
 from transformers import CLIPTokenizer, FlaxCLIPTextModel
 
-from pqdjax.diffusion import img2img
+from pqdjax.diffusion.pushforward import denoise
 from pqdjax.models import vae as vae_lib
 from pqdjax.errors import InputError
 
@@ -108,17 +108,14 @@ class StableDiffusion:
         steps: int = 50,
         negative_prompt: str = "",
     ) -> jax.Array:
-        """Scaled latents [n, h, w, 4], one prompt each -> denoised latents [n, h, w, 4] (see pqdjax.diffusion.img2img).
+        """Scaled latents [n, h, w, 4], one prompt each -> denoised latents [n, h, w, 4] (pqdjax.diffusion.pushforward.denoise, img2img).
 
         D4M: prompts are class names, negative_prompt "cartoon, anime, painting".
         """
         if len(prompts) != len(latents):
             raise ValueError(f"img2img needs one prompt per latent, got {len(prompts)} prompts for {len(latents)} latents.")
-        cond, uncond = self.guidance_contexts(range(len(prompts)), prompts, negative_prompt)
-        return img2img(
-            self.epsilon, self.scheduler, self.unet_params, latents, cond, uncond, rng,
-            strength=strength, guidance=guidance, steps=steps,
-        )
+        return denoise(self, latents, np.arange(len(prompts)), prompts, rng, strength=strength, guidance=guidance, steps=steps,
+                       negative_prompt=negative_prompt)
 
 
 def encode_images(model, images: jax.Array) -> jax.Array:

@@ -64,9 +64,9 @@ class SyntheticSet:
     weights: np.ndarray
     fingerprint: str
 
-    def load(self) -> tuple[np.ndarray, np.ndarray]:
-        """(images uint8 [C, K, H, W, ch], weights float32 [C, K])."""
-        return self.images, self.weights
+    def load(self, first: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(images uint8 [C, K, H, W, ch], weights float32 [C, K]); only the first `first` classes if given."""
+        return self.images[:first], self.weights[:first]
 
 
 def decoders_in_use(config) -> set[str]:
@@ -109,7 +109,8 @@ def denoise_points(denoiser, points: np.ndarray, labels: np.ndarray, rng: jax.Ar
 
 
 def decode_with_diffusion(run, prior, denoiser, points: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Latent points [n, h, w, c] of classes labels [n] -> float images [n, H, W, C]: img2img, then the VAE decoder."""
+    """Latent points [n, h, w, c] of classes labels [n] -> float images [n, H, W, C]: the pushforward
+    (config.decode.diffusion: img2img at strength, or the whole reverse process from the point), then the VAE decoder."""
     settings = run.config.decode.diffusion
     denoised = denoise_points(
         denoiser, points, labels, run.rng("decode", "diffusion"), strength=settings.strength, guidance=settings.guidance,
@@ -122,8 +123,8 @@ def decode_with_samples(run, prior, denoiser, points: np.ndarray, labels: np.nda
     """Class-conditional samples [n, H, W, C] of classes labels [n]: img2img at strength 1 (the points give only the shape)."""
     settings = run.config.decode.diffusion
     sampled = denoise_points(
-        denoiser, np.zeros_like(points), labels, run.rng("decode", "sample"),
-        strength=1.0, guidance=settings.guidance, steps=settings.steps, batch_size=settings.batch_size,
+        denoiser, points, labels, run.rng("decode", "sample"), strength=1.0, guidance=settings.guidance,
+        steps=settings.steps, batch_size=settings.batch_size, start="sample",
     )
     return decode_with_vae(run, prior, None, sampled, labels)
 
@@ -161,7 +162,8 @@ def decode_flops(run, prior, denoiser, decoder: str, latent_shape, n: int) -> fl
         return total
     settings = run.config.decode.diffusion
     strength = settings.strength if decoder == "diffusion" else 1.0
-    steps_run = settings.steps - start_index(settings.steps, strength)
+    whole = decoder == "diffusion" and settings.get("start", "img2img") == "initial_latent"  # every step, from the point
+    steps_run = settings.steps if whole else settings.steps - start_index(settings.steps, strength)
     batch = min(settings.batch_size, n)
     context, _ = denoiser.guidance_contexts(np.zeros(batch, np.int32), None, "")
     call = jax.jit(guided_epsilon, static_argnums=0)

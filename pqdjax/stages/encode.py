@@ -37,9 +37,6 @@ class Latents:
     shape: tuple[int, int, int]
     fingerprint: str
 
-    def class_size(self, c: int) -> int:
-        return int(np.sum(self.labels == c))
-
     def load(self, c: int) -> np.ndarray:
         """Class c's latents [n_c, d], in dataset order (as pqdjax.data.grouping.class_indices)."""
         return self.latents[self.labels == c]

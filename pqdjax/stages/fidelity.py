@@ -24,14 +24,15 @@ what it measures, each through a small interface both kinds implement:
     teacher.predict(images)           the teacher's class of each image [N]
     prior.reencode(images, config)    scaled latents [N, d], as the encode stage makes them
     latents.load(c)                   class c's training latents [n_c, d]
-    quantized.set_points(run, latents, base), .w2_points(run, latents, base)
-                                      a base method's points [C, K, d] and their W2 [C]
+    quantized.class_set(run, latents, base, c, x)
+                                      a base method's points [K, d] and weights [K] of
+                                      class c, and their W2 if stored (else None)
 
 (in-memory runs: stages.{decode, teacher, prior, encode, quantize}; streamed
-runs: the stages.streamed_* modules of the same names). One class's latents
-are in memory at a time. One record per set, fidelity/{method}_ipc{K}.json,
-reused while the set, its quantization, the prior, the teacher and the
-latents are unchanged; process 0 writes it.
+runs: the stages.streamed_* modules of the same names). Each class's latents
+are read once per set, one class at a time. One record per set,
+fidelity/{method}_ipc{K}.json, reused while the set, its quantization, the
+prior, the teacher and the latents are unchanged; process 0 writes it.
 """
 
 from __future__ import annotations
@@ -69,18 +70,25 @@ def measure(run, prior, teacher, latents, quantized, synthetic) -> dict:
                          f"{latents.num_classes}; delete synthetic/ in the workdir to decode the sets again.")
     flat_images = images.reshape((-1,) + images.shape[2:])
     reencoded = prior.reencode(flat_images, run.config).reshape(num_classes, ipc, -1)
-    w2_images = [class_w2(latents.load(c), reencoded[c], weights[c], run.config) for c in range(num_classes)]
     base, _ = split_method(synthetic.method)
     with_points = base in W2_METHODS  # 'generated' samples have no points of their own
     from_points = with_points and decoder_of(synthetic.method, run.config) not in (None, "sample")  # not real images
-    w2_points = [float(w) for w in quantized.w2_points(run, latents, base)] if with_points else None
+    w2_images, w2_points, consistent = [], [], []
+    for c in range(num_classes):  # one class's latents in memory, read once
+        x = latents.load(c)
+        w2_images.append(class_w2(x, reencoded[c], weights[c], run.config))
+        if with_points:
+            points, point_weights, stored_w2 = quantized.class_set(run, latents, base, c, x)
+            w2_points.append(class_w2(x, points, point_weights, run.config) if stored_w2 is None else stored_w2)
+            if from_points:
+                consistent.append(cell_consistency(reencoded[c][None], points[None]))
     return {
         "method": synthetic.method, "ipc": ipc,
         "teacher_agreement": teacher_agreement(teacher, flat_images, np.repeat(np.arange(num_classes), ipc)),
-        "cell_consistency": cell_consistency(reencoded, quantized.set_points(run, latents, base)) if from_points else None,
+        "cell_consistency": float(np.mean(consistent)) if from_points else None,  # K per class: the mean over images
         "w2_images": float(np.mean(w2_images)),
-        "w2_points": None if w2_points is None else float(np.mean(w2_points)),
-        "w2_points_per_class": w2_points,
+        "w2_points": float(np.mean(w2_points)) if with_points else None,
+        "w2_points_per_class": [float(w) for w in w2_points] if with_points else None,
     }
 
 
@@ -117,5 +125,5 @@ def run(run, prior, teacher, latents, quantized: dict, synthetic: dict) -> dict[
     return measure_sets(
         run, synthetic, quantized, lambda q, synthetic_set: measure(run, prior, teacher, latents, q, synthetic_set),
         "fidelity", prior.fingerprint, teacher.fingerprint, latents.fingerprint, run.config.quantize,
-        run.config.data.get("encode_crop"),
+        run.config.data.get("encode_resize"), run.config.data.get("encode_crop"),
     )

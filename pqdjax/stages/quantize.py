@@ -52,24 +52,26 @@ class Quantized:
     arrays: dict[str, np.ndarray]
     fingerprint: str
 
-    def set_points(self, run, latents, base: str) -> np.ndarray:
-        """The latent points [C, K, d] of a base method of W2_METHODS (real-image methods: their images' latents)."""
-        del run
-        return method_set(self.arrays, base, latents.latents)[0]
-
-    def w2_points(self, run, latents, base: str) -> np.ndarray:
-        """W2 [C] from each class's latent measure to the base method's weighted points, as this stage computed it."""
-        del run, latents
-        return self.arrays[f"w2_{base}"]
+    def class_set(self, run, latents, base: str, c: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """A base method of W2_METHODS on class c: its latent points [K, d] (real-image methods: their images'
+        latents), their weights [K] and the W2 [] from the class's latent measure this stage computed
+        (method_set; run and x, the class's latents, unused)."""
+        del run, x
+        points, weights, _ = method_set({k: v[c : c + 1] for k, v in self.arrays.items()}, base, latents.latents)  # [C, ...] each
+        return points[0], weights[0], float(self.arrays[f"w2_{base}"][c])
 
 
 def class_w2(x: np.ndarray, points: np.ndarray, weights: np.ndarray, config) -> float:
     """W2 from the uniform measure on one class's latents x [n, d] to points [K, d] with weights [K], exact or by
     Sinkhorn as config.quantize's w2_* settings say (pqdjax.quantize.wasserstein2_classes)."""
-    q = config.quantize
-    settings = (q.get("w2_exact_max_size", 10_000_000), q.get("w2_relative_epsilon", 3e-3), q.get("w2_max_iterations", 20000))
     mass = np.full((1, len(x)), 1.0 / len(x), np.float32)
-    return float(wasserstein2_classes(x[None], mass, points[None], weights[None], *settings)[0][0])
+    return float(wasserstein2_classes(x[None], mass, points[None], weights[None], *w2_settings(config.quantize))[0][0])
+
+
+def w2_settings(config) -> tuple[int, float, int]:
+    """(exact_max_size, relative_epsilon, max_iterations) of wasserstein2_classes from config.quantize."""
+    return (config.get("w2_exact_max_size", 10_000_000), config.get("w2_relative_epsilon", 3e-3),
+            config.get("w2_max_iterations", 20000))
 
 
 def solver_from_config(config):
@@ -145,9 +147,7 @@ def _quantize_some(run, latents, ipc: int, groups: list[np.ndarray], keys: jax.A
             arrays["w2_ddoq"] = np.sqrt(np.maximum(q.distortion, 0.0)).astype(np.float32)
             continue
         points, weights, _ = method_set(arrays, base, latents.latents)
-        arrays[f"w2_{base}"], base_exact = wasserstein2_classes(
-            padded, mass, points, weights, config.w2_exact_max_size, config.w2_relative_epsilon, config.w2_max_iterations,
-        )
+        arrays[f"w2_{base}"], base_exact = wasserstein2_classes(padded, mass, points, weights, *w2_settings(config))
         exact &= base_exact
     arrays["w2_exact"] = exact
     return arrays

@@ -361,8 +361,8 @@ def figure_grid(run, synthetic: dict, ipcs, num_classes: int) -> tuple[str, np.n
     """(method, uint8 images [C, K, H, W, 3], weights [C, K]) of the first num_classes classes of distilled.png's set,
     read back from its manifest and PNGs (SyntheticSet.load)."""
     method, ipc = figure_set(run.config.methods, ipcs, synthetic)
-    images, weights = synthetic[method, ipc].load()
-    return method, images[:num_classes], weights[:num_classes]
+    images, weights = synthetic[method, ipc].load(first=num_classes)
+    return method, images, weights
 
 
 def _synthetic_cost(run, synthetic: dict, field: str) -> dict[str, float | None]:

@@ -69,8 +69,9 @@ class SyntheticSet:
     manifest: str
     fingerprint: str
 
-    def load(self) -> tuple[np.ndarray, np.ndarray]:
-        """The manifest's PNGs and weights, class-major: (images uint8 [C, K, S, S, 3], weights float32 [C, K])."""
+    def load(self, first: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The manifest's PNGs and weights, class-major: (images uint8 [C, K, S, S, 3], weights float32 [C, K]); only
+        the first `first` classes if given (only their PNGs are read)."""
         files, labels, weights = image_folder.read_manifest(self.manifest)
         # by class, then by image index k (the file name '{k:03d}.png': shorter names first, then by name), in any row order
         order = np.asarray(sorted(range(len(files)), key=lambda i: (labels[i], len(files[i]), files[i])), np.int64)
@@ -78,8 +79,10 @@ class SyntheticSet:
         if len(labels) % self.ipc or not np.array_equal(labels[order], np.repeat(np.arange(num_classes), self.ipc)):
             raise InputError(f"{self.manifest} does not hold {self.ipc} images of each of classes 0..{num_classes - 1}; "
                              "delete synthetic/ in the workdir to decode the sets again.")
+        kept = num_classes if first is None else min(first, num_classes)
+        order = order[: kept * self.ipc]
         images = image_folder.load_images([files[i] for i in order])
-        return images.reshape((num_classes, self.ipc) + images.shape[1:]), weights[order].astype(np.float32).reshape(num_classes, self.ipc)
+        return images.reshape((kept, self.ipc) + images.shape[1:]), weights[order].astype(np.float32).reshape(kept, self.ipc)
 
 
 def pushforward(model, points: np.ndarray, labels: np.ndarray, prompts: list[str], rng: jax.Array, config, mesh: Mesh,
@@ -105,12 +108,10 @@ def pushforward(model, points: np.ndarray, labels: np.ndarray, prompts: list[str
         images = _resize(model.decode_latents(put(pad(points))), config.image_size)
         return to_uint8(np.asarray(images))[:n]
     settings = config.diffusion
-    strength, start = settings.strength, settings.get("start", "img2img")
-    if decoder == "sample":  # class-conditional samples: strength 1 from zeros (the points give only the shape)
-        points, strength, start = np.zeros_like(points), 1.0, "img2img"
+    start = "sample" if decoder == "sample" else settings.get("start", "img2img")
     if rng.ndim and extra:  # per-point keys: the padding rows reuse the last point's key
         rng = jnp.concatenate([rng, jnp.repeat(rng[-1:], extra, axis=0)])
-    latents = denoise(model, put(pad(points)), pad(np.asarray(labels)), prompts, rng, strength=strength,
+    latents = denoise(model, put(pad(points)), pad(np.asarray(labels)), prompts, rng, strength=settings.strength,
                       guidance=settings.guidance, steps=settings.steps, start=start,
                       negative_prompt=settings.get("negative_prompt", ""), place=put,
                       params=jax.device_put(model.denoiser_params, NamedSharding(mesh, PartitionSpec())))
@@ -132,40 +133,53 @@ def random_positions(run, latents, ipc: int, c: int) -> np.ndarray:
     return np.asarray(jax.random.choice(jax.random.fold_in(run.rng("random", ipc), c), n, (ipc,), replace=False))
 
 
-def selected_positions(run, latents, quantized, ipc: int, c: int, source: str) -> np.ndarray:
+def _class_measure(latents, c: int, x: np.ndarray | None = None) -> tuple[jax.Array, jax.Array, int]:
+    """Class c's latents (x, or read from its file) padded with zero-mass rows to the largest class, so the selections
+    compile once for every class: (x [n_max, d], mass [n_max]: 1/n_c on the class's rows, then 0; n_c)."""
+    x = latents.load(c) if x is None else x
+    n, n_max = len(x), int(latents.counts.sum(0).max())
+    padded = np.zeros((n_max, x.shape[1]), np.float32)
+    padded[:n] = x
+    return jnp.asarray(padded), jnp.asarray(np.where(np.arange(n_max) < n, 1.0 / n, 0.0).astype(np.float32)), n
+
+
+def selected_positions(run, latents, quantized, ipc: int, c: int, source: str, x: np.ndarray | None = None) -> np.ndarray:
     """int [K]: the rows of class c's latents whose training images stand for the class in a real-image point source:
     'random' (random_positions), 'medoid' (the latent nearest each k-means point) or 'herding' (K latents chosen by
-    herding toward the class's latent mean), as the default pipeline chooses them (pqdjax.quantize.selection)."""
+    herding toward the class's latent mean), as the default pipeline chooses them (pqdjax.quantize.selection).
+    x: class c's latents [n_c, d] where the caller has them (else read from the file)."""
     if source == "random":
         return random_positions(run, latents, ipc, c)
-    x = jnp.asarray(latents.load(c))
-    mass = jnp.full(len(x), 1.0 / len(x), jnp.float32)
+    padded, mass, n = _class_measure(latents, c, x)
     if source == "medoid":
-        return np.asarray(selection.medoids(x, mass, jnp.asarray(quantized.load(run.store, c)["points"])))
+        return np.asarray(selection.medoids(padded, mass, jnp.asarray(quantized.load(run.store, c)["points"])))
     if source == "herding":
-        if ipc > len(x):
-            raise InputError(f"IPC {ipc} is larger than class {c} ({len(x)} training images); choose IPC <= {len(x)}.")
-        return np.asarray(selection.herding(x, mass, ipc))
+        if ipc > n:
+            raise InputError(f"IPC {ipc} is larger than class {c} ({n} training images); choose IPC <= {n}.")
+        return np.asarray(selection.herding(padded, mass, ipc))
     raise ValueError(f"no real images for point source {source!r}")
 
 
-def class_points(run, latents, quantized, ipc: int, c: int, source: str) -> np.ndarray:
+def class_points(run, latents, quantized, ipc: int, c: int, source: str, x: np.ndarray | None = None) -> np.ndarray:
     """Class c's K latent points [K, d] of a point source: 'kmeans' (d4m, ddoq, generated) or a real-image source
-    (random, medoid, herding: the latents of their images)."""
+    (random, medoid, herding: the latents of their images). x: as selected_positions."""
     if source == "kmeans":
         return quantized.load(run.store, c)["points"]
-    return latents.load(c)[selected_positions(run, latents, quantized, ipc, c, source)]
+    x = latents.load(c) if x is None else x
+    return x[selected_positions(run, latents, quantized, ipc, c, source, x)]
 
 
-def method_weights(run, latents, quantized, ipc: int, c: int, base: str) -> np.ndarray:
+def method_weights(run, latents, quantized, ipc: int, c: int, base: str, x: np.ndarray | None = None) -> np.ndarray:
     """float32 [K]: a base method's weights of class c's K images: the Voronoi cell masses of the k-means points
-    (ddoq) or of the medoids' latents in the class's latent measure (medoid_weighted), else uniform 1/K."""
+    (ddoq) or of the medoids' latents in the class's latent measure (medoid_weighted: this reads the class's
+    latents), else uniform 1/K. x: as selected_positions."""
     if base == "ddoq":
         return quantized.load(run.store, c)["weights"].astype(np.float32)
     if base == "medoid_weighted":
-        x = jnp.asarray(latents.load(c))
-        medoids = x[selected_positions(run, latents, quantized, ipc, c, "medoid")]
-        return np.asarray(voronoi_weights(x, jnp.full(len(x), 1.0 / len(x), jnp.float32), medoids), np.float32)
+        x = latents.load(c) if x is None else x
+        padded, mass, _ = _class_measure(latents, c, x)
+        medoids = jnp.asarray(x[selected_positions(run, latents, quantized, ipc, c, "medoid", x)])
+        return np.asarray(voronoi_weights(padded, mass, medoids), np.float32)
     return np.full(ipc, 1.0 / ipc, np.float32)
 
 
@@ -231,7 +245,8 @@ def decode_ipc(run, prior, latents, quantized, ipc: int, fp: str, source: str = 
 
 
 def write_manifest(run, latents, quantized, ipc: int, method: str, name: str, fp: str) -> None:
-    """file,label,class,weight for every image of `method`, with the method's weights (method_weights)."""
+    """file,label,class,weight for every image of `method`, with the method's weights (method_weights; process 0
+    writes it, and for medoid_weighted reads every class's latents to weigh its medoids)."""
     num_classes = latents.num_classes
     prompts = run.classes.prompts
     base, _ = split_method(method)

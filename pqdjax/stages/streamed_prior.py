@@ -48,10 +48,11 @@ class Prior:
     fingerprint: str
 
     def reencode(self, images: np.ndarray, config) -> np.ndarray:
-        """uint8 images [N, H, W, 3] -> scaled latents [N, d] of the VAE (posterior means), each image resized and
-        center-cropped to the encoder's input size config.data.encode_crop first, as the encode stage reads them."""
-        size = config.data.encode_crop
-        resized = np.stack([imagenet.resize_and_center_crop(image, size, size) for image in images])
+        """uint8 images [N, H, W, 3] -> scaled latents [N, d] of the VAE (posterior means), each image resized
+        (shorter side to config.data.encode_resize) and center-cropped to config.data.encode_crop first, as the
+        encode stage reads the training images."""
+        data = config.data
+        resized = np.stack([imagenet.resize_and_center_crop(image, data.encode_resize, data.encode_crop) for image in images])
         encode = lambda batch: self.model.encode_images(jnp.asarray(batch, jnp.float32) / 127.5 - 1.0)
         return map_batches(encode, resized, REENCODE_BATCH).reshape(len(images), -1)
 

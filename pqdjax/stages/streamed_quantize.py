@@ -28,7 +28,6 @@ from pqdjax.config_checks import point_source
 from pqdjax.data.grouping import EmptyClassError, stack_padded
 from pqdjax.progress import Progress
 from pqdjax.quantize import class_mesh, clvq_stream, kmeans_plus_plus, quantize_classes, solver
-from pqdjax.stages.quantize import class_w2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,22 +42,14 @@ class ClassQuantization:
         """points [K, d], weights [K], distortion [] of class c."""
         return store.load_arrays(self.names[c])
 
-    def set_points(self, run, latents, base: str) -> np.ndarray:
-        """The latent points [C, K, d] of a base method (d4m, ddoq: the k-means points; real-image methods: their
-        images' latents)."""
-        from pqdjax.stages.streamed_decode import class_points  # the decode stage owns the choice of real images
+    def class_set(self, run, latents, base: str, c: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, None]:
+        """A base method's latent points [K, d] of class c (d4m, ddoq, generated: the k-means points; real-image
+        methods: their images' latents) and its weights [K] (streamed_decode.method_weights), from the class's
+        latents x [n_c, d]; no stored W2 (None: the caller measures it)."""
+        from pqdjax.stages.streamed_decode import class_points, method_weights  # decode owns the choice of images
 
-        source = point_source(base)
-        return np.stack([class_points(run, latents, self, self.ipc, c, source) for c in range(latents.num_classes)])
-
-    def w2_points(self, run, latents, base: str) -> np.ndarray:
-        """W2 [C] from each class's latent measure (its latent file) to the base method's points with its weights
-        (streamed_decode.method_weights), one class in memory at a time."""
-        from pqdjax.stages.streamed_decode import method_weights
-
-        points = self.set_points(run, latents, base)
-        return np.asarray([class_w2(latents.load(c), points[c], method_weights(run, latents, self, self.ipc, c, base), run.config)
-                           for c in range(latents.num_classes)], np.float32)
+        points = class_points(run, latents, self, self.ipc, c, point_source(base), x)
+        return points, method_weights(run, latents, self, self.ipc, c, base, x), None
 
 
 def class_name(ipc: int, c: int) -> str:
