@@ -92,14 +92,17 @@ def measure(run, prior, teacher, latents, quantized, synthetic) -> dict:
     }
 
 
-def measure_sets(run, synthetic: dict, quantized: dict, measure_set, kind: str, *inputs) -> dict[tuple[str, int], dict]:
-    """measure_set(quantized[ipc], set) for every synthetic set, keyed like `synthetic` by (method, IPC).
+def run(run, prior, teacher, latents, quantized: dict, synthetic: dict) -> dict[tuple[str, int], dict]:
+    """The fidelity record of every synthetic set, keyed like `synthetic` by (method, IPC).
 
-    A record is reused while the set, its quantization and `inputs` (fingerprints,
-    config sections) are unchanged; process 0 writes fidelity/{method}_ipc{K}.json.
+    A record is reused while the set, its quantization and the prior, teacher, latents and settings are
+    unchanged; process 0 writes fidelity/{method}_ipc{K}.json.
     """
+    data = run.config.data
+    inputs = (prior.fingerprint, teacher.fingerprint, latents.fingerprint, run.config.quantize,
+              data.get("encode_resize"), data.get("encode_crop"))
     jobs = [(method, ipc, synthetic_set, f"fidelity/{method}_ipc{ipc}.json",
-             artifacts.fingerprint(kind, synthetic_set.fingerprint, quantized[ipc].fingerprint, *inputs))
+             artifacts.fingerprint("fidelity", synthetic_set.fingerprint, quantized[ipc].fingerprint, *inputs))
             for (method, ipc), synthetic_set in synthetic.items()]
     done = [run.store.is_complete(name, fp) for *_, name, fp in jobs]  # by every process before process 0 writes
     parallel.sync_processes("fidelity: records read")
@@ -108,7 +111,7 @@ def measure_sets(run, synthetic: dict, quantized: dict, measure_set, kind: str, 
         if complete:
             out[method, ipc] = run.store.load_record(name)
             continue
-        record = measure_set(quantized[ipc], synthetic_set)
+        record = measure(run, prior, teacher, latents, quantized[ipc], synthetic_set)
         parallel.write_once(run.store, name, fp, lambda: run.store.save_record(name, record, fp))
         out[method, ipc] = record
         consistency = record["cell_consistency"]
@@ -118,12 +121,3 @@ def measure_sets(run, synthetic: dict, quantized: dict, measure_set, kind: str, 
             record["w2_images"], "-" if record["w2_points"] is None else f"{record['w2_points']:.3f}",
         )
     return out
-
-
-def run(run, prior, teacher, latents, quantized: dict, synthetic: dict) -> dict[tuple[str, int], dict]:
-    """The fidelity record of every synthetic set, keyed like `synthetic` by (method, IPC)."""
-    return measure_sets(
-        run, synthetic, quantized, lambda q, synthetic_set: measure(run, prior, teacher, latents, q, synthetic_set),
-        "fidelity", prior.fingerprint, teacher.fingerprint, latents.fingerprint, run.config.quantize,
-        run.config.data.get("encode_resize"), run.config.data.get("encode_crop"),
-    )

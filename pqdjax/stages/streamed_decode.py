@@ -169,17 +169,19 @@ def class_points(run, latents, quantized, ipc: int, c: int, source: str, x: np.n
     return x[selected_positions(run, latents, quantized, ipc, c, source, x)]
 
 
-def method_weights(run, latents, quantized, ipc: int, c: int, base: str, x: np.ndarray | None = None) -> np.ndarray:
+def method_weights(run, latents, quantized, ipc: int, c: int, base: str, x: np.ndarray | None = None,
+                   medoids: np.ndarray | None = None) -> np.ndarray:
     """float32 [K]: a base method's weights of class c's K images: the Voronoi cell masses of the k-means points
     (ddoq) or of the medoids' latents in the class's latent measure (medoid_weighted: this reads the class's
-    latents), else uniform 1/K. x: as selected_positions."""
+    latents), else uniform 1/K. x: as selected_positions; medoids: the medoids' latents [K, d] where the caller
+    has them (class_points(..., 'medoid')), else found here."""
     if base == "ddoq":
         return quantized.load(run.store, c)["weights"].astype(np.float32)
     if base == "medoid_weighted":
         x = latents.load(c) if x is None else x
+        medoids = class_points(run, latents, quantized, ipc, c, "medoid", x) if medoids is None else medoids
         padded, mass, _ = _class_measure(latents, c, x)
-        medoids = jnp.asarray(x[selected_positions(run, latents, quantized, ipc, c, "medoid", x)])
-        return np.asarray(voronoi_weights(padded, mass, medoids), np.float32)
+        return np.asarray(voronoi_weights(padded, mass, jnp.asarray(medoids)), np.float32)
     return np.full(ipc, 1.0 / ipc, np.float32)
 
 

@@ -49,7 +49,8 @@ class ClassQuantization:
         from pqdjax.stages.streamed_decode import class_points, method_weights  # decode owns the choice of images
 
         points = class_points(run, latents, self, self.ipc, c, point_source(base), x)
-        return points, method_weights(run, latents, self, self.ipc, c, base, x), None
+        # for medoid_weighted the points are the medoids' latents, which its weights need
+        return points, method_weights(run, latents, self, self.ipc, c, base, x, medoids=points), None
 
 
 def class_name(ipc: int, c: int) -> str:
