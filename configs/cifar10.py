@@ -19,7 +19,7 @@ Prior: Stable Diffusion v1.x at D4M's img2img settings (strength 0.7, guidance 8
     to 512 px (Stable Diffusion's resolution) before encoding, and each pushed-forward
     image downsampled to 32 px.
 Teacher: ConvNet-3 (width 128, instance norm; the DC/DM/MTT network), trained in the
-    run on the training split (teacher.kind 'trained', pqdjax.stages.streamed_teacher):
+    run on the training split (teacher.kind 'trained', pqdjax.stages.teacher):
     no pretrained CIFAR-10 teacher is assumed.
 Students: ResNet-18 with the CIFAR stem (3x3 conv, no pool; SRe2L/RDED's CIFAR
     network), the RDED/D4M protocol of configs/in1k.py at 32 px (300 epochs,

@@ -102,7 +102,7 @@ def validate_streamed_config(config: ml_collections.ConfigDict) -> None:
             f"(or a hub repo id), e.g. --config.prior.pretrained_dir={example}."
         )
     _validate_start(config)
-    from pqdjax.stages.streamed_teacher import KINDS as TEACHERS
+    from pqdjax.stages.teacher import KINDS as TEACHERS
 
     if config.teacher.get("kind", "torchvision") not in TEACHERS:
         raise ConfigError(f"config.teacher.kind must be one of {TEACHERS}, got {config.teacher.kind!r}.")

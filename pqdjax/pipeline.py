@@ -9,8 +9,8 @@ imagefolder.py) hold the data in host memory and train the prior here
 imagenette.py, imagewoof.py, cifar10.py, imagefolder.py:prior=stable_diffusion)
 read the data record by record per process and load a pretrained prior
 (pqdjax/stages/streamed_*.py), and skip the denoiser and full_data stages.
-Stages with one component for every kind (fidelity) reach the others'
-outputs through small interfaces that both kinds implement (listed in the
+Stages with one component for every kind (teacher, evaluate, fidelity) reach the
+others' outputs through small interfaces that both kinds implement (listed in the
 stage's docstring). With config.export_pretrained set (the
 `pretrain` option of configs/default.py) the run stops after the denoiser and
 ships the VAE, teacher and denoiser (pqdjax.stages.export).
@@ -76,6 +76,17 @@ class Run:
 
         return streamed.dataset_classes(self.config.data)
 
+    @functools.cached_property
+    def test_split(self):
+        """The split the teacher and every student are tested on (pqdjax.train.test_splits): the dataset's test
+        images in host memory, or config.data.test_split streamed and sharded over the Mesh."""
+        from pqdjax.train import test_splits
+
+        if kind_of(self.config) == "streamed":
+            return test_splits.StreamedSplit(self.config.data, self.mesh)
+        dataset = self.dataset
+        return test_splits.HeldOutArrays(dataset.test_images, dataset.test_labels, dataset.num_classes)
+
     @property
     def data_fingerprint(self) -> str:
         """The data config and the data's content (ImageDataset.content_digest): loads the dataset."""
@@ -125,28 +136,27 @@ def kind_of(config: ml_collections.ConfigDict) -> str:
 def stage_components(config: ml_collections.ConfigDict) -> dict[str, Callable[[Run, dict], Any]]:
     """{stage: component(run, outputs)} for the kind of `config`, plus 'report'. A component reads the outputs of
     earlier stages by stage name (outputs['encode'] is the latents) and returns its own."""
-    from pqdjax.stages import fidelity, report
+    from pqdjax.stages import evaluate, fidelity, report, teacher
 
     # The components every kind shares (each reads the others' outputs through the interfaces in its docstring).
     shared = {
         "fidelity": lambda run, o: fidelity.run(run, o["prior"], o["teacher"], o["encode"], o["quantize"], o["decode"]),
     }
     if kind_of(config) == "streamed":
-        from pqdjax.stages import (streamed_decode, streamed_encode, streamed_evaluate, streamed_prior,
-                                   streamed_quantize, streamed_teacher)
+        from pqdjax.stages import streamed_decode, streamed_encode, streamed_prior, streamed_quantize
 
         return {
             "prior": lambda run, o: streamed_prior.run(run),
-            "teacher": lambda run, o: streamed_teacher.run(run),
+            "teacher": lambda run, o: teacher.run(run),
             "encode": lambda run, o: streamed_encode.run(run, o["prior"]),
             "quantize": lambda run, o: streamed_quantize.run(run, o["encode"]),
             "decode": lambda run, o: streamed_decode.run(run, o["prior"], o["encode"], o["quantize"]),
             **shared,
-            "evaluate": lambda run, o: streamed_evaluate.run(run, o["teacher"], o["decode"]),
+            "evaluate": lambda run, o: evaluate.run(run, o["teacher"], o["decode"]),
             "report": lambda run, o: report.run_streamed(run, o["teacher"], o["encode"], o["quantize"], o["decode"],
                                                          o["evaluate"], o["fidelity"]),
         }
-    from pqdjax.stages import decode, denoiser, encode, evaluate, export, prior, quantize, teacher
+    from pqdjax.stages import decode, denoiser, encode, export, prior, quantize
 
     trained = {
         "prior": lambda run, o: prior.run(run),

@@ -18,6 +18,7 @@ from pqdjax.stages.encode import Latents
 from pqdjax.stages.prior import Prior
 from pqdjax.stages.quantize import Quantized
 from pqdjax.stages.teacher import Teacher
+from pqdjax.train.student import MODEL_RANGE_UINT8
 
 
 class FirstPixels(nn.Module):
@@ -30,7 +31,8 @@ class FirstPixels(nn.Module):
 
 
 def _teacher(num_classes: int = 3) -> Teacher:
-    return Teacher(model=FirstPixels(num_classes), params={}, test_accuracy=0.0, fingerprint="first pixels")
+    return Teacher(model=FirstPixels(num_classes), variables={"params": {}}, test_accuracy=0.0, fingerprint="first pixels",
+                   space=MODEL_RANGE_UINT8)
 
 
 def test_teacher_agreement_counts_the_images_labelled_as_their_class():

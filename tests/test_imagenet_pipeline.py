@@ -206,8 +206,8 @@ def test_a_rerun_does_no_work(in1k_run, monkeypatch):
     monkeypatch.setattr(streamed_encode, "encode_process_part", refuse)
     monkeypatch.setattr(streamed_decode, "pushforward", refuse)
     monkeypatch.setattr("pqdjax.stages.streamed_quantize.quantize_streaming", refuse)
-    monkeypatch.setattr("pqdjax.stages.streamed_evaluate.evaluate_set", refuse)
-    monkeypatch.setattr("pqdjax.stages.streamed_teacher.sharded_accuracy", refuse)
+    monkeypatch.setattr("pqdjax.stages.evaluate.evaluate_set", refuse)
+    monkeypatch.setattr("pqdjax.train.test_splits.sharded_accuracy", refuse)
     monkeypatch.setattr("pqdjax.stages.fidelity.measure", refuse)
     again = pipeline.run(config, workdir)
     first = in1k_run["results"]

@@ -20,7 +20,7 @@ from pqdjax.data import imagenet, streamed  # noqa: E402
 from pqdjax.errors import ConfigError, DatasetFormatError, DatasetNotFoundError  # noqa: E402
 from pqdjax.models.classifiers import ClassSubset, FromNormalizedInput, make_classifier  # noqa: E402
 from pqdjax.train.classifier import accuracy  # noqa: E402
-from pqdjax.stages import streamed_decode, streamed_teacher  # noqa: E402
+from pqdjax.stages import streamed_decode, teacher  # noqa: E402
 
 # Five of ImageWoof's breeds (synset, ImageNet name), in sorted synset order, read from the
 # class list independently of the code under test.
@@ -122,7 +122,7 @@ def test_dit_condition_is_the_imagenet_index_and_other_classes_are_refused():
     plain = streamed.Classes(("cat", "dog"), ("cat", "dog"), None)
     np.testing.assert_array_equal(streamed_decode.condition_labels(plain, np.array([1, 0])), [1, 0])
     with pytest.raises(ConfigError, match="not ImageNet synsets"):
-        streamed_teacher.teacher_classes(plain, "mypets")
+        teacher.teacher_classes(plain, "mypets")
 
 
 def test_folder_errors_name_the_problem(tmp_path):

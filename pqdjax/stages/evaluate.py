@@ -1,4 +1,17 @@
-"""Stage evaluate: a fresh student per (method, IPC, seed), trained on the synthetic set, tested on the test set.
+"""Stage evaluate: a fresh student per (method, IPC, seed), trained on the synthetic set, tested on the test split.
+
+One implementation for every kind of run. The student (config.evaluate.model, one output per class of the run)
+trains on the set's images with the teacher's soft labels, each image's loss weighted by its weight rescaled to
+mean 1 per class (pqdjax.train.student: data-parallel over the run's Mesh, mid-training checkpoints so that a
+killed run resumes), then is tested on the run's test split (pqdjax.pipeline.Run.test_split: the test images in
+host memory, or config.data.test_split streamed at eval_resize / eval_crop and sharded). It reaches the other
+stages' outputs through the interfaces both kinds implement:
+
+    synthetic.load()           images uint8 [C, K, H, W, ch], weights [C, K] (stages.decode, stages.streamed_decode)
+    teacher.model, .variables  the teacher network and its {'params'[, 'batch_stats']}
+    run.test_split             num_classes, space (how the networks take uint8 images), fingerprint, accuracy()
+
+One record per student: evaluate/{method}_ipc{K}_seed{s}.json ({arch}/ before it for another architecture).
 
 With config.evaluate.full_data_epochs > 0 also the full-data student of each seed (`full_data`): the student's
 architecture trained on every training image, uniform weights, by the very protocol (loss, teacher labels,
@@ -16,9 +29,7 @@ import numpy as np
 from absl import logging
 
 from pqdjax import artifacts, parallel
-from pqdjax.data.preprocess import to_model_range
 from pqdjax.models.classifiers import make_classifier
-from pqdjax.train.classifier import accuracy
 from pqdjax.train.student import train_student
 from pqdjax.train.weighting import loss_normalization, student_weights
 
@@ -58,48 +69,47 @@ def student_rng(run, ipc: int, seed: int, arch: str | None) -> jax.Array:
 
 def evaluate_set(run, teacher, synthetic, seed: int, checkpoints=None, arch: str | None = None,
                  model: ml_collections.ConfigDict | None = None) -> dict:
-    """Trains one student on `synthetic` with the teacher's soft labels; returns its record.
+    """Trains one student on `synthetic` with the teacher's soft labels and tests it on the run's test split
+    (Run.test_split); returns its record.
 
-    checkpoints: a pqdjax.train.checkpoint.Checkpoints for the student's training, or None;
-    arch, model: the student (student_models; default: config.evaluate.model).
+    synthetic: a set with load() -> (images uint8 [C, K, H, W, ch], weights [C, K]) (stages.decode or
+    stages.streamed_decode); teacher: .model and .variables; checkpoints: a pqdjax.train.checkpoint.Checkpoints for
+    the student's training, or None; arch, model: the student (student_models; default: config.evaluate.model).
     """
     config = run.config.evaluate
-    dataset = run.dataset
+    test = run.test_split
     start = time.perf_counter()
-    images = np.asarray(to_model_range(synthetic.images.reshape((-1,) + synthetic.images.shape[2:])))
+    images, weights = synthetic.load()
+    num_classes, ipc = weights.shape
     weighting = config.get("weighting")  # transforms of the set's weights (pqdjax.train.weighting)
-    weights = student_weights(synthetic.weights, weighting).reshape(-1)
-    student = make_classifier(model or config.model, dataset.num_classes)
+    student = make_classifier(model or config.model, test.num_classes)
     name = f"student {arch + ' ' if arch else ''}{synthetic.method} IPC {synthetic.ipc} seed {seed}"
     variables, info = train_student(
-        student, teacher.model, {"params": teacher.params}, images, weights, config.train,
-        student_rng(run, synthetic.ipc, seed, arch), run.mesh,
-        labels=np.repeat(np.arange(synthetic.images.shape[0]), synthetic.images.shape[1]),  # [C, K] sets, class-major
+        student, teacher.model, teacher.variables, images.reshape((-1,) + images.shape[2:]),
+        student_weights(weights, weighting).reshape(-1), config.train, student_rng(run, synthetic.ipc, seed, arch),
+        run.mesh, space=test.space, labels=np.repeat(np.arange(num_classes), ipc),  # class-major, as load() gives them
         loss_normalization=loss_normalization(weighting), fast_conv=run.fast_conv, name=name,
         checkpoints=checkpoints, metrics_dir=run.metrics_dir,
     )
-    test_accuracy = accuracy(student, variables, dataset.test_images, dataset.test_labels)
-    logging.info("%s: test accuracy %.4f", name, test_accuracy)
+    test_accuracy = test.accuracy(student, variables, name=f"{name} accuracy")
+    logging.info("%s: test accuracy %.4f after %d steps", name, test_accuracy, info["steps"])
     return {
         **({"arch": arch} if arch else {}), "method": synthetic.method, "ipc": synthetic.ipc, "seed": seed,
-        "test_accuracy": test_accuracy, "seconds": round(time.perf_counter() - start, 2), "train_flops": info["flops"],
+        "test_accuracy": test_accuracy, "steps": info["steps"], "images": num_classes * ipc,
+        "seconds": round(time.perf_counter() - start, 2), "train_flops": info["flops"],
     }
 
 
-def train_students(run, teacher, synthetic: dict, evaluate_one, kind: str = "evaluate", inputs: tuple = (),
-                   set_for_seed=None) -> list[dict]:
-    """A student per (architecture, method, IPC, seed) of `synthetic` ({(method, ipc): set}); their records. Every
-    pipeline's evaluate stage is this loop with its own `evaluate_one`.
+def run(run, teacher, synthetic: dict, set_for_seed=None) -> list[dict]:
+    """A student per (architecture, method, IPC, seed) of `synthetic` ({(method, ipc): set}); their records.
 
-    evaluate_one(run, teacher, set, seed, checkpoints, arch, model) -> record: trains and tests one student.
-    kind, inputs: the fingerprint's name and what besides the teacher, the set, the student's settings and its seed
-    decides a record (the streamed pipeline: its test split's data fields).
     set_for_seed(method, ipc, seed): the set the student of `seed` trains on (pqdjax.stages.decode.set_for_seed: a
     random subset drawn anew per seed); None: synthetic[method, ipc] for every seed.
 
-    A record is reused while its fingerprint holds; otherwise the student trains from its mid-training checkpoints
-    under checkpoints/evaluate/ (a killed run resumes it), and process 0 writes the record. In a run of several
-    processes every process trains every student together (data-parallel over the Mesh).
+    A record is reused while its fingerprint holds (the teacher, the set, the student's settings, its seed and the
+    test split); otherwise the student trains from its mid-training checkpoints under checkpoints/evaluate/ (a killed
+    run resumes it), and process 0 writes the record. In a run of several processes every process trains every
+    student together (data-parallel over the Mesh).
     """
     config = run.config.evaluate
     records = []
@@ -109,23 +119,18 @@ def train_students(run, teacher, synthetic: dict, evaluate_one, kind: str = "eva
             for seed in config.seeds:
                 synthetic_set = set_for_seed(method, ipc, seed) if set_for_seed else synthetic[method, ipc]
                 path = student_path(method, ipc, seed, arch)
-                fp = artifacts.fingerprint(kind, teacher.fingerprint, synthetic_set.fingerprint, settings, *inputs, seed,
-                                           *([arch] if arch else []))
+                fp = artifacts.fingerprint("evaluate", teacher.fingerprint, synthetic_set.fingerprint, settings,
+                                           *run.test_split.fingerprint, seed, *([arch] if arch else []))
                 name = path + ".json"
                 if parallel.complete_everywhere(run.store, name, fp):
                     records.append(run.store.load_record(name))
                     continue
                 checkpoints = run.checkpoints(path, fp, config.train)  # a changed config never resumes another's
-                record = evaluate_one(run, teacher, synthetic_set, seed, checkpoints, arch, model)
+                record = evaluate_set(run, teacher, synthetic_set, seed, checkpoints, arch, model)
                 parallel.write_once(run.store, name, fp, lambda: run.store.save_record(name, record, fp))
                 checkpoints.discard()
                 records.append(record)
     return records
-
-
-def run(run, teacher, synthetic: dict, set_for_seed=None) -> list[dict]:
-    """The in-memory pipeline's students (train_students with evaluate_set): tested on the dataset's test split."""
-    return train_students(run, teacher, synthetic, evaluate_set, set_for_seed=set_for_seed)
 
 
 def full_data(run, teacher) -> list[dict]:
@@ -138,7 +143,7 @@ def full_data(run, teacher) -> list[dict]:
     # what trains it: the model and the protocol, its length in epochs (not steps); not the sets' weighting
     settings = {"model": config.model.to_dict(), "train": {k: v for k, v in config.train.to_dict().items() if k != "steps"}}
     train = ml_collections.ConfigDict({**config.train.to_dict(), "epochs": epochs})
-    images = np.asarray(to_model_range(dataset.train_images))
+    test = run.test_split
     records = []
     for seed in config.seeds:
         name = f"evaluate/full_data_seed{seed}.json"
@@ -150,14 +155,14 @@ def full_data(run, teacher) -> list[dict]:
             label = f"full-data student seed {seed}"
             checkpoints = run.checkpoints(f"evaluate/full_data_seed{seed}", fp, train)
             variables, _ = train_student(
-                student, teacher.model, {"params": teacher.params}, images, np.ones(len(images), np.float32), train,
-                run.rng("evaluate_full_data", seed), run.mesh, labels=dataset.train_labels,
+                student, teacher.model, teacher.variables, dataset.train_images, np.ones(len(dataset.train_images), np.float32),
+                train, run.rng("evaluate_full_data", seed), run.mesh, space=test.space, labels=dataset.train_labels,
                 loss_normalization="batch",  # uniform weights: the plain mean either way
                 fast_conv=run.fast_conv, name=label, checkpoints=checkpoints, metrics_dir=run.metrics_dir,
             )
-            test_accuracy = accuracy(student, variables, dataset.test_images, dataset.test_labels)
+            test_accuracy = test.accuracy(student, variables, name=f"{label} accuracy")
             logging.info("%s: test accuracy %.4f", label, test_accuracy)
-            record = {"seed": seed, "test_accuracy": test_accuracy, "epochs": epochs, "images": len(images),
+            record = {"seed": seed, "test_accuracy": test_accuracy, "epochs": epochs, "images": len(dataset.train_images),
                       "seconds": round(time.perf_counter() - start, 2)}
             parallel.write_once(run.store, name, fp, lambda: run.store.save_record(name, record, fp))
             checkpoints.discard()

@@ -61,6 +61,7 @@ from flax import struct
 from pqdjax import parallel
 from pqdjax.cost import compiled_flops
 from pqdjax.data.imagenet import normalize as torchvision_normalize
+from pqdjax.data.preprocess import to_model_range
 from pqdjax.errors import ConfigError, InputError, NonFiniteError
 from pqdjax.models.fast_conv import fast_conv_gradients
 from pqdjax.train import augment, imagenet_augment, loop, losses, weighting
@@ -93,8 +94,10 @@ class InputSpace:
     black: float
 
 
-# Float images in [-1, 1], the networks' own range (the in-memory pipeline's models).
+# Float images in [-1, 1], the networks' own range.
 MODEL_RANGE = InputSpace(to_float=_identity, normalize=_identity, black=-1.0)
+# uint8 images, fed to the networks in [-1, 1] (the in-memory pipeline's models; pqdjax.data.preprocess.to_model_range).
+MODEL_RANGE_UINT8 = InputSpace(to_float=to_model_range, normalize=_identity, black=-1.0)
 # uint8 images, fed to the networks torchvision-normalised (the streamed pipeline's models).
 TORCHVISION = InputSpace(to_float=_unit_range, normalize=torchvision_normalize, black=0.0)
 
