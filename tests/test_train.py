@@ -5,6 +5,7 @@ import numpy as np
 import optax
 import pytest
 
+from pqdjax.data.preprocess import to_model_range
 from pqdjax.models.convnet import ConvNet
 from pqdjax import parallel
 from pqdjax.train import augment, classifier, loop, losses, weighting
@@ -259,6 +260,24 @@ def test_student_learns_from_teacher_and_weights_matter():
     variables0, _ = student_trainer.train_student(student, teacher, teacher_variables, float_images, weights, _train_config(),
                                                   jax.random.key(1), _one_device(), fast_conv=True)
     assert classifier.accuracy(student, variables0, test_images, test_labels) < 0.9
+
+
+def test_uint8_images_reach_the_networks_as_their_model_range_floats():
+    """MODEL_RANGE_UINT8 (the in-memory runs' students, fed the stored uint8 images) converts inside jit as
+    to_model_range does on the host (MODEL_RANGE), to one float32 rounding (XLA fuses the division differently):
+    the teacher sees the same views either way, and a float space fed the raw uint8 values would not."""
+    images, _ = _two_class_images(n=16)
+    converted = jax.jit(student_trainer.MODEL_RANGE_UINT8.to_float)(images)
+    np.testing.assert_allclose(converted, to_model_range(images), rtol=0, atol=2.0 ** -23)
+    teacher = ConvNet(num_classes=2, width=4, depth=1)
+    variables = teacher.init(jax.random.key(0), np.zeros((1, 8, 8, 1), np.float32))
+    tables = [student_trainer.teacher_logits_per_view(teacher, variables, x, 1, True, space, batch_size=6)
+              for x, space in ((images, student_trainer.MODEL_RANGE_UINT8),
+                               (np.asarray(to_model_range(images)), student_trainer.MODEL_RANGE),
+                               (images.astype(np.float32), student_trainer.MODEL_RANGE))]
+    assert tables[0].shape == (16, 18, 2)  # 9 crops x 2 flips
+    np.testing.assert_allclose(tables[0], tables[1], rtol=1e-5, atol=1e-6)
+    assert np.abs(tables[2] - tables[1]).max() > 0.1
 
 
 def test_non_finite_loss_stops_training():
