@@ -88,6 +88,11 @@ class Run:
         return test_splits.HeldOutArrays(dataset.test_images, dataset.test_labels, dataset.num_classes)
 
     @property
+    def class_names(self) -> list[str]:
+        """The classes' names, in label order: the in-memory dataset's, or the streamed classes' prompts."""
+        return list(self.classes.prompts) if kind_of(self.config) == "streamed" else list(self.dataset.class_names)
+
+    @property
     def data_fingerprint(self) -> str:
         """The data config and the data's content (ImageDataset.content_digest): loads the dataset."""
         return artifacts.fingerprint("data", self.config.data, self.dataset.content_digest)
@@ -153,8 +158,8 @@ def stage_components(config: ml_collections.ConfigDict) -> dict[str, Callable[[R
             "decode": lambda run, o: streamed_decode.run(run, o["prior"], o["encode"], o["quantize"]),
             **shared,
             "evaluate": lambda run, o: evaluate.run(run, o["teacher"], o["decode"]),
-            "report": lambda run, o: report.run_streamed(run, o["teacher"], o["encode"], o["quantize"], o["decode"],
-                                                         o["evaluate"], o["fidelity"]),
+            "report": lambda run, o: report.run(run, o["teacher"], o["encode"], o["quantize"], o["decode"], o["evaluate"],
+                                                o["fidelity"]),
         }
     from pqdjax.stages import decode, denoiser, encode, export, prior, quantize
 
@@ -182,8 +187,8 @@ def stage_components(config: ml_collections.ConfigDict) -> dict[str, Callable[[R
         **shared,
         "evaluate": evaluate_sets,
         "full_data": lambda run, o: evaluate.full_data(run, o["teacher"]),
-        "report": lambda run, o: report.run(run, o["teacher"], o["quantize"], o["decode"], o["evaluate"], o["fidelity"],
-                                            o["full_data"]),
+        "report": lambda run, o: report.run(run, o["teacher"], o["encode"], o["quantize"], o["decode"], o["evaluate"],
+                                            o["fidelity"], o["full_data"]),
     }
 
 

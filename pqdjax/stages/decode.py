@@ -32,6 +32,7 @@ for training on it outside pqdjax.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 import jax
@@ -56,13 +57,15 @@ STRIPS_ARTIFACT = "figures/pushforward_strips.npz"
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticSet:
-    """images: uint8 [C, K, H, W, ch]; weights: float32 [C, K], each row summing to 1."""
+    """images: uint8 [C, K, H, W, ch]; weights: float32 [C, K], each row summing to 1; manifest: the path of its
+    export's manifest.csv (distilled/{method}_ipc{K}/), None for the random draws of other seeds (not exported)."""
 
     method: str
     ipc: int
     images: np.ndarray
     weights: np.ndarray
     fingerprint: str
+    manifest: str | None = None
 
     def load(self, first: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(images uint8 [C, K, H, W, ch], weights float32 [C, K]); only the first `first` classes if given."""
@@ -213,7 +216,7 @@ def _synthetic_set(run, method: str, quantized, decoded_fp: str, make, draw: int
     folder = f"distilled/{method}_ipc{quantized.ipc}"
     write = lambda path: image_folder.write_set(path, synthetic.images, synthetic.weights, run.dataset.class_names)
     parallel.write_once(run.store, folder, fp, lambda: run.store.write_artifact(folder, write, fp))  # unless complete
-    return synthetic
+    return dataclasses.replace(synthetic, manifest=os.path.join(run.store.path(folder), image_folder.MANIFEST))
 
 
 def run(run, prior, latents, quantized: dict, denoiser=None) -> dict[tuple[str, int], SyntheticSet]:

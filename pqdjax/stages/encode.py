@@ -37,6 +37,10 @@ class Latents:
     shape: tuple[int, int, int]
     fingerprint: str
 
+    def counts_per_class(self) -> np.ndarray:
+        """int [C]: the latents of each class."""
+        return np.bincount(self.labels, minlength=self.num_classes)
+
     def load(self, c: int) -> np.ndarray:
         """Class c's latents [n_c, d], in dataset order (as pqdjax.data.grouping.class_indices)."""
         return self.latents[self.labels == c]

@@ -9,7 +9,7 @@ stages' outputs through the interfaces both kinds implement:
 
     synthetic.load()           images uint8 [C, K, H, W, ch], weights [C, K] (stages.decode, stages.streamed_decode)
     teacher.model, .variables  the teacher network and its {'params'[, 'batch_stats']}
-    run.test_split             num_classes, space (how the networks take uint8 images), fingerprint, accuracy()
+    run.test_split             num_classes, student_inputs(images), fingerprint, accuracy()
 
 One record per student: evaluate/{method}_ipc{K}_seed{s}.json ({arch}/ before it for another architecture).
 
@@ -84,10 +84,11 @@ def evaluate_set(run, teacher, synthetic, seed: int, checkpoints=None, arch: str
     weighting = config.get("weighting")  # transforms of the set's weights (pqdjax.train.weighting)
     student = make_classifier(model or config.model, test.num_classes)
     name = f"student {arch + ' ' if arch else ''}{synthetic.method} IPC {synthetic.ipc} seed {seed}"
+    inputs, space = test.student_inputs(images.reshape((-1,) + images.shape[2:]))
     variables, info = train_student(
-        student, teacher.model, teacher.variables, images.reshape((-1,) + images.shape[2:]),
-        student_weights(weights, weighting).reshape(-1), config.train, student_rng(run, synthetic.ipc, seed, arch),
-        run.mesh, space=test.space, labels=np.repeat(np.arange(num_classes), ipc),  # class-major, as load() gives them
+        student, teacher.model, teacher.variables, inputs, student_weights(weights, weighting).reshape(-1),
+        config.train, student_rng(run, synthetic.ipc, seed, arch), run.mesh, space=space,
+        labels=np.repeat(np.arange(num_classes), ipc),  # class-major, as load() gives them
         loss_normalization=loss_normalization(weighting), fast_conv=run.fast_conv, name=name,
         checkpoints=checkpoints, metrics_dir=run.metrics_dir,
     )
@@ -154,9 +155,10 @@ def full_data(run, teacher) -> list[dict]:
             student = make_classifier(config.model, dataset.num_classes)
             label = f"full-data student seed {seed}"
             checkpoints = run.checkpoints(f"evaluate/full_data_seed{seed}", fp, train)
+            inputs, space = test.student_inputs(dataset.train_images)
             variables, _ = train_student(
-                student, teacher.model, teacher.variables, dataset.train_images, np.ones(len(dataset.train_images), np.float32),
-                train, run.rng("evaluate_full_data", seed), run.mesh, space=test.space, labels=dataset.train_labels,
+                student, teacher.model, teacher.variables, inputs, np.ones(len(inputs), np.float32), train,
+                run.rng("evaluate_full_data", seed), run.mesh, space=space, labels=dataset.train_labels,
                 loss_normalization="batch",  # uniform weights: the plain mean either way
                 fast_conv=run.fast_conv, name=label, checkpoints=checkpoints, metrics_dir=run.metrics_dir,
             )

@@ -52,6 +52,22 @@ class Quantized:
     arrays: dict[str, np.ndarray]
     fingerprint: str
 
+    def distortions(self, store) -> np.ndarray:
+        """Each class's distortion [C] (store unused)."""
+        return self.arrays["distortion"]
+
+    def iterations(self) -> np.ndarray:
+        """Lloyd's iterations per class [C]."""
+        return self.arrays["iterations"]
+
+    def stored_w2(self) -> dict[str, np.ndarray]:
+        """{base method: W2 per class [C]} for every base method of W2_METHODS, as this stage measured them."""
+        return {base: self.arrays[f"w2_{base}"] for base in W2_METHODS}
+
+    def class_weights(self, store, first: int) -> np.ndarray:
+        """The Voronoi weights [first, K] of the first `first` classes (store unused)."""
+        return self.arrays["weights"][:first]
+
     def class_set(self, run, latents, base: str, c: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """A base method of W2_METHODS on class c: its latent points [K, d] (real-image methods: their images'
         latents), their weights [K] and the W2 [] from the class's latent measure this stage computed

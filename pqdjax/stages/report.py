@@ -1,4 +1,4 @@
-"""Stage report: results.json, results.md and the figures in the workdir (run: in-memory runs; run_streamed).
+"""Stage report: results.json, results.md and the figures in the workdir, for every kind of run.
 
 results.json holds every figure of the run with the config that produced it;
 the compute cost (wall times per stage, artifact, synthetic set and student;
@@ -25,7 +25,7 @@ import numpy as np
 from absl import logging
 
 from pqdjax import artifacts, figures, stats
-from pqdjax.config_checks import W2_METHODS, split_method
+from pqdjax.config_checks import split_method
 from pqdjax.stages.encode import ARTIFACT as ENCODE_ARTIFACT
 
 
@@ -237,41 +237,55 @@ def full_data_summary(records: list[dict]) -> dict | None:
             "records": kept}
 
 
-def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict], fidelities: dict, full_data: list[dict] = ()) -> dict:
+def quantization_report(run, latents, quantized, fidelities: dict) -> dict:
+    """results.json's quantization of one IPC: distortion per class, Lloyd's iterations per class where the stage
+    kept them, and W2 {base method: {mean, per_class}} of every base method with points of its own.
+
+    W2 comes from what the quantize stage stored (in-memory runs: every base method, quantized.stored_w2()), else from
+    the fidelity records of the run's sets; ddoq's is sqrt(distortion), exact because Voronoi weights make the
+    nearest-point map optimal.
+    """
+    distortion = np.asarray(quantized.distortions(run.store), np.float64)
+    w2 = {split_method(m)[0]: {"mean": r["w2_points"], "per_class": r["w2_points_per_class"]}
+          for (m, k), r in sorted(fidelities.items()) if k == quantized.ipc and r["w2_points"] is not None}
+    ddoq = np.sqrt(np.maximum(distortion, 0))
+    w2["ddoq"] = {"mean": float(ddoq.mean()), "per_class": ddoq.tolist()}
+    w2.update({base: {"mean": float(values.mean()), "per_class": values.tolist()} for base, values in quantized.stored_w2().items()})
+    iterations = quantized.iterations()
+    return {"distortion_per_class": distortion.tolist(),
+            **({"lloyd_iterations_per_class": iterations.tolist()} if iterations is not None else {}), "w2": w2}
+
+
+def run(run, teacher, latents, quantized: dict, synthetic: dict, records: list[dict], fidelities: dict,
+        full_data: list[dict] = ()) -> dict:
+    """The report of every kind of run (pqdjax.pipeline): results.json (wall times and FLOPs under 'timing'),
+    results.md and the figures (write_figures), written by process 0; returns results.json's dict plus 'table'.
+
+    It reaches the stages' outputs through interfaces both kinds implement: quantized[ipc].distortions(store),
+    .iterations(), .stored_w2(), .class_weights(store, first) (stages.quantize, stages.streamed_quantize);
+    synthetic[method, ipc].load(first) (stages.decode, stages.streamed_decode); latents.counts_per_class() and .shape;
+    run.test_split.label and run.class_names.
+    """
     config = run.config
     ipcs = sorted(quantized)
-    methods = list(config.methods)
-    w2 = {
-        ipc: {
-            m: {
-                "mean": float(quantized[ipc].arrays[f"w2_{m}"].mean()),
-                "per_class": quantized[ipc].arrays[f"w2_{m}"].tolist(),
-            }
-            for m in W2_METHODS
-        }
-        for ipc in ipcs
-    }
-    quantization = {
-        ipc: {
-            "distortion_per_class": quantized[ipc].arrays["distortion"].tolist(),
-            "lloyd_iterations_per_class": quantized[ipc].arrays["iterations"].tolist(),
-            "w2": w2[ipc],
-        }
-        for ipc in ipcs
-    }
-    evaluation, sections = evaluation_report(config, teacher.test_accuracy, records, fidelities, ipcs)
-    summary = evaluation["accuracy"]
+    quantization = {ipc: quantization_report(run, latents, quantized[ipc], fidelities) for ipc in ipcs}
+    evaluation, sections = evaluation_report(config, teacher.test_accuracy, records, fidelities, ipcs, split=run.test_split.label)
     full = full_data_summary(list(full_data))
     if full:  # a row under the teacher's: the student's architecture and loss on all the training images
         row = f"{100 * full['mean']:.2f} ± {100 * full['std']:.2f} (n={full['n']})"
         sections["accuracy"] = sections["accuracy"].rstrip("\n") + (
             f"\n| full data (student, {full['epochs']} epochs) | " + " | ".join(row for _ in ipcs) + " |\n")
-    table = sections["accuracy"] + w2_table(w2, methods, ipcs) + sections["paired"] + sections["fidelity"] + sections["cross_architecture"]
+    w2 = {ipc: quantization[ipc]["w2"] for ipc in ipcs}
+    table = (sections["accuracy"] + w2_table(w2, list(config.methods), ipcs) + sections["paired"] + sections["fidelity"]
+             + sections["cross_architecture"])
     results = {
         "config": json.loads(config.to_json_best_effort()),
         **evaluation,
         **({"full_data_student": full} if full else {}),
         "quantization": quantization,
+        "latents": {"shape": list(latents.shape), "per_class": latents.counts_per_class().tolist()},
+        # where each set's manifest (file, label, class, weight) lies in the workdir
+        "synthetic": {f"{m}_ipc{k}": os.path.relpath(s.manifest, run.store.workdir) for (m, k), s in sorted(synthetic.items())},
         "timing": {
             **_timing(run, records),
             "artifact_seconds": _artifact_seconds(run),
@@ -282,34 +296,34 @@ def run(run, teacher, quantized: dict, synthetic: dict, records: list[dict], fid
         },
     }
     if jax.process_index() == 0:
-        _write_report(run, results, table, summary, quantized, synthetic)
+        _write_report(run, results, table, evaluation["accuracy"], latents, quantized, synthetic)
     return {**results, "table": table}
 
 
-def _write_report(run, results: dict, table: str, summary: dict, quantized: dict, synthetic: dict) -> None:
-    """results.json, results.md and the figures of `run` (process 0)."""
+def _write_report(run, results: dict, table: str, summary: dict, latents, quantized: dict, synthetic: dict) -> None:
+    """results.json, results.md and the figures of `run` (process 0); the per-class figures read only the classes
+    they show."""
     from pqdjax.stages.decode import STRIPS_ARTIFACT
 
-    store, methods, ipcs = run.store, list(run.config.methods), sorted(quantized)
+    store, ipcs = run.store, sorted(quantized)
     _write_results(run, results, table)
-    figure_method, figure_ipc = figure_set(methods, ipcs, synthetic)
-    shown = synthetic[figure_method, figure_ipc]
-    write_figures(store, summary, methods, results["teacher_test_accuracy"],
-                  {ipc: quantized[ipc].arrays["weights"] for ipc in ipcs}, (figure_method, shown.images, shown.weights),
-                  run.dataset.class_names)
+    shown = min(latents.num_classes, FIGURE_CLASSES)
+    weights = {ipc: quantized[ipc].class_weights(store, shown) for ipc in ipcs}
+    write_figures(store, summary, list(run.config.methods), results["teacher_test_accuracy"], weights,
+                  figure_grid(run, synthetic, ipcs, shown), run.class_names)
     if store.info(STRIPS_ARTIFACT) is not None:
-        figures.pushforward_strips(store.path("pushforward.png"), store.load_arrays(STRIPS_ARTIFACT), run.dataset.class_names)
+        figures.pushforward_strips(store.path("pushforward.png"), store.load_arrays(STRIPS_ARTIFACT), run.class_names)
     logging.info("report: wrote results.json, results.md and the figures to %s", store.workdir)
 
 
 def _timing(run, records: list[dict]) -> dict:
-    """results.json's timing of every pipeline: wall times in seconds (the one part of results.json that varies from
-    run to run) of the stages and students, and the students' training FLOPs."""
+    """results.json's timing: wall times in seconds (the one part of results.json that varies from run to run) of the
+    stages and students, and the students' training FLOPs."""
     return {"stage_seconds": run.stage_seconds, "student_seconds": student_seconds(records), **student_cost(records)}
 
 
 def _write_results(run, results: dict, table: str) -> None:
-    """results.json and results.md (the tables and the stage wall times) of every pipeline, by process 0."""
+    """results.json and results.md (the tables and the stage wall times), by process 0."""
     artifacts.write_json(run.store.path("results.json"), results)
     artifacts.write_text(run.store.path("results.md"), f"# Results\n\n{table}\nStage wall times (s): {run.stage_seconds}\n")
 
@@ -320,46 +334,9 @@ def figure_set(methods, ipcs, synthetic) -> tuple[str, int]:
     return ("ddoq" if ("ddoq", ipc) in synthetic else list(methods)[-1]), ipc
 
 
-def run_streamed(run, teacher, latents, quantized: dict, synthetic: dict, records: list[dict], fidelities: dict) -> dict:
-    """The streamed runs' report (pqdjax.pipeline): results.json (wall times under 'timing'), results.md and the
-    figures (write_figures), written by process 0; returns results.json's dict plus 'table'."""
-    config = run.config
-    ipcs = sorted(quantized)
-    quantization = {}
-    for ipc in ipcs:
-        distortion = np.asarray([float(quantized[ipc].load(run.store, c)["distortion"]) for c in range(latents.num_classes)])
-        # W2 of every base method with points of its own, as the fidelity stage measured it for the run's sets (the
-        # default report's quantize stage measures it for all of them)
-        w2 = {split_method(m)[0]: {"mean": r["w2_points"], "per_class": r["w2_points_per_class"]}
-              for (m, k), r in sorted(fidelities.items()) if k == ipc and r["w2_points"] is not None}
-        # Voronoi weights make the nearest-point map optimal: ddoq's W2 = sqrt(distortion), exactly.
-        w2["ddoq"] = {"mean": float(np.sqrt(np.maximum(distortion, 0)).mean()), "per_class": np.sqrt(np.maximum(distortion, 0)).tolist()}
-        quantization[ipc] = {"distortion_per_class": distortion.tolist(), "w2": w2}
-    evaluation, sections = evaluation_report(config, teacher.test_accuracy, records, fidelities, ipcs, split="Validation")
-    w2 = {ipc: quantization[ipc]["w2"] for ipc in ipcs}
-    table = (sections["accuracy"] + w2_table(w2, list(config.methods), ipcs) + sections["paired"] + sections["fidelity"]
-             + sections["cross_architecture"])
-    results = {
-        "config": json.loads(config.to_json_best_effort()),
-        **evaluation,
-        "quantization": quantization,
-        "latents": {"shape": list(latents.shape), "per_class": latents.counts.sum(0).tolist()},
-        "synthetic": {f"{m}_ipc{k}": os.path.relpath(s.manifest, run.store.workdir) for (m, k), s in sorted(synthetic.items())},
-        "timing": _timing(run, records),
-    }
-    if jax.process_index() == 0:
-        _write_results(run, results, table)
-        shown = min(latents.num_classes, FIGURE_CLASSES)
-        weights = {ipc: np.stack([quantized[ipc].load(run.store, c)["weights"] for c in range(shown)]) for ipc in ipcs}
-        write_figures(run.store, evaluation["accuracy"], list(config.methods), teacher.test_accuracy, weights,
-                      figure_grid(run, synthetic, ipcs, shown), run.classes.prompts)
-        logging.info("report: wrote results.json, results.md and the figures to %s", run.store.workdir)
-    return {**results, "table": table}
-
-
 def figure_grid(run, synthetic: dict, ipcs, num_classes: int) -> tuple[str, np.ndarray, np.ndarray]:
-    """(method, uint8 images [C, K, H, W, 3], weights [C, K]) of the first num_classes classes of distilled.png's set,
-    read back from its manifest and PNGs (SyntheticSet.load)."""
+    """(method, uint8 images [C, K, H, W, ch], weights [C, K]) of the first num_classes classes of distilled.png's set
+    (SyntheticSet.load: streamed runs read back only their PNGs)."""
     method, ipc = figure_set(run.config.methods, ipcs, synthetic)
     images, weights = synthetic[method, ipc].load(first=num_classes)
     return method, images, weights

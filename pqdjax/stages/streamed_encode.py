@@ -62,6 +62,10 @@ class ClassLatents:
     def dim(self) -> int:
         return int(np.prod(self.shape))
 
+    def counts_per_class(self) -> np.ndarray:
+        """int [C]: the latents of each class, over every process's files."""
+        return self.counts.sum(0)
+
     def class_size(self, c: int) -> int:
         return int(self.counts[:, c].sum())
 

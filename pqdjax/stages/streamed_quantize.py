@@ -42,6 +42,22 @@ class ClassQuantization:
         """points [K, d], weights [K], distortion [] of class c."""
         return store.load_arrays(self.names[c])
 
+    def distortions(self, store) -> np.ndarray:
+        """Each class's distortion [C], read from its file."""
+        return np.asarray([float(self.load(store, c)["distortion"]) for c in range(len(self.names))])
+
+    def iterations(self) -> None:
+        """None: the per-class files keep no iteration counts."""
+        return None
+
+    def stored_w2(self) -> dict[str, np.ndarray]:
+        """{}: this stage measures no W2 (the fidelity stage does, for the run's sets)."""
+        return {}
+
+    def class_weights(self, store, first: int) -> np.ndarray:
+        """The Voronoi weights [first, K] of the first `first` classes, read from their files."""
+        return np.stack([self.load(store, c)["weights"] for c in range(first)])
+
     def class_set(self, run, latents, base: str, c: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, None]:
         """A base method's latent points [K, d] of class c (d4m, ddoq, generated: the k-means points; real-image
         methods: their images' latents) and its weights [K] (streamed_decode.method_weights), from the class's

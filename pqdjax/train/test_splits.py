@@ -4,9 +4,11 @@ Every kind of run has one (pqdjax.pipeline.Run.test_split), and the teacher and
 evaluate stages ask it, through one interface, for what they need:
 
     num_classes                      the classifiers' outputs
-    space                            how the run's classifiers take stored uint8 images
-                                     (pqdjax.train.student.InputSpace)
+    space                            how the run's classifiers take uint8 images inside jit
+                                     (pqdjax.train.student.InputSpace; the teacher's predictions)
+    student_inputs(images)           uint8 images -> (the images as a student trains on them, their space)
     fingerprint                      what the split adds to a record's fingerprint (a tuple)
+    label                            how the report names it ('Test', 'Validation')
     accuracy(model, variables, name) top-1 accuracy in [0, 1] of a classifier on the split
 
 HeldOutArrays: a test split in host memory (in-memory runs: Fashion-MNIST, an
@@ -25,9 +27,10 @@ import flax.linen as nn
 import numpy as np
 
 from pqdjax.data import streamed
+from pqdjax.data.preprocess import to_model_range
 from pqdjax.train.classifier import accuracy
 from pqdjax.train.imagenet_eval import sharded_accuracy
-from pqdjax.train.student import MODEL_RANGE_UINT8, TORCHVISION, InputSpace
+from pqdjax.train.student import MODEL_RANGE, MODEL_RANGE_UINT8, TORCHVISION, InputSpace
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,12 +41,20 @@ class HeldOutArrays:
     labels: np.ndarray
     num_classes: int
     space: InputSpace = MODEL_RANGE_UINT8
+    label: str = "Test"  # how the report names the split
     # the data's fingerprint is already in the teacher's, which every record's fingerprint holds
     fingerprint: tuple = ()
 
     def accuracy(self, model: nn.Module, variables: dict, name: str = "accuracy") -> float:
         del name
         return accuracy(model, variables, self.images, self.labels)
+
+    @staticmethod
+    def student_inputs(images: np.ndarray) -> tuple[np.ndarray, InputSpace]:
+        """float32 images in [-1, 1], converted on the host: XLA's fused conversion inside the step rounds some
+        values one float32 ulp apart, and Adam carries that into the weights, so converting here keeps students
+        equal to those of earlier runs."""
+        return np.asarray(to_model_range(images)), MODEL_RANGE
 
 
 @dataclasses.dataclass
@@ -53,6 +64,7 @@ class StreamedSplit:
     data: object  # config.data (ml_collections.ConfigDict)
     mesh: object  # jax.sharding.Mesh
     space: InputSpace = TORCHVISION
+    label: str = "Validation"  # how the report names the split (ImageNet's test labels are not public)
 
     @property
     def num_classes(self) -> int:
@@ -63,6 +75,11 @@ class StreamedSplit:
         """The split's data fields and content digest (pqdjax.data.streamed.data_fields), computed once: other
         records behind the same config (another tfds_data_dir, another test_limit) are other splits."""
         return (streamed.data_fields(self.data, streamed.TEST_DATA_FIELDS),)
+
+    @staticmethod
+    def student_inputs(images: np.ndarray) -> tuple[np.ndarray, InputSpace]:
+        """The uint8 images themselves, torchvision-normalised inside the step (a quarter of the host memory)."""
+        return images, TORCHVISION
 
     def accuracy(self, model: nn.Module, variables: dict, name: str = "accuracy") -> float:
         source = streamed.open_configured_split(self.data, self.data.test_split)
