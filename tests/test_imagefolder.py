@@ -141,7 +141,7 @@ def _herding_np(x: np.ndarray, k: int) -> list[int]:
     return chosen
 
 
-def test_every_method_runs_in_the_streamed_pipeline(tmp_path):
+def test_every_method_runs_in_the_streamed_pipeline(tmp_path, monkeypatch):
     """The real-image selections and the samples of the default pipeline on a streamed run: herding's images are the
     training images that herding in float64 picks, medoid_weighted's the training image nearest each k-means point
     with the Voronoi masses of their latents as weights, generated's class-conditional samples of the prior with
@@ -189,3 +189,21 @@ def test_every_method_runs_in_the_streamed_pipeline(tmp_path):
     assert fidelity["herding"][ipc]["cell_consistency"] is None and fidelity["herding"][ipc]["w2_points"] > 0
     # with their own Voronoi masses as weights, the nearest-point map is optimal: W2 = sqrt(mean squared distance)
     assert fidelity["medoid_weighted"][ipc]["w2_points"] == pytest.approx(np.mean(medoid_w2), rel=1e-4)
+
+    # medoid_weighted's weights were found by the process that decoded each class and kept in its group records;
+    # process 0 writes the manifest from them without reading any class's latents
+    from pqdjax.stages import streamed_decode
+
+    name = f"synthetic/ipc{ipc}/manifest_medoid_weighted.csv"
+    fp = run.store.info(name)["fingerprint"]  # the decode stage's, as its group records carry
+    recorded = streamed_decode.recorded_weights(run, ipc, streamed_decode.set_folder("medoid", None, "groups"), fp)
+    assert sorted(recorded) == list(range(latents.num_classes))
+    by_class = manifests["medoid_weighted"]
+    for c, w in recorded.items():
+        np.testing.assert_array_equal(w, by_class[2][by_class[1] == c])
+    def refuse(*args, **kwargs):
+        raise AssertionError("process 0 read a class's latents")
+
+    monkeypatch.setattr(streamed_encode.ClassLatents, "load", refuse)
+    streamed_decode.write_manifest(run, latents, quantized, ipc, "medoid_weighted", name, fp)
+    assert image_folder.read_manifest(run.store.path(name))[2].tolist() == by_class[2].tolist()

@@ -35,13 +35,15 @@ medoid_weighted do; their manifests differ in the weights (method_weights): 1/K
 for d4m and medoid, the Voronoi cell masses of the points (ddoq) or of the
 medoids' latents (medoid_weighted), summing to 1 per class. Classes are decoded config.decode.diffusion.batch_size // K at a time,
 the batch sharded over this process's devices; each process decodes its
-part of the classes, process 0 writes the manifests.
+part of the classes (and weighs medoid_weighted's medoids, kept in its group
+records), process 0 writes the manifests.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -241,21 +243,43 @@ def decode_ipc(run, prior, latents, quantized, ipc: int, fp: str, source: str = 
         for i, (image, c) in enumerate(zip(images, labels)):
             files.append(f"{folder}/" + image_folder.image_file(c, prompts[c], latents.num_classes, i % ipc))
             artifacts.write_bytes(store.path(f"synthetic/ipc{ipc}/{files[-1]}"), image_folder.png_bytes(image))
-        store.save_record(record, {"classes": classes, "files": files}, fp)
+        extra = {}
+        if source == "medoid" and any(split_method(m)[0] == "medoid_weighted" for m in run.config.methods):
+            # medoid_weighted's weights, found by the process that decodes the class (process 0 need not read its latents)
+            extra["medoid_weights"] = [method_weights(run, latents, quantized, ipc, c, "medoid_weighted").tolist() for c in classes]
+        store.save_record(record, {"classes": classes, "files": files, **extra}, fp)
         bar.update(g)
     parallel.sync_processes(f"decode_ipc{ipc}_{source}_{decoder}")
 
 
+def recorded_weights(run, ipc: int, groups_folder: str, fp: str) -> dict[int, np.ndarray]:
+    """{class: medoid_weighted's weights [K]} from the group records under synthetic/ipc{K}/{groups_folder}/ with
+    fingerprint fp (decode_ipc writes them for the medoid source); classes of records without them are absent."""
+    folder = f"synthetic/ipc{ipc}/{groups_folder}"
+    out = {}
+    if not os.path.isdir(run.store.path(folder)):
+        return out
+    for file in sorted(os.listdir(run.store.path(folder))):
+        name = f"{folder}/{file}"
+        if file.endswith(".json") and run.store.is_complete(name, fp):
+            record = run.store.load_record(name)
+            out.update({c: np.asarray(w, np.float32) for c, w in zip(record["classes"], record.get("medoid_weights", []))})
+    return out
+
+
 def write_manifest(run, latents, quantized, ipc: int, method: str, name: str, fp: str) -> None:
     """file,label,class,weight for every image of `method`, with the method's weights (method_weights; process 0
-    writes it, and for medoid_weighted reads every class's latents to weigh its medoids)."""
+    writes it). medoid_weighted's weights come from the group records of the processes that decoded the classes
+    (recorded_weights), so process 0 reads no other class's latents (a class whose record has none is weighed here)."""
     num_classes = latents.num_classes
     prompts = run.classes.prompts
     base, _ = split_method(method)
-    folder = set_folder(point_source(base), decoder_of(method, run.config))
+    decoder = decoder_of(method, run.config)
+    folder = set_folder(point_source(base), decoder)
+    recorded = recorded_weights(run, ipc, set_folder(point_source(base), decoder, "groups"), fp) if base == "medoid_weighted" else {}
     files, labels, weights = [], [], []
     for c in range(num_classes):
-        weights.append(method_weights(run, latents, quantized, ipc, c, base))
+        weights.append(recorded[c] if c in recorded else method_weights(run, latents, quantized, ipc, c, base))
         files += [f"{folder}/" + image_folder.image_file(c, prompts[c], num_classes, k) for k in range(ipc)]
         labels += [c] * ipc
     text = image_folder.manifest_text(files, np.asarray(labels), np.concatenate(weights), prompts)
