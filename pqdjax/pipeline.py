@@ -5,11 +5,11 @@
 One sequence (STAGES) for every run; the kind of run chooses each stage's
 component (stage_components): 'in_memory' runs (configs/default.py,
 imagefolder.py) hold the data in host memory and train the prior here
-(pqdjax/stages/{prior,teacher,encode,...}.py); 'streamed' runs (configs/in1k.py,
+(pqdjax/stages/{prior,encode,denoiser,quantize,decode}.py); 'streamed' runs (configs/in1k.py,
 imagenette.py, imagewoof.py, cifar10.py, imagefolder.py:prior=stable_diffusion)
 read the data record by record per process and load a pretrained prior
-(pqdjax/stages/streamed_*.py), and skip the denoiser and full_data stages.
-Stages with one component for every kind (teacher, evaluate, fidelity) reach the
+(pqdjax/stages/streamed_{prior,encode,quantize,decode}.py), and skip the denoiser and full_data stages.
+Stages with one component for every kind (teacher, fidelity, evaluate, report) reach the
 others' outputs through small interfaces that both kinds implement (listed in the
 stage's docstring). With config.export_pretrained set (the
 `pretrain` option of configs/default.py) the run stops after the denoiser and

@@ -294,3 +294,26 @@ def test_dit_pushforward_from_the_point_as_initial_latent(tmp_path):
     np.testing.assert_allclose(got.astype(float), np.clip(np.round((decoded + 1) * 127.5), 0, 255), atol=1.0)
     other = streamed_decode.pushforward(model, points, np.array([3, 8]), ["", ""], jax.random.key(1), config, mesh)
     assert np.abs(other[1].astype(float) - got[1]).mean() > 0.1 and np.array_equal(other[0], got[0])  # the label conditions
+
+
+def test_records_keep_the_fingerprints_the_streamed_stages_gave_them(in1k_run):
+    """The teacher's accuracy and the students recorded before the streamed pipeline shared the teacher and evaluate
+    stages stay valid: their fingerprints are made as the streamed stages made them ('imagenet_teacher_accuracy',
+    'imagenet_evaluate', with the validation split's data fields)."""
+    from pqdjax.stages import evaluate, streamed_prior, teacher
+
+    config, workdir = in1k_run["config"], in1k_run["workdir"]
+    run = pipeline.Run(config=config, store=artifacts.ArtifactStore(workdir))
+    eval_data = streamed.data_fields(config.data, streamed.TEST_DATA_FIELDS)
+    the_teacher = teacher.run(run)
+    assert run.store.is_complete("teacher/accuracy.json",
+                                 artifacts.fingerprint("imagenet_teacher_accuracy", the_teacher.fingerprint, eval_data))
+    prior = streamed_prior.run(run)
+    latents = streamed_encode.run(run, prior)
+    sets = streamed_decode.run(run, prior, latents, streamed_quantize.run(run, latents))
+    settings = evaluate.student_settings(config.evaluate, config.evaluate.model)
+    for (method, ipc), synthetic in sets.items():
+        for seed in config.evaluate.seeds:
+            fp = artifacts.fingerprint("imagenet_evaluate", the_teacher.fingerprint, synthetic.fingerprint, settings,
+                                       eval_data, seed)
+            assert run.store.is_complete(evaluate.student_path(method, ipc, seed, None) + ".json", fp)

@@ -21,6 +21,7 @@ synthetic sets approach (the teacher's own accuracy is another architecture's).
 
 from __future__ import annotations
 
+import functools
 import time
 
 import jax
@@ -119,19 +120,26 @@ def run(run, teacher, synthetic: dict, set_for_seed=None) -> list[dict]:
         for method, ipc in synthetic:
             for seed in config.seeds:
                 synthetic_set = set_for_seed(method, ipc, seed) if set_for_seed else synthetic[method, ipc]
-                path = student_path(method, ipc, seed, arch)
-                fp = artifacts.fingerprint("evaluate", teacher.fingerprint, synthetic_set.fingerprint, settings,
-                                           *run.test_split.fingerprint, seed, *([arch] if arch else []))
-                name = path + ".json"
-                if parallel.complete_everywhere(run.store, name, fp):
-                    records.append(run.store.load_record(name))
-                    continue
-                checkpoints = run.checkpoints(path, fp, config.train)  # a changed config never resumes another's
-                record = evaluate_set(run, teacher, synthetic_set, seed, checkpoints, arch, model)
-                parallel.write_once(run.store, name, fp, lambda: run.store.save_record(name, record, fp))
-                checkpoints.discard()
-                records.append(record)
+                fp = artifacts.fingerprint(run.test_split.fingerprint_prefix + "evaluate", teacher.fingerprint,
+                                           synthetic_set.fingerprint, settings, *run.test_split.fingerprint, seed,
+                                           *([arch] if arch else []))
+                train = lambda checkpoints: evaluate_set(run, teacher, synthetic_set, seed, checkpoints, arch, model)
+                records.append(reused_or_trained(run, student_path(method, ipc, seed, arch), fp, config.train, train))
     return records
+
+
+def reused_or_trained(run, path: str, fp: str, train_config, train) -> dict:
+    """The record {path}.json of one student: reused while its fingerprint fp holds, else train(checkpoints) -> record,
+    the student resuming from its mid-training checkpoints under checkpoints/{path} (a changed config never resumes
+    another's), the record written by process 0 and the checkpoints discarded."""
+    name = path + ".json"
+    if parallel.complete_everywhere(run.store, name, fp):
+        return run.store.load_record(name)
+    checkpoints = run.checkpoints(path, fp, train_config)
+    record = train(checkpoints)
+    parallel.write_once(run.store, name, fp, lambda: run.store.save_record(name, record, fp))
+    checkpoints.discard()
+    return record
 
 
 def full_data(run, teacher) -> list[dict]:
@@ -145,28 +153,27 @@ def full_data(run, teacher) -> list[dict]:
     settings = {"model": config.model.to_dict(), "train": {k: v for k, v in config.train.to_dict().items() if k != "steps"}}
     train = ml_collections.ConfigDict({**config.train.to_dict(), "epochs": epochs})
     test = run.test_split
+
+    def train_one(seed: int, checkpoints) -> dict:
+        start = time.perf_counter()
+        student = make_classifier(config.model, dataset.num_classes)
+        label = f"full-data student seed {seed}"
+        inputs, space = test.student_inputs(dataset.train_images)
+        variables, _ = train_student(
+            student, teacher.model, teacher.variables, inputs, np.ones(len(inputs), np.float32), train,
+            run.rng("evaluate_full_data", seed), run.mesh, space=space, labels=dataset.train_labels,
+            loss_normalization="batch",  # uniform weights: the plain mean either way
+            fast_conv=run.fast_conv, name=label, checkpoints=checkpoints, metrics_dir=run.metrics_dir,
+        )
+        test_accuracy = test.accuracy(student, variables, name=f"{label} accuracy")
+        logging.info("%s: test accuracy %.4f", label, test_accuracy)
+        return {"seed": seed, "test_accuracy": test_accuracy, "epochs": epochs, "images": len(inputs),
+                "seconds": round(time.perf_counter() - start, 2)}
+
     records = []
     for seed in config.seeds:
-        name = f"evaluate/full_data_seed{seed}.json"
         fp = artifacts.fingerprint("evaluate_full_data", teacher.fingerprint, run.data_fingerprint, settings, epochs,
                                    run.config.seed, seed)
-        if not parallel.complete_everywhere(run.store, name, fp):
-            start = time.perf_counter()
-            student = make_classifier(config.model, dataset.num_classes)
-            label = f"full-data student seed {seed}"
-            checkpoints = run.checkpoints(f"evaluate/full_data_seed{seed}", fp, train)
-            inputs, space = test.student_inputs(dataset.train_images)
-            variables, _ = train_student(
-                student, teacher.model, teacher.variables, inputs, np.ones(len(inputs), np.float32), train,
-                run.rng("evaluate_full_data", seed), run.mesh, space=space, labels=dataset.train_labels,
-                loss_normalization="batch",  # uniform weights: the plain mean either way
-                fast_conv=run.fast_conv, name=label, checkpoints=checkpoints, metrics_dir=run.metrics_dir,
-            )
-            test_accuracy = test.accuracy(student, variables, name=f"{label} accuracy")
-            logging.info("%s: test accuracy %.4f", label, test_accuracy)
-            record = {"seed": seed, "test_accuracy": test_accuracy, "epochs": epochs, "images": len(dataset.train_images),
-                      "seconds": round(time.perf_counter() - start, 2)}
-            parallel.write_once(run.store, name, fp, lambda: run.store.save_record(name, record, fp))
-            checkpoints.discard()
-        records.append(run.store.load_record(name))
+        records.append(reused_or_trained(run, f"evaluate/full_data_seed{seed}", fp, train,
+                                         functools.partial(train_one, seed)))
     return records

@@ -345,18 +345,20 @@ def figure_grid(run, synthetic: dict, ipcs, num_classes: int) -> tuple[str, np.n
 def _synthetic_cost(run, synthetic: dict, field: str) -> dict[str, float | None]:
     """Per synthetic set {method}_ipc{K}: the wall time ('seconds') or FLOPs ('flops', pqdjax.stages.decode.decode_flops)
     of decoding its images (0 for real images; d4m and ddoq, which share their images, each carry the one decoding's),
-    as recorded when it was made."""
+    as recorded when it was made; only sets whose marker records it (in-memory runs' synthetic/*.npz)."""
     out = {}
     for method, ipc in synthetic:
-        info = run.store.info(f"synthetic/{method}_ipc{ipc}.npz") or {}
-        out[f"{method}_ipc{ipc}"] = info.get(field)
+        info = run.store.info(f"synthetic/{method}_ipc{ipc}.npz")
+        if info is not None:
+            out[f"{method}_ipc{ipc}"] = info.get(field)
     return out
 
 
 def _encode_cost(run) -> dict[str, float | None]:
-    """{'seconds', 'flops'} of encoding the training set, as its marker recorded them (pqdjax.stages.encode)."""
-    info = run.store.info(ENCODE_ARTIFACT) or {}
-    return {k: info.get(k) for k in ("seconds", "flops")}
+    """{'seconds', 'flops'} of encoding the training set, as its marker recorded them (in-memory runs:
+    pqdjax.stages.encode); {} where no marker records them (streamed runs encode in parts)."""
+    info = run.store.info(ENCODE_ARTIFACT)
+    return {k: info.get(k) for k in ("seconds", "flops")} if info else {}
 
 
 def _artifact_seconds(run) -> dict[str, float]:

@@ -244,7 +244,8 @@ def decode_ipc(run, prior, latents, quantized, ipc: int, fp: str, source: str = 
             files.append(f"{folder}/" + image_folder.image_file(c, prompts[c], latents.num_classes, i % ipc))
             artifacts.write_bytes(store.path(f"synthetic/ipc{ipc}/{files[-1]}"), image_folder.png_bytes(image))
         extra = {}
-        if source == "medoid" and any(split_method(m)[0] == "medoid_weighted" for m in run.config.methods):
+        if source == "medoid" and any(split_method(m)[0] == "medoid_weighted" and decoder_of(m, run.config) == decoder
+                                      for m in run.config.methods):
             # medoid_weighted's weights, found by the process that decodes the class (process 0 need not read its latents)
             extra["medoid_weights"] = [method_weights(run, latents, quantized, ipc, c, "medoid_weighted").tolist() for c in classes]
         store.save_record(record, {"classes": classes, "files": files, **extra}, fp)

@@ -78,6 +78,11 @@ def _predictions(model: nn.Module, space: InputSpace, variables, images: jax.Arr
     return jnp.argmax(model.apply(variables, space.normalize(space.to_float(images)), train=False), axis=-1)
 
 
+def params_shape(model: nn.Module, input_shape: tuple) -> dict:
+    """The shapes and dtypes of model's 'params' for inputs of input_shape (what weights are loaded into)."""
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(input_shape))["params"])
+
+
 def source(config) -> str:
     """Where the run's teacher comes from (module docstring): config.teacher.kind where set (streamed runs:
     'torchvision' unless set), else 'shipped' where config.teacher.weights names a file, else 'trained'."""
@@ -92,7 +97,7 @@ def run(run) -> Teacher:
     kind = source(run.config)
     model, variables, fp, origin = {"trained": trained, "shipped": shipped, "torchvision": converted}[kind](run)
     test = run.test_split
-    accuracy_fp = artifacts.fingerprint("teacher_accuracy", fp, *test.fingerprint)
+    accuracy_fp = artifacts.fingerprint(test.fingerprint_prefix + "teacher_accuracy", fp, *test.fingerprint)
     if parallel.complete_everywhere(run.store, ACCURACY_ARTIFACT, accuracy_fp):
         test_accuracy = run.store.load_record(ACCURACY_ARTIFACT)["test_accuracy"]
     else:
@@ -124,7 +129,7 @@ def trained(run) -> tuple[nn.Module, dict, str, str]:
         shape = (1,) + dataset.image_shape
         read = lambda: (dataset.train_images, dataset.train_labels)
         model = classifier
-    target = jax.eval_shape(lambda: classifier.init(jax.random.key(0), jnp.zeros(shape))["params"])
+    target = params_shape(classifier, shape)
     params, info = train_here(run, classifier, target, read, fp)
     return model, {"params": params}, fp, f"{run.store.path(ARTIFACT)} (trained here on {info.get('images', 'the training')} images)"
 
@@ -133,7 +138,7 @@ def shipped(run) -> tuple[nn.Module, dict, str, str]:
     """(model, variables, fingerprint, origin) of the weights config.teacher.weights names (pqdjax.pretrained)."""
     config, dataset = run.config.teacher, run.dataset
     model = make_classifier(config.model, dataset.num_classes)
-    target = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + dataset.image_shape))["params"])
+    target = params_shape(model, (1,) + dataset.image_shape)
     params, entry = pretrained.load_params(config.weights, target, config.model, run.config.data.name)
     logging.info("teacher: shipped %s, test accuracy in its manifest %.4f", config.weights, entry["quality"]["test_accuracy"])
     # the data is in the fingerprint for the test accuracy's sake

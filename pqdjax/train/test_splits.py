@@ -8,11 +8,14 @@ evaluate stages ask it, through one interface, for what they need:
                                      (pqdjax.train.student.InputSpace; the teacher's predictions)
     student_inputs(images)           uint8 images -> (the images as a student trains on them, their space)
     fingerprint                      what the split adds to a record's fingerprint (a tuple)
+    fingerprint_prefix               the start of the records' fingerprint names ('' or 'imagenet_': the
+                                     names streamed runs' records had before the stages were shared, so
+                                     that their students and teacher accuracies stay valid)
     label                            how the report names it ('Test', 'Validation')
     accuracy(model, variables, name) top-1 accuracy in [0, 1] of a classifier on the split
 
 HeldOutArrays: a test split in host memory (in-memory runs: Fashion-MNIST, an
-image folder), images in [-1, 1]. StreamedSplit: config.data.test_split read
+image folder), uint8, the classifiers taking them in [-1, 1]. StreamedSplit: config.data.test_split read
 record by record, each process its part, sharded over the run's Mesh, at
 resize data.eval_resize / center crop data.eval_crop, torchvision-normalised
 (the validation protocol of torchvision / RDED / D4M; pqdjax.train.imagenet_eval).
@@ -42,6 +45,7 @@ class HeldOutArrays:
     num_classes: int
     space: InputSpace = MODEL_RANGE_UINT8
     label: str = "Test"  # how the report names the split
+    fingerprint_prefix: str = ""
     # the data's fingerprint is already in the teacher's, which every record's fingerprint holds
     fingerprint: tuple = ()
 
@@ -65,6 +69,7 @@ class StreamedSplit:
     mesh: object  # jax.sharding.Mesh
     space: InputSpace = TORCHVISION
     label: str = "Validation"  # how the report names the split (ImageNet's test labels are not public)
+    fingerprint_prefix: str = "imagenet_"
 
     @property
     def num_classes(self) -> int:
