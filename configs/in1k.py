@@ -123,7 +123,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         train_limit=0, test_limit=0,  # use only the first N examples of a split (0: all)
         mock_examples=0,  # > 0: tfds.testing.mock_data with this many random examples per split
     ))
-    # kind: 'stable_diffusion' or 'dit' (pqdjax.stages.streamed_prior); tiny_random: a tiny random checkpoint of
+    # kind: 'stable_diffusion' or 'dit' (pqdjax.stages.prior); tiny_random: a tiny random checkpoint of
     # that kind written into the workdir (smoke runs).
     config.prior = ml_collections.ConfigDict(dict(
         kind=options.prior, pretrained_dir="", latent_scale=0.18215, latent_sample=False, tiny_random=False,

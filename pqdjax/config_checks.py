@@ -90,7 +90,7 @@ def validate_streamed_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.quantize.method must be 'clvq' or 'lloyd' in the streamed pipeline, got {config.quantize.method!r}.")
     if config.quantize.method == "clvq" and config.quantize.get("n_init", 1) > 1:
         raise ConfigError("config.quantize.n_init > 1 needs method 'lloyd' in the streamed pipeline: the streamed CLVQ runs one start per class.")
-    from pqdjax.stages.streamed_prior import KINDS
+    from pqdjax.stages.prior import KINDS
 
     if config.prior.kind not in KINDS:
         raise ConfigError(f"config.prior.kind must be one of {KINDS}, got {config.prior.kind!r}.")

@@ -147,7 +147,7 @@ def test_every_method_runs_in_the_streamed_pipeline(tmp_path, monkeypatch):
     with the Voronoi masses of their latents as weights, generated's class-conditional samples of the prior with
     uniform weights; fidelity measures each (no cell consistency for real images or samples)."""
     from pqdjax.data import imagenet, streamed
-    from pqdjax.stages import streamed_encode, streamed_prior, streamed_quantize
+    from pqdjax.stages import prior as prior_stage, streamed_encode, streamed_quantize
 
     folder = write_folder(tmp_path / "shapes", test=True)
     config = _config("runlocal,size=16,prior=stable_diffusion", folder)
@@ -157,7 +157,7 @@ def test_every_method_runs_in_the_streamed_pipeline(tmp_path, monkeypatch):
     assert sorted(results["accuracy"]) == sorted(config.methods)
     ipc = config.ipcs[0]
     run = pipeline.Run(config=config, store=pipeline.artifacts.ArtifactStore(workdir))
-    latents = streamed_encode.run(run, streamed_prior.run(run))
+    latents = streamed_encode.run(run, prior_stage.run(run))
     quantized = streamed_quantize.run(run, latents)[ipc]
     split = streamed.open_configured_split(config.data, config.data.train_split)
     size = config.decode.image_size

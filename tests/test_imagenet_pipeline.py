@@ -121,7 +121,7 @@ def test_ddoq_vae_is_the_points_decoded_by_the_sd_vae_with_ddoq_weights(in1k_run
     import jax
 
     from pqdjax.models.stable_diffusion import load_stable_diffusion
-    from pqdjax.stages.streamed_prior import tiny_artifact
+    from pqdjax.stages.prior import tiny_artifact
 
     config, workdir = in1k_run["config"], in1k_run["workdir"]
     (ipc,), classes = config.ipcs, config.data.num_classes
@@ -184,9 +184,9 @@ def test_fidelity_of_every_set(in1k_run):
     w2 = results["quantization"][ipc]["w2"]
     assert set(w2) == {split_method(m)[0] for m in config.methods} | {"ddoq"}
     run = pipeline.Run(config=config, store=artifacts.ArtifactStore(in1k_run["workdir"]))
-    from pqdjax.stages import streamed_prior
+    from pqdjax.stages import prior as prior_stage
 
-    latents = streamed_encode.run(run, streamed_prior.run(run))
+    latents = streamed_encode.run(run, prior_stage.run(run))
     quantized = streamed_quantize.run(run, latents)[ipc]
     for c in range(config.data.num_classes):
         x = latents.load(c).astype(np.float64)
@@ -220,9 +220,9 @@ def test_an_interrupted_encode_resumes_to_the_same_files(in1k_run, monkeypatch, 
     config = in1k.get_config("runlocal")
     config.encode.flush_every = 1
     run = pipeline.Run(config=config, store=artifacts.ArtifactStore(workdir))
-    from pqdjax.stages import streamed_prior
+    from pqdjax.stages import prior as prior_stage
 
-    prior = streamed_prior.run(run)
+    prior = prior_stage.run(run)
     name, fp = "encode/resume_check", "fp"
     calls = {"n": 0}
     original = streamed_encode._ClassFiles.append
@@ -300,7 +300,7 @@ def test_records_keep_the_fingerprints_the_streamed_stages_gave_them(in1k_run):
     """The teacher's accuracy and the students recorded before the streamed pipeline shared the teacher and evaluate
     stages stay valid: their fingerprints are made as the streamed stages made them ('imagenet_teacher_accuracy',
     'imagenet_evaluate', with the validation split's data fields)."""
-    from pqdjax.stages import evaluate, streamed_prior, teacher
+    from pqdjax.stages import evaluate, prior as prior_stage, teacher
 
     config, workdir = in1k_run["config"], in1k_run["workdir"]
     run = pipeline.Run(config=config, store=artifacts.ArtifactStore(workdir))
@@ -308,7 +308,7 @@ def test_records_keep_the_fingerprints_the_streamed_stages_gave_them(in1k_run):
     the_teacher = teacher.run(run)
     assert run.store.is_complete("teacher/accuracy.json",
                                  artifacts.fingerprint("imagenet_teacher_accuracy", the_teacher.fingerprint, eval_data))
-    prior = streamed_prior.run(run)
+    prior = prior_stage.run(run)
     latents = streamed_encode.run(run, prior)
     sets = streamed_decode.run(run, prior, latents, streamed_quantize.run(run, latents))
     settings = evaluate.student_settings(config.evaluate, config.evaluate.model)

@@ -28,8 +28,9 @@ what it measures, each through a small interface both kinds implement:
                                       a base method's points [K, d] and weights [K] of
                                       class c, and their W2 if stored (else None)
 
-(stages.teacher for every run; in-memory runs: stages.{decode, prior, encode,
-quantize}; streamed runs: the stages.streamed_* modules of the same names). Each class's latents
+(stages.prior and stages.teacher for every run; in-memory runs:
+stages.{decode, encode, quantize}; streamed runs: the stages.streamed_* modules
+of the same names). Each class's latents
 are read once per set, one class at a time. One record per set,
 fidelity/{method}_ipc{K}.json, reused while the set, its quantization, the
 prior, the teacher and the latents are unchanged; process 0 writes it.

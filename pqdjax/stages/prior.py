@@ -1,13 +1,33 @@
-"""Stage prior: the VAE whose latent space is quantized.
+"""Stage prior: the generative model whose VAE encodes the training images and whose denoiser pushes the points
+forward.
 
-Loaded from shipped weights when config.prior.weights names a file
-(pqdjax.pretrained: checked against its manifest, which also gives the
-latent scale), else trained here and saved in the workdir.
+One stage for every kind of run; where the prior comes from (`source`):
+
+    'trained'           the VAE (pqdjax.models.vae, config.prior.vae) trained here on the training images
+                        (config.prior.train), saved in prior/vae with its latent scale and test PSNR; a killed
+                        run resumes from checkpoints/prior. In-memory runs; their class-conditioned latent
+                        denoiser is trained after encoding (stages.denoiser).
+    'shipped'           the VAE shipped with pqdjax (config.prior.weights, pqdjax.pretrained: checked against
+                        its manifest, which also gives the latent scale). In-memory runs (configs/default.py).
+    'stable_diffusion'  streamed runs (config.prior.kind): a v1.x checkpoint in diffusers' layout
+                        (pqdjax.models.stable_diffusion), conditioned on the class name as text prompt (D4M, DDOQ)
+    'dit'               streamed runs: a DiT checkpoint in diffusers' layout, e.g. facebook/DiT-XL-2-256
+                        (pqdjax.models.dit_diffusion), conditioned on the class label (DDOQ-DiT)
+
+For the pretrained ones, config.prior.pretrained_dir is a local folder or a Hugging Face hub repo id;
+config.prior.tiny_random writes a tiny random checkpoint of that kind into the workdir (prior/tiny_{kind},
+pqdjax.models.tiny_checkpoints) and loads it by the same code as a real one, for smoke runs; and
+config.prior.latent_scale (if set) replaces the scaling factor of the VAE's config.json (0.18215 for both).
+
+The two kinds of prior object, Prior (a VAE) and DiffusionPrior (a latent diffusion model), are read by the
+encode and decode stages of their kind of run; both give the fidelity stage what it needs: `fingerprint` and
+`reencode(images, config)`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 import jax
@@ -17,18 +37,36 @@ from absl import logging
 
 from pqdjax import artifacts, parallel, pretrained
 from pqdjax.batching import map_batches
+from pqdjax.data import imagenet
 from pqdjax.data.preprocess import to_model_range
+from pqdjax.errors import ConfigError, InputError
 from pqdjax.models import vae as vae_lib
 from pqdjax.stages.encode import encode_images
 from pqdjax.train.autoencoder import train_vae
-from pqdjax.errors import InputError
 
 ARTIFACT = "prior/vae"
+KINDS = ("stable_diffusion", "dit")  # config.prior.kind of streamed runs: the pretrained sources
+REENCODE_BATCH = 32  # images per call of DiffusionPrior.reencode
+
+
+def source(config) -> str:
+    """Where the run's prior comes from (module docstring): config.prior.kind in streamed runs, else 'shipped' where
+    config.prior.weights names a file, else 'trained'."""
+    from pqdjax.pipeline import kind_of
+
+    if kind_of(config) == "streamed":
+        return config.prior.kind
+    return "shipped" if config.prior.get("weights") else "trained"
+
+
+def run(run) -> Prior | DiffusionPrior:
+    return diffusion_prior(run) if source(run.config) in KINDS else vae_prior(run)
 
 
 @dataclasses.dataclass(frozen=True)
 class Prior:
-    """vae: the module; params: its weights; latent_scale: latents are encoder means times this."""
+    """A VAE prior (sources 'trained', 'shipped'): vae, the module; params, its weights; latent_scale: latents are
+    encoder means times this. Its class-conditioned denoiser is the denoiser stage's (stages.denoiser)."""
 
     vae: vae_lib.VAE
     params: dict
@@ -47,7 +85,8 @@ def latent_scale_of(vae, params, images: np.ndarray, batch_size: int = 500) -> f
     return float(1.0 / means.std())
 
 
-def run(run) -> Prior:
+def vae_prior(run) -> Prior:
+    """The VAE of source 'shipped' (config.prior.weights) or 'trained' (trained here, or reused from prior/vae)."""
     config = run.config.prior
     dataset = run.dataset
     height, width, channels = dataset.image_shape
@@ -103,3 +142,62 @@ def _psnr_db(mse: float) -> float:
 def test_psnr_db(prior: Prior, images: np.ndarray) -> float:
     """PSNR (dB, peak-to-peak 2 in [-1, 1]) of the VAE's reconstructions of uint8 images [N, H, W, C]."""
     return _psnr_db(_reconstruction_mse(prior.vae, prior.params, images))
+
+
+def tiny_artifact(kind: str) -> str:
+    """The workdir artifact holding the tiny random checkpoint of `kind`."""
+    return f"prior/tiny_{kind}"
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionPrior:
+    """A pretrained latent diffusion prior (sources 'stable_diffusion', 'dit'): the loaded model (its VAE, denoiser
+    and schedule; pqdjax.models.stable_diffusion.StableDiffusion or dit_diffusion.DiTDiffusion) and the fingerprint
+    of what was loaded."""
+
+    model: object
+    fingerprint: str
+
+    def reencode(self, images: np.ndarray, config) -> np.ndarray:
+        """uint8 images [N, H, W, 3] -> scaled latents [N, d] of the VAE (posterior means), each image resized
+        (shorter side to config.data.encode_resize) and center-cropped to config.data.encode_crop first, as the
+        encode stage reads the training images."""
+        data = config.data
+        resized = np.stack([imagenet.resize_and_center_crop(image, data.encode_resize, data.encode_crop) for image in images])
+        encode = lambda batch: self.model.encode_images(jnp.asarray(batch, jnp.float32) / 127.5 - 1.0)
+        return map_batches(encode, resized, REENCODE_BATCH).reshape(len(images), -1)
+
+
+def diffusion_prior(run) -> DiffusionPrior:
+    """The checkpoint of config.prior.kind from config.prior.pretrained_dir, or a tiny random one written into the
+    workdir (config.prior.tiny_random)."""
+    # imported here: transformers (CLIP), which runs that train their prior never need
+    from pqdjax.models.dit_diffusion import load_dit
+    from pqdjax.models.stable_diffusion import load_stable_diffusion
+    from pqdjax.models.tiny_checkpoints import write_tiny_dit, write_tiny_stable_diffusion
+
+    loaders = {"stable_diffusion": load_stable_diffusion, "dit": load_dit}
+    tiny_writers = {"stable_diffusion": write_tiny_stable_diffusion, "dit": write_tiny_dit}
+    config = run.config.prior
+    # Checked here, the first stage, rather than at decode: the data's classes decide it.
+    if config.kind == "dit" and run.classes.imagenet_indices is None:
+        raise ConfigError(f"config.prior.kind 'dit' is conditioned on ImageNet-1K classes, but the classes of {run.config.data.name} "
+                          f"({', '.join(run.classes.names[:3])}, ...) are not ImageNet synsets; use prior 'stable_diffusion' "
+                          "(prompted by the class names).")
+    fp = artifacts.fingerprint("imagenet_prior", config, run.config.seed)
+    if config.get("tiny_random", False):
+        name = tiny_artifact(config.kind)
+        write = lambda folder: tiny_writers[config.kind](folder, seed=run.config.seed)
+        parallel.write_once(run.store, name, fp, lambda: run.store.write_artifact(name, write, fp))
+        folder = run.store.path(name)
+    else:
+        folder = config.pretrained_dir
+    # what was loaded, not only its name: another checkpoint in the same folder redoes what depends on it
+    # (a hub id names one repo; its files are identified by the hub's own revision)
+    if os.path.isdir(folder):
+        fp = artifacts.fingerprint(fp, artifacts.folder_digest(folder))
+    model = loaders[config.kind](folder)
+    if config.get("latent_scale"):
+        model = dataclasses.replace(model, latent_scale=float(config.latent_scale))
+    logging.info("prior: %s from %s (latent scale %.5f)", config.kind, folder, model.latent_scale)
+    return DiffusionPrior(model, fp)
