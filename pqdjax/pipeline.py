@@ -76,13 +76,18 @@ class Run:
 
         return streamed.dataset_classes(self.config.data)
 
+    @property
+    def kind(self) -> str:
+        """'in_memory' or 'streamed' (kind_of)."""
+        return kind_of(self.config)
+
     @functools.cached_property
     def test_split(self):
         """The split the teacher and every student are tested on (pqdjax.train.test_splits): the dataset's test
         images in host memory, or config.data.test_split streamed and sharded over the Mesh."""
         from pqdjax.train import test_splits
 
-        if kind_of(self.config) == "streamed":
+        if self.kind == "streamed":
             return test_splits.StreamedSplit(self.config.data, self.mesh)
         dataset = self.dataset
         return test_splits.HeldOutArrays(dataset.test_images, dataset.test_labels, dataset.num_classes)
@@ -90,7 +95,7 @@ class Run:
     @property
     def class_names(self) -> list[str]:
         """The classes' names, in label order: the in-memory dataset's, or the streamed classes' prompts."""
-        return list(self.classes.prompts) if kind_of(self.config) == "streamed" else list(self.dataset.class_names)
+        return list(self.classes.prompts) if self.kind == "streamed" else list(self.dataset.class_names)
 
     @property
     def data_fingerprint(self) -> str:

@@ -49,18 +49,16 @@ KINDS = ("stable_diffusion", "dit")  # config.prior.kind of streamed runs: the p
 REENCODE_BATCH = 32  # images per call of DiffusionPrior.reencode
 
 
-def source(config) -> str:
+def source(run) -> str:
     """Where the run's prior comes from (module docstring): config.prior.kind in streamed runs, else 'shipped' where
     config.prior.weights names a file, else 'trained'."""
-    from pqdjax.pipeline import kind_of
-
-    if kind_of(config) == "streamed":
-        return config.prior.kind
-    return "shipped" if config.prior.get("weights") else "trained"
+    if run.kind == "streamed":
+        return run.config.prior.kind
+    return "shipped" if run.config.prior.get("weights") else "trained"
 
 
 def run(run) -> Prior | DiffusionPrior:
-    return diffusion_prior(run) if source(run.config) in KINDS else vae_prior(run)
+    return diffusion_prior(run) if source(run) in KINDS else vae_prior(run)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -83,18 +83,17 @@ def params_shape(model: nn.Module, input_shape: tuple) -> dict:
     return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(input_shape))["params"])
 
 
-def source(config) -> str:
+def source(run) -> str:
     """Where the run's teacher comes from (module docstring): config.teacher.kind where set (streamed runs:
     'torchvision' unless set), else 'shipped' where config.teacher.weights names a file, else 'trained'."""
-    from pqdjax.pipeline import kind_of
-
-    if config.teacher.get("kind") or kind_of(config) == "streamed":
-        return config.teacher.get("kind") or "torchvision"
-    return "shipped" if config.teacher.get("weights") else "trained"
+    config = run.config.teacher
+    if config.get("kind") or run.kind == "streamed":
+        return config.get("kind") or "torchvision"
+    return "shipped" if config.get("weights") else "trained"
 
 
 def run(run) -> Teacher:
-    kind = source(run.config)
+    kind = source(run)
     model, variables, fp, origin = {"trained": trained, "shipped": shipped, "torchvision": converted}[kind](run)
     test = run.test_split
     accuracy_fp = artifacts.fingerprint(test.fingerprint_prefix + "teacher_accuracy", fp, *test.fingerprint)
@@ -111,11 +110,9 @@ def run(run) -> Teacher:
 
 def trained(run) -> tuple[nn.Module, dict, str, str]:
     """(model, variables, fingerprint, origin) of config.teacher.model trained here on the training split."""
-    from pqdjax.pipeline import kind_of
-
     config, num_classes = run.config.teacher, run.test_split.num_classes
     classifier = make_classifier(config.model, num_classes)
-    if kind_of(run.config) == "streamed":
+    if run.kind == "streamed":
         data = run.config.data
         fp = artifacts.fingerprint("streamed_teacher", config.model, config.train, run.config.seed,
                                    streamed.data_fields(data, streamed.TRAIN_DATA_FIELDS), data.eval_resize, data.eval_crop)
