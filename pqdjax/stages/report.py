@@ -237,7 +237,7 @@ def full_data_summary(records: list[dict]) -> dict | None:
             "records": kept}
 
 
-def quantization_report(run, latents, quantized, fidelities: dict) -> dict:
+def quantization_report(run, quantized, fidelities: dict) -> dict:
     """results.json's quantization of one IPC: distortion per class, Lloyd's iterations per class where the stage
     kept them, and W2 {base method: {mean, per_class}} of every base method with points of its own.
 
@@ -268,7 +268,7 @@ def run(run, teacher, latents, quantized: dict, synthetic: dict, records: list[d
     """
     config = run.config
     ipcs = sorted(quantized)
-    quantization = {ipc: quantization_report(run, latents, quantized[ipc], fidelities) for ipc in ipcs}
+    quantization = {ipc: quantization_report(run, quantized[ipc], fidelities) for ipc in ipcs}
     evaluation, sections = evaluation_report(config, teacher.test_accuracy, records, fidelities, ipcs, split=run.test_split.label)
     full = full_data_summary(list(full_data))
     if full:  # a row under the teacher's: the student's architecture and loss on all the training images
