@@ -68,9 +68,10 @@ what is complete and resumes what was interrupted):
   encode    images resized to 512 (D4M), SD VAE latents (posterior mean, or a
             sample with prior.latent_sample) times 0.18215, batches sharded over
             all devices, appended per class to encode/latents/ (resumable).
-  quantize  per class K = IPC points: CLVQ streamed from the class's file, or
-            Lloyd (classes_per_call classes at a time, sharded over devices);
-            Voronoi weights.
+  quantize  per class K = IPC points: CLVQ streamed over the class in
+            mini-batches, or Lloyd (classes_per_call classes at a time, sharded
+            over devices); Voronoi weights, the real-image baselines' images and
+            W2 of every base method (pqdjax.stages.quantize, the default one's).
   decode    SD img2img from each point, prompt = the class name
             (pqdjax/data/imagenet_classes.txt), negative prompt "cartoon, anime,
             painting", strength 0.7, guidance 8, 50 steps; 224 px PNGs and

@@ -15,7 +15,7 @@
 # # 5. Inspecting a distilled set
 #
 # A run's workdir holds everything it made: the class latents (`latents.npz`), the
-# quantization per IPC (`quantize/ipc{K}.npz`: points, Voronoi weights, W2 per method),
+# quantization per IPC and class (`quantize/ipc{K}/class{c:04d}.npz`: points, Voronoi weights, W2 per method),
 # the synthetic sets (`synthetic/{method}_ipc{K}.npz`: uint8 images and weights) and
 # `results.json` (accuracy per method, IPC and seed). This notebook reads a run
 # (`$PQDJAX_RUN_WORKDIR`, default `runs/default`; where there is none, the small

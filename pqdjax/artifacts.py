@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -258,10 +258,11 @@ class ArtifactStore:
                 np.savez(f, **arrays)
         self._mark(name, fp, info)
 
-    def load_arrays(self, name: str) -> dict[str, np.ndarray]:
+    def load_arrays(self, name: str, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """The arrays of a .npz that save_arrays wrote; only `keys` if given (the others are not read)."""
         try:
             with np.load(self.path(name), allow_pickle=False) as data:
-                return {k: data[k] for k in data.files}
+                return {k: data[k] for k in (data.files if keys is None else keys)}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
             self._invalidate(name)
             raise ArtifactError(f"{self.path(name)} is corrupt ({e}); rerun to recreate it.") from e

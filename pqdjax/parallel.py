@@ -239,6 +239,17 @@ def complete_everywhere(store, name: str, fp: str) -> bool:
 SHARED_FS_WAITS = (0.5, 1, 2, 4, 8, 16, 30)
 
 
+def visible(store, name: str, fp: str) -> bool:
+    """store.is_complete(name, fp), asked again for about a minute (SHARED_FS_WAITS) while it is not: another process
+    wrote it, and network filesystems (NFS, gcsfuse) may answer from a cache of the lookup before the write."""
+    for wait in SHARED_FS_WAITS:
+        if store.is_complete(name, fp):
+            return True
+        time.sleep(wait)
+        os.listdir(os.path.dirname(store.path(name)) or ".")  # a fresh listing of the folder refreshes NFS's view
+    return store.is_complete(name, fp)
+
+
 def write_once(store, name: str, fp: str, write: Callable[[], None]) -> None:
     """One writer for an artifact every process needs: process 0 calls write() (which must mark `name` complete
     with `fp` in the ArtifactStore `store`) unless it is complete already; then every process waits for it.
@@ -248,13 +259,7 @@ def write_once(store, name: str, fp: str, write: Callable[[], None]) -> None:
     if jax.process_index() == 0 and not store.is_complete(name, fp):
         write()
     sync_processes(f"write_once {name}")
-    # Network filesystems (NFS, gcsfuse) may answer from a cache of the lookup before the write for a while.
-    for wait in SHARED_FS_WAITS:
-        if store.is_complete(name, fp):
-            return
-        time.sleep(wait)
-        os.listdir(os.path.dirname(store.path(name)) or ".")  # a fresh listing of the folder refreshes NFS's view
-    if not store.is_complete(name, fp):
+    if not visible(store, name, fp):
         raise InputError(
             f"process {jax.process_index()} does not see {store.path(name)}, which process 0 wrote: the workdir must be "
             "one folder on a filesystem that all processes share (e.g. NFS, a GCS fuse mount)."

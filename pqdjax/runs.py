@@ -19,6 +19,7 @@ import tempfile
 import numpy as np
 
 from pqdjax import artifacts
+from pqdjax.stages.quantize import Quantized
 
 WORKDIR_ENV = "PQDJAX_RUN_WORKDIR"
 DEFAULT_WORKDIR = "runs/default"
@@ -32,7 +33,8 @@ class FinishedRun:
       workdir: its absolute path.
       results: results.json (config, accuracy summary, W2 and distortion per IPC, timings).
       latents: float32 [N, d] training latents; labels: int32 [N]; latent_shape: (h, w, c).
-      quantized: {ipc: arrays of quantize/ipc{K}.npz} (points [C, K, d], weights [C, K], w2_* [C], ...).
+      quantized: {ipc: every class's quantize/ipc{K}/class{c:04d}.npz stacked} (points [C, K, d], weights [C, K],
+        w2_* [C], ...; pqdjax.stages.quantize).
       synthetic: {(method, ipc): {"images": uint8 [C, K, H, W, ch], "weights": [C, K]}}.
     """
 
@@ -88,11 +90,12 @@ def load_run(workdir: str) -> FinishedRun:
     with open(store.path("results.json")) as f:
         results = json.load(f)
     latents = store.load_arrays("latents.npz")
+    num_classes = int(latents["num_classes"])
     quantized = {}
-    for path in glob.glob(store.path("quantize/ipc*.npz")):
-        match = re.fullmatch(r"ipc(\d+)\.npz", os.path.basename(path))
+    for path in glob.glob(store.path("quantize/ipc*")):
+        match = re.fullmatch(r"ipc(\d+)", os.path.basename(path))
         if match:
-            quantized[int(match.group(1))] = store.load_arrays(os.path.relpath(path, store.workdir))
+            quantized[int(match.group(1))] = Quantized(int(match.group(1)), num_classes, store, "").arrays
     synthetic = {}
     for path in glob.glob(store.path("synthetic/*_ipc*.npz")):
         match = re.fullmatch(r"(\w+?)_ipc(\d+)\.npz", os.path.basename(path))

@@ -10,13 +10,14 @@ import ml_collections
 import numpy as np
 import pytest
 
+from pqdjax import artifacts
 from pqdjax.data.preprocess import to_model_range
 from pqdjax.models import vae as vae_lib
 from pqdjax.stages import fidelity
 from pqdjax.stages.decode import SyntheticSet
 from pqdjax.stages.encode import Latents
 from pqdjax.stages.prior import Prior
-from pqdjax.stages.quantize import Quantized
+from pqdjax.stages.quantize import Quantized, class_name
 from pqdjax.stages.teacher import Teacher
 from pqdjax.train.student import MODEL_RANGE_UINT8
 
@@ -55,7 +56,7 @@ def test_cell_consistency_by_hand():
     assert fidelity.cell_consistency(both, two_classes) == (2 + 2) / 6
 
 
-def test_measure_against_brute_force_transport():
+def test_measure_against_brute_force_transport(tmp_path):
     """W2 of the re-encoded images (uniform weights, n = K = 3 per class: an assignment) by trying every permutation."""
     config = ml_collections.ConfigDict(dict(arch="conv", block_out_channels=(8,), layers_per_block=1, latent_channels=2, patch=2))
     vae = vae_lib.make_vae(config, 4, 1)
@@ -67,7 +68,10 @@ def test_measure_against_brute_force_transport():
     encode = lambda x: np.asarray(vae_lib.encode(vae, params, to_model_range(x), 1.3), np.float64).reshape(len(x), -1)
     latents = Latents(encode(data).astype(np.float32), np.array([0, 1, 0, 1, 1, 0]), 2, (2, 2, 2), "latents")
     points = rng.normal(size=(2, 3, 8)).astype(np.float32)
-    quantized = Quantized(3, {"points": points, "w2_d4m": np.array([1.0, 2.0])}, "quantized")
+    store = artifacts.ArtifactStore(str(tmp_path))
+    for c, w2_d4m in enumerate((1.0, 2.0)):
+        store.save_arrays(class_name(3, c), {"points": points[c], "w2_d4m": w2_d4m}, "quantized")
+    quantized = Quantized(3, 2, store, "quantized")
     synthetic = SyntheticSet("d4m", 3, images, np.full((2, 3), 1 / 3, np.float32), "set")
     run = types.SimpleNamespace(config=ml_collections.ConfigDict(dict(
         quantize=dict(w2_exact_max_size=10_000_000, w2_relative_epsilon=3e-3, w2_max_iterations=1000),

@@ -147,7 +147,7 @@ def test_every_method_runs_in_the_streamed_pipeline(tmp_path, monkeypatch):
     with the Voronoi masses of their latents as weights, generated's class-conditional samples of the prior with
     uniform weights; fidelity measures each (no cell consistency for real images or samples)."""
     from pqdjax.data import imagenet, streamed
-    from pqdjax.stages import prior as prior_stage, streamed_encode, streamed_quantize
+    from pqdjax.stages import prior as prior_stage, quantize, streamed_encode
 
     folder = write_folder(tmp_path / "shapes", test=True)
     config = _config("runlocal,size=16,prior=stable_diffusion", folder)
@@ -158,14 +158,14 @@ def test_every_method_runs_in_the_streamed_pipeline(tmp_path, monkeypatch):
     ipc = config.ipcs[0]
     run = pipeline.Run(config=config, store=pipeline.artifacts.ArtifactStore(workdir))
     latents = streamed_encode.run(run, prior_stage.run(run))
-    quantized = streamed_quantize.run(run, latents)[ipc]
+    quantized = quantize.run(run, latents)[ipc]
     split = streamed.open_configured_split(config.data, config.data.train_split)
     size = config.decode.image_size
     manifests = {m: image_folder.read_manifest(os.path.join(workdir, f"synthetic/ipc{ipc}/manifest_{m}.csv")) for m in config.methods}
     medoid_w2 = []
     for c in range(latents.num_classes):
         x = latents.load(c).astype(np.float64)
-        points = quantized.load(run.store, c)["points"].astype(np.float64)
+        points = quantized.load(c)["points"].astype(np.float64)
         medoids = [int(np.argmin(np.sum(np.square(x - p), axis=1))) for p in points]
         to_medoids = np.sum(np.square(x[:, None] - x[medoids][None]), axis=-1)
         nearest_medoid = np.argmin(to_medoids, axis=1)
@@ -190,17 +190,16 @@ def test_every_method_runs_in_the_streamed_pipeline(tmp_path, monkeypatch):
     # with their own Voronoi masses as weights, the nearest-point map is optimal: W2 = sqrt(mean squared distance)
     assert fidelity["medoid_weighted"][ipc]["w2_points"] == pytest.approx(np.mean(medoid_w2), rel=1e-4)
 
-    # medoid_weighted's weights were found by the process that decoded each class and kept in its group records;
-    # process 0 writes the manifest from them without reading any class's latents
+    # medoid_weighted's weights are the ones the quantize stage stored for each class: process 0 writes the
+    # manifest from them without reading any class's latents
     from pqdjax.stages import streamed_decode
 
     name = f"synthetic/ipc{ipc}/manifest_medoid_weighted.csv"
-    fp = run.store.info(name)["fingerprint"]  # the decode stage's, as its group records carry
-    recorded = streamed_decode.recorded_weights(run, ipc, streamed_decode.set_folder("medoid", None, "groups"), fp)
-    assert sorted(recorded) == list(range(latents.num_classes))
+    fp = run.store.info(name)["fingerprint"]
     by_class = manifests["medoid_weighted"]
-    for c, w in recorded.items():
-        np.testing.assert_array_equal(w, by_class[2][by_class[1] == c])
+    for c in range(latents.num_classes):
+        np.testing.assert_array_equal(quantized.load(c)["medoid_weights"], by_class[2][by_class[1] == c])
+
     def refuse(*args, **kwargs):
         raise AssertionError("process 0 read a class's latents")
 

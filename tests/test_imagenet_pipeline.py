@@ -12,9 +12,9 @@ pytest.importorskip("tensorflow_datasets")
 
 from configs import in1k  # noqa: E402
 from pqdjax import artifacts, pipeline  # noqa: E402
-from pqdjax.config_checks import split_method  # noqa: E402
+from pqdjax.config_checks import W2_METHODS  # noqa: E402
 from pqdjax.data import imagenet, streamed  # noqa: E402
-from pqdjax.stages import streamed_decode, streamed_encode, streamed_quantize  # noqa: E402
+from pqdjax.stages import quantize, streamed_decode, streamed_encode  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def test_ddoq_vae_is_the_points_decoded_by_the_sd_vae_with_ddoq_weights(in1k_run
     store = artifacts.ArtifactStore(workdir)
     latent_shape = in1k_run["results"]["latents"]["shape"]
     for c in range(classes):
-        points = store.load_arrays(streamed_quantize.class_name(ipc, c))["points"].reshape([ipc] + latent_shape)
+        points = store.load_arrays(quantize.class_name(ipc, c))["points"].reshape([ipc] + latent_shape)
         decoded = np.asarray(sd.decode_latents(points))
         expected = np.asarray(jax.image.resize(decoded, (ipc, 224, 224, 3), "bicubic", antialias=True))
         expected = np.clip(np.round((expected + 1) * 127.5), 0, 255)
@@ -180,20 +180,24 @@ def test_fidelity_of_every_set(in1k_run):
     assert d4m["w2_points"] >= ddoq["w2_points"] - 1e-5
     assert d4m["w2_images"] > 0 and ddoq["w2_images"] > 0
     assert "| ddoq | 2 |" in results["table"] and "cell consistency" in results["table"]
-    # W2 of every method's points in the report, as in the default one: against the transport LP solved by scipy
+    # W2 of every base method's points in the report, as in the default one: against the transport LP solved by scipy
     w2 = results["quantization"][ipc]["w2"]
-    assert set(w2) == {split_method(m)[0] for m in config.methods} | {"ddoq"}
+    assert set(w2) == set(W2_METHODS)
     run = pipeline.Run(config=config, store=artifacts.ArtifactStore(in1k_run["workdir"]))
     from pqdjax.stages import prior as prior_stage
 
     latents = streamed_encode.run(run, prior_stage.run(run))
-    quantized = streamed_quantize.run(run, latents)[ipc]
+    quantized = quantize.run(run, latents)[ipc]
+    uniform = np.full(ipc, 1.0 / ipc)
     for c in range(config.data.num_classes):
         x = latents.load(c).astype(np.float64)
-        points = quantized.load(run.store, c)["points"].astype(np.float64)
-        assert w2["d4m"]["per_class"][c] == pytest.approx(_exact_w2(x, points, np.full(ipc, 1.0 / ipc)), rel=1e-4)
-        assert w2["ddoq"]["per_class"][c] == pytest.approx(
-            _exact_w2(x, points, quantized.load(run.store, c)["weights"].astype(np.float64)), rel=1e-4)
+        q = quantized.load(c)
+        points = q["points"].astype(np.float64)
+        assert w2["d4m"]["per_class"][c] == pytest.approx(_exact_w2(x, points, uniform), rel=1e-4)
+        assert w2["ddoq"]["per_class"][c] == pytest.approx(_exact_w2(x, points, q["weights"].astype(np.float64)), rel=1e-4)
+        # the random set's W2: the latents of its images (rows of the class), the images random's manifest holds
+        assert w2["random"]["per_class"][c] == pytest.approx(_exact_w2(x, x[q["random_rows"]], uniform), rel=1e-4)
+        np.testing.assert_array_equal(q["random_indices"], latents.example_indices(c)[q["random_rows"]])
     assert "W2 from each class's latent measure" in results["table"]
 
 
@@ -205,7 +209,7 @@ def test_a_rerun_does_no_work(in1k_run, monkeypatch):
 
     monkeypatch.setattr(streamed_encode, "encode_process_part", refuse)
     monkeypatch.setattr(streamed_decode, "pushforward", refuse)
-    monkeypatch.setattr("pqdjax.stages.streamed_quantize.quantize_streaming", refuse)
+    monkeypatch.setattr(quantize, "quantize_group", refuse)
     monkeypatch.setattr("pqdjax.stages.evaluate.evaluate_set", refuse)
     monkeypatch.setattr("pqdjax.train.test_splits.sharded_accuracy", refuse)
     monkeypatch.setattr("pqdjax.stages.fidelity.measure", refuse)
@@ -310,7 +314,7 @@ def test_records_keep_the_fingerprints_the_streamed_stages_gave_them(in1k_run):
                                  artifacts.fingerprint("imagenet_teacher_accuracy", the_teacher.fingerprint, eval_data))
     prior = prior_stage.run(run)
     latents = streamed_encode.run(run, prior)
-    sets = streamed_decode.run(run, prior, latents, streamed_quantize.run(run, latents))
+    sets = streamed_decode.run(run, prior, latents, quantize.run(run, latents))
     settings = evaluate.student_settings(config.evaluate, config.evaluate.model)
     for (method, ipc), synthetic in sets.items():
         for seed in config.evaluate.seeds:

@@ -66,7 +66,7 @@ KILL_POINTS = [
     "written:latents.npz",  # encoding
     "marked:checkpoints/denoiser/step_00000002",  # denoiser training
     "unmarked:prior/denoiser",  # the denoiser saved, its marker not yet
-    "unmarked:quantize/ipc2.npz",  # quantizing
+    "unmarked:quantize/ipc2/class0004.npz",  # quantizing: classes 0-3 done, the others in a smaller group
     "written:synthetic/d4m_ipc2.npz",  # decoding
     "marked:checkpoints/evaluate/d4m_ipc2_seed0/step_00000002",  # a student's training
     "unmarked:evaluate/ddoq_ipc2_seed0.json",  # a student's result

@@ -158,7 +158,7 @@ def default_runs(tmp_path_factory):
 def test_the_in_memory_pipeline_as_two_processes_gives_the_one_process_run(default_runs):
     one, two = default_runs
     # latents, quantization outputs, synthetic sets and their exported PNGs and manifests: byte-equal
-    for pattern in ("latents.npz", "quantize/*.npz", "synthetic/*.npz", "distilled/**/*.csv", "distilled/**/*.png"):
+    for pattern in ("latents.npz", "quantize/*/*.npz", "synthetic/*.npz", "distilled/**/*.csv", "distilled/**/*.png"):
         a, b = _files(one, pattern), _files(two, pattern)
         assert a.keys() == b.keys() and a, pattern
         assert [k for k in a if a[k] != b[k]] == [], pattern

@@ -81,8 +81,8 @@ def test_write_once_writes_and_names_an_unshared_workdir(tmp_path, monkeypatch):
     assert waited == list(parallel.SHARED_FS_WAITS) and sum(waited) > 60  # a minute for NFS's cached lookups
 
 
-def test_class_latent_batches_do_not_depend_on_how_many_processes_encoded(tmp_path):
-    """CLVQ streams a class in mini-batches: cut across the processes' files, they are those of one process's file."""
+def test_class_latents_do_not_depend_on_how_many_processes_encoded(tmp_path):
+    """A class's latents read across the processes' files are those of one process's file, in order."""
     from pqdjax.stages.streamed_encode import ClassLatents, class_file
 
     rows = np.arange(7 * 3, dtype=np.float32).reshape(7, 3)
@@ -95,6 +95,4 @@ def test_class_latent_batches_do_not_depend_on_how_many_processes_encoded(tmp_pa
             part.tofile(folder / class_file(0))
             folders.append(str(folder))
         latents = ClassLatents(tuple(folders), np.array([[len(part)] for part in parts]), (3, 1, 1), 1, "fp")
-        batches = list(latents.batches(0, 2))
-        assert [len(b) for b in batches] == [2, 2, 2, 1], processes
-        np.testing.assert_array_equal(np.concatenate(batches), rows)
+        np.testing.assert_array_equal(latents.load(0), rows, err_msg=f"{processes} processes")

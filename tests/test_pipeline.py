@@ -40,12 +40,19 @@ def finished_run(runlocal_run):
     return runlocal_run["data_dir"], runlocal_run["workdir"], runlocal_run["results"]
 
 
+def _quantized(workdir: str, ipc: int) -> dict[str, np.ndarray]:
+    """Every class's quantize/ipc{K}/class{c:04d}.npz of a finished run (10 classes), stacked [C, ...]."""
+    files = [os.path.join(workdir, f"quantize/ipc{ipc}/class{c:04d}.npz") for c in range(10)]
+    per_class = [dict(np.load(f)) for f in files]
+    return {key: np.stack([arrays[key] for arrays in per_class]) for key in per_class[0]}
+
+
 def test_produces_every_artifact(finished_run):
     _, workdir, results = finished_run
     for name in (
         "config.json", "results.json", "results.md", "distilled.png", "accuracy_vs_ipc.png", "weights_ipc2.png",
         "prior/vae", "prior/vae.done", "teacher/params", "teacher/params.done",
-        "latents.npz", "quantize/ipc2.npz", "synthetic/ddoq_ipc2.npz", "synthetic/d4m_ipc2.npz",
+        "latents.npz", "quantize/ipc2/class0000.npz", "quantize/ipc2/class0009.npz", "synthetic/ddoq_ipc2.npz", "synthetic/d4m_ipc2.npz",
         "synthetic/random_ipc2.npz", "evaluate/ddoq_ipc2_seed0.json",
         "prior/denoiser", "prior/denoiser.done", "synthetic/ddoq_vae_ipc2.npz", "pushforward.png",
     ):
@@ -75,7 +82,7 @@ def test_synthetic_sets_are_consistent(finished_run):
     _, workdir, _ = finished_run
     ddoq = np.load(os.path.join(workdir, "synthetic/ddoq_ipc2.npz"))
     d4m = np.load(os.path.join(workdir, "synthetic/d4m_ipc2.npz"))
-    quantized = np.load(os.path.join(workdir, "quantize/ipc2.npz"))
+    quantized = _quantized(workdir, 2)
     assert ddoq["images"].shape == (10, 2, 28, 28, 1) and ddoq["images"].dtype == np.uint8
     np.testing.assert_array_equal(ddoq["images"], d4m["images"])  # same points, different weights
     # ddoq's weights are the Voronoi masses of the points, recounted here from the latents
@@ -162,7 +169,7 @@ def test_real_image_baselines(finished_run):
     config = _config(data_dir)
     config.methods = ("ddoq", "medoid", "medoid_weighted", "herding", "random_vae")
     results = pipeline.run(config, workdir)
-    quantized = np.load(os.path.join(workdir, "quantize/ipc2.npz"))
+    quantized = _quantized(workdir, 2)
     latents = np.load(os.path.join(workdir, "latents.npz"))
     x, labels = latents["latents"].astype(np.float64), latents["labels"]
     medoid = np.load(os.path.join(workdir, "synthetic/medoid_ipc2.npz"))
@@ -195,7 +202,7 @@ def test_random_vae_of_another_seed_decodes_that_seeds_draw(finished_run):
     set_for = decode.set_for_seed(run, the_prior, latents, quantized, synthetic)
     assert set_for("random_vae", 2, 0) is synthetic["random_vae", 2]
     drawn = set_for("random_vae", 2, 1)
-    indices = quantize.random_draw(run, latents.labels, latents.num_classes, 2, 1)
+    indices = quantize.random_draw(run, latents, 2, 1)
     assert not np.array_equal(indices, quantized[2].arrays["random_indices"])
     z = latents.latents[indices.reshape(-1)].reshape((-1,) + latents.shape)
     expected = to_uint8(np.asarray(vae_lib.decode(the_prior.vae, the_prior.params, z, the_prior.latent_scale)))

@@ -5,7 +5,7 @@
     ddoq       the same images, weighted by the Voronoi cell masses
     generated  K class-conditional samples of the denoiser per class, uniform weights
 
-(pqdjax.config_checks lists the base methods, pqdjax.stages.quantize.method_set
+(pqdjax.config_checks lists the base methods, pqdjax.stages.quantize.class_method_set
 their latent points, weights and images.) Decoders map latent points to
 images; config.decode.method picks the one of d4m and ddoq, and a method with
 a decoder suffix ('ddoq_vae', 'd4m_diffusion', 'random_vae': the real images'
@@ -50,7 +50,7 @@ from pqdjax.diffusion import guided_epsilon, start_index
 from pqdjax.diffusion.pushforward import denoise
 from pqdjax.models import vae as vae_lib
 from pqdjax.errors import ConfigError, NonFiniteError
-from pqdjax.stages.quantize import method_set, random_draw
+from pqdjax.stages.quantize import random_draw
 
 STRIPS_ARTIFACT = "figures/pushforward_strips.npz"
 
@@ -228,14 +228,14 @@ def run(run, prior, latents, quantized: dict, denoiser=None) -> dict[tuple[str, 
         def decoded_images(decoder: str, base: str) -> tuple[np.ndarray, dict]:
             key = (decoder, point_source(base))
             if key not in decoded:
-                points, _, _ = method_set(q.arrays, base, latents.latents)
+                points, _, _ = q.method_set(latents, base)
                 decoded[key] = _timed_decode(run, prior, denoiser, decoder, latents.shape, points)
             return decoded[key]
 
         def maker(method: str):
             base, _ = split_method(method)
             decoder = decoder_of(method, run.config)
-            _, weights, indices = method_set(q.arrays, base, latents.latents)
+            _, weights, indices = q.method_set(latents, base)
             if decoder is None:  # the real images
                 return lambda: (run.dataset.train_images[indices], weights, NO_COST)
 
@@ -290,7 +290,7 @@ def set_for_seed(run, prior, latents, quantized: dict, synthetic: dict, denoiser
         if base != "random" or seed == 0:
             return synthetic[method, ipc]
         decoder = decoder_of(method, run.config)
-        indices = random_draw(run, latents.labels, latents.num_classes, ipc, seed)
+        indices = random_draw(run, latents, ipc, seed)
         uniform = np.full(indices.shape, 1.0 / ipc, np.float32)
         q = quantized[ipc]
         if decoder is None:

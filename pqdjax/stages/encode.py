@@ -45,6 +45,10 @@ class Latents:
         """Class c's latents [n_c, d], in dataset order (as pqdjax.data.grouping.class_indices)."""
         return self.latents[self.labels == c]
 
+    def example_indices(self, c: int) -> np.ndarray:
+        """int64 [n_c]: the index in the training set of each of class c's latents (the order of load)."""
+        return np.flatnonzero(self.labels == c)
+
 
 def _encoder(prior):
     """The jitted encoder: (params, uint8 [B, H, W, C]) -> float32 [B, h, w, c] scaled posterior means."""

@@ -24,12 +24,11 @@ what it measures, each through a small interface both kinds implement:
     teacher.predict(images)           the teacher's class of each image [N]
     prior.reencode(images, config)    scaled latents [N, d], as the encode stage makes them
     latents.load(c)                   class c's training latents [n_c, d]
-    quantized.class_set(run, latents, base, c, x)
-                                      a base method's points [K, d] and weights [K] of
-                                      class c, and their W2 if stored (else None)
+    quantized.class_set(base, c, x)   a base method's points [K, d] and weights [K] of
+                                      class c, and the W2 stored for them
 
-(stages.prior and stages.teacher for every run; in-memory runs:
-stages.{decode, encode, quantize}; streamed runs: the stages.streamed_* modules
+(stages.prior, stages.teacher and stages.quantize for every run; in-memory
+runs: stages.{decode, encode}; streamed runs: the stages.streamed_* modules
 of the same names). Each class's latents
 are read once per set, one class at a time. One record per set,
 fidelity/{method}_ipc{K}.json, reused while the set, its quantization, the
@@ -79,8 +78,8 @@ def measure(run, prior, teacher, latents, quantized, synthetic) -> dict:
         x = latents.load(c)
         w2_images.append(class_w2(x, reencoded[c], weights[c], run.config))
         if with_points:
-            points, point_weights, stored_w2 = quantized.class_set(run, latents, base, c, x)
-            w2_points.append(class_w2(x, points, point_weights, run.config) if stored_w2 is None else stored_w2)
+            points, _, stored_w2 = quantized.class_set(base, c, x)
+            w2_points.append(stored_w2)
             if from_points:
                 consistent.append(cell_consistency(reencoded[c][None], points[None]))
     return {

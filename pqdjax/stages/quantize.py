@@ -1,35 +1,55 @@
-"""Stage quantize: per class, K = IPC points by config.quantize.method, their Voronoi weights, W2 per method.
+"""Stage quantize: per class, K = IPC points, their Voronoi weights, every baseline's images and W2 per method.
+
+One implementation for every kind of run. It reads the latents through the
+interface both encode stages implement (stages.encode.Latents in host memory,
+stages.streamed_encode.ClassLatents in per-class files):
+
+    latents.num_classes, latents.counts_per_class()   int [C]
+    latents.load(c)                                   class c's latents [n_c, d]
+    latents.example_indices(c)                        their images' indices in the training split [n_c]
 
 config.quantize.method picks the quantizer: "lloyd" (k-means++ then Lloyd),
-"clvq" (mini-batch competitive learning) or "barycenter" (free-support W2
-barycenter with uniform weights). The classes are quantized in one call, the
-class axis sharded over this process's devices; in a run of several processes
-each takes its contiguous part of the classes and all get every class's result.
+"clvq" (competitive learning) or "barycenter" (free-support W2 barycenter with
+uniform weights), each the best of config.quantize.n_init starts. Classes are
+quantized config.quantize.classes_per_call at a time (0 or absent: all of this
+process's classes in one call), padded with zero-mass rows to the largest class
+and sharded over this process's devices; a class's result depends only on its
+rows and its key, so not on the grouping or the number of processes. With
+config.quantize.epochs set (configs/in1k.py), "clvq" is clvq_stream instead:
+config.quantize.epochs passes over the class in mini-batches of
+config.quantize.batch_size from k-means++ seeds on the first mini-batch, then
+one more pass for the exact Voronoi weights, one class at a time.
 
-For every IPC the artifact quantize/ipc{K}.npz holds, per class c:
-  points [C, K, d]           the quantization points (D4M and DDOQ share them)
-  weights [C, K]             their Voronoi cell masses (DDOQ's weights)
-  random_indices [C, K]      indices into the training set of K random real images:
-                             draw 0 of random_draw (students of other seeds draw anew,
-                             pqdjax.stages.decode.set_for_seed)
-  medoid_indices [C, K]      the training image whose latent is nearest each point
-  medoid_weights [C, K]      the Voronoi cell masses of those latents
-  herding_indices [C, K]     K training images chosen by herding toward the class's
-                             latent mean (pqdjax.quantize.selection)
-  distortion, iterations, converged [C]
-  w2_{method} [C]            W2 from the class's latent measure to each base method's
-                             weighted latent set (method_set; real-image methods: their
-                             images' latents). ddoq's is sqrt(distortion), exact because
-                             Voronoi weights make the nearest-point map optimal; the
-                             others solve the transport problem exactly where
-                             n x K <= config.quantize.w2_exact_max_size, else by
-                             Sinkhorn (ott-jax).
-  w2_exact [C]               whether every W2 of that class is exact
+A class's latents are in host memory while it is quantized (an ImageNet class
+at 512 px: 1,300 x 16,384 floats, 85 MB), since the real-image baselines and
+W2 need all of them. Each process quantizes its part of the classes
+(pqdjax.parallel.process_shard) and writes, per IPC K and class c (a rerun
+skips finished classes), quantize/ipc{K}/class{c:04d}.npz:
+
+  points [K, d]             the quantization points (D4M and DDOQ share them)
+  weights [K]               their Voronoi cell masses (DDOQ's weights), summing to 1
+  distortion, iterations, converged []
+  random_rows [K]           K random rows of the class (draw 0 of random_draw; the students
+                            of other seeds draw anew, pqdjax.stages.decode.set_for_seed)
+  medoid_rows [K]           the row whose latent is nearest each point
+  medoid_weights [K]        the Voronoi cell masses of those latents
+  herding_rows [K]          K rows chosen by herding toward the class's latent mean
+                            (pqdjax.quantize.selection)
+  {random,medoid,herding}_indices [K]
+                            the same rows as indices of their images in the training split
+  w2_{method} []            W2 from the class's latent measure to each base method's weighted
+                            latent set (class_method_set; real-image methods: their images'
+                            latents). ddoq's is sqrt(distortion), exact because Voronoi
+                            weights make the nearest-point map optimal; the others solve the
+                            transport problem exactly where n x K <=
+                            config.quantize.w2_exact_max_size, else by Sinkhorn (ott-jax).
+  w2_exact []               whether every W2 of the class is exact
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -37,44 +57,91 @@ import numpy as np
 from absl import logging
 
 from pqdjax import artifacts, parallel
-from pqdjax.data.grouping import class_indices, pad_classes, select_random
-from pqdjax.config_checks import W2_METHODS
-from pqdjax.errors import ConfigError
-from pqdjax.quantize import class_mesh, quantize_classes, selection, solver, wasserstein2_classes
+from pqdjax.config_checks import W2_METHODS, point_source
+from pqdjax.data.grouping import EmptyClassError, stack_padded
+from pqdjax.progress import Progress
+from pqdjax.quantize import class_mesh, clvq_stream, kmeans_plus_plus, quantize_classes, selection, solver, wasserstein2_classes
 from pqdjax.quantize.voronoi import voronoi_weights
+
+SOURCES = ("random", "medoid", "herding")  # the real-image point sources, stored as {source}_rows and {source}_indices
+
+
+def class_name(ipc: int, c: int) -> str:
+    return f"quantize/ipc{ipc}/class{c:04d}.npz"
 
 
 @dataclasses.dataclass(frozen=True)
 class Quantized:
-    """The arrays of quantize/ipc{K}.npz (see the module docstring) and their fingerprint."""
+    """One IPC's per-class quantizations in the store (see the module docstring) and their fingerprint."""
 
     ipc: int
-    arrays: dict[str, np.ndarray]
+    num_classes: int
+    store: artifacts.ArtifactStore
     fingerprint: str
 
-    def distortions(self, store) -> np.ndarray:
-        """Each class's distortion [C] (store unused)."""
-        return self.arrays["distortion"]
+    def load(self, c: int, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """Class c's arrays (only `keys` if given: the others are not read)."""
+        return self.store.load_arrays(class_name(self.ipc, c), keys)
+
+    @functools.cached_property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every class's arrays stacked [C, ...] (points [C, K, d]: for runs whose classes fit in memory together)."""
+        per_class = [self.load(c) for c in range(self.num_classes)]
+        return {key: np.stack([arrays[key] for arrays in per_class]) for key in per_class[0]}
+
+    def _stacked(self, key: str, classes: int | None = None) -> np.ndarray:
+        return np.stack([self.load(c, (key,))[key] for c in range(self.num_classes if classes is None else classes)])
+
+    def distortions(self) -> np.ndarray:
+        """Each class's distortion [C]."""
+        return self._stacked("distortion")
 
     def iterations(self) -> np.ndarray:
-        """Lloyd's iterations per class [C]."""
-        return self.arrays["iterations"]
+        """The quantizer's iterations per class [C] (streamed CLVQ: its mini-batches)."""
+        return self._stacked("iterations")
 
     def stored_w2(self) -> dict[str, np.ndarray]:
-        """{base method: W2 per class [C]} for every base method of W2_METHODS, as this stage measured them."""
-        return {base: self.arrays[f"w2_{base}"] for base in W2_METHODS}
+        """{base method: W2 per class [C]} for every base method of W2_METHODS."""
+        return {base: self._stacked(f"w2_{base}") for base in W2_METHODS}
 
-    def class_weights(self, store, first: int) -> np.ndarray:
-        """The Voronoi weights [first, K] of the first `first` classes (store unused)."""
-        return self.arrays["weights"][:first]
+    def class_weights(self, first: int) -> np.ndarray:
+        """The Voronoi weights [first, K] of the first `first` classes."""
+        return self._stacked("weights", first)
 
-    def class_set(self, run, latents, base: str, c: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    def class_set(self, base: str, c: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """A base method of W2_METHODS on class c: its latent points [K, d] (real-image methods: their images'
-        latents), their weights [K] and the W2 [] from the class's latent measure this stage computed
-        (method_set; run and x, the class's latents, unused)."""
-        del run, x
-        points, weights, _ = method_set({k: v[c : c + 1] for k, v in self.arrays.items()}, base, latents.latents)  # [C, ...] each
-        return points[0], weights[0], float(self.arrays[f"w2_{base}"][c])
+        latents, rows of the class's latents x [n_c, d]), their weights [K] and the W2 [] stored for it."""
+        arrays = self.load(c)
+        points, weights = class_method_set(arrays, base, x)
+        return points, weights, float(arrays[f"w2_{base}"])
+
+    def method_set(self, latents, base: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """class_method_set of every class, stacked: (points [C, K, d], weights [C, K], the real images' indices in
+        the training split [C, K], or None for d4m, ddoq and generated). Reads every class's latents."""
+        sets = [class_method_set(self.load(c), base, latents.load(c)) for c in range(self.num_classes)]
+        source = point_source(base)
+        indices = None if source == "kmeans" else self._stacked(f"{source}_indices")
+        return np.stack([p for p, _ in sets]), np.stack([w for _, w in sets]), indices
+
+
+def class_method_set(arrays: dict[str, np.ndarray], base: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(latent points [K, d], weights [K]) of a base method (config_checks) on one class.
+
+    arrays: the class's quantization (its keys as the module docstring lists them); x: the class's latents [n_c, d].
+    """
+    ipc = arrays["points"].shape[0]
+    uniform = np.full(ipc, 1.0 / ipc, np.float32)
+    source = point_source(base)
+    if source == "kmeans":
+        return arrays["points"], (arrays["weights"].astype(np.float32) if base == "ddoq" else uniform)
+    weights = arrays["medoid_weights"].astype(np.float32) if base == "medoid_weighted" else uniform
+    return x[arrays[f"{source}_rows"]], weights
+
+
+def w2_settings(config) -> tuple[int, float, int]:
+    """(exact_max_size, relative_epsilon, max_iterations) of wasserstein2_classes from config.quantize."""
+    return (config.get("w2_exact_max_size", 10_000_000), config.get("w2_relative_epsilon", 3e-3),
+            config.get("w2_max_iterations", 20000))
 
 
 def class_w2(x: np.ndarray, points: np.ndarray, weights: np.ndarray, config) -> float:
@@ -84,14 +151,8 @@ def class_w2(x: np.ndarray, points: np.ndarray, weights: np.ndarray, config) -> 
     return float(wasserstein2_classes(x[None], mass, points[None], weights[None], *w2_settings(config.quantize))[0][0])
 
 
-def w2_settings(config) -> tuple[int, float, int]:
-    """(exact_max_size, relative_epsilon, max_iterations) of wasserstein2_classes from config.quantize."""
-    return (config.get("w2_exact_max_size", 10_000_000), config.get("w2_relative_epsilon", 3e-3),
-            config.get("w2_max_iterations", 20000))
-
-
 def solver_from_config(config):
-    """The quantization solver that config.quantize describes."""
+    """The quantization solver that config.quantize describes (in memory; not clvq_stream)."""
     n_init = config.get("n_init", 1)
     if config.method == "lloyd":
         return solver("lloyd", n_init, max_iter=config.max_iter, tol=config.tol)
@@ -103,86 +164,105 @@ def solver_from_config(config):
     )
 
 
-def method_set(arrays: dict[str, np.ndarray], base: str, latents: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(latent points [C, K, d], weights [C, K], training indices [C, K] or None) of a base method (config_checks).
+def random_rows(run, counts: np.ndarray, ipc: int, draw: int) -> list[np.ndarray]:
+    """Draw `draw` of the random baseline: K distinct random rows [K] of every class of sizes counts [C]
+    (class c's key: the c-th of C split from rng('random', K, draw))."""
+    small = np.flatnonzero(counts < ipc)
+    if small.size:
+        raise EmptyClassError(f"IPC {ipc} is larger than the smallest class ({int(counts.min())} training images: class "
+                              f"{int(small[0])}); choose IPC <= {int(counts.min())}.")
+    keys = jax.random.split(run.rng("random", ipc, draw), len(counts))
+    return [np.asarray(jax.random.choice(key, int(n), (ipc,), replace=False)) for key, n in zip(keys, counts)]
 
-    arrays: a quantize/ipc{K}.npz; latents: the encoded training set [N, d].
-    The indices are the real images of a real-image method (None for d4m, ddoq, generated).
+
+def random_draw(run, latents, ipc: int, draw: int) -> np.ndarray:
+    """Draw `draw` of the random baseline as indices [C, K] of its images in the training split."""
+    rows = random_rows(run, latents.counts_per_class(), ipc, draw)
+    return np.stack([latents.example_indices(c)[r] for c, r in enumerate(rows)])
+
+
+def _streamed_clvq(x: np.ndarray, ipc: int, rng: jax.Array, config) -> dict[str, np.ndarray]:
+    """clvq_stream over one class's latents x [n, d] in mini-batches of config.batch_size (one batch on the device)."""
+    batch_size = config.batch_size
+    first = x[: max(batch_size, ipc)]
+    init = kmeans_plus_plus(jnp.asarray(first), jnp.full(len(first), 1.0 / len(first)), ipc, rng)
+    result = clvq_stream(lambda: (x[i : i + batch_size] for i in range(0, len(x), batch_size)), np.asarray(init),
+                         epochs=config.epochs)
+    return {"points": np.asarray(result.points), "weights": np.asarray(result.weights, np.float32),
+            "distortion": np.asarray(result.distortion, np.float32), "iterations": np.asarray(result.steps, np.int32),
+            "converged": np.asarray(True)}
+
+
+def quantize_group(run, latents, ipc: int, classes: list[int], keys: jax.Array, rows: list[np.ndarray],
+                   n_max: int) -> list[dict[str, np.ndarray]]:
+    """The arrays of the module docstring for `classes`, quantized together on this process's devices.
+
+    keys: [len(classes)] the classes' quantization keys; rows: their random rows [K] each; n_max: the padded size.
     """
-    points = arrays["points"]
-    uniform = np.full(points.shape[:2], 1.0 / points.shape[1], np.float32)
-    if base in ("d4m", "ddoq", "generated"):
-        return points, (arrays["weights"].astype(np.float32) if base == "ddoq" else uniform), None
-    indices = arrays[{"random": "random_indices", "herding": "herding_indices"}.get(base, "medoid_indices")]
-    weights = arrays["medoid_weights"].astype(np.float32) if base == "medoid_weighted" else uniform
-    return latents[indices], weights, indices
-
-
-def random_draw(run, labels: np.ndarray, num_classes: int, ipc: int, draw: int) -> np.ndarray:
-    """Draw `draw` of the random baseline: indices [C, K] of K random training images per class, key rng('random', K, draw)."""
-    return select_random(class_indices(labels, num_classes), ipc, run.rng("random", ipc, draw))  # also checks IPC <= class sizes
-
-
-def quantize_ipc(run, latents, ipc: int) -> dict[str, np.ndarray]:
-    """The arrays of quantize/ipc{K}.npz. Each process quantizes its part of the classes (pqdjax.parallel.process_shard;
-    a class's result depends only on its rows and its key) and every process gets every class's."""
-    groups = class_indices(latents.labels, latents.num_classes)
-    random_indices = random_draw(run, latents.labels, latents.num_classes, ipc, 0)
-    keys = jax.random.split(run.rng("quantize", ipc), len(groups))
-    mine = parallel.process_shard(len(groups))
-    if not len(mine):
-        raise ConfigError(f"quantize: {jax.process_count()} processes for {len(groups)} classes; start at most {len(groups)} processes.")
-    # padded to the size of the largest class of all, as one process pads them
-    n_max = max(len(g) for g in groups)
-    arrays = _quantize_some(run, latents, ipc, [groups[c] for c in mine], keys[mine], random_indices[mine], n_max)
-    return parallel.gather_processes(arrays)
-
-
-def _quantize_some(run, latents, ipc: int, groups: list[np.ndarray], keys: jax.Array, random_indices: np.ndarray,
-                   n_max: int) -> dict[str, np.ndarray]:
-    """quantize_ipc's arrays for the classes whose training indices are `groups`, on this process's devices."""
     config = run.config.quantize
-    padded, mass = pad_classes(latents.latents, groups, n_max)
-    num_classes = len(groups)
-    mesh = class_mesh(jax.local_devices())
-    q = quantize_classes(jnp.asarray(padded), jnp.asarray(mass), ipc, keys, solver_from_config(config), mesh=mesh)
-    q = jax.device_get(q)
-    # rows of the padded classes -> indices into the training set
-    to_dataset = lambda rows: np.stack([groups[c][rows[c]] for c in range(num_classes)])
-    medoid_indices = to_dataset(np.asarray(jax.vmap(selection.medoids)(padded, mass, q.points)))
-    herding_indices = to_dataset(np.asarray(jax.vmap(selection.herding, in_axes=(0, 0, None))(padded, mass, ipc)))
-    medoid_weights = np.asarray(jax.vmap(voronoi_weights)(padded, mass, latents.latents[medoid_indices]))
+    per_class = [latents.load(c) for c in classes]
+    padded, mass = stack_padded(per_class, n_max)
+    if config.method == "clvq" and config.get("epochs"):
+        found = [_streamed_clvq(x, ipc, key, config) for x, key in zip(per_class, keys)]
+        q = {key: np.stack([f[key] for f in found]) for key in found[0]}
+    else:
+        result = jax.device_get(quantize_classes(jnp.asarray(padded), jnp.asarray(mass), ipc, keys, solver_from_config(config),
+                                                 mesh=class_mesh(jax.local_devices())))
+        q = {key: np.asarray(getattr(result, key)) for key in ("points", "weights", "distortion", "iterations", "converged")}
+    medoid_rows = np.asarray(jax.vmap(selection.medoids)(padded, mass, q["points"]))
     arrays = {
-        "points": q.points, "weights": q.weights, "random_indices": random_indices,
-        "medoid_indices": medoid_indices, "medoid_weights": medoid_weights, "herding_indices": herding_indices,
-        "distortion": q.distortion, "iterations": q.iterations, "converged": q.converged,
+        **q, "random_rows": np.stack(rows), "medoid_rows": medoid_rows,
+        "herding_rows": np.asarray(jax.vmap(selection.herding, in_axes=(0, 0, None))(padded, mass, ipc)),
+        "medoid_weights": np.asarray(jax.vmap(voronoi_weights)(padded, mass, np.take_along_axis(padded, medoid_rows[..., None], 1))),
     }
-    exact = np.ones(num_classes, bool)
+    for source in SOURCES:
+        arrays[f"{source}_indices"] = np.stack([latents.example_indices(c)[r] for c, r in zip(classes, arrays[f"{source}_rows"])])
+    exact = np.ones(len(classes), bool)
     for base in W2_METHODS:
         if base == "ddoq":  # exact: the Voronoi weights make the nearest-point map optimal
-            arrays["w2_ddoq"] = np.sqrt(np.maximum(q.distortion, 0.0)).astype(np.float32)
+            arrays["w2_ddoq"] = np.sqrt(np.maximum(q["distortion"], 0.0)).astype(np.float32)
             continue
-        points, weights, _ = method_set(arrays, base, latents.latents)
+        sets = [class_method_set({k: v[i] for k, v in arrays.items()}, base, x) for i, x in enumerate(per_class)]
+        points, weights = np.stack([p for p, _ in sets]), np.stack([w for _, w in sets])
         arrays[f"w2_{base}"], base_exact = wasserstein2_classes(padded, mass, points, weights, *w2_settings(config))
         exact &= base_exact
     arrays["w2_exact"] = exact
-    return arrays
+    return [{key: value[i] for key, value in arrays.items()} for i in range(len(classes))]
+
+
+def quantize_ipc(run, latents, ipc: int, fp: str) -> Quantized:
+    """Quantizes this process's unfinished classes (groups of config.quantize.classes_per_call) into their files."""
+    num_classes = latents.num_classes
+    counts = latents.counts_per_class()
+    rows = random_rows(run, counts, ipc, 0)  # also checks IPC <= every class's size
+    keys = jax.random.split(run.rng("quantize", ipc), num_classes)
+    mine = [int(c) for c in parallel.process_shard(num_classes)]
+    todo = [c for c in mine if not run.store.is_complete(class_name(ipc, c), fp)]
+    group = run.config.quantize.get("classes_per_call", 0) or max(1, len(todo))
+    bar = Progress(f"quantize IPC {ipc}", len(todo), unit="classes", log_every=max(1, len(todo) // 10))
+    n_max = int(counts.max())  # padded to the largest class of all, whichever classes a call holds
+    for start in range(0, len(todo), group):
+        classes = todo[start : start + group]
+        results = quantize_group(run, latents, ipc, classes, keys[np.asarray(classes)], [rows[c] for c in classes], n_max)
+        for c, arrays in zip(classes, results):
+            run.store.save_arrays(class_name(ipc, c), arrays, fp)
+        bar.update(start + len(classes))
+    parallel.sync_processes(f"quantize_ipc{ipc}")
+    missing = next((c for c in range(num_classes) if not parallel.visible(run.store, class_name(ipc, c), fp)), None)
+    if missing is not None:
+        raise artifacts.ArtifactError(f"quantize: {run.store.path(class_name(ipc, missing))} is missing after every process "
+                                      "quantized its classes; is the workdir on a filesystem all hosts share?")
+    return Quantized(ipc, num_classes, run.store, fp)
 
 
 def run(run, latents) -> dict[int, Quantized]:
     out = {}
     for ipc in run.config.ipcs:
-        name = f"quantize/ipc{ipc}.npz"
-        fp = artifacts.fingerprint("quantize", latents.fingerprint, run.config.quantize, ipc, run.config.seed, "baselines", "random_draw")
-        if parallel.complete_everywhere(run.store, name, fp):
-            arrays = run.store.load_arrays(name)
-        else:
-            arrays = quantize_ipc(run, latents, ipc)
-            parallel.write_once(run.store, name, fp, lambda: run.store.save_arrays(name, arrays, fp))
-        logging.info(
-            "quantize IPC %d (%s): distortion %.4f, W2 (means over classes) %s, iterations %s",
-            ipc, run.config.quantize.method, arrays["distortion"].mean(),
-            ", ".join(f"{m} {arrays[f'w2_{m}'].mean():.4f}" for m in W2_METHODS), arrays["iterations"].tolist(),
-        )
-        out[ipc] = Quantized(ipc, arrays, fp)
+        fp = artifacts.fingerprint("quantize", latents.fingerprint, run.config.quantize, ipc, run.config.seed, "baselines",
+                                   "random_draw")
+        out[ipc] = q = quantize_ipc(run, latents, ipc, fp)
+        w2 = q.stored_w2()
+        logging.info("quantize IPC %d (%s): distortion %.4f, W2 (means over classes) %s, iterations %s", ipc,
+                     run.config.quantize.method, q.distortions().mean(), ", ".join(f"{m} {w2[m].mean():.4f}" for m in W2_METHODS),
+                     q.iterations().tolist() if latents.num_classes <= 20 else f"{q.iterations().mean():.1f} on average")
     return out

@@ -237,23 +237,14 @@ def full_data_summary(records: list[dict]) -> dict | None:
             "records": kept}
 
 
-def quantization_report(run, quantized, fidelities: dict) -> dict:
-    """results.json's quantization of one IPC: distortion per class, Lloyd's iterations per class where the stage
-    kept them, and W2 {base method: {mean, per_class}} of every base method with points of its own.
-
-    W2 comes from what the quantize stage stored (in-memory runs: every base method, quantized.stored_w2()), else from
-    the fidelity records of the run's sets; ddoq's is sqrt(distortion), exact because Voronoi weights make the
-    nearest-point map optimal.
-    """
-    distortion = np.asarray(quantized.distortions(run.store), np.float64)
-    w2 = {split_method(m)[0]: {"mean": r["w2_points"], "per_class": r["w2_points_per_class"]}
-          for (m, k), r in sorted(fidelities.items()) if k == quantized.ipc and r["w2_points"] is not None}
-    ddoq = np.sqrt(np.maximum(distortion, 0))
-    w2["ddoq"] = {"mean": float(ddoq.mean()), "per_class": ddoq.tolist()}
-    w2.update({base: {"mean": float(values.mean()), "per_class": values.tolist()} for base, values in quantized.stored_w2().items()})
-    iterations = quantized.iterations()
-    return {"distortion_per_class": distortion.tolist(),
-            **({"lloyd_iterations_per_class": iterations.tolist()} if iterations is not None else {}), "w2": w2}
+def quantization_report(quantized) -> dict:
+    """results.json's quantization of one IPC: distortion per class, the quantizer's iterations per class (Lloyd's
+    iterations; streamed CLVQ: its mini-batches) and W2 {base method: {mean, per_class}} of every base method with
+    points of its own, as the quantize stage stored them (ddoq's is sqrt(distortion), exact because Voronoi weights
+    make the nearest-point map optimal)."""
+    w2 = {base: {"mean": float(values.mean()), "per_class": values.tolist()} for base, values in quantized.stored_w2().items()}
+    return {"distortion_per_class": np.asarray(quantized.distortions(), np.float64).tolist(),
+            "lloyd_iterations_per_class": quantized.iterations().tolist(), "w2": w2}
 
 
 def run(run, teacher, latents, quantized: dict, synthetic: dict, records: list[dict], fidelities: dict,
@@ -261,14 +252,14 @@ def run(run, teacher, latents, quantized: dict, synthetic: dict, records: list[d
     """The report of every kind of run (pqdjax.pipeline): results.json (wall times and FLOPs under 'timing'),
     results.md and the figures (write_figures), written by process 0; returns results.json's dict plus 'table'.
 
-    It reaches the stages' outputs through interfaces both kinds implement: quantized[ipc].distortions(store),
-    .iterations(), .stored_w2(), .class_weights(store, first) (stages.quantize, stages.streamed_quantize);
+    It reaches the stages' outputs through interfaces both kinds implement: quantized[ipc].distortions(),
+    .iterations(), .stored_w2(), .class_weights(first) (stages.quantize);
     synthetic[method, ipc].load(first) (stages.decode, stages.streamed_decode); latents.counts_per_class() and .shape;
     run.test_split.label and run.class_names.
     """
     config = run.config
     ipcs = sorted(quantized)
-    quantization = {ipc: quantization_report(run, quantized[ipc], fidelities) for ipc in ipcs}
+    quantization = {ipc: quantization_report(quantized[ipc]) for ipc in ipcs}
     evaluation, sections = evaluation_report(config, teacher.test_accuracy, records, fidelities, ipcs, split=run.test_split.label)
     full = full_data_summary(list(full_data))
     if full:  # a row under the teacher's: the student's architecture and loss on all the training images
@@ -308,7 +299,7 @@ def _write_report(run, results: dict, table: str, summary: dict, latents, quanti
     store, ipcs = run.store, sorted(quantized)
     _write_results(run, results, table)
     shown = min(latents.num_classes, FIGURE_CLASSES)
-    weights = {ipc: quantized[ipc].class_weights(store, shown) for ipc in ipcs}
+    weights = {ipc: quantized[ipc].class_weights(shown) for ipc in ipcs}
     write_figures(store, summary, list(run.config.methods), results["teacher_test_accuracy"], weights,
                   figure_grid(run, synthetic, ipcs, shown), run.class_names)
     if store.info(STRIPS_ARTIFACT) is not None:

@@ -5,8 +5,7 @@ lists them): d4m and ddoq decode the k-means points by config.decode.method
 ('diffusion'); random, medoid, medoid_weighted and herding are K real training
 images of each class (resized and center-cropped to decode.image_size): K
 random ones, the one whose latent is nearest each k-means point, or K chosen
-by herding toward the class's latent mean (pqdjax.quantize.selection; these
-two read the class's latents into memory); generated is K class-conditional
+by herding toward the class's latent mean (chosen by stages.quantize); generated is K class-conditional
 samples (decoder 'sample': img2img at strength 1 from zeros). A decoder
 suffix decodes a set's points (real-image methods: their images' latents) by
 another decoder: 'vae' (d4m_vae, ddoq_vae, random_vae) by the prior's VAE
@@ -33,17 +32,17 @@ noise initializations", one reading; see configs/in1k.py).
 d4m and ddoq share the images of a decoder (the same points), as medoid and
 medoid_weighted do; their manifests differ in the weights (method_weights): 1/K
 for d4m and medoid, the Voronoi cell masses of the points (ddoq) or of the
-medoids' latents (medoid_weighted), summing to 1 per class. Classes are decoded config.decode.diffusion.batch_size // K at a time,
-the batch sharded over this process's devices; each process decodes its
-part of the classes (and weighs medoid_weighted's medoids, kept in its group
-records), process 0 writes the manifests.
+medoids' latents (medoid_weighted), summing to 1 per class. The real images,
+the points and the weights are the ones stages.quantize chose and stored for
+each class. Classes are decoded config.decode.diffusion.batch_size // K at a
+time, the batch sharded over this process's devices; each process decodes its
+part of the classes, process 0 writes the manifests.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -58,8 +57,6 @@ from pqdjax.data.preprocess import to_uint8
 from pqdjax.diffusion.pushforward import denoise
 from pqdjax.errors import InputError
 from pqdjax.progress import Progress
-from pqdjax.quantize import selection
-from pqdjax.quantize.voronoi import voronoi_weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,72 +124,29 @@ def _resize(images: jax.Array, size: int) -> jax.Array:
     return jax.image.resize(images, (images.shape[0], size, size, images.shape[-1]), "bicubic", antialias=True)
 
 
-def random_positions(run, latents, ipc: int, c: int) -> np.ndarray:
-    """int [K]: K distinct random rows of class c's latents, the random baseline's images (key: rng('random', K), c)."""
-    n = latents.class_size(c)
-    if ipc > n:
-        raise InputError(f"IPC {ipc} is larger than class {c} ({n} training images); choose IPC <= {n}.")
-    return np.asarray(jax.random.choice(jax.random.fold_in(run.rng("random", ipc), c), n, (ipc,), replace=False))
-
-
-def _class_measure(latents, c: int, x: np.ndarray | None = None) -> tuple[jax.Array, jax.Array, int]:
-    """Class c's latents (x, or read from its file) padded with zero-mass rows to the largest class, so the selections
-    compile once for every class: (x [n_max, d], mass [n_max]: 1/n_c on the class's rows, then 0; n_c)."""
-    x = latents.load(c) if x is None else x
-    n, n_max = len(x), int(latents.counts.sum(0).max())
-    padded = np.zeros((n_max, x.shape[1]), np.float32)
-    padded[:n] = x
-    return jnp.asarray(padded), jnp.asarray(np.where(np.arange(n_max) < n, 1.0 / n, 0.0).astype(np.float32)), n
-
-
-def selected_positions(run, latents, quantized, ipc: int, c: int, source: str, x: np.ndarray | None = None) -> np.ndarray:
-    """int [K]: the rows of class c's latents whose training images stand for the class in a real-image point source:
-    'random' (random_positions), 'medoid' (the latent nearest each k-means point) or 'herding' (K latents chosen by
-    herding toward the class's latent mean), as the default pipeline chooses them (pqdjax.quantize.selection).
-    x: class c's latents [n_c, d] where the caller has them (else read from the file)."""
-    if source == "random":
-        return random_positions(run, latents, ipc, c)
-    padded, mass, n = _class_measure(latents, c, x)
-    if source == "medoid":
-        return np.asarray(selection.medoids(padded, mass, jnp.asarray(quantized.load(run.store, c)["points"])))
-    if source == "herding":
-        if ipc > n:
-            raise InputError(f"IPC {ipc} is larger than class {c} ({n} training images); choose IPC <= {n}.")
-        return np.asarray(selection.herding(padded, mass, ipc))
-    raise ValueError(f"no real images for point source {source!r}")
-
-
-def class_points(run, latents, quantized, ipc: int, c: int, source: str, x: np.ndarray | None = None) -> np.ndarray:
+def class_points(run, latents, quantized, c: int, source: str) -> np.ndarray:
     """Class c's K latent points [K, d] of a point source: 'kmeans' (d4m, ddoq, generated) or a real-image source
-    (random, medoid, herding: the latents of their images). x: as selected_positions."""
+    (random, medoid, herding: the latents of the images stages.quantize chose; this reads the class's latents)."""
     if source == "kmeans":
-        return quantized.load(run.store, c)["points"]
-    x = latents.load(c) if x is None else x
-    return x[selected_positions(run, latents, quantized, ipc, c, source, x)]
+        return quantized.load(c, ("points",))["points"]
+    return latents.load(c)[quantized.load(c, (f"{source}_rows",))[f"{source}_rows"]]
 
 
-def method_weights(run, latents, quantized, ipc: int, c: int, base: str, x: np.ndarray | None = None,
-                   medoids: np.ndarray | None = None) -> np.ndarray:
-    """float32 [K]: a base method's weights of class c's K images: the Voronoi cell masses of the k-means points
-    (ddoq) or of the medoids' latents in the class's latent measure (medoid_weighted: this reads the class's
-    latents), else uniform 1/K. x: as selected_positions; medoids: the medoids' latents [K, d] where the caller
-    has them (class_points(..., 'medoid')), else found here."""
-    if base == "ddoq":
-        return quantized.load(run.store, c)["weights"].astype(np.float32)
-    if base == "medoid_weighted":
-        x = latents.load(c) if x is None else x
-        medoids = class_points(run, latents, quantized, ipc, c, "medoid", x) if medoids is None else medoids
-        padded, mass, _ = _class_measure(latents, c, x)
-        return np.asarray(voronoi_weights(padded, mass, jnp.asarray(medoids)), np.float32)
-    return np.full(ipc, 1.0 / ipc, np.float32)
+def method_weights(quantized, c: int, base: str) -> np.ndarray:
+    """float32 [K]: a base method's weights of class c's K images, as stages.quantize stored them: the Voronoi cell
+    masses of the k-means points (ddoq) or of the medoids' latents (medoid_weighted), else uniform 1/K."""
+    key = {"ddoq": "weights", "medoid_weighted": "medoid_weights"}.get(base)
+    if key is None:
+        return np.full(quantized.ipc, 1.0 / quantized.ipc, np.float32)
+    return quantized.load(c, (key,))[key].astype(np.float32)
 
 
-def real_images(run, latents, quantized, ipc: int, c: int, source: str) -> np.ndarray:
-    """uint8 [K, S, S, 3]: the training images of class c that a real-image point source chooses
-    (selected_positions), resized and center-cropped to S = image_size."""
+def real_images(run, quantized, c: int, source: str) -> np.ndarray:
+    """uint8 [K, S, S, 3]: the training images of class c that stages.quantize chose for a real-image point source,
+    resized and center-cropped to S = image_size."""
     data, size = run.config.data, run.config.decode.image_size
     split = streamed.open_configured_split(data, data.train_split)
-    indices = latents.example_indices(c)[selected_positions(run, latents, quantized, ipc, c, source)]
+    indices = quantized.load(c, (f"{source}_indices",))[f"{source}_indices"]
     return np.stack([imagenet.resize_and_center_crop(np.asarray(split[int(i)]["image"]), size, size) for i in indices])
 
 
@@ -233,9 +187,9 @@ def decode_ipc(run, prior, latents, quantized, ipc: int, fp: str, source: str = 
             continue
         labels = np.repeat(classes, ipc)
         if decoder is None:
-            images = np.concatenate([real_images(run, latents, quantized, ipc, c, source) for c in classes])
+            images = np.concatenate([real_images(run, quantized, c, source) for c in classes])
         else:
-            points = np.concatenate([class_points(run, latents, quantized, ipc, c, source) for c in classes])
+            points = np.concatenate([class_points(run, latents, quantized, c, source) for c in classes])
             points = points.reshape((-1,) + latents.shape)
             images = pushforward(prior.model, points, condition_labels(run.classes, labels), [prompts[c] for c in labels],
                                  point_keys(run, ipc, classes, decoder), config, mesh, decoder)
@@ -243,44 +197,21 @@ def decode_ipc(run, prior, latents, quantized, ipc: int, fp: str, source: str = 
         for i, (image, c) in enumerate(zip(images, labels)):
             files.append(f"{folder}/" + image_folder.image_file(c, prompts[c], latents.num_classes, i % ipc))
             artifacts.write_bytes(store.path(f"synthetic/ipc{ipc}/{files[-1]}"), image_folder.png_bytes(image))
-        extra = {}
-        if source == "medoid" and any(split_method(m)[0] == "medoid_weighted" and decoder_of(m, run.config) == decoder
-                                      for m in run.config.methods):
-            # medoid_weighted's weights, found by the process that decodes the class (process 0 need not read its latents)
-            extra["medoid_weights"] = [method_weights(run, latents, quantized, ipc, c, "medoid_weighted").tolist() for c in classes]
-        store.save_record(record, {"classes": classes, "files": files, **extra}, fp)
+        store.save_record(record, {"classes": classes, "files": files}, fp)
         bar.update(g)
     parallel.sync_processes(f"decode_ipc{ipc}_{source}_{decoder}")
 
 
-def recorded_weights(run, ipc: int, groups_folder: str, fp: str) -> dict[int, np.ndarray]:
-    """{class: medoid_weighted's weights [K]} from the group records under synthetic/ipc{K}/{groups_folder}/ with
-    fingerprint fp (decode_ipc writes them for the medoid source); classes of records without them are absent."""
-    folder = f"synthetic/ipc{ipc}/{groups_folder}"
-    out = {}
-    if not os.path.isdir(run.store.path(folder)):
-        return out
-    for file in sorted(os.listdir(run.store.path(folder))):
-        name = f"{folder}/{file}"
-        if file.endswith(".json") and run.store.is_complete(name, fp):
-            record = run.store.load_record(name)
-            out.update({c: np.asarray(w, np.float32) for c, w in zip(record["classes"], record.get("medoid_weights", []))})
-    return out
-
-
 def write_manifest(run, latents, quantized, ipc: int, method: str, name: str, fp: str) -> None:
     """file,label,class,weight for every image of `method`, with the method's weights (method_weights; process 0
-    writes it). medoid_weighted's weights come from the group records of the processes that decoded the classes
-    (recorded_weights), so process 0 reads no other class's latents (a class whose record has none is weighed here)."""
+    writes it, reading only the weights of each class's quantization)."""
     num_classes = latents.num_classes
     prompts = run.classes.prompts
     base, _ = split_method(method)
-    decoder = decoder_of(method, run.config)
-    folder = set_folder(point_source(base), decoder)
-    recorded = recorded_weights(run, ipc, set_folder(point_source(base), decoder, "groups"), fp) if base == "medoid_weighted" else {}
+    folder = set_folder(point_source(base), decoder_of(method, run.config))
     files, labels, weights = [], [], []
     for c in range(num_classes):
-        weights.append(recorded[c] if c in recorded else method_weights(run, latents, quantized, ipc, c, base))
+        weights.append(method_weights(quantized, c, base))
         files += [f"{folder}/" + image_folder.image_file(c, prompts[c], num_classes, k) for k in range(ipc)]
         labels += [c] * ipc
     text = image_folder.manifest_text(files, np.asarray(labels), np.concatenate(weights), prompts)

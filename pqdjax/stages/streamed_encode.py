@@ -27,7 +27,6 @@ import dataclasses
 import json
 import os
 import shutil
-from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -76,36 +75,9 @@ class ClassLatents:
             for folder, n in zip(self.folders, self.counts[:, c]) if n
         ]
 
-    def batches(self, c: int, batch_size: int) -> Iterator[np.ndarray]:
-        """Class c's latents in order, batch_size rows at a time (the last batch shorter; memory: one batch).
-
-        The batches run across the processes' files, so they do not depend on how many processes encoded.
-        """
-        pending, count = [], 0
-        for part in self._memmaps(c):
-            start = 0
-            while start < len(part):
-                take = min(batch_size - count, len(part) - start)
-                pending.append(np.array(part[start : start + take]))
-                start, count = start + take, count + take
-                if count == batch_size:
-                    yield np.concatenate(pending)
-                    pending, count = [], 0
-        if pending:
-            yield np.concatenate(pending)
-
-    def head(self, c: int, n: int) -> np.ndarray:
-        """The first min(n, n_c) latents of class c [<= n, d]."""
-        rows, total = [], 0
-        for batch in self.batches(c, n):
-            rows.append(batch[: n - total])
-            total += len(rows[-1])
-            if total >= n:
-                break
-        return np.concatenate(rows)
-
     def load(self, c: int) -> np.ndarray:
-        """All of class c's latents [n_c, d] in memory."""
+        """All of class c's latents [n_c, d] in memory, in the order of the training split: every process's rows in
+        process order, so they do not depend on how many processes encoded."""
         return np.concatenate([np.asarray(m) for m in self._memmaps(c)])
 
     def example_indices(self, c: int) -> np.ndarray:
