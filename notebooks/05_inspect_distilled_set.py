@@ -14,7 +14,7 @@
 # %% [markdown]
 # # 5. Inspecting a distilled set
 #
-# A run's workdir holds everything it made: the class latents (`latents.npz`), the
+# A run's workdir holds everything it made: the class latents (`encode/latents/process{p}/class{c:04d}.f32`), the
 # quantization per IPC and class (`quantize/ipc{K}/class{c:04d}.npz`: points, Voronoi weights, W2 per method),
 # the synthetic sets (`synthetic/{method}_ipc{K}.npz`: uint8 images and weights) and
 # `results.json` (accuracy per method, IPC and seed). This notebook reads a run

@@ -5,11 +5,11 @@
 One sequence (STAGES) for every run; the kind of run chooses each stage's
 component (stage_components): 'in_memory' runs (configs/default.py,
 imagefolder.py) hold the data in host memory and train the prior here
-(pqdjax/stages/{encode,denoiser,decode}.py); 'streamed' runs (configs/in1k.py,
+(pqdjax/stages/{denoiser,decode}.py); 'streamed' runs (configs/in1k.py,
 imagenette.py, imagewoof.py, cifar10.py, imagefolder.py:prior=stable_diffusion)
 read the data record by record per process and load a pretrained prior
-(pqdjax/stages/streamed_{encode,decode}.py), and skip the denoiser and full_data stages.
-Stages with one component for every kind (prior, teacher, quantize, fidelity, evaluate, report) reach the
+(pqdjax/stages/streamed_decode.py), and skip the denoiser and full_data stages.
+Stages with one component for every kind (prior, teacher, encode, quantize, fidelity, evaluate, report) reach the
 others' outputs through small interfaces that both kinds implement (listed in the
 stage's docstring). With config.export_pretrained set (the
 `pretrain` option of configs/default.py) the run stops after the denoiser and
@@ -146,20 +146,20 @@ def kind_of(config: ml_collections.ConfigDict) -> str:
 def stage_components(config: ml_collections.ConfigDict) -> dict[str, Callable[[Run, dict], Any]]:
     """{stage: component(run, outputs)} for the kind of `config`, plus 'report'. A component reads the outputs of
     earlier stages by stage name (outputs['encode'] is the latents) and returns its own."""
-    from pqdjax.stages import evaluate, fidelity, prior, quantize, report, teacher
+    from pqdjax.stages import encode, evaluate, fidelity, prior, quantize, report, teacher
 
     # The components every kind shares (each reads the others' outputs through the interfaces in its docstring).
-    models = {"prior": lambda run, o: prior.run(run), "teacher": lambda run, o: teacher.run(run)}
+    models = {"prior": lambda run, o: prior.run(run), "teacher": lambda run, o: teacher.run(run),
+              "encode": lambda run, o: encode.run(run, o["prior"])}  # the training images by kind (stages.encode)
     quantized = {"quantize": lambda run, o: quantize.run(run, o["encode"])}
     measured = {
         "fidelity": lambda run, o: fidelity.run(run, o["prior"], o["teacher"], o["encode"], o["quantize"], o["decode"]),
     }
     if kind_of(config) == "streamed":
-        from pqdjax.stages import streamed_decode, streamed_encode
+        from pqdjax.stages import streamed_decode
 
         return {
             **models,
-            "encode": lambda run, o: streamed_encode.run(run, o["prior"]),
             **quantized,
             "decode": lambda run, o: streamed_decode.run(run, o["prior"], o["encode"], o["quantize"]),
             **measured,
@@ -167,11 +167,10 @@ def stage_components(config: ml_collections.ConfigDict) -> dict[str, Callable[[R
             "report": lambda run, o: report.run(run, o["teacher"], o["encode"], o["quantize"], o["decode"], o["evaluate"],
                                                 o["fidelity"]),
         }
-    from pqdjax.stages import decode, denoiser, encode, export
+    from pqdjax.stages import decode, denoiser, export
 
     trained = {
         **models,
-        "encode": lambda run, o: encode.run(run, o["prior"]),
         "denoiser": lambda run, o: denoiser.run(run, o["encode"]),
     }
     if config.get("export_pretrained"):  # configs/default.py:pretrain: ship the three components, no distillation

@@ -19,6 +19,7 @@ import tempfile
 import numpy as np
 
 from pqdjax import artifacts
+from pqdjax.stages.encode import stored_latents
 from pqdjax.stages.quantize import Quantized
 
 WORKDIR_ENV = "PQDJAX_RUN_WORKDIR"
@@ -89,13 +90,13 @@ def load_run(workdir: str) -> FinishedRun:
     store = artifacts.ArtifactStore(workdir)
     with open(store.path("results.json")) as f:
         results = json.load(f)
-    latents = store.load_arrays("latents.npz")
-    num_classes = int(latents["num_classes"])
+    latents = stored_latents(store)
+    flat, labels = latents.all()
     quantized = {}
     for path in glob.glob(store.path("quantize/ipc*")):
         match = re.fullmatch(r"ipc(\d+)", os.path.basename(path))
         if match:
-            quantized[int(match.group(1))] = Quantized(int(match.group(1)), num_classes, store, "").arrays
+            quantized[int(match.group(1))] = Quantized(int(match.group(1)), latents.num_classes, store, "").arrays
     synthetic = {}
     for path in glob.glob(store.path("synthetic/*_ipc*.npz")):
         match = re.fullmatch(r"(\w+?)_ipc(\d+)\.npz", os.path.basename(path))
@@ -104,9 +105,9 @@ def load_run(workdir: str) -> FinishedRun:
     return FinishedRun(
         workdir=store.workdir,
         results=results,
-        latents=latents["latents"],
-        labels=latents["labels"],
-        latent_shape=tuple(int(s) for s in latents["shape"]),
+        latents=flat,
+        labels=labels,
+        latent_shape=latents.shape,
         quantized=quantized,
         synthetic=synthetic,
     )

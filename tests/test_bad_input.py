@@ -119,14 +119,25 @@ def test_image_size_the_vae_cannot_downsample():
 # -- NaN latents -------------------------------------------------------------------
 
 
-def test_nan_latents_stop_the_encode_stage():
+def test_nan_latents_stop_the_encode_stage(tmp_path):
+    """The encode stage (in-memory images) and the re-encoding of fidelity stop at NaN latents with one line, and
+    nothing is marked complete."""
+    import types
+
     config = ml_collections.ConfigDict(dict(block_out_channels=(4, 4), layers_per_block=1, latent_channels=2, norm_num_groups=2))
     vae = vae_lib.make_vae(config, 8, 1)
     params = vae_lib.init_params(vae, jax.random.key(0), 8)
     params = jax.tree.map(lambda p: p.at[...].set(jnp.nan) if p.ndim == 4 else p, params)  # NaN conv kernels
     prior = Prior(vae, params, 1.0, "fp")
-    with pytest.raises(FloatingPointError, match=r"encode: .*NaN or inf latents for 6 of 6 images \(first: image 0, in batch 0\); retrain the prior"):
-        encode.encode_images(prior, np.zeros((6, 8, 8, 1), np.uint8), batch_size=4)
+    images = np.zeros((6, 8, 8, 1), np.uint8)
+    run = types.SimpleNamespace(
+        kind="in_memory", config=ml_collections.ConfigDict(dict(encode=dict(batch_size=4))), store=artifacts.ArtifactStore(str(tmp_path)),
+        dataset=types.SimpleNamespace(train_images=images, train_labels=np.array([0, 1, 0, 1, 0, 1]), num_classes=2))
+    with pytest.raises(FloatingPointError, match=r"^encode: .*NaN or inf latents for 4 images of batch 0 \(first: training image 0\); retrain the prior"):
+        encode.encode_process_part(run, prior, "encode/latents/process0", "fp")
+    assert run.store.info("encode/latents/process0") is None
+    with pytest.raises(FloatingPointError, match=r"^encode: .*NaN or inf latents for 6 of 6 images \(first: image 0, in batch 0\); retrain the prior"):
+        prior.reencode(images, run.config)
 
 
 # -- the command line ----------------------------------------------------------------

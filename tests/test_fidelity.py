@@ -15,7 +15,7 @@ from pqdjax.data.preprocess import to_model_range
 from pqdjax.models import vae as vae_lib
 from pqdjax.stages import fidelity
 from pqdjax.stages.decode import SyntheticSet
-from pqdjax.stages.encode import Latents
+from pqdjax.stages.encode import ClassFiles, Latents
 from pqdjax.stages.prior import Prior
 from pqdjax.stages.quantize import Quantized, class_name
 from pqdjax.stages.teacher import Teacher
@@ -66,7 +66,10 @@ def test_measure_against_brute_force_transport(tmp_path):
     images = rng.integers(0, 256, (2, 3, 4, 4, 1), dtype=np.uint8)  # [C, K, H, W, ch]
     data = rng.integers(0, 256, (6, 4, 4, 1), dtype=np.uint8)
     encode = lambda x: np.asarray(vae_lib.encode(vae, params, to_model_range(x), 1.3), np.float64).reshape(len(x), -1)
-    latents = Latents(encode(data).astype(np.float32), np.array([0, 1, 0, 1, 1, 0]), 2, (2, 2, 2), "latents")
+    data_labels = np.array([0, 1, 0, 1, 1, 0])
+    files = ClassFiles(str(tmp_path / "latents"), 8, np.zeros(2, np.int64))  # the encode stage's per-class files
+    files.append(encode(data).astype(np.float32), data_labels, np.arange(6))
+    latents = Latents((files.folder,), files.counts[None], (2, 2, 2), 2, "latents")
     points = rng.normal(size=(2, 3, 8)).astype(np.float32)
     store = artifacts.ArtifactStore(str(tmp_path))
     for c, w2_d4m in enumerate((1.0, 2.0)):
@@ -83,7 +86,7 @@ def test_measure_against_brute_force_transport(tmp_path):
     w2 = []
     consistent = 0
     for c in range(2):
-        x = latents.latents[latents.labels == c].astype(np.float64)
+        x = encode(data[data_labels == c])
         z = encode(images[c])
         cost = ((x[:, None] - z[None]) ** 2).sum(-1)
         w2.append(np.sqrt(min(np.mean(cost[np.arange(3), list(p)]) for p in itertools.permutations(range(3)))))

@@ -147,7 +147,7 @@ def test_every_method_runs_in_the_streamed_pipeline(tmp_path, monkeypatch):
     with the Voronoi masses of their latents as weights, generated's class-conditional samples of the prior with
     uniform weights; fidelity measures each (no cell consistency for real images or samples)."""
     from pqdjax.data import imagenet, streamed
-    from pqdjax.stages import prior as prior_stage, quantize, streamed_encode
+    from pqdjax.stages import encode, prior as prior_stage, quantize
 
     folder = write_folder(tmp_path / "shapes", test=True)
     config = _config("runlocal,size=16,prior=stable_diffusion", folder)
@@ -157,7 +157,7 @@ def test_every_method_runs_in_the_streamed_pipeline(tmp_path, monkeypatch):
     assert sorted(results["accuracy"]) == sorted(config.methods)
     ipc = config.ipcs[0]
     run = pipeline.Run(config=config, store=pipeline.artifacts.ArtifactStore(workdir))
-    latents = streamed_encode.run(run, prior_stage.run(run))
+    latents = encode.run(run, prior_stage.run(run))
     quantized = quantize.run(run, latents)[ipc]
     split = streamed.open_configured_split(config.data, config.data.train_split)
     size = config.decode.image_size
@@ -203,6 +203,6 @@ def test_every_method_runs_in_the_streamed_pipeline(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("process 0 read a class's latents")
 
-    monkeypatch.setattr(streamed_encode.ClassLatents, "load", refuse)
+    monkeypatch.setattr(encode.Latents, "load", refuse)
     streamed_decode.write_manifest(run, latents, quantized, ipc, "medoid_weighted", name, fp)
     assert image_folder.read_manifest(run.store.path(name))[2].tolist() == by_class[2].tolist()

@@ -14,7 +14,7 @@ from configs import in1k  # noqa: E402
 from pqdjax import artifacts, pipeline  # noqa: E402
 from pqdjax.config_checks import W2_METHODS  # noqa: E402
 from pqdjax.data import imagenet, streamed  # noqa: E402
-from pqdjax.stages import quantize, streamed_decode, streamed_encode  # noqa: E402
+from pqdjax.stages import encode, quantize, streamed_decode  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +186,7 @@ def test_fidelity_of_every_set(in1k_run):
     run = pipeline.Run(config=config, store=artifacts.ArtifactStore(in1k_run["workdir"]))
     from pqdjax.stages import prior as prior_stage
 
-    latents = streamed_encode.run(run, prior_stage.run(run))
+    latents = encode.run(run, prior_stage.run(run))
     quantized = quantize.run(run, latents)[ipc]
     uniform = np.full(ipc, 1.0 / ipc)
     for c in range(config.data.num_classes):
@@ -207,7 +207,7 @@ def test_a_rerun_does_no_work(in1k_run, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a rerun of a finished run redid work")
 
-    monkeypatch.setattr(streamed_encode, "encode_process_part", refuse)
+    monkeypatch.setattr(encode, "encode_process_part", refuse)
     monkeypatch.setattr(streamed_decode, "pushforward", refuse)
     monkeypatch.setattr(quantize, "quantize_group", refuse)
     monkeypatch.setattr("pqdjax.stages.evaluate.evaluate_set", refuse)
@@ -229,7 +229,7 @@ def test_an_interrupted_encode_resumes_to_the_same_files(in1k_run, monkeypatch, 
     prior = prior_stage.run(run)
     name, fp = "encode/resume_check", "fp"
     calls = {"n": 0}
-    original = streamed_encode._ClassFiles.append
+    original = encode.ClassFiles.append
 
     def append_then_die(self, latents, labels, indices):
         calls["n"] += 1
@@ -237,21 +237,21 @@ def test_an_interrupted_encode_resumes_to_the_same_files(in1k_run, monkeypatch, 
             raise KeyboardInterrupt  # as a kill between two batches
         original(self, latents, labels, indices)
 
-    monkeypatch.setattr(streamed_encode._ClassFiles, "append", append_then_die)
+    monkeypatch.setattr(encode.ClassFiles, "append", append_then_die)
     with pytest.raises(KeyboardInterrupt):
-        streamed_encode.encode_process_part(run, prior, name, fp)
+        encode.encode_process_part(run, prior, name, fp)
     assert run.store.info(name) is None  # nothing marked complete
     with open(run.store.path(name + ".partial/progress.json")) as f:
         assert json.load(f)["batches"] == 2
-    monkeypatch.setattr(streamed_encode._ClassFiles, "append", original)
+    monkeypatch.setattr(encode.ClassFiles, "append", original)
     resumed_batches = []
     real_batches = streamed.equal_host_batches
     monkeypatch.setattr(streamed, "equal_host_batches", lambda *a, **k: resumed_batches.append(k.get("first_batch")) or real_batches(*a, **k))
-    streamed_encode.encode_process_part(run, prior, name, fp)
+    encode.encode_process_part(run, prior, name, fp)
     assert resumed_batches == [2]
     reference = run.store.path("encode/latents/process0")
     for c in range(config.data.num_classes):
-        for file in (streamed_encode.class_file(c), streamed_encode.index_file(c)):
+        for file in (encode.class_file(c), encode.index_file(c)):
             with open(os.path.join(reference, file), "rb") as a, open(run.store.path(f"{name}/{file}"), "rb") as b:
                 assert a.read() == b.read(), file
     assert run.store.info(name)["counts"] == run.store.info("encode/latents/process0")["counts"]
@@ -313,7 +313,7 @@ def test_records_keep_the_fingerprints_the_streamed_stages_gave_them(in1k_run):
     assert run.store.is_complete("teacher/accuracy.json",
                                  artifacts.fingerprint("imagenet_teacher_accuracy", the_teacher.fingerprint, eval_data))
     prior = prior_stage.run(run)
-    latents = streamed_encode.run(run, prior)
+    latents = encode.run(run, prior)
     sets = streamed_decode.run(run, prior, latents, quantize.run(run, latents))
     settings = evaluate.student_settings(config.evaluate, config.evaluate.model)
     for (method, ipc), synthetic in sets.items():

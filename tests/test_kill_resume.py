@@ -63,7 +63,7 @@ KILL_POINTS = [
     "written:prior/vae",  # the trained prior being written
     "marked:checkpoints/teacher/step_00000002",  # teacher training
     "unmarked:teacher/params",  # the teacher saved, its marker not yet
-    "written:latents.npz",  # encoding
+    "unmarked:encode/latents/process0",  # the latents encoded, their marker not yet written
     "marked:checkpoints/denoiser/step_00000002",  # denoiser training
     "unmarked:prior/denoiser",  # the denoiser saved, its marker not yet
     "unmarked:quantize/ipc2/class0004.npz",  # quantizing: classes 0-3 done, the others in a smaller group

@@ -68,13 +68,17 @@ def runs(tmp_path_factory):
     return _one_and_two_processes(tmp_path_factory.mktemp("multiprocess"), [CONFIG])
 
 
-def test_two_processes_give_the_one_process_run(runs):
-    one, two = runs
-    # latents: each class's rows, concatenated over the processes' files, equal the one process's
-    for c in range(4):
+def _same_class_latents(one: str, two: str, num_classes: int) -> None:
+    """Each class's latents and indices, concatenated over the processes' files, are byte-equal in two workdirs."""
+    for c in range(num_classes):
         cat = lambda w, ext: b"".join(_files(w, f"encode/latents/process*/class{c:04d}.{ext}").values())
         assert cat(one, "f32") == cat(two, "f32") and len(cat(one, "f32")) > 0, c
         assert cat(one, "idx") == cat(two, "idx"), c
+
+
+def test_two_processes_give_the_one_process_run(runs):
+    one, two = runs
+    _same_class_latents(one, two, 4)
     # the quantization outputs and the manifests: byte-equal
     for pattern in ("quantize/**/*.npz", "synthetic/**/*.csv"):
         a, b = _files(one, pattern), _files(two, pattern)
@@ -158,7 +162,8 @@ def default_runs(tmp_path_factory):
 def test_the_in_memory_pipeline_as_two_processes_gives_the_one_process_run(default_runs):
     one, two = default_runs
     # latents, quantization outputs, synthetic sets and their exported PNGs and manifests: byte-equal
-    for pattern in ("latents.npz", "quantize/*/*.npz", "synthetic/*.npz", "distilled/**/*.csv", "distilled/**/*.png"):
+    _same_class_latents(one, two, 10)
+    for pattern in ("quantize/*/*.npz", "synthetic/*.npz", "distilled/**/*.csv", "distilled/**/*.png"):
         a, b = _files(one, pattern), _files(two, pattern)
         assert a.keys() == b.keys() and a, pattern
         assert [k for k in a if a[k] != b[k]] == [], pattern

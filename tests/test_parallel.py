@@ -83,7 +83,7 @@ def test_write_once_writes_and_names_an_unshared_workdir(tmp_path, monkeypatch):
 
 def test_class_latents_do_not_depend_on_how_many_processes_encoded(tmp_path):
     """A class's latents read across the processes' files are those of one process's file, in order."""
-    from pqdjax.stages.streamed_encode import ClassLatents, class_file
+    from pqdjax.stages.encode import Latents, class_file
 
     rows = np.arange(7 * 3, dtype=np.float32).reshape(7, 3)
     layouts = {1: [rows], 2: [rows[:3], rows[3:]], 3: [rows[:1], rows[1:5], rows[5:]]}
@@ -94,5 +94,5 @@ def test_class_latents_do_not_depend_on_how_many_processes_encoded(tmp_path):
             folder.mkdir()
             part.tofile(folder / class_file(0))
             folders.append(str(folder))
-        latents = ClassLatents(tuple(folders), np.array([[len(part)] for part in parts]), (3, 1, 1), 1, "fp")
+        latents = Latents(tuple(folders), np.array([[len(part)] for part in parts]), (3, 1, 1), 1, "fp")
         np.testing.assert_array_equal(latents.load(0), rows, err_msg=f"{processes} processes")

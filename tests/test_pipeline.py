@@ -40,6 +40,19 @@ def finished_run(runlocal_run):
     return runlocal_run["data_dir"], runlocal_run["workdir"], runlocal_run["results"]
 
 
+def _latents(workdir: str) -> tuple[np.ndarray, np.ndarray]:
+    """(latents float32 [N, d], labels [N]) of a finished run in training-set order, read from the raw per-class files
+    of encode/latents/process0 (class{c:04d}.f32 rows, class{c:04d}.idx their images' indices) without pqdjax."""
+    folder = os.path.join(workdir, "encode/latents/process0")
+    info = json.load(open(folder + ".done"))
+    d = int(np.prod(info["shape"]))
+    rows = [np.fromfile(os.path.join(folder, f"class{c:04d}.f32"), np.float32).reshape(-1, d) for c in range(10)]
+    index = np.concatenate([np.fromfile(os.path.join(folder, f"class{c:04d}.idx"), np.int64) for c in range(10)])
+    flat, labels = np.concatenate(rows), np.repeat(np.arange(10), [len(r) for r in rows])
+    assert sorted(index.tolist()) == list(range(len(index)))  # every training image once
+    return flat[np.argsort(index)], labels[np.argsort(index)]
+
+
 def _quantized(workdir: str, ipc: int) -> dict[str, np.ndarray]:
     """Every class's quantize/ipc{K}/class{c:04d}.npz of a finished run (10 classes), stacked [C, ...]."""
     files = [os.path.join(workdir, f"quantize/ipc{ipc}/class{c:04d}.npz") for c in range(10)]
@@ -52,7 +65,7 @@ def test_produces_every_artifact(finished_run):
     for name in (
         "config.json", "results.json", "results.md", "distilled.png", "accuracy_vs_ipc.png", "weights_ipc2.png",
         "prior/vae", "prior/vae.done", "teacher/params", "teacher/params.done",
-        "latents.npz", "quantize/ipc2/class0000.npz", "quantize/ipc2/class0009.npz", "synthetic/ddoq_ipc2.npz", "synthetic/d4m_ipc2.npz",
+        "encode/latents/process0/class0000.f32", "encode/latents/process0.done", "quantize/ipc2/class0000.npz", "quantize/ipc2/class0009.npz", "synthetic/ddoq_ipc2.npz", "synthetic/d4m_ipc2.npz",
         "synthetic/random_ipc2.npz", "evaluate/ddoq_ipc2_seed0.json",
         "prior/denoiser", "prior/denoiser.done", "synthetic/ddoq_vae_ipc2.npz", "pushforward.png",
     ):
@@ -86,9 +99,9 @@ def test_synthetic_sets_are_consistent(finished_run):
     assert ddoq["images"].shape == (10, 2, 28, 28, 1) and ddoq["images"].dtype == np.uint8
     np.testing.assert_array_equal(ddoq["images"], d4m["images"])  # same points, different weights
     # ddoq's weights are the Voronoi masses of the points, recounted here from the latents
-    latents = np.load(os.path.join(workdir, "latents.npz"))
+    flat, labels = _latents(workdir)
     for c in range(10):
-        x = latents["latents"][latents["labels"] == c].astype(np.float64)
+        x = flat[labels == c].astype(np.float64)
         nearest = np.argmin(((x[:, None] - quantized["points"][c][None].astype(np.float64)) ** 2).sum(-1), axis=1)
         np.testing.assert_allclose(ddoq["weights"][c], np.bincount(nearest, minlength=2) / len(x), atol=1e-6)
     np.testing.assert_allclose(d4m["weights"], 0.5)
@@ -170,8 +183,8 @@ def test_real_image_baselines(finished_run):
     config.methods = ("ddoq", "medoid", "medoid_weighted", "herding", "random_vae")
     results = pipeline.run(config, workdir)
     quantized = _quantized(workdir, 2)
-    latents = np.load(os.path.join(workdir, "latents.npz"))
-    x, labels = latents["latents"].astype(np.float64), latents["labels"]
+    flat, labels = _latents(workdir)
+    x = flat.astype(np.float64)
     medoid = np.load(os.path.join(workdir, "synthetic/medoid_ipc2.npz"))
     weighted = np.load(os.path.join(workdir, "synthetic/medoid_weighted_ipc2.npz"))
     np.testing.assert_array_equal(medoid["images"], weighted["images"])
@@ -204,7 +217,8 @@ def test_random_vae_of_another_seed_decodes_that_seeds_draw(finished_run):
     drawn = set_for("random_vae", 2, 1)
     indices = quantize.random_draw(run, latents, 2, 1)
     assert not np.array_equal(indices, quantized[2].arrays["random_indices"])
-    z = latents.latents[indices.reshape(-1)].reshape((-1,) + latents.shape)
+    flat, _ = latents.all()  # in training-set order: row i is image i's latent
+    z = flat[indices.reshape(-1)].reshape((-1,) + latents.shape)
     expected = to_uint8(np.asarray(vae_lib.decode(the_prior.vae, the_prior.params, z, the_prior.latent_scale)))
     assert np.abs(drawn.images.reshape(expected.shape).astype(int) - expected.astype(int)).max() <= 1
     np.testing.assert_array_equal(set_for("random", 2, 1).images, run.dataset.train_images[indices])
@@ -339,18 +353,27 @@ def test_decode_flops_count_every_denoising_step_and_both_guidance_halves(finish
 
 
 def test_encode_flops_are_one_batch_times_the_batches(finished_run):
-    """encode_flops: the encoder's loop-free program on one batch times the batches (the last one padded); XLA's
-    count of a conv network is linear in the batch; results.json reports the encoding's cost under timing.encode."""
-    from pqdjax.stages import encode
-
+    """The encode stage counts the encoder's loop-free program on one batch (XLA's count of a conv network is linear
+    in the batch) times the batches (the last one padded: counted whole); results.json reports it under timing.encode."""
     data_dir, workdir, results = finished_run
     run, the_prior, _, _, _, _ = _stages_to_decode(data_dir, workdir, ("ddoq",))
     images = run.dataset.train_images
-    one_batch = encode.encode_flops(the_prior, images[:50], 50)
-    assert one_batch > 0
-    assert encode.encode_flops(the_prior, images[:120], 50) == 3 * one_batch
-    assert encode.encode_flops(the_prior, images[:100], 100) == pytest.approx(2 * one_batch, rel=1e-3)
-    assert results["timing"]["encode"]["flops"] == encode.encode_flops(the_prior, images, run.config.encode.batch_size)
+    per_batch = lambda size: the_prior.batch_encoder(run, (size,) + images.shape[1:]).flops_per_batch
+    assert per_batch(50) > 0
+    assert per_batch(100) == pytest.approx(2 * per_batch(50), rel=1e-3)
+    batch_size = min(run.config.encode.batch_size, len(images))  # the batches encode makes
+    assert results["timing"]["encode"]["flops"] == per_batch(batch_size) * -(-len(images) // batch_size)
+    # three batches of 120 images, the last one padded, would count as three whole ones
+    import types
+
+    import ml_collections
+    from pqdjax.stages import encode
+
+    part = types.SimpleNamespace(train_images=images[:120], train_labels=run.dataset.train_labels[:120], num_classes=10)
+    small = types.SimpleNamespace(kind="in_memory", dataset=part, config=ml_collections.ConfigDict(dict(encode=dict(batch_size=50))))
+    batches = encode.training_batches(small)
+    assert batches.total == 3 and batches.batch_shape == (50,) + images.shape[1:]
+    assert [int(b["mask"].sum()) for b in batches.batches(0)] == [50, 50, 20]
     assert results["timing"]["encode"]["seconds"] > 0
 
 

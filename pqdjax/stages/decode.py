@@ -50,7 +50,7 @@ from pqdjax.diffusion import guided_epsilon, start_index
 from pqdjax.diffusion.pushforward import denoise
 from pqdjax.models import vae as vae_lib
 from pqdjax.errors import ConfigError, NonFiniteError
-from pqdjax.stages.quantize import random_draw
+from pqdjax.stages.quantize import random_draw, random_rows
 
 STRIPS_ARTIFACT = "figures/pushforward_strips.npz"
 
@@ -302,7 +302,9 @@ def set_for_seed(run, prior, latents, quantized: dict, synthetic: dict, denoiser
             )
 
             def make():
-                images, cost = _timed_decode(run, prior, denoiser, decoder, latents.shape, latents.latents[indices])
+                rows = random_rows(run, latents.counts_per_class(), ipc, seed)  # the rows of `indices`
+                points = np.stack([latents.load(c)[r] for c, r in enumerate(rows)])
+                images, cost = _timed_decode(run, prior, denoiser, decoder, latents.shape, points)
                 return images, uniform, cost
         return _synthetic_set(run, method, q, source_fp, make, draw=seed)
 

@@ -91,9 +91,10 @@ def run(run, latents) -> Denoiser | None:
         logging.info("denoiser: reusing %s", run.store.path(ARTIFACT))
         return Denoiser(model, params, fp)
     start = time.perf_counter()
-    points = latents.latents.reshape((-1,) + tuple(latents.shape))
+    flat, labels = latents.all()  # in the order of the training set
+    points = flat.reshape((-1,) + tuple(latents.shape))
     checkpoints = run.checkpoints("denoiser", fp, config.train)
-    params, metrics = train_denoiser(model, points, latents.labels, config.train, run.rng("denoiser"), run.fast_conv, checkpoints, run.metrics_dir)
+    params, metrics = train_denoiser(model, points, labels, config.train, run.rng("denoiser"), run.fast_conv, checkpoints, run.metrics_dir)
     seconds = round(time.perf_counter() - start, 2)
     num_params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
     logging.info("denoiser: %d parameters, final loss %.4f (%.1fs)", num_params, metrics.get("loss", float("nan")), seconds)

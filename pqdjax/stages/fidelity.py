@@ -27,9 +27,9 @@ what it measures, each through a small interface both kinds implement:
     quantized.class_set(base, c, x)   a base method's points [K, d] and weights [K] of
                                       class c, and the W2 stored for them
 
-(stages.prior, stages.teacher and stages.quantize for every run; in-memory
-runs: stages.{decode, encode}; streamed runs: the stages.streamed_* modules
-of the same names). Each class's latents
+(stages.prior, stages.teacher, stages.encode and stages.quantize for every
+run; stages.decode in in-memory runs, stages.streamed_decode in streamed
+ones). Each class's latents
 are read once per set, one class at a time. One record per set,
 fidelity/{method}_ipc{K}.json, reused while the set, its quantization, the
 prior, the teacher and the latents are unchanged; process 0 writes it.

@@ -20,8 +20,8 @@ pqdjax.models.tiny_checkpoints) and loads it by the same code as a real one, for
 config.prior.latent_scale (if set) replaces the scaling factor of the VAE's config.json (0.18215 for both).
 
 The two kinds of prior object, Prior (a VAE) and DiffusionPrior (a latent diffusion model), are read by the
-encode and decode stages of their kind of run; both give the fidelity stage what it needs: `fingerprint` and
-`reencode(images, config)`.
+decode stage of their kind of run; both give the encode stage what it needs (`batch_encoder(run, batch_shape)`, a
+BatchEncoder, and `nonfinite_advice`) and the fidelity stage (`fingerprint`, `reencode(images, config)`).
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ from absl import logging
 
 from pqdjax import artifacts, parallel, pretrained
 from pqdjax.batching import map_batches
+from pqdjax.cost import compiled_flops
 from pqdjax.data import imagenet
 from pqdjax.data.preprocess import to_model_range
-from pqdjax.errors import ConfigError, InputError
+from pqdjax.errors import ConfigError, InputError, NonFiniteError
 from pqdjax.models import vae as vae_lib
-from pqdjax.stages.encode import encode_images
 from pqdjax.train.autoencoder import train_vae
 
 ARTIFACT = "prior/vae"
@@ -62,6 +62,17 @@ def run(run) -> Prior | DiffusionPrior:
 
 
 @dataclasses.dataclass(frozen=True)
+class BatchEncoder:
+    """What the encode stage runs on each batch: encode(images uint8 [B, H, W, C], index int [B]) -> this process's
+    scaled latents [B, h, w, c] (numpy float32); latent_shape (h, w, c); flops_per_batch: XLA's count of one call
+    (pqdjax.cost; None where not counted)."""
+
+    encode: object
+    latent_shape: tuple[int, int, int]
+    flops_per_batch: float | None
+
+
+@dataclasses.dataclass(frozen=True)
 class Prior:
     """A VAE prior (sources 'trained', 'shipped'): vae, the module; params, its weights; latent_scale: latents are
     encoder means times this. Its class-conditioned denoiser is the denoiser stage's (stages.denoiser)."""
@@ -71,9 +82,31 @@ class Prior:
     latent_scale: float
     fingerprint: str
 
+    nonfinite_advice = "retrain the prior (delete prior/ in the workdir)."
+
+    def _encoder(self):
+        """The jitted encoder: (params, uint8 [B, H, W, C]) -> float32 [B, h, w, c] scaled posterior means."""
+        return jax.jit(lambda p, x: vae_lib.encode(self.vae, p, to_model_range(x), self.latent_scale))
+
+    def batch_encoder(self, run, batch_shape: tuple[int, ...]) -> BatchEncoder:
+        """The encode stage's encoder of batches of batch_shape (B, H, W, C), on this process's default device."""
+        encode = self._encoder()
+        example = jax.ShapeDtypeStruct(batch_shape, jnp.uint8)
+        shape = tuple(jax.eval_shape(encode, self.params, example).shape[1:])
+        flops = compiled_flops(encode, self.params, jnp.zeros(batch_shape, jnp.uint8))
+        return BatchEncoder(lambda images, index: np.asarray(encode(self.params, images)), shape, flops)
+
     def reencode(self, images: np.ndarray, config) -> np.ndarray:
-        """uint8 images [N, H, W, C] -> their scaled latents [N, d], as the encode stage makes them (config: the run's)."""
-        return encode_images(self, images, config.encode.batch_size).reshape(len(images), -1)
+        """uint8 images [N, H, W, C] -> their scaled latents [N, d], as the encode stage makes them (config: the run's),
+        in jitted batches of config.encode.batch_size (the last one padded); NonFiniteError on NaN or inf."""
+        encode, batch_size = self._encoder(), config.encode.batch_size
+        latents = map_batches(lambda batch: encode(self.params, batch), images, batch_size).reshape(len(images), -1)
+        finite = np.isfinite(latents).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            raise NonFiniteError(f"encode: the VAE produced NaN or inf latents for {len(bad)} of {len(latents)} images "
+                                 f"(first: image {bad[0]}, in batch {bad[0] // batch_size}); {self.nonfinite_advice}")
+        return latents
 
 
 def latent_scale_of(vae, params, images: np.ndarray, batch_size: int = 500) -> float:
@@ -155,6 +188,34 @@ class DiffusionPrior:
 
     model: object
     fingerprint: str
+
+    nonfinite_advice = "check config.prior.pretrained_dir's VAE weights."
+
+    def batch_encoder(self, run, batch_shape: tuple[int, ...]) -> BatchEncoder:
+        """The encode stage's encoder: this process's batches of batch_shape (B, H, W, 3) form one global batch sharded
+        over the run's Mesh; the posterior mean, or with config.prior.latent_sample a sample keyed by each image's
+        index (pqdjax.stages.encode). FLOPs are not counted."""
+        mesh, model = run.mesh, self.model
+        sample, rng = bool(run.config.prior.latent_sample), run.rng("encode", "sample")
+
+        def latents(params, images, index):  # [B, H, W, 3] uint8 -> [B, h, w, c], B sharded on 'data'
+            x = images.astype(jnp.float32) / 127.5 - 1.0
+            if not sample:
+                return vae_lib.encode(model.vae, params, x, model.latent_scale)
+            keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(index)
+            return jax.vmap(lambda k, xi: vae_lib.encode(model.vae, params, xi[None], model.latent_scale, rng=k)[0])(keys, x)
+
+        data = parallel.batch_sharding(mesh)
+        encode = jax.jit(latents, in_shardings=(parallel.replicated(mesh), data, data), out_shardings=data)
+        params = parallel.replicate(mesh, model.vae_params)
+        example = jax.ShapeDtypeStruct((1,) + tuple(batch_shape[1:]), jnp.float32)
+        shape = tuple(jax.eval_shape(lambda p, x: vae_lib.encode(model.vae, p, x), model.vae_params, example).shape[1:])
+
+        def encode_batch(images, index):
+            arrays = parallel.shard_host_batch(mesh, {"images": images, "index": index})
+            return parallel.process_local_rows(encode(params, arrays["images"], arrays["index"]))
+
+        return BatchEncoder(encode_batch, shape, None)
 
     def reencode(self, images: np.ndarray, config) -> np.ndarray:
         """uint8 images [N, H, W, 3] -> scaled latents [N, d] of the VAE (posterior means), each image resized

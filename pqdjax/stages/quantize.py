@@ -1,8 +1,7 @@
 """Stage quantize: per class, K = IPC points, their Voronoi weights, every baseline's images and W2 per method.
 
-One implementation for every kind of run. It reads the latents through the
-interface both encode stages implement (stages.encode.Latents in host memory,
-stages.streamed_encode.ClassLatents in per-class files):
+One implementation for every kind of run. It reads the latents through
+stages.encode.Latents (per-class files):
 
     latents.num_classes, latents.counts_per_class()   int [C]
     latents.load(c)                                   class c's latents [n_c, d]

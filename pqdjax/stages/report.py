@@ -26,7 +26,6 @@ from absl import logging
 
 from pqdjax import artifacts, figures, stats
 from pqdjax.config_checks import split_method
-from pqdjax.stages.encode import ARTIFACT as ENCODE_ARTIFACT
 
 
 def summarize(records: list[dict]) -> dict[str, dict[int, dict]]:
@@ -254,7 +253,7 @@ def run(run, teacher, latents, quantized: dict, synthetic: dict, records: list[d
 
     It reaches the stages' outputs through interfaces both kinds implement: quantized[ipc].distortions(),
     .iterations(), .stored_w2(), .class_weights(first) (stages.quantize);
-    synthetic[method, ipc].load(first) (stages.decode, stages.streamed_decode); latents.counts_per_class() and .shape;
+    synthetic[method, ipc].load(first) (stages.decode, stages.streamed_decode); latents.counts_per_class(), .shape and .cost;
     run.test_split.label and run.class_names.
     """
     config = run.config
@@ -281,7 +280,7 @@ def run(run, teacher, latents, quantized: dict, synthetic: dict, records: list[d
             **_timing(run, records),
             "artifact_seconds": _artifact_seconds(run),
             **({"full_data_student_seconds": {f"seed{r['seed']}": r.get("seconds") for r in full_data}} if full else {}),
-            "encode": _encode_cost(run),
+            "encode": latents.cost,  # {seconds, flops} (stages.encode.encode_cost)
             "synthetic_seconds": _synthetic_cost(run, synthetic, "seconds"),
             "synthetic_flops": _synthetic_cost(run, synthetic, "flops"),
         },
@@ -343,13 +342,6 @@ def _synthetic_cost(run, synthetic: dict, field: str) -> dict[str, float | None]
         if info is not None:
             out[f"{method}_ipc{ipc}"] = info.get(field)
     return out
-
-
-def _encode_cost(run) -> dict[str, float | None]:
-    """{'seconds', 'flops'} of encoding the training set, as its marker recorded them (in-memory runs:
-    pqdjax.stages.encode); {} where no marker records them (streamed runs encode in parts)."""
-    info = run.store.info(ENCODE_ARTIFACT)
-    return {k: info.get(k) for k in ("seconds", "flops")} if info else {}
 
 
 def _artifact_seconds(run) -> dict[str, float]:
