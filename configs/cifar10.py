@@ -5,7 +5,7 @@ Command:
         --config.prior.pretrained_dir=/models/stable-diffusion-v1-5 --config.data.tfds_data_dir=/data/tfds
 Options (after a colon, comma-separated):
     ipc=N            images per class (default 10; the field reports 1, 10, 50)
-    quantizer=NAME   'lloyd' (default: 5,000 latents per class fit in memory) or 'clvq'
+    quantizer=NAME   'lloyd' (default: 5,000 latents per class fit in memory) or 'clvq' (mini-batches)
     runlocal         the whole path on a CPU in under a minute: tfds mock data (48
                      random 32 px images per split, labels folded into 4 classes),
                      a tiny random Stable Diffusion written into the workdir, a tiny

@@ -20,8 +20,9 @@ Options (after a colon, comma-separated):
                 host memory, ResNet-18 students with the CIFAR stem), for which DIR needs
                 a test/ folder and --config.prior.pretrained_dir=/models/stable-diffusion-v1-5
     quantizer=NAME  with prior=stable_diffusion: 'lloyd' (default; a class's latents of
-                16,384 floats each in memory, 8 classes per call) or 'clvq' (streamed
-                mini-batches: for classes of more than a few thousand images)
+                16,384 floats each in memory, 8 classes per call) or 'clvq' (mini-batches
+                of one class at a time: one class in host memory, one mini-batch on the
+                device, for classes of more than a few thousand images)
 Hardware: 2 CPU cores suffice for a CIFAR-sized folder (tens of thousands of 32x32 images).
 Runtime: not measured on a real folder yet. On 2 CPU cores, the settings of
     configs/default.py (which this config reuses) trained the VAE, the teacher and the

@@ -38,9 +38,9 @@ class ArtifactError(InputError, RuntimeError):
     """An artifact cannot be read or written (the workdir: disk full, unshared between hosts, damaged)."""
 
 
-# Config fields that change how a stage reports or checkpoints, never what it computes:
+# Config fields that change how a stage reports, checkpoints or groups its work, never what it computes:
 # left out of fingerprints, so that changing them redoes no work.
-UNFINGERPRINTED_FIELDS = frozenset({"log_every", "checkpoint_every"})
+UNFINGERPRINTED_FIELDS = frozenset({"log_every", "checkpoint_every", "flush_every", "classes_per_call"})
 
 
 def fingerprint(*parts: Any) -> str:

@@ -31,6 +31,7 @@ RULES: tuple[tuple[str, str, float | None, float | None, bool], ...] = (
     ("data.test_size", INT, 0, None, False),  # 0: all
     ("data.validation_per_class", INT, 1, None, False),
     ("encode.batch_size", INT, 1, None, False),
+    ("encode.flush_every", INT, 1, None, False),  # batches between resumable progress records
     ("quantize.max_iter", INT, 1, None, False),
     ("quantize.tol", FLOAT, 0, None, False),
     ("quantize.n_init", INT, 1, None, False),
@@ -39,6 +40,9 @@ RULES: tuple[tuple[str, str, float | None, float | None, bool], ...] = (
     ("quantize.w2_exact_max_size", INT, 0, None, False),
     ("quantize.w2_relative_epsilon", FLOAT, 0, None, True),
     ("quantize.w2_max_iterations", INT, 1, None, False),
+    ("quantize.classes_per_call", INT, 1, None, False),
+    ("quantize.batch_size", INT, 1, None, False),  # streamed CLVQ (with quantize.epochs)
+    ("quantize.epochs", INT, 1, None, False),
     ("decode.diffusion.strength", FLOAT, 0, 1, False),
     ("decode.diffusion.guidance", FLOAT, 0, None, False),
     ("decode.diffusion.steps", INT, 1, None, False),
@@ -81,12 +85,8 @@ RULES: tuple[tuple[str, str, float | None, float | None, bool], ...] = (
     ("data.train_limit", INT, 0, None, False),  # 0: all
     ("data.test_limit", INT, 0, None, False),  # 0: all
     ("decode.image_size", INT, 1, None, False),
-    ("encode.flush_every", INT, 1, None, False),
     ("evaluate.train.image_size", INT, 1, None, False),
     ("prior.latent_scale", FLOAT, 0, None, True),
-    ("quantize.batch_size", INT, 1, None, False),
-    ("quantize.classes_per_call", INT, 1, None, False),
-    ("quantize.epochs", INT, 1, None, False),
     ("data.image_size", INT, 1, None, False),  # configs/imagefolder.py
     ("sweep.min_teacher_agreement", FLOAT, 0, 1, False),
     ("sweep.min_cell_consistency", FLOAT, 0, 1, False),

@@ -47,6 +47,8 @@ def main(argv: list[str]) -> None:
     logging.get_absl_handler().addFilter(_quiet_third_party_info)
     silence_diffusers_deprecation()
     try:
+        if not (_CONFIG.value.get("sweep") or _CONFIG.value.get("weighting_ablation")):
+            pipeline.check_config(_CONFIG.value)  # before the processes connect: each stops at a bad config itself
         parallel.initialize_distributed(_CONFIG.value.get("distributed"))  # multi-host: before any device is used
         if _CONFIG.value.get("sweep"):
             results = sweep.run(_CONFIG.value, _WORKDIR.value)

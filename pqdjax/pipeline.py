@@ -196,12 +196,12 @@ def stage_components(config: ml_collections.ConfigDict) -> dict[str, Callable[[R
     }
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Runs (or resumes) the experiment of `config` in `workdir`: STAGES in order with the components of its kind,
-    then the report; returns the report (see stages.report).
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError for a bad config (naming the fields); uses no device, so pqdjax.main checks the config
+    before a multi-process run connects its processes, and each stops at a bad config with its own line.
 
     A streamed config's config.data.num_classes = 0 ('every class') is replaced in `config` itself by the
-    dataset's class count before anything else, so config.json, the fingerprints and the report see the count.
+    dataset's class count first, so config.json, the fingerprints and the report see the count.
     Every process counts the same folder (the data, like the workdir, must be the same for every host)."""
     if kind_of(config) == "streamed":
         if config.data.get("num_classes") == 0:  # every class of the dataset (configs/imagefolder.py:prior=stable_diffusion)
@@ -212,6 +212,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         validate_streamed_config(config)
     else:
         validate_config(config)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Runs (or resumes) the experiment of `config` in `workdir`: STAGES in order with the components of its kind,
+    then the report; returns the report (see stages.report). The config is checked first (check_config)."""
+    check_config(config)
     store = artifacts.ArtifactStore(workdir)
     if jax.process_index() == 0:  # one process: another's temporary files are not leftovers
         for leftover in store.remove_temporaries():

@@ -36,12 +36,12 @@ def _compare(got, want, path: tuple, problems: list) -> None:
             isinstance(got, (int, float)) and isinstance(want, (int, float))):
         if got != want:
             problems.append(f"{where}: {got!r}, golden {want!r}")
-    elif isinstance(want, int) and isinstance(got, int) and "lloyd_iterations_per_class" not in path:
+    elif isinstance(want, int) and isinstance(got, int) and "iterations_per_class" not in path:
         if got != want:
             problems.append(f"{where}: {got}, golden {want}")
     else:
         noisy = any(part in NOISY for part in path)
-        tolerance = 0.1 if noisy else (1 if "lloyd_iterations_per_class" in path else 1e-3 * abs(want) + 1e-6)
+        tolerance = 0.1 if noisy else (1 if "iterations_per_class" in path else 1e-3 * abs(want) + 1e-6)
         if not abs(got - want) <= tolerance:
             problems.append(f"{where}: {got}, golden {want} (tolerance {tolerance:.3g})")
 
@@ -59,11 +59,11 @@ def test_runlocal_results_match_the_golden_file(runlocal_run):
 
 
 def test_the_comparison_catches_what_it_should():
-    golden = {"quantization": {"2": {"distortion_per_class": [6.7, 7.0], "lloyd_iterations_per_class": [2, 3]}},
+    golden = {"quantization": {"2": {"distortion_per_class": [6.7, 7.0], "iterations_per_class": [2, 3]}},
               "accuracy": {"ddoq": {"2": {"mean": 0.2, "n": 1}}}}
     same = json.loads(json.dumps(golden))
     same["accuracy"]["ddoq"]["2"]["mean"] = 0.25  # a student's few flipped predictions
-    same["quantization"]["2"]["lloyd_iterations_per_class"] = [3, 3]
+    same["quantization"]["2"]["iterations_per_class"] = [3, 3]
     problems = []
     _compare(same, golden, (), problems)
     assert problems == []

@@ -195,7 +195,7 @@ def test_fidelity_of_every_set(in1k_run):
         points = q["points"].astype(np.float64)
         assert w2["d4m"]["per_class"][c] == pytest.approx(_exact_w2(x, points, uniform), rel=1e-4)
         assert w2["ddoq"]["per_class"][c] == pytest.approx(_exact_w2(x, points, q["weights"].astype(np.float64)), rel=1e-4)
-        # the random set's W2: the latents of its images (rows of the class), the images random's manifest holds
+        # the random set's W2: the latents of its images (rows of the class), whose indices quantize stored
         assert w2["random"]["per_class"][c] == pytest.approx(_exact_w2(x, x[q["random_rows"]], uniform), rel=1e-4)
         np.testing.assert_array_equal(q["random_indices"], latents.example_indices(c)[q["random_rows"]])
     assert "W2 from each class's latent measure" in results["table"]

@@ -215,7 +215,7 @@ def test_random_vae_of_another_seed_decodes_that_seeds_draw(finished_run):
     set_for = decode.set_for_seed(run, the_prior, latents, quantized, synthetic)
     assert set_for("random_vae", 2, 0) is synthetic["random_vae", 2]
     drawn = set_for("random_vae", 2, 1)
-    indices = quantize.random_draw(run, latents, 2, 1)
+    indices, _ = quantize.random_draw(run, latents, 2, 1)
     assert not np.array_equal(indices, quantized[2].arrays["random_indices"])
     flat, _ = latents.all()  # in training-set order: row i is image i's latent
     z = flat[indices.reshape(-1)].reshape((-1,) + latents.shape)
@@ -232,8 +232,11 @@ def test_rerun_skips_finished_stages(finished_run, monkeypatch):
 
     for module, name in ((autoencoder, "train_vae"), (classifier, "train_classifier"), (student, "train_student")):
         monkeypatch.setattr(module, name, forbidden)
-    from pqdjax.stages import denoiser, evaluate, prior, teacher
+    from pqdjax.stages import decode, denoiser, encode, evaluate, prior, quantize, teacher
 
+    monkeypatch.setattr(encode, "encode_process_part", forbidden)
+    monkeypatch.setattr(quantize, "quantize_group", forbidden)
+    monkeypatch.setattr(decode, "_decode_points", forbidden)
     monkeypatch.setattr(denoiser, "train_denoiser", forbidden)
     monkeypatch.setattr(prior, "train_vae", forbidden)
     monkeypatch.setattr(teacher, "train_classifier", forbidden)

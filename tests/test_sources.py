@@ -101,7 +101,7 @@ def test_class_indices_and_padding():
     groups = grouping.class_indices(labels, 3)
     assert [g.tolist() for g in groups] == [[1], [3], [0, 2, 4]]
     values = np.arange(10, dtype=np.float32).reshape(5, 2)
-    padded, mass = grouping.pad_classes(values, groups)
+    padded, mass = grouping.stack_padded([values[g] for g in groups])
     assert padded.shape == (3, 3, 2)
     np.testing.assert_array_equal(padded[2], values[[0, 2, 4]])
     np.testing.assert_array_equal(padded[0, 1:], 0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 from pqdjax.errors import InputError
 
@@ -53,20 +52,3 @@ def stack_padded(per_class: list[np.ndarray], n_max: int | None = None) -> tuple
         padded[c, : len(rows)] = rows
         mass[c, : len(rows)] = 1.0 / len(rows)
     return padded, mass
-
-
-def pad_classes(values: np.ndarray, groups: list[np.ndarray], n_max: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """`stack_padded` of each class's rows of `values` [N, ...]; groups: per-class index arrays, as from `class_indices`."""
-    return stack_padded([values[g] for g in groups], n_max)
-
-
-def select_random(groups: list[np.ndarray], k: int, rng: jax.Array) -> np.ndarray:
-    """k distinct random samples of every class: [C, k] indices into the dataset.
-
-    Raises ValueError when a class has fewer than k samples.
-    """
-    smallest = min(len(g) for g in groups)
-    if k > smallest:
-        raise InputError(f"IPC {k} is larger than the smallest class ({smallest} images); choose IPC <= {smallest}.")
-    keys = jax.random.split(rng, len(groups))
-    return np.stack([g[np.asarray(jax.random.choice(key, len(g), (k,), replace=False))] for g, key in zip(groups, keys)])

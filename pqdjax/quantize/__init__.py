@@ -100,7 +100,7 @@ def quantize_classes(x, mass, k: int, rngs: jax.Array, method="lloyd", mesh: Mes
     """`quantize` for every class at once: vmap over classes, class axis sharded over `mesh`.
 
     Classes of unequal size are padded to a common n with zero-mass rows
-    (pqdjax.data.grouping.pad_classes), which changes no result. With a mesh
+    (pqdjax.data.grouping.stack_padded), which changes no result. With a mesh
     of D devices, the C classes are padded to a multiple of D (by repeating
     the last class; the copies are dropped) and split over the devices;
     results equal the unsharded ones to float tolerance.

@@ -50,7 +50,7 @@ from pqdjax.diffusion import guided_epsilon, start_index
 from pqdjax.diffusion.pushforward import denoise
 from pqdjax.models import vae as vae_lib
 from pqdjax.errors import ConfigError, NonFiniteError
-from pqdjax.stages.quantize import random_draw, random_rows
+from pqdjax.stages.quantize import random_draw
 
 STRIPS_ARTIFACT = "figures/pushforward_strips.npz"
 
@@ -290,7 +290,7 @@ def set_for_seed(run, prior, latents, quantized: dict, synthetic: dict, denoiser
         if base != "random" or seed == 0:
             return synthetic[method, ipc]
         decoder = decoder_of(method, run.config)
-        indices = random_draw(run, latents, ipc, seed)
+        indices, rows = random_draw(run, latents, ipc, seed)
         uniform = np.full(indices.shape, 1.0 / ipc, np.float32)
         q = quantized[ipc]
         if decoder is None:
@@ -302,7 +302,6 @@ def set_for_seed(run, prior, latents, quantized: dict, synthetic: dict, denoiser
             )
 
             def make():
-                rows = random_rows(run, latents.counts_per_class(), ipc, seed)  # the rows of `indices`
                 points = np.stack([latents.load(c)[r] for c, r in enumerate(rows)])
                 images, cost = _timed_decode(run, prior, denoiser, decoder, latents.shape, points)
                 return images, uniform, cost

@@ -25,12 +25,15 @@ at 512 px) do not fit in host memory:
     encode/latents/process{p}.done               marker: rows per class, shape, seconds, FLOPs (encode_cost)
 
 Resuming: while a process encodes, its files live in process{p}.partial/ with
-progress.json (batches done, rows per class, seconds so far), rewritten
-atomically every config.encode.flush_every batches after the rows are
-written. A rerun truncates the class files to the recorded rows and continues
-with the next batch; at the end the folder is renamed to process{p} and
-marked. A process's part is fingerprinted with the number of processes, so a
-rerun with another count encodes anew rather than mixing the parts.
+progress.json (batches done, their shape, rows per class, seconds so far),
+rewritten atomically every config.encode.flush_every batches after the rows
+are written. A rerun truncates the class files to the recorded rows and
+continues with the next batch (from the start where the batch shape changed);
+at the end the folder is renamed to process{p} and marked, and a run killed
+between the two marks the renamed folder without encoding again. A process's
+part is fingerprinted with the number of processes, so a rerun with another
+count encodes anew rather than mixing the parts (process 0 removes the parts
+of processes that no longer exist).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from pqdjax.errors import NonFiniteError
 from pqdjax.progress import Progress
 
 FOLDER = "encode/latents"
+PROGRESS = "progress.json"  # in a part's folder while it is encoded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,9 +83,6 @@ class Latents:
     def counts_per_class(self) -> np.ndarray:
         """int [C]: the latents of each class, over every process's files."""
         return self.counts.sum(0)
-
-    def class_size(self, c: int) -> int:
-        return int(self.counts[:, c].sum())
 
     def _memmaps(self, c: int, index: bool = False) -> list[np.ndarray]:
         name, dtype, dim = (index_file(c), np.int64, 1) if index else (class_file(c), np.float32, self.dim)
@@ -191,8 +192,10 @@ def encode_process_part(run, prior, name: str, fp: str) -> None:
     encoder = prior.batch_encoder(run, source.batch_shape)
     dim = int(np.prod(encoder.latent_shape))
     partial = name + ".partial"
-    progress_path = os.path.join(run.store.path(partial), "progress.json")
-    state = _read_progress(progress_path, fp, source.num_classes)
+    progress_path = os.path.join(run.store.path(partial), PROGRESS)
+    if not os.path.isdir(run.store.path(partial)) and os.path.isdir(run.store.path(name)):
+        os.replace(run.store.path(name), run.store.path(partial))  # renamed, then killed before its marker
+    state = _read_progress(progress_path, fp, source.num_classes, source.batch_shape)
     if state["batches"] == 0:
         shutil.rmtree(run.store.path(partial), ignore_errors=True)  # another config's leftovers
     else:
@@ -212,30 +215,37 @@ def encode_process_part(run, prior, name: str, fp: str) -> None:
         done = b + 1
         if done % flush_every == 0 or done == source.total:
             artifacts.write_json(progress_path, {"fingerprint": fp, "batches": done, "counts": files.counts.tolist(),
-                                                 "seconds": time.perf_counter() - start})
+                                                 "batch_shape": list(source.batch_shape), "seconds": time.perf_counter() - start})
         bar.update(done)
     seconds = round(time.perf_counter() - start, 2)
-    if os.path.exists(progress_path):
-        os.remove(progress_path)
     flops = None if encoder.flops_per_batch is None else encoder.flops_per_batch * source.total
     run.store.finish_folder(partial, name, fp, {"counts": files.counts.tolist(), "shape": list(encoder.latent_shape),
-                                                "examples": source.examples, "seconds": seconds, "flops": flops})
+                                                "examples": source.examples, "seconds": seconds, "flops": flops,
+                                                "processes": jax.process_count()})
+    leftover = os.path.join(run.store.path(name), PROGRESS)
+    if os.path.exists(leftover):
+        os.remove(leftover)
 
 
-def _read_progress(path: str, fp: str, num_classes: int) -> dict:
+
+def _read_progress(path: str, fp: str, num_classes: int, batch_shape: tuple[int, ...]) -> dict:
+    """The recorded progress of a partial part, or none (0 batches) where it was made for another fingerprint,
+    class count or batch shape (a resumed batch must be the batch that was cut off)."""
     try:
         with open(path) as f:
             state = json.load(f)
     except (OSError, json.JSONDecodeError):
         state = {}
-    if state.get("fingerprint") != fp or len(state.get("counts", [])) != num_classes:
+    if (state.get("fingerprint") != fp or len(state.get("counts", [])) != num_classes
+            or state.get("batch_shape") != list(batch_shape)):
         return {"batches": 0, "counts": [0] * num_classes}
     return state
 
 
 def fingerprint(run, prior) -> str:
     """The latents' fingerprint: the prior's, the encode settings and (streamed) the data fields that choose the
-    images, as each kind's encode stage made it before they were one (finished workdirs keep their latents)."""
+    images, made as each kind's encode stage made it before they were one stage, so that what a finished workdir
+    made from its latents (the denoiser, decoded sets, students) stays valid once they are encoded anew."""
     config = run.config
     if run.kind == "streamed":
         inputs = streamed.data_fields(config.data, streamed.TRAIN_DATA_FIELDS)
@@ -252,18 +262,22 @@ def encode_cost(infos: list[dict]) -> dict:
             "flops": None if any(f is None for f in flops) else float(sum(flops))}
 
 
-def stored_latents(store) -> Latents:
-    """The latents a finished run wrote (every process's part, as its markers record them), e.g. for notebooks; their
-    fingerprint is not known here ('')."""
-    names = []
-    while store.info(f"{FOLDER}/process{len(names)}") is not None:
-        names.append(f"{FOLDER}/process{len(names)}")
-    if not names:
-        raise artifacts.ArtifactError(f"{store.path(FOLDER)} holds no finished latents; run pqdjax.main first.")
+def _from_markers(store, count: int, fp: str) -> Latents:
+    """The Latents of the parts process0..process{count-1}, as their markers record them."""
+    names = [f"{FOLDER}/process{p}" for p in range(count)]
     infos = [store.info(n) for n in names]
     counts = np.asarray([info["counts"] for info in infos], np.int64)
-    return Latents(tuple(store.path(n) for n in names), counts, tuple(infos[0]["shape"]), counts.shape[1], "",
+    return Latents(tuple(store.path(n) for n in names), counts, tuple(infos[0]["shape"]), counts.shape[1], fp,
                    encode_cost(infos))
+
+
+def stored_latents(store) -> Latents:
+    """The latents a finished run wrote (the parts of as many processes as process 0's marker records), e.g. for
+    notebooks; their fingerprint is not known here ('')."""
+    first = store.info(f"{FOLDER}/process0")
+    if first is None:
+        raise artifacts.ArtifactError(f"{store.path(FOLDER)} holds no finished latents; run pqdjax.main first.")
+    return _from_markers(store, first.get("processes", 1), "")
 
 
 def run(run, prior) -> Latents:
@@ -276,13 +290,16 @@ def run(run, prior) -> Latents:
     else:
         encode_process_part(run, prior, name, part_fp)
     parallel.sync_processes("encode")
-    names = [f"{FOLDER}/process{p}" for p in range(count)]
-    if not all(parallel.visible(run.store, n, part_fp) for n in names):
+    if not all(parallel.visible(run.store, f"{FOLDER}/process{p}", part_fp) for p in range(count)):
         raise artifacts.ArtifactError(f"encode: not every process's latents are in {run.store.path(FOLDER)}; is the workdir "
                                       "on a filesystem all hosts share?")
-    infos = [run.store.info(n) for n in names]
-    counts = np.asarray([info["counts"] for info in infos], np.int64)
-    shape = tuple(infos[0]["shape"])
-    logging.info("encode: %d latents of shape %s (d = %d) in %d classes (%d to %d per class)", counts.sum(), shape,
-                 int(np.prod(shape)), counts.shape[1], counts.sum(0).min(), counts.sum(0).max())
-    return Latents(tuple(run.store.path(n) for n in names), counts, shape, counts.shape[1], fp, encode_cost(infos))
+    if jax.process_index() == 0:  # the parts of a run with more processes, which these parts replace
+        p = count
+        while os.path.exists(run.store.path(f"{FOLDER}/process{p}")):
+            run.store.remove(f"{FOLDER}/process{p}")
+            p += 1
+    latents = _from_markers(run.store, count, fp)
+    counts = latents.counts_per_class()
+    logging.info("encode: %d latents of shape %s (d = %d) in %d classes (%d to %d per class)", counts.sum(), latents.shape,
+                 latents.dim, latents.num_classes, counts.min(), counts.max())
+    return latents

@@ -17,11 +17,13 @@ rows and its key, so not on the grouping or the number of processes. With
 config.quantize.epochs set (configs/in1k.py), "clvq" is clvq_stream instead:
 config.quantize.epochs passes over the class in mini-batches of
 config.quantize.batch_size from k-means++ seeds on the first mini-batch, then
-one more pass for the exact Voronoi weights, one class at a time.
+one more pass for the exact Voronoi weights, one class at a time (one
+mini-batch on the device).
 
-A class's latents are in host memory while it is quantized (an ImageNet class
-at 512 px: 1,300 x 16,384 floats, 85 MB), since the real-image baselines and
-W2 need all of them. Each process quantizes its part of the classes
+The classes of a call are in host memory while they are quantized, with a
+padded copy (an ImageNet class at 512 px: 1,300 x 16,384 floats, 85 MB),
+since the real-image baselines and W2 need all of a class's latents. Each
+process quantizes its part of the classes
 (pqdjax.parallel.process_shard) and writes, per IPC K and class c (a rerun
 skips finished classes), quantize/ipc{K}/class{c:04d}.npz:
 
@@ -107,6 +109,11 @@ class Quantized:
         """The Voronoi weights [first, K] of the first `first` classes."""
         return self._stacked("weights", first)
 
+    def weights(self, c: int, base: str) -> np.ndarray:
+        """A base method's weights [K] of class c (method_weights), reading only the array they come from."""
+        key = WEIGHT_KEYS.get(base)
+        return method_weights(self.load(c, (key,)) if key else {}, base, self.ipc)
+
     def class_set(self, base: str, c: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """A base method of W2_METHODS on class c: its latent points [K, d] (real-image methods: their images'
         latents, rows of the class's latents x [n_c, d]), their weights [K] and the W2 [] stored for it."""
@@ -117,10 +124,20 @@ class Quantized:
     def method_set(self, latents, base: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """class_method_set of every class, stacked: (points [C, K, d], weights [C, K], the real images' indices in
         the training split [C, K], or None for d4m, ddoq and generated). Reads every class's latents."""
-        sets = [class_method_set(self.load(c), base, latents.load(c)) for c in range(self.num_classes)]
+        points, weights = stacked_sets([self.load(c) for c in range(self.num_classes)], base,
+                                       [latents.load(c) for c in range(self.num_classes)])
         source = point_source(base)
-        indices = None if source == "kmeans" else self._stacked(f"{source}_indices")
-        return np.stack([p for p, _ in sets]), np.stack([w for _, w in sets]), indices
+        return points, weights, None if source == "kmeans" else self._stacked(f"{source}_indices")
+
+
+WEIGHT_KEYS = {"ddoq": "weights", "medoid_weighted": "medoid_weights"}  # the base methods whose weights are not 1/K
+
+
+def method_weights(arrays: dict[str, np.ndarray], base: str, ipc: int) -> np.ndarray:
+    """float32 [K]: a base method's weights of one class: the Voronoi cell masses of the k-means points (ddoq) or of
+    the medoids' latents (medoid_weighted) from the class's arrays, else uniform 1/K."""
+    key = WEIGHT_KEYS.get(base)
+    return np.full(ipc, 1.0 / ipc, np.float32) if key is None else arrays[key].astype(np.float32)
 
 
 def class_method_set(arrays: dict[str, np.ndarray], base: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -128,13 +145,15 @@ def class_method_set(arrays: dict[str, np.ndarray], base: str, x: np.ndarray) ->
 
     arrays: the class's quantization (its keys as the module docstring lists them); x: the class's latents [n_c, d].
     """
-    ipc = arrays["points"].shape[0]
-    uniform = np.full(ipc, 1.0 / ipc, np.float32)
     source = point_source(base)
-    if source == "kmeans":
-        return arrays["points"], (arrays["weights"].astype(np.float32) if base == "ddoq" else uniform)
-    weights = arrays["medoid_weights"].astype(np.float32) if base == "medoid_weighted" else uniform
-    return x[arrays[f"{source}_rows"]], weights
+    points = arrays["points"] if source == "kmeans" else x[arrays[f"{source}_rows"]]
+    return points, method_weights(arrays, base, len(points))
+
+
+def stacked_sets(per_class: list[dict[str, np.ndarray]], base: str, xs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """class_method_set of several classes (their arrays and latents), stacked: (points [C, K, d], weights [C, K])."""
+    sets = [class_method_set(arrays, base, x) for arrays, x in zip(per_class, xs)]
+    return np.stack([p for p, _ in sets]), np.stack([w for _, w in sets])
 
 
 def w2_settings(config) -> tuple[int, float, int]:
@@ -166,25 +185,41 @@ def solver_from_config(config):
 def random_rows(run, counts: np.ndarray, ipc: int, draw: int) -> list[np.ndarray]:
     """Draw `draw` of the random baseline: K distinct random rows [K] of every class of sizes counts [C]
     (class c's key: the c-th of C split from rng('random', K, draw))."""
-    small = np.flatnonzero(counts < ipc)
-    if small.size:
+    if counts.min() < ipc:
         raise EmptyClassError(f"IPC {ipc} is larger than the smallest class ({int(counts.min())} training images: class "
-                              f"{int(small[0])}); choose IPC <= {int(counts.min())}.")
+                              f"{int(np.argmin(counts))}); choose IPC <= {int(counts.min())}.")
     keys = jax.random.split(run.rng("random", ipc, draw), len(counts))
-    return [np.asarray(jax.random.choice(key, int(n), (ipc,), replace=False)) for key, n in zip(keys, counts)]
+    return [np.asarray(_choice(key, a=int(n), shape=(ipc,), replace=False)) for key, n in zip(keys, counts)]
 
 
-def random_draw(run, latents, ipc: int, draw: int) -> np.ndarray:
-    """Draw `draw` of the random baseline as indices [C, K] of its images in the training split."""
+_choice = jax.jit(jax.random.choice, static_argnames=("a", "shape", "replace"))  # one program per class size
+
+
+def random_draw(run, latents, ipc: int, draw: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Draw `draw` of the random baseline: (indices [C, K] of its images in the training split, their rows [K] in
+    each class's latents, random_rows)."""
     rows = random_rows(run, latents.counts_per_class(), ipc, draw)
-    return np.stack([latents.example_indices(c)[r] for c, r in enumerate(rows)])
+    return np.stack([latents.example_indices(c)[r] for c, r in enumerate(rows)]), rows
+
+
+_seeds = jax.jit(kmeans_plus_plus, static_argnums=2)  # one program, not one per operation
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _real_image_rows(padded: jax.Array, mass: jax.Array, points: jax.Array, ipc: int) -> tuple[jax.Array, ...]:
+    """(medoid rows [C, K], herding rows [C, K], the medoids' Voronoi weights [C, K]) of padded classes [C, n, d]
+    with masses [C, n] and points [C, K, d] (pqdjax.quantize.selection)."""
+    medoid_rows = jax.vmap(selection.medoids)(padded, mass, points)
+    herding_rows = jax.vmap(selection.herding, in_axes=(0, 0, None))(padded, mass, ipc)
+    medoids = jnp.take_along_axis(padded, medoid_rows[..., None], 1)
+    return medoid_rows, herding_rows, jax.vmap(voronoi_weights)(padded, mass, medoids)
 
 
 def _streamed_clvq(x: np.ndarray, ipc: int, rng: jax.Array, config) -> dict[str, np.ndarray]:
     """clvq_stream over one class's latents x [n, d] in mini-batches of config.batch_size (one batch on the device)."""
     batch_size = config.batch_size
     first = x[: max(batch_size, ipc)]
-    init = kmeans_plus_plus(jnp.asarray(first), jnp.full(len(first), 1.0 / len(first)), ipc, rng)
+    init = _seeds(jnp.asarray(first), jnp.full(len(first), 1.0 / len(first)), ipc, rng)
     result = clvq_stream(lambda: (x[i : i + batch_size] for i in range(0, len(x), batch_size)), np.asarray(init),
                          epochs=config.epochs)
     return {"points": np.asarray(result.points), "weights": np.asarray(result.weights, np.float32),
@@ -208,12 +243,9 @@ def quantize_group(run, latents, ipc: int, classes: list[int], keys: jax.Array, 
         result = jax.device_get(quantize_classes(jnp.asarray(padded), jnp.asarray(mass), ipc, keys, solver_from_config(config),
                                                  mesh=class_mesh(jax.local_devices())))
         q = {key: np.asarray(getattr(result, key)) for key in ("points", "weights", "distortion", "iterations", "converged")}
-    medoid_rows = np.asarray(jax.vmap(selection.medoids)(padded, mass, q["points"]))
-    arrays = {
-        **q, "random_rows": np.stack(rows), "medoid_rows": medoid_rows,
-        "herding_rows": np.asarray(jax.vmap(selection.herding, in_axes=(0, 0, None))(padded, mass, ipc)),
-        "medoid_weights": np.asarray(jax.vmap(voronoi_weights)(padded, mass, np.take_along_axis(padded, medoid_rows[..., None], 1))),
-    }
+    medoid_rows, herding_rows, medoid_weights = jax.device_get(_real_image_rows(padded, mass, q["points"], ipc))
+    arrays = {**q, "random_rows": np.stack(rows), "medoid_rows": medoid_rows, "herding_rows": herding_rows,
+              "medoid_weights": medoid_weights}
     for source in SOURCES:
         arrays[f"{source}_indices"] = np.stack([latents.example_indices(c)[r] for c, r in zip(classes, arrays[f"{source}_rows"])])
     exact = np.ones(len(classes), bool)
@@ -221,8 +253,7 @@ def quantize_group(run, latents, ipc: int, classes: list[int], keys: jax.Array, 
         if base == "ddoq":  # exact: the Voronoi weights make the nearest-point map optimal
             arrays["w2_ddoq"] = np.sqrt(np.maximum(q["distortion"], 0.0)).astype(np.float32)
             continue
-        sets = [class_method_set({k: v[i] for k, v in arrays.items()}, base, x) for i, x in enumerate(per_class)]
-        points, weights = np.stack([p for p, _ in sets]), np.stack([w for _, w in sets])
+        points, weights = stacked_sets([{k: v[i] for k, v in arrays.items()} for i in range(len(classes))], base, per_class)
         arrays[f"w2_{base}"], base_exact = wasserstein2_classes(padded, mass, points, weights, *w2_settings(config))
         exact &= base_exact
     arrays["w2_exact"] = exact
@@ -237,7 +268,9 @@ def quantize_ipc(run, latents, ipc: int, fp: str) -> Quantized:
     keys = jax.random.split(run.rng("quantize", ipc), num_classes)
     mine = [int(c) for c in parallel.process_shard(num_classes)]
     todo = [c for c in mine if not run.store.is_complete(class_name(ipc, c), fp)]
-    group = run.config.quantize.get("classes_per_call", 0) or max(1, len(todo))
+    config = run.config.quantize
+    streamed_clvq = config.method == "clvq" and config.get("epochs")  # one class at a time: one in host memory
+    group = 1 if streamed_clvq else config.get("classes_per_call", 0) or max(1, len(todo))
     bar = Progress(f"quantize IPC {ipc}", len(todo), unit="classes", log_every=max(1, len(todo) // 10))
     n_max = int(counts.max())  # padded to the largest class of all, whichever classes a call holds
     for start in range(0, len(todo), group):

@@ -243,7 +243,7 @@ def quantization_report(quantized) -> dict:
     make the nearest-point map optimal)."""
     w2 = {base: {"mean": float(values.mean()), "per_class": values.tolist()} for base, values in quantized.stored_w2().items()}
     return {"distortion_per_class": np.asarray(quantized.distortions(), np.float64).tolist(),
-            "lloyd_iterations_per_class": quantized.iterations().tolist(), "w2": w2}
+            "iterations_per_class": quantized.iterations().tolist(), "w2": w2}
 
 
 def run(run, teacher, latents, quantized: dict, synthetic: dict, records: list[dict], fidelities: dict,

@@ -30,7 +30,7 @@ noise initializations", one reading; see configs/in1k.py).
     synthetic/ipc{K}/manifest_{method}.csv           file,label,class,weight per image
 
 d4m and ddoq share the images of a decoder (the same points), as medoid and
-medoid_weighted do; their manifests differ in the weights (method_weights): 1/K
+medoid_weighted do; their manifests differ in the weights (quantize.method_weights): 1/K
 for d4m and medoid, the Voronoi cell masses of the points (ddoq) or of the
 medoids' latents (medoid_weighted), summing to 1 per class. The real images,
 the points and the weights are the ones stages.quantize chose and stored for
@@ -132,15 +132,6 @@ def class_points(run, latents, quantized, c: int, source: str) -> np.ndarray:
     return latents.load(c)[quantized.load(c, (f"{source}_rows",))[f"{source}_rows"]]
 
 
-def method_weights(quantized, c: int, base: str) -> np.ndarray:
-    """float32 [K]: a base method's weights of class c's K images, as stages.quantize stored them: the Voronoi cell
-    masses of the k-means points (ddoq) or of the medoids' latents (medoid_weighted), else uniform 1/K."""
-    key = {"ddoq": "weights", "medoid_weighted": "medoid_weights"}.get(base)
-    if key is None:
-        return np.full(quantized.ipc, 1.0 / quantized.ipc, np.float32)
-    return quantized.load(c, (key,))[key].astype(np.float32)
-
-
 def real_images(run, quantized, c: int, source: str) -> np.ndarray:
     """uint8 [K, S, S, 3]: the training images of class c that stages.quantize chose for a real-image point source,
     resized and center-cropped to S = image_size."""
@@ -203,15 +194,15 @@ def decode_ipc(run, prior, latents, quantized, ipc: int, fp: str, source: str = 
 
 
 def write_manifest(run, latents, quantized, ipc: int, method: str, name: str, fp: str) -> None:
-    """file,label,class,weight for every image of `method`, with the method's weights (method_weights; process 0
-    writes it, reading only the weights of each class's quantization)."""
+    """file,label,class,weight for every image of `method`, with the method's weights as stages.quantize stored them
+    (quantized.weights; process 0 writes it, reading only the weights of each class's quantization)."""
     num_classes = latents.num_classes
     prompts = run.classes.prompts
     base, _ = split_method(method)
     folder = set_folder(point_source(base), decoder_of(method, run.config))
     files, labels, weights = [], [], []
     for c in range(num_classes):
-        weights.append(method_weights(quantized, c, base))
+        weights.append(quantized.weights(c, base))
         files += [f"{folder}/" + image_folder.image_file(c, prompts[c], num_classes, k) for k in range(ipc)]
         labels += [c] * ipc
     text = image_folder.manifest_text(files, np.asarray(labels), np.concatenate(weights), prompts)
