@@ -123,10 +123,12 @@ class Quantized:
 
     def method_set(self, latents, base: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """class_method_set of every class, stacked: (points [C, K, d], weights [C, K], the real images' indices in
-        the training split [C, K], or None for d4m, ddoq and generated). Reads every class's latents."""
-        points, weights = stacked_sets([self.load(c) for c in range(self.num_classes)], base,
-                                       [latents.load(c) for c in range(self.num_classes)])
+        the training split [C, K], or None for d4m, ddoq and generated). Reads every class's latents where the points
+        are real images' latents."""
         source = point_source(base)
+        classes = range(self.num_classes)
+        xs = [None for _ in classes] if source == "kmeans" else [latents.load(c) for c in classes]  # kmeans: x unused
+        points, weights = stacked_sets([self.load(c) for c in classes], base, xs)
         return points, weights, None if source == "kmeans" else self._stacked(f"{source}_indices")
 
 
@@ -182,14 +184,16 @@ def solver_from_config(config):
     )
 
 
-def random_rows(run, counts: np.ndarray, ipc: int, draw: int) -> list[np.ndarray]:
-    """Draw `draw` of the random baseline: K distinct random rows [K] of every class of sizes counts [C]
-    (class c's key: the c-th of C split from rng('random', K, draw))."""
+def random_rows(run, counts: np.ndarray, ipc: int, draw: int, classes=None) -> list[np.ndarray]:
+    """Draw `draw` of the random baseline: K distinct random rows [K] of each of `classes` (default: every class),
+    the classes having sizes counts [C] (class c's key: the c-th of C split from rng('random', K, draw)). Checks
+    IPC <= every class's size."""
     if counts.min() < ipc:
         raise EmptyClassError(f"IPC {ipc} is larger than the smallest class ({int(counts.min())} training images: class "
                               f"{int(np.argmin(counts))}); choose IPC <= {int(counts.min())}.")
     keys = jax.random.split(run.rng("random", ipc, draw), len(counts))
-    return [np.asarray(_choice(key, a=int(n), shape=(ipc,), replace=False)) for key, n in zip(keys, counts)]
+    classes = range(len(counts)) if classes is None else classes
+    return [np.asarray(_choice(keys[c], a=int(counts[c]), shape=(ipc,), replace=False)) for c in classes]
 
 
 _choice = jax.jit(jax.random.choice, static_argnames=("a", "shape", "replace"))  # one program per class size
@@ -215,6 +219,11 @@ def _real_image_rows(padded: jax.Array, mass: jax.Array, points: jax.Array, ipc:
     return medoid_rows, herding_rows, jax.vmap(voronoi_weights)(padded, mass, medoids)
 
 
+def _streams(config) -> bool:
+    """Whether config.quantize asks for clvq_stream (method 'clvq' with epochs) rather than an in-memory solver."""
+    return config.method == "clvq" and bool(config.get("epochs"))
+
+
 def _streamed_clvq(x: np.ndarray, ipc: int, rng: jax.Array, config) -> dict[str, np.ndarray]:
     """clvq_stream over one class's latents x [n, d] in mini-batches of config.batch_size (one batch on the device)."""
     batch_size = config.batch_size
@@ -236,7 +245,7 @@ def quantize_group(run, latents, ipc: int, classes: list[int], keys: jax.Array, 
     config = run.config.quantize
     per_class = [latents.load(c) for c in classes]
     padded, mass = stack_padded(per_class, n_max)
-    if config.method == "clvq" and config.get("epochs"):
+    if _streams(config):
         found = [_streamed_clvq(x, ipc, key, config) for x, key in zip(per_class, keys)]
         q = {key: np.stack([f[key] for f in found]) for key in found[0]}
     else:
@@ -246,8 +255,9 @@ def quantize_group(run, latents, ipc: int, classes: list[int], keys: jax.Array, 
     medoid_rows, herding_rows, medoid_weights = jax.device_get(_real_image_rows(padded, mass, q["points"], ipc))
     arrays = {**q, "random_rows": np.stack(rows), "medoid_rows": medoid_rows, "herding_rows": herding_rows,
               "medoid_weights": medoid_weights}
+    example_indices = [latents.example_indices(c) for c in classes]  # read once per class
     for source in SOURCES:
-        arrays[f"{source}_indices"] = np.stack([latents.example_indices(c)[r] for c, r in zip(classes, arrays[f"{source}_rows"])])
+        arrays[f"{source}_indices"] = np.stack([index[r] for index, r in zip(example_indices, arrays[f"{source}_rows"])])
     exact = np.ones(len(classes), bool)
     for base in W2_METHODS:
         if base == "ddoq":  # exact: the Voronoi weights make the nearest-point map optimal
@@ -264,13 +274,12 @@ def quantize_ipc(run, latents, ipc: int, fp: str) -> Quantized:
     """Quantizes this process's unfinished classes (groups of config.quantize.classes_per_call) into their files."""
     num_classes = latents.num_classes
     counts = latents.counts_per_class()
-    rows = random_rows(run, counts, ipc, 0)  # also checks IPC <= every class's size
     keys = jax.random.split(run.rng("quantize", ipc), num_classes)
     mine = [int(c) for c in parallel.process_shard(num_classes)]
     todo = [c for c in mine if not run.store.is_complete(class_name(ipc, c), fp)]
+    rows = dict(zip(todo, random_rows(run, counts, ipc, 0, todo)))  # also checks IPC <= every class's size
     config = run.config.quantize
-    streamed_clvq = config.method == "clvq" and config.get("epochs")  # one class at a time: one in host memory
-    group = 1 if streamed_clvq else config.get("classes_per_call", 0) or max(1, len(todo))
+    group = 1 if _streams(config) else config.get("classes_per_call", 0) or max(1, len(todo))  # clvq_stream: one class in memory
     bar = Progress(f"quantize IPC {ipc}", len(todo), unit="classes", log_every=max(1, len(todo) // 10))
     n_max = int(counts.max())  # padded to the largest class of all, whichever classes a call holds
     for start in range(0, len(todo), group):
