@@ -76,7 +76,7 @@ what is complete and resumes what was interrupted):
             (pqdjax/data/imagenet_classes.txt), negative prompt "cartoon, anime,
             painting", strength 0.7, guidance 8, 50 steps; 224 px PNGs and
             manifests (file, label, weight) per method: d4m (uniform), ddoq
-            (Voronoi), and any other in config.methods (pqdjax.stages.streamed_decode).
+            (Voronoi), and any other in config.methods (pqdjax.stages.decode).
   fidelity  per synthetic set: teacher agreement, cell consistency (the PNGs
             re-encoded by the SD VAE, in their point's Voronoi cell), W2 of
             the re-encoded images and of the points (pqdjax.stages.fidelity).

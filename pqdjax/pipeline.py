@@ -4,14 +4,14 @@
 
 One sequence (STAGES) for every run; the kind of run chooses each stage's
 component (stage_components): 'in_memory' runs (configs/default.py,
-imagefolder.py) hold the data in host memory and train the prior here
-(pqdjax/stages/{denoiser,decode}.py); 'streamed' runs (configs/in1k.py,
-imagenette.py, imagewoof.py, cifar10.py, imagefolder.py:prior=stable_diffusion)
-read the data record by record per process and load a pretrained prior
-(pqdjax/stages/streamed_decode.py), and skip the denoiser and full_data stages.
-Stages with one component for every kind (prior, teacher, encode, quantize, fidelity, evaluate, report) reach the
-others' outputs through small interfaces that both kinds implement (listed in the
-stage's docstring). With config.export_pretrained set (the
+imagefolder.py) hold the data in host memory and train the prior here or load
+the shipped one (pqdjax/stages/denoiser.py trains its latent denoiser);
+'streamed' runs (configs/in1k.py, imagenette.py, imagewoof.py, cifar10.py,
+imagefolder.py:prior=stable_diffusion) read the data record by record per
+process and load a pretrained prior (Stable Diffusion or DiT), and skip the
+denoiser and full_data stages. Every other stage has one component for every
+kind, which reaches the others' outputs through small interfaces that both
+kinds implement (listed in the stage's docstring). With config.export_pretrained set (the
 `pretrain` option of configs/default.py) the run stops after the denoiser and
 ships the VAE, teacher and denoiser (pqdjax.stages.export).
 
@@ -146,28 +146,31 @@ def kind_of(config: ml_collections.ConfigDict) -> str:
 def stage_components(config: ml_collections.ConfigDict) -> dict[str, Callable[[Run, dict], Any]]:
     """{stage: component(run, outputs)} for the kind of `config`, plus 'report'. A component reads the outputs of
     earlier stages by stage name (outputs['encode'] is the latents) and returns its own."""
-    from pqdjax.stages import encode, evaluate, fidelity, prior, quantize, report, teacher
+    from pqdjax.stages import decode, encode, evaluate, fidelity, prior, quantize, report, teacher
 
     # The components every kind shares (each reads the others' outputs through the interfaces in its docstring).
     models = {"prior": lambda run, o: prior.run(run), "teacher": lambda run, o: teacher.run(run),
               "encode": lambda run, o: encode.run(run, o["prior"])}  # the training images by kind (stages.encode)
-    quantized = {"quantize": lambda run, o: quantize.run(run, o["encode"])}
-    measured = {
+    denoiser_of = lambda o: o.get("denoiser")  # streamed priors bring their own (DiffusionPrior.model)
+
+    def evaluate_sets(run, o):
+        set_for_seed = decode.set_for_seed(run, o["prior"], o["encode"], o["quantize"], o["decode"], denoiser_of(o))
+        return evaluate.run(run, o["teacher"], o["decode"], set_for_seed)
+
+    distilled = {
+        "quantize": lambda run, o: quantize.run(run, o["encode"]),
+        "decode": lambda run, o: decode.run(run, o["prior"], o["encode"], o["quantize"], denoiser_of(o)),
         "fidelity": lambda run, o: fidelity.run(run, o["prior"], o["teacher"], o["encode"], o["quantize"], o["decode"]),
+        "evaluate": evaluate_sets,
     }
     if kind_of(config) == "streamed":
-        from pqdjax.stages import streamed_decode
-
         return {
             **models,
-            **quantized,
-            "decode": lambda run, o: streamed_decode.run(run, o["prior"], o["encode"], o["quantize"]),
-            **measured,
-            "evaluate": lambda run, o: evaluate.run(run, o["teacher"], o["decode"]),
+            **distilled,
             "report": lambda run, o: report.run(run, o["teacher"], o["encode"], o["quantize"], o["decode"], o["evaluate"],
                                                 o["fidelity"]),
         }
-    from pqdjax.stages import decode, denoiser, export
+    from pqdjax.stages import denoiser, export
 
     trained = {
         **models,
@@ -180,16 +183,9 @@ def stage_components(config: ml_collections.ConfigDict) -> dict[str, Callable[[R
 
         return {**trained, "report": ship}
 
-    def evaluate_sets(run, o):
-        set_for_seed = decode.set_for_seed(run, o["prior"], o["encode"], o["quantize"], o["decode"], o["denoiser"])
-        return evaluate.run(run, o["teacher"], o["decode"], set_for_seed)
-
     return {
         **trained,
-        **quantized,
-        "decode": lambda run, o: decode.run(run, o["prior"], o["encode"], o["quantize"], o["denoiser"]),
-        **measured,
-        "evaluate": evaluate_sets,
+        **distilled,
         "full_data": lambda run, o: evaluate.full_data(run, o["teacher"]),
         "report": lambda run, o: report.run(run, o["teacher"], o["encode"], o["quantize"], o["decode"], o["evaluate"],
                                             o["fidelity"], o["full_data"]),

@@ -19,6 +19,7 @@ import tempfile
 import numpy as np
 
 from pqdjax import artifacts
+from pqdjax.stages.decode import SyntheticSet
 from pqdjax.stages.encode import stored_latents
 from pqdjax.stages.quantize import Quantized
 
@@ -36,7 +37,8 @@ class FinishedRun:
       latents: float32 [N, d] training latents; labels: int32 [N]; latent_shape: (h, w, c).
       quantized: {ipc: every class's quantize/ipc{K}/class{c:04d}.npz stacked} (points [C, K, d], weights [C, K],
         w2_* [C], ...; pqdjax.stages.quantize).
-      synthetic: {(method, ipc): {"images": uint8 [C, K, H, W, ch], "weights": [C, K]}}.
+      synthetic: {(method, ipc): {"images": uint8 [C, K, H, W, ch], "weights": [C, K]}}, read from the manifests
+        (synthetic/ipc{K}/manifest_{method}.csv) and PNGs the decode stage wrote.
     """
 
     workdir: str
@@ -98,10 +100,10 @@ def load_run(workdir: str) -> FinishedRun:
         if match:
             quantized[int(match.group(1))] = Quantized(int(match.group(1)), latents.num_classes, store, "").arrays
     synthetic = {}
-    for path in glob.glob(store.path("synthetic/*_ipc*.npz")):
-        match = re.fullmatch(r"(\w+?)_ipc(\d+)\.npz", os.path.basename(path))
-        if match:
-            synthetic[match.group(1), int(match.group(2))] = store.load_arrays(os.path.relpath(path, store.workdir))
+    for key, manifest in results["synthetic"].items():  # {method}_ipc{K}: its manifest (stages.decode)
+        method, ipc = re.fullmatch(r"(\w+?)_ipc(\d+)", key).groups()
+        images, weights = SyntheticSet(method, int(ipc), store.path(manifest), "").load()
+        synthetic[method, int(ipc)] = {"images": images, "weights": weights}
     return FinishedRun(
         workdir=store.workdir,
         results=results,

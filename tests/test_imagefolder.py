@@ -87,10 +87,10 @@ def test_the_runlocal_run_distils_the_folder(tmp_path):
     assert set(results["accuracy"]) == {"random", "d4m", "ddoq", "ddoq_vae"}
     stored = json.load(open(tmp_path / "run" / "results.json"))
     assert stored["config"]["data"]["name"] == "imagefolder"
-    with open(tmp_path / "run" / "distilled" / "ddoq_ipc2" / "manifest.csv", newline="") as f:
+    with open(tmp_path / "run" / "synthetic" / "ipc2" / "manifest_ddoq.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["class"] for r in rows] == ["circle", "circle", "square", "square", "stripes", "stripes"]
-    assert np.asarray(Image.open(tmp_path / "run" / "distilled" / "ddoq_ipc2" / rows[0]["file"])).shape == (16, 16, 3)
+    assert np.asarray(Image.open(tmp_path / "run" / "synthetic" / "ipc2" / rows[0]["file"])).shape == (16, 16, 3)
 
 
 def test_the_stable_diffusion_option_distils_every_class_folder_with_their_names_as_prompts(tmp_path):
@@ -192,10 +192,11 @@ def test_every_method_runs_in_the_streamed_pipeline(tmp_path, monkeypatch):
 
     # medoid_weighted's weights are the ones the quantize stage stored for each class: process 0 writes the
     # manifest from them without reading any class's latents
-    from pqdjax.stages import streamed_decode
+    from pqdjax.stages import decode
 
     name = f"synthetic/ipc{ipc}/manifest_medoid_weighted.csv"
-    fp = run.store.info(name)["fingerprint"]
+    spec = decode.spec_of("medoid_weighted", run.config)
+    set_fp = run.store.info(f"synthetic/ipc{ipc}/sets/{spec.folder}.json")["fingerprint"]
     by_class = manifests["medoid_weighted"]
     for c in range(latents.num_classes):
         np.testing.assert_array_equal(quantized.load(c)["medoid_weights"], by_class[2][by_class[1] == c])
@@ -204,5 +205,6 @@ def test_every_method_runs_in_the_streamed_pipeline(tmp_path, monkeypatch):
         raise AssertionError("process 0 read a class's latents")
 
     monkeypatch.setattr(encode.Latents, "load", refuse)
-    streamed_decode.write_manifest(run, latents, quantized, ipc, "medoid_weighted", name, fp)
+    os.remove(run.store.path(name))  # written again, by process 0 alone
+    decode._manifest(run, latents, quantized, "medoid_weighted", spec, set_fp)
     assert image_folder.read_manifest(run.store.path(name))[2].tolist() == by_class[2].tolist()

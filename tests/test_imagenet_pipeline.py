@@ -14,7 +14,7 @@ from configs import in1k  # noqa: E402
 from pqdjax import artifacts, pipeline  # noqa: E402
 from pqdjax.config_checks import W2_METHODS  # noqa: E402
 from pqdjax.data import imagenet, streamed  # noqa: E402
-from pqdjax.stages import encode, quantize, streamed_decode  # noqa: E402
+from pqdjax.stages import decode, encode, quantize  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_manifests_pngs_and_results(in1k_run):
     from pqdjax.stages.report import figure_grid
 
     run = pipeline.Run(config=config, store=artifacts.ArtifactStore(workdir))
-    synthetic = {(m, ipc): streamed_decode.SyntheticSet(m, ipc, os.path.join(workdir, f"synthetic/ipc{ipc}/manifest_{m}.csv"), "")
+    synthetic = {(m, ipc): decode.SyntheticSet(m, ipc, os.path.join(workdir, f"synthetic/ipc{ipc}/manifest_{m}.csv"), "")
                  for m in config.methods}
     method, grid, grid_weights = figure_grid(run, synthetic, [ipc], classes)
     assert method == "ddoq" and grid.shape[:2] == (classes, ipc)
@@ -127,7 +127,7 @@ def test_ddoq_vae_is_the_points_decoded_by_the_sd_vae_with_ddoq_weights(in1k_run
     (ipc,), classes = config.ipcs, config.data.num_classes
     ddoq, vae = _manifest(workdir, "ddoq", ipc), _manifest(workdir, "ddoq_vae", ipc)
     assert [r["weight"] for r in vae] == [r["weight"] for r in ddoq]
-    assert all(r["file"].startswith("images_kmeans_vae/") for r in vae)
+    assert all(r["file"].startswith("kmeans_vae/") for r in vae) and all(r["file"].startswith("kmeans_diffusion/") for r in ddoq)
     sd = load_stable_diffusion(os.path.join(workdir, tiny_artifact("stable_diffusion")))
     store = artifacts.ArtifactStore(workdir)
     latent_shape = in1k_run["results"]["latents"]["shape"]
@@ -208,7 +208,7 @@ def test_a_rerun_does_no_work(in1k_run, monkeypatch):
         raise AssertionError("a rerun of a finished run redid work")
 
     monkeypatch.setattr(encode, "encode_process_part", refuse)
-    monkeypatch.setattr(streamed_decode, "pushforward", refuse)
+    monkeypatch.setattr(decode, "decode_images", refuse)
     monkeypatch.setattr(quantize, "quantize_group", refuse)
     monkeypatch.setattr("pqdjax.stages.evaluate.evaluate_set", refuse)
     monkeypatch.setattr("pqdjax.train.test_splits.sharded_accuracy", refuse)
@@ -283,6 +283,7 @@ def test_dit_pushforward_from_the_point_as_initial_latent(tmp_path):
     from pqdjax.diffusion import sample_from
     from pqdjax.models.dit_diffusion import load_dit
     from pqdjax.models.tiny_checkpoints import write_tiny_dit
+    from pqdjax.stages.image_decoders import decode_images, point_keys
 
     write_tiny_dit(str(tmp_path))
     model = load_dit(str(tmp_path))
@@ -291,12 +292,13 @@ def test_dit_pushforward_from_the_point_as_initial_latent(tmp_path):
     points = np.asarray(jax.random.normal(jax.random.key(0), (2, 8, 8, 4)))
     labels = np.array([3, 7])
     mesh = Mesh(np.asarray(jax.local_devices()), ("data",))
-    got = streamed_decode.pushforward(model, points, labels, ["", ""], jax.random.key(1), config, mesh)
+    keys = point_keys(jax.random.key(1), [0], 2)  # unused by this start: it adds no noise
+    got = decode_images(model, "diffusion", points, labels, ["", ""], keys, config.diffusion, mesh, config.image_size)
     cond, uncond = model.guidance_contexts(labels, [], "")
     latents = sample_from(model.epsilon, model.scheduler, model.denoiser_params, points, cond, uncond, guidance=config.diffusion.guidance, steps=3)
     decoded = np.asarray(jax.image.resize(model.decode_latents(latents), (2, 224, 224, 3), "bicubic", antialias=True))
     np.testing.assert_allclose(got.astype(float), np.clip(np.round((decoded + 1) * 127.5), 0, 255), atol=1.0)
-    other = streamed_decode.pushforward(model, points, np.array([3, 8]), ["", ""], jax.random.key(1), config, mesh)
+    other = decode_images(model, "diffusion", points, np.array([3, 8]), ["", ""], keys, config.diffusion, mesh, config.image_size)
     assert np.abs(other[1].astype(float) - got[1]).mean() > 0.1 and np.array_equal(other[0], got[0])  # the label conditions
 
 
@@ -314,7 +316,7 @@ def test_records_keep_the_fingerprints_the_streamed_stages_gave_them(in1k_run):
                                  artifacts.fingerprint("imagenet_teacher_accuracy", the_teacher.fingerprint, eval_data))
     prior = prior_stage.run(run)
     latents = encode.run(run, prior)
-    sets = streamed_decode.run(run, prior, latents, quantize.run(run, latents))
+    sets = decode.run(run, prior, latents, quantize.run(run, latents))
     settings = evaluate.student_settings(config.evaluate, config.evaluate.model)
     for (method, ipc), synthetic in sets.items():
         for seed in config.evaluate.seeds:

@@ -67,7 +67,8 @@ KILL_POINTS = [
     "marked:checkpoints/denoiser/step_00000002",  # denoiser training
     "unmarked:prior/denoiser",  # the denoiser saved, its marker not yet
     "unmarked:quantize/ipc2/class0004.npz",  # quantizing: classes 0-3 done, the others in a smaller group
-    "written:synthetic/d4m_ipc2.npz",  # decoding
+    "unmarked:synthetic/ipc2/groups/kmeans_diffusion/0004.json",  # decoding: a group's PNGs written, its record not yet
+    "written:synthetic/ipc2/manifest_d4m.csv",  # a manifest being written
     "marked:checkpoints/evaluate/d4m_ipc2_seed0/step_00000002",  # a student's training
     "unmarked:evaluate/ddoq_ipc2_seed0.json",  # a student's result
 ]

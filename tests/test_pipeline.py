@@ -60,14 +60,30 @@ def _quantized(workdir: str, ipc: int) -> dict[str, np.ndarray]:
     return {key: np.stack([arrays[key] for arrays in per_class]) for key in per_class[0]}
 
 
+def _set(workdir: str, method: str, ipc: int = 2, suffix: str = "") -> dict[str, np.ndarray]:
+    """A synthetic set read back with csv and PIL only, as a user outside pqdjax would: its manifest
+    synthetic/ipc{K}/manifest_{method}{suffix}.csv and PNGs; images uint8 [10, K, 28, 28, 1], weights [10, K], files."""
+    import csv
+
+    from PIL import Image
+
+    folder = os.path.join(workdir, f"synthetic/ipc{ipc}")
+    with open(os.path.join(folder, f"manifest_{method}{suffix}.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["label"]) for r in rows] == np.repeat(np.arange(10), ipc).tolist()  # class-major
+    images = np.stack([np.asarray(Image.open(os.path.join(folder, r["file"]))) for r in rows])
+    return {"images": images.reshape(10, ipc, 28, 28, 1), "weights": np.asarray([float(r["weight"]) for r in rows]).reshape(10, ipc),
+            "files": [r["file"] for r in rows], "classes": [r["class"] for r in rows]}
+
+
 def test_produces_every_artifact(finished_run):
     _, workdir, results = finished_run
     for name in (
         "config.json", "results.json", "results.md", "distilled.png", "accuracy_vs_ipc.png", "weights_ipc2.png",
         "prior/vae", "prior/vae.done", "teacher/params", "teacher/params.done",
-        "encode/latents/process0/class0000.f32", "encode/latents/process0.done", "quantize/ipc2/class0000.npz", "quantize/ipc2/class0009.npz", "synthetic/ddoq_ipc2.npz", "synthetic/d4m_ipc2.npz",
-        "synthetic/random_ipc2.npz", "evaluate/ddoq_ipc2_seed0.json",
-        "prior/denoiser", "prior/denoiser.done", "synthetic/ddoq_vae_ipc2.npz", "pushforward.png",
+        "encode/latents/process0/class0000.f32", "encode/latents/process0.done", "quantize/ipc2/class0000.npz", "quantize/ipc2/class0009.npz", "synthetic/ipc2/manifest_ddoq.csv", "synthetic/ipc2/manifest_d4m.csv",
+        "synthetic/ipc2/manifest_random.csv", "evaluate/ddoq_ipc2_seed0.json", "synthetic/ipc2/kmeans_diffusion/000_T-shirt_top/001.png",
+        "prior/denoiser", "prior/denoiser.done", "synthetic/ipc2/manifest_ddoq_vae.csv", "pushforward.png",
     ):
         assert os.path.exists(os.path.join(workdir, name)), name
     stored = json.load(open(os.path.join(workdir, "results.json")))
@@ -81,7 +97,7 @@ def test_produces_every_artifact(finished_run):
     assert all(v <= u * (1 + 1e-3) for v, u in zip(w2["ddoq"]["per_class"], w2["d4m"]["per_class"]))
     assert set(stored["timing"]["stage_seconds"]) >= {"prior", "teacher", "encode", "quantize", "decode", "evaluate", "total"}
     synthetic_seconds = stored["timing"]["synthetic_seconds"]  # compute cost per method
-    assert synthetic_seconds["random_ipc2"] == 0.0 and synthetic_seconds["ddoq_vae_ipc2"] > 0
+    assert synthetic_seconds["random_ipc2"] >= 0 and synthetic_seconds["ddoq_vae_ipc2"] > 0  # real images: written, not decoded
     assert synthetic_seconds["d4m_ipc2"] == synthetic_seconds["ddoq_ipc2"] > 0  # one decoding, shared
     assert "| ddoq |" in results["table"] and "full data (teacher)" in results["table"]
     for method in ("random", "d4m", "ddoq", "ddoq_vae"):
@@ -93,11 +109,10 @@ def test_produces_every_artifact(finished_run):
 
 def test_synthetic_sets_are_consistent(finished_run):
     _, workdir, _ = finished_run
-    ddoq = np.load(os.path.join(workdir, "synthetic/ddoq_ipc2.npz"))
-    d4m = np.load(os.path.join(workdir, "synthetic/d4m_ipc2.npz"))
+    ddoq, d4m = _set(workdir, "ddoq"), _set(workdir, "d4m")
     quantized = _quantized(workdir, 2)
     assert ddoq["images"].shape == (10, 2, 28, 28, 1) and ddoq["images"].dtype == np.uint8
-    np.testing.assert_array_equal(ddoq["images"], d4m["images"])  # same points, different weights
+    assert ddoq["files"] == d4m["files"]  # same points, one set of images, different weights
     # ddoq's weights are the Voronoi masses of the points, recounted here from the latents
     flat, labels = _latents(workdir)
     for c in range(10):
@@ -107,35 +122,37 @@ def test_synthetic_sets_are_consistent(finished_run):
     np.testing.assert_allclose(d4m["weights"], 0.5)
     np.testing.assert_allclose(ddoq["weights"].sum(1), 1.0, rtol=1e-5)
     # ddoq_vae: the same points and weights, decoded without the diffusion pushforward
-    ddoq_vae = np.load(os.path.join(workdir, "synthetic/ddoq_vae_ipc2.npz"))
+    ddoq_vae = _set(workdir, "ddoq_vae")
     np.testing.assert_allclose(ddoq_vae["weights"], ddoq["weights"])
     assert ddoq_vae["images"].shape == ddoq["images"].shape
     assert np.abs(ddoq_vae["images"].astype(int) - ddoq["images"].astype(int)).mean() > 1.0
 
 
 def test_every_set_is_written_as_pngs_in_class_folders(finished_run):
-    """Read back with csv and PIL only, as a user outside pqdjax would: the images and weights the students trained on."""
-    import csv
+    """Each set is PNGs in class folders (ImageFolder's layout) with a manifest; what a user reads with csv and PIL
+    is what pqdjax's reader gives the students (SyntheticSet.load), the weights those the quantize stage stored."""
+    from pqdjax.stages.decode import SyntheticSet
 
-    from PIL import Image
-
-    _, workdir, _ = finished_run
+    _, workdir, results = finished_run
+    quantized = _quantized(workdir, 2)
     for method in ("random", "d4m", "ddoq", "ddoq_vae"):
-        stored = np.load(os.path.join(workdir, f"synthetic/{method}_ipc2.npz"))
-        folder = os.path.join(workdir, f"distilled/{method}_ipc2")
-        with open(os.path.join(folder, "manifest.csv"), newline="") as f:
-            rows = list(csv.DictReader(f))
-        assert len(rows) == 20
-        images = np.stack([np.asarray(Image.open(os.path.join(folder, r["file"]))) for r in rows])
-        labels = np.asarray([int(r["label"]) for r in rows])
-        weights = np.asarray([float(r["weight"]) for r in rows])
-        np.testing.assert_array_equal(images[..., None], stored["images"].reshape(20, 28, 28, 1))
-        np.testing.assert_array_equal(labels, np.repeat(np.arange(10), 2))
-        np.testing.assert_allclose(weights, stored["weights"].reshape(-1), rtol=1e-6)
+        outside = _set(workdir, method)
+        manifest = os.path.join(workdir, results["synthetic"][f"{method}_ipc2"])
+        images, weights = SyntheticSet(method, 2, manifest, "").load()
+        np.testing.assert_array_equal(images, outside["images"])
+        np.testing.assert_array_equal(weights, outside["weights"].astype(np.float32))
+        np.testing.assert_allclose(outside["weights"], quantized["weights"] if method.startswith("ddoq") else 0.5, rtol=1e-6)
         # sorted class folders are the label order (torchvision's ImageFolder assigns labels so)
-        folders = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
-        assert [r["file"].split("/")[0] for r in rows][::2] == folders
-    assert rows[0]["class"] == "T-shirt/top" and folders[0] == "000_T-shirt_top"
+        set_folder = os.path.join(workdir, "synthetic/ipc2", outside["files"][0].split("/")[0])
+        folders = sorted(os.listdir(set_folder))
+        assert [f.split("/")[1] for f in outside["files"]][::2] == folders and len(folders) == 10
+    assert outside["classes"][0] == "T-shirt/top" and folders[0] == "000_T-shirt_top"
+    # the real images are the training images the quantize stage chose, byte for byte
+    from pqdjax.data.sources import load_dataset
+
+    data_dir = finished_run[0]
+    train = load_dataset(_config(data_dir).data).train_images
+    np.testing.assert_array_equal(_set(workdir, "random")["images"], train[quantized["random_indices"]])
 
 
 def test_students_of_one_seed_are_paired(finished_run):
@@ -147,10 +164,9 @@ def test_students_of_one_seed_are_paired(finished_run):
 
     data_dir, workdir, _ = finished_run
     run = pipeline.Run(config=_config(data_dir), store=artifacts.ArtifactStore(workdir))
-    stored = np.load(os.path.join(workdir, "synthetic/ddoq_ipc2.npz"))
     from pqdjax.stages.decode import SyntheticSet
 
-    ddoq = SyntheticSet("ddoq", 2, stored["images"], stored["weights"], "fp")
+    ddoq = SyntheticSet("ddoq", 2, os.path.join(workdir, "synthetic/ipc2/manifest_ddoq.csv"), "fp")
     renamed = dataclasses.replace(ddoq, method="another_name")
     the_teacher = teacher.run(run)
     first, second = (evaluate.evaluate_set(run, the_teacher, s, seed=0) for s in (ddoq, renamed))
@@ -169,9 +185,9 @@ def test_ddoq_with_its_weights_at_power_zero_is_d4m(finished_run):
     config = _config(data_dir)
     config.evaluate.weighting.power = 0.0
     run = pipeline.Run(config=config, store=artifacts.ArtifactStore(workdir))
-    stored = np.load(os.path.join(workdir, "synthetic/ddoq_ipc2.npz"))
-    assert np.abs(stored["weights"] - 0.5).max() > 0.01  # the Voronoi weights are not uniform here
-    record = evaluate.evaluate_set(run, teacher.run(run), SyntheticSet("ddoq", 2, stored["images"], stored["weights"], "fp"), seed=0)
+    assert np.abs(_set(workdir, "ddoq")["weights"] - 0.5).max() > 0.01  # the Voronoi weights are not uniform here
+    ddoq = SyntheticSet("ddoq", 2, os.path.join(workdir, "synthetic/ipc2/manifest_ddoq.csv"), "fp")
+    record = evaluate.evaluate_set(run, teacher.run(run), ddoq, seed=0)
     d4m = json.load(open(os.path.join(workdir, "evaluate/d4m_ipc2_seed0.json")))
     assert record["test_accuracy"] == d4m["test_accuracy"]
 
@@ -185,9 +201,8 @@ def test_real_image_baselines(finished_run):
     quantized = _quantized(workdir, 2)
     flat, labels = _latents(workdir)
     x = flat.astype(np.float64)
-    medoid = np.load(os.path.join(workdir, "synthetic/medoid_ipc2.npz"))
-    weighted = np.load(os.path.join(workdir, "synthetic/medoid_weighted_ipc2.npz"))
-    np.testing.assert_array_equal(medoid["images"], weighted["images"])
+    medoid, weighted = _set(workdir, "medoid"), _set(workdir, "medoid_weighted")
+    assert medoid["files"] == weighted["files"]  # one set of images
     np.testing.assert_allclose(medoid["weights"], 0.5)
     for c in range(10):
         members = np.flatnonzero(labels == c)
@@ -220,8 +235,8 @@ def test_random_vae_of_another_seed_decodes_that_seeds_draw(finished_run):
     flat, _ = latents.all()  # in training-set order: row i is image i's latent
     z = flat[indices.reshape(-1)].reshape((-1,) + latents.shape)
     expected = to_uint8(np.asarray(vae_lib.decode(the_prior.vae, the_prior.params, z, the_prior.latent_scale)))
-    assert np.abs(drawn.images.reshape(expected.shape).astype(int) - expected.astype(int)).max() <= 1
-    np.testing.assert_array_equal(set_for("random", 2, 1).images, run.dataset.train_images[indices])
+    assert np.abs(drawn.load()[0].reshape(expected.shape).astype(int) - expected.astype(int)).max() <= 1
+    np.testing.assert_array_equal(set_for("random", 2, 1).load()[0], run.dataset.train_images[indices])
 
 
 def test_rerun_skips_finished_stages(finished_run, monkeypatch):
@@ -236,7 +251,7 @@ def test_rerun_skips_finished_stages(finished_run, monkeypatch):
 
     monkeypatch.setattr(encode, "encode_process_part", forbidden)
     monkeypatch.setattr(quantize, "quantize_group", forbidden)
-    monkeypatch.setattr(decode, "_decode_points", forbidden)
+    monkeypatch.setattr(decode, "decode_images", forbidden)
     monkeypatch.setattr(denoiser, "train_denoiser", forbidden)
     monkeypatch.setattr(prior, "train_vae", forbidden)
     monkeypatch.setattr(teacher, "train_classifier", forbidden)
@@ -264,8 +279,8 @@ def test_a_new_seed_trains_only_new_students(finished_run, monkeypatch):
     assert sorted(trained) == sorted(f"student {m} IPC 2 seed 1" for m in ("random", "d4m", "ddoq", "ddoq_vae"))
     assert results["accuracy"]["ddoq"][2]["n"] == 2
     # the random student of seed 1 trained on a subset drawn anew: other real images of the same classes
-    draw0 = np.load(os.path.join(workdir, "synthetic/random_ipc2.npz"))["images"]
-    draw1 = np.load(os.path.join(workdir, "synthetic/random_ipc2_draw1.npz"))["images"]
+    draw0 = _set(workdir, "random")["images"]
+    draw1 = _set(workdir, "random", suffix="_draw1")["images"]
     assert draw1.shape == draw0.shape and not np.array_equal(draw1, draw0)
     from pqdjax.data.sources import load_dataset
 
@@ -274,7 +289,6 @@ def test_a_new_seed_trains_only_new_students(finished_run, monkeypatch):
         of_class = dataset.train_images[dataset.train_labels == c].reshape(-1, 28 * 28)
         for image in draw1[c]:
             assert (of_class == image.reshape(1, -1)).all(axis=1).any()
-    assert not os.path.exists(os.path.join(workdir, "distilled/random_ipc2_draw1"))  # only draw 0 is exported
 
 
 def test_other_architectures_train_on_the_same_sets_and_get_a_table_each(finished_run, monkeypatch):
@@ -310,7 +324,7 @@ def test_other_architectures_train_on_the_same_sets_and_get_a_table_each(finishe
         for method in methods:
             student, images, variables = trained[f"student {arch} {method} IPC 2 seed 0"]
             assert "batch_stats" in variables
-            stored = np.load(os.path.join(workdir, f"synthetic/{method}_ipc2.npz"))["images"]
+            stored = _set(workdir, method)["images"]
             np.testing.assert_array_equal(images, np.asarray(to_model_range(stored.reshape((-1,) + stored.shape[2:]))))
             logits = student.apply(variables, test_images, train=False)
             assert by_method[method]["test_accuracy"] == pytest.approx(float(np.mean(np.argmax(logits, 1) == dataset.test_labels)))
@@ -331,16 +345,16 @@ def test_decode_flops_count_every_denoising_step_and_both_guidance_halves(finish
     import jax.numpy as jnp
 
     from pqdjax.cost import compiled_flops
-    from pqdjax.stages import decode
+    from pqdjax.diffusion import start_index
+    from pqdjax.stages.image_decoders import TrainedLatentModel, decode_flops
 
     data_dir, workdir, results = finished_run
     run, the_prior, latents, the_denoiser, _, _ = _stages_to_decode(data_dir, workdir, ("ddoq",))
     settings = run.config.decode.diffusion  # runlocal: 4 steps, batches of 8, strength 0.4 (2 steps run)
-    n = 2 * settings.batch_size
-    vae = decode.decode_flops(run, the_prior, the_denoiser, "vae", latents.shape, n)
-    diffusion = decode.decode_flops(run, the_prior, the_denoiser, "diffusion", latents.shape, n)
-    sample = decode.decode_flops(run, the_prior, the_denoiser, "sample", latents.shape, n)  # strength 1: 4 steps
-    steps_run = settings.steps - decode.start_index(settings.steps, settings.strength)
+    model, n = TrainedLatentModel(the_prior, the_denoiser), 2 * settings.batch_size
+    vae, diffusion, sample = (decode_flops(model, decoder, settings, latents.shape, n, settings.batch_size)
+                              for decoder in ("vae", "diffusion", "sample"))  # sample: strength 1, 4 steps
+    steps_run = settings.steps - start_index(settings.steps, settings.strength)
     assert vae > 0 and steps_run == 2
     assert (sample - vae) == pytest.approx(2 * (diffusion - vae), rel=1e-9)
     model, params = the_denoiser.model, the_denoiser.params
@@ -389,67 +403,74 @@ def test_ipc_larger_than_a_class_is_a_clear_error(finished_run):
 
 
 def test_generated_is_class_conditional_sampling_with_uniform_weights(finished_run):
-    """The 'generated' baseline: K samples per class of the denoiser from noise (strength 1), uniform weights;
-    the k-means points give only the shape: sampling from them instead of zeros gives the same images."""
+    """The 'generated' baseline: K samples per class of the denoiser from noise (strength 1, each point's own key),
+    uniform weights; the k-means points give only the shape: sampling from them instead of zeros gives its images."""
+    import jax.numpy as jnp
+
     from pqdjax.data.preprocess import to_uint8
-    from pqdjax.stages import decode, fidelity, teacher
+    from pqdjax.diffusion import img2img
+    from pqdjax.stages import fidelity, teacher
 
     data_dir, workdir, _ = finished_run
     run, the_prior, latents, the_denoiser, quantized, synthetic = _stages_to_decode(data_dir, workdir, ("d4m", "generated"))
-    config = run.config
-    generated, d4m = synthetic["generated", 2], synthetic["d4m", 2]
-    np.testing.assert_allclose(generated.weights, 0.5)
-    assert generated.images.shape == d4m.images.shape and not np.array_equal(generated.images, d4m.images)
-    points = quantized[2].arrays["points"].reshape((-1,) + latents.shape)
+    (generated, weights), (d4m, _) = synthetic["generated", 2].load(), synthetic["d4m", 2].load()
+    np.testing.assert_allclose(weights, 0.5)
+    assert generated.shape == d4m.shape and not np.array_equal(generated, d4m)
+    settings, model, params = run.config.decode.diffusion, the_denoiser.model, the_denoiser.params
     labels = np.repeat(np.arange(10), 2)
-    settings = config.decode.diffusion
-    sampled = decode.denoise_points(the_denoiser, points, labels, run.rng("decode", "sample"), strength=1.0,
-                                    guidance=settings.guidance, steps=settings.steps, batch_size=settings.batch_size)
-    expected = to_uint8(decode.decode_with_vae(run, the_prior, None, sampled, labels)).reshape(generated.images.shape)
-    assert np.abs(expected.astype(int) - generated.images.astype(int)).max() <= 1
+    # the sampler called directly: from zeros at strength 1, conditioned on the class embeddings, key (c, k) per point
+    base = run.rng("decode", "sample", 2)
+    keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(base, c), k) for c in range(10) for k in range(2)])
+    sampled = img2img(model.epsilon, model.ddim_scheduler, params, jnp.zeros((20,) + latents.shape), model.class_context(params, jnp.asarray(labels)),
+                      model.class_context(params, jnp.full(20, model.null_class)), keys, strength=1.0, guidance=settings.guidance,
+                      steps=settings.steps)
+    from pqdjax.models import vae as vae_lib
+
+    expected = to_uint8(np.asarray(vae_lib.decode(the_prior.vae, the_prior.params, sampled, the_prior.latent_scale)))
+    assert np.abs(expected.reshape(generated.shape).astype(int) - generated.astype(int)).max() <= 1
     records = fidelity.run(run, the_prior, teacher.run(run), latents, quantized, synthetic)
     assert records["generated", 2]["cell_consistency"] is None and records["generated", 2]["w2_points"] is None
     assert records["d4m", 2]["cell_consistency"] is not None and records["generated", 2]["w2_images"] > 0
 
 
 def test_the_in_memory_denoiser_is_pushed_forward_by_the_shared_sampler(finished_run):
-    """decode.denoise_points goes through pqdjax.diffusion.pushforward.denoise with the trained denoiser as its
-    ConditionalDenoiser: equal to the sampler called directly with the class embeddings (img2img, per-batch keys),
-    and start='initial_latent' runs the whole reverse process from the points (the streamed pipeline's option);
+    """The decode stage's diffusion decoder (image_decoders.decode_images) with the trained denoiser: the sampler
+    called directly with the class embeddings and each point's key (c, k), then the VAE decoder, gives the ddoq images;
+    start='initial_latent' runs the whole reverse process from the points (no noise), which decode_images follows;
     an unknown start is a clear config error."""
-    import dataclasses
-
     import jax.numpy as jnp
+    from jax.sharding import Mesh
 
+    from pqdjax.data.preprocess import to_uint8
     from pqdjax.diffusion import img2img, sample_from
-    from pqdjax.stages import decode
+    from pqdjax.models import vae as vae_lib
+    from pqdjax.stages.image_decoders import TrainedLatentModel, decode_images
 
     data_dir, workdir, _ = finished_run
-    run, the_prior, latents, the_denoiser, quantized, _ = _stages_to_decode(data_dir, workdir, ("ddoq",))
+    run, the_prior, latents, the_denoiser, quantized, synthetic = _stages_to_decode(data_dir, workdir, ("ddoq",))
     settings = run.config.decode.diffusion
-    points = quantized[2].arrays["points"][:3].reshape((-1,) + latents.shape)  # 3 classes x 2 points
-    labels = np.repeat(np.arange(3), 2)
-    model, params, key = the_denoiser.model, the_denoiser.params, jax.random.key(7)
+    points = quantized[2].arrays["points"].reshape((-1,) + latents.shape)  # 10 classes x 2 points
+    labels = np.repeat(np.arange(10), 2)
+    model, params = the_denoiser.model, the_denoiser.params
     cond = model.class_context(params, jnp.asarray(labels))
-    uncond = model.class_context(params, jnp.full(6, model.null_class))
-    kwargs = dict(guidance=settings.guidance, steps=settings.steps, batch_size=6)
-    got = decode.denoise_points(the_denoiser, points, labels, key, strength=settings.strength, **kwargs)
-    want = img2img(model.epsilon, model.ddim_scheduler, params, jnp.asarray(points), cond, uncond, jax.random.fold_in(key, 0),
-                   strength=settings.strength, guidance=settings.guidance, steps=settings.steps)
-    np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=1e-5)
-    from_points = decode.denoise_points(the_denoiser, points, labels, key, strength=settings.strength, start="initial_latent", **kwargs)
-    want = sample_from(model.epsilon, model.ddim_scheduler, params, jnp.asarray(points), cond, uncond,
-                       guidance=settings.guidance, steps=settings.steps)
-    np.testing.assert_allclose(from_points, np.asarray(want), rtol=1e-5, atol=1e-5)
-    assert np.abs(from_points - got).max() > 1e-2  # a different start, a different result
-    # the decode stage's diffusion decoder follows config.decode.diffusion.start
+    uncond = model.class_context(params, jnp.full(20, model.null_class))
+    base = run.rng("decode", 2)
+    keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(base, c), k) for c in range(10) for k in range(2)])
+    vae = lambda z: to_uint8(np.asarray(vae_lib.decode(the_prior.vae, the_prior.params, z, the_prior.latent_scale)))
+    denoised = img2img(model.epsilon, model.ddim_scheduler, params, jnp.asarray(points), cond, uncond, keys,
+                       strength=settings.strength, guidance=settings.guidance, steps=settings.steps)
+    images, _ = synthetic["ddoq", 2].load()
+    assert np.abs(vae(denoised).reshape(images.shape).astype(int) - images.astype(int)).max() <= 1
+    # start='initial_latent': the whole reverse process from the points, deterministic
+    whole = sample_from(model.epsilon, model.ddim_scheduler, params, jnp.asarray(points), cond, uncond,
+                        guidance=settings.guidance, steps=settings.steps)
     config = run.config.copy_and_resolve_references()
     config.decode.diffusion.start = "initial_latent"
-    decoded = decode.decode_with_diffusion(dataclasses.replace(run, config=config), the_prior, the_denoiser, points, labels)
-    whole = decode.denoise_points(the_denoiser, points, labels, run.rng("decode", "diffusion"), strength=settings.strength,
-                                  guidance=settings.guidance, steps=settings.steps, batch_size=settings.batch_size,
-                                  start="initial_latent")
-    np.testing.assert_allclose(decoded, decode.decode_with_vae(run, the_prior, None, whole, labels), rtol=1e-5, atol=1e-5)
+    mesh = Mesh(np.asarray(jax.local_devices()), ("data",))
+    decoded = decode_images(TrainedLatentModel(the_prior, the_denoiser), "diffusion", points, labels, None, keys,
+                            config.decode.diffusion, mesh)
+    assert np.abs(decoded.astype(int) - vae(whole).astype(int)).max() <= 1
+    assert np.abs(decoded.astype(int) - images.reshape(decoded.shape).astype(int)).mean() > 1  # another start, other images
     config = _config(data_dir)
     config.decode.diffusion.start = "noise"
     with pytest.raises(ConfigError, match="config.decode.diffusion.start must be one of"):

@@ -4,6 +4,7 @@ test writes), and the parts that make a subset of ImageNet's classes work (class
 import csv
 import json
 import os
+import types
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,7 @@ from pqdjax.data import imagenet, streamed  # noqa: E402
 from pqdjax.errors import ConfigError, DatasetFormatError, DatasetNotFoundError  # noqa: E402
 from pqdjax.models.classifiers import ClassSubset, FromNormalizedInput, make_classifier  # noqa: E402
 from pqdjax.train.classifier import accuracy  # noqa: E402
-from pqdjax.stages import streamed_decode, teacher  # noqa: E402
+from pqdjax.stages import decode, teacher  # noqa: E402
 
 # Five of ImageWoof's breeds (synset, ImageNet name), in sorted synset order, read from the
 # class list independently of the code under test.
@@ -117,10 +118,11 @@ def test_class_subset_reads_the_classifiers_logits_at_the_classes():
 def test_dit_condition_is_the_imagenet_index_and_other_classes_are_refused():
     table = _imagenet_table()
     classes = streamed.Classes(WOOF[:2], ("a", "b"), np.asarray([table[s][0] for s in WOOF[:2]]))
-    np.testing.assert_array_equal(streamed_decode.condition_labels(classes, np.array([1, 0, 1])),
+    streamed_run = lambda classes: types.SimpleNamespace(kind="streamed", classes=classes)
+    np.testing.assert_array_equal(decode._condition_labels(streamed_run(classes), np.array([1, 0, 1])),
                                   [table[WOOF[1]][0], table[WOOF[0]][0], table[WOOF[1]][0]])
     plain = streamed.Classes(("cat", "dog"), ("cat", "dog"), None)
-    np.testing.assert_array_equal(streamed_decode.condition_labels(plain, np.array([1, 0])), [1, 0])
+    np.testing.assert_array_equal(decode._condition_labels(streamed_run(plain), np.array([1, 0])), [1, 0])
     with pytest.raises(ConfigError, match="not ImageNet synsets"):
         teacher.teacher_classes(plain, "mypets")
 

@@ -1,75 +1,98 @@
-"""Stage decode: each method's synthetic set (uint8 images with per-class weights) for every IPC.
+"""Stage decode: each method's synthetic set at every IPC K, as PNGs in class folders with a manifest of weights.
 
-    random, medoid, medoid_weighted, herding   real training images per class
-    d4m        the quantization points decoded to images, uniform weights
+One stage for every kind of run. A method (pqdjax.config_checks) names a point source and a decoder:
+
+    random, medoid, medoid_weighted, herding   K real training images per class, chosen by stages.quantize
+                                               (streamed runs: resized and center-cropped to config.decode.image_size)
+    d4m        the k-means points, decoded (config.decode.method), uniform weights
     ddoq       the same images, weighted by the Voronoi cell masses
-    generated  K class-conditional samples of the denoiser per class, uniform weights
+    generated  K class-conditional samples per class (decoder 'sample'), uniform weights
 
-(pqdjax.config_checks lists the base methods, pqdjax.stages.quantize.class_method_set
-their latent points, weights and images.) Decoders map latent points to
-images; config.decode.method picks the one of d4m and ddoq, and a method with
-a decoder suffix ('ddoq_vae', 'd4m_diffusion', 'random_vae': the real images'
-latents) decodes that set's points with another, so that one run compares them:
+and a decoder suffix decodes a set's points (real-image methods: their images' latents) by another decoder
+(stages.image_decoders: 'vae', 'diffusion', 'sample'), e.g. ddoq_vae, random_vae, d4m_diffusion. The prior's
+model decodes: the VAE and latent denoiser trained here (in-memory runs), Stable Diffusion or DiT (streamed runs).
 
-    vae        the VAE decoder, directly
-    diffusion  the pushforward of DDOQ and D4M: img2img of each point with the
-               class-conditioned latent denoiser (noise to config.decode.diffusion
-               .strength, DDIM with classifier-free guidance), then the VAE decoder;
-               every pipeline's (pqdjax.diffusion.pushforward.denoise), so
-               diffusion.start='initial_latent' applies here as with DiT
-    sample     the same at strength 1: pure class-conditional sampling from noise
-               (the points' content unused), generated's decoder
+Methods with the same points and decoder share one set of images (d4m and ddoq; medoid and medoid_weighted);
+their manifests differ in the weights (stages.quantize.method_weights), which sum to 1 per class:
 
-In a run of several processes, every decoder maps its batches split over the
-processes (pqdjax.batching.map_batches(across_processes=True)) and every
-process gets every image; process 0 writes the artifacts.
+    synthetic/ipc{K}/{source}_{decoder}/{c}_{name}/{k:03d}.png   a set's images (ImageFolder layout, image_folder)
+                                                                 e.g. kmeans_diffusion, random_real, kmeans_vae
+    synthetic/ipc{K}/manifest_{method}.csv                       file,label,class,weight per image
+    synthetic/ipc{K}/groups/{set}/{c:04d}.json                   a group of classes decoded (resume)
+    synthetic/ipc{K}/sets/{set}.json                             a set complete: its wall time and FLOPs
 
-Every set is also written as PNGs in class folders with a manifest of its
-weights (pqdjax.data.image_folder), distilled/{method}_ipc{K}/manifest.csv,
-for training on it outside pqdjax.
+Each process decodes its part of the classes (parallel.process_shard), config.decode.diffusion.batch_size // K
+classes per call sharded over its devices; every point (c, k) has its own noise key (image_decoders.point_keys),
+so the images are the same for any number of processes and batch size. Process 0 writes the manifests.
+
+The random baseline is drawn anew for each student seed (set_for_seed): draw s > 0 is the set
+{source}_{decoder}_draw{s} with manifest_{method}_draw{s}.csv, made when a student first asks for it.
+With config.decode.figure_strengths the stage also saves the pushforward strips (STRIPS_ARTIFACT) the report draws.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.sharding import Mesh
 
 from pqdjax import artifacts, parallel
-from pqdjax.batching import map_batches
-from pqdjax.cost import compiled_flops
 from pqdjax.config_checks import decoder_of, point_source, split_method
 from pqdjax.data import image_folder
-from pqdjax.data.preprocess import to_uint8
-from pqdjax.diffusion import guided_epsilon, start_index
-from pqdjax.diffusion.pushforward import denoise
-from pqdjax.models import vae as vae_lib
-from pqdjax.errors import ConfigError, NonFiniteError
-from pqdjax.stages.quantize import random_draw
+from pqdjax.errors import InputError
+from pqdjax.progress import Progress
+from pqdjax.stages.image_decoders import TrainedLatentModel, decode_flops, decode_images, point_keys
+from pqdjax.stages.quantize import random_rows
 
 STRIPS_ARTIFACT = "figures/pushforward_strips.npz"
 
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticSet:
-    """images: uint8 [C, K, H, W, ch]; weights: float32 [C, K], each row summing to 1; manifest: the path of its
-    export's manifest.csv (distilled/{method}_ipc{K}/), None for the random draws of other seeds (not exported)."""
+    """One method's distilled set at one IPC: its manifest (a path in the store) and fingerprint."""
 
     method: str
     ipc: int
-    images: np.ndarray
-    weights: np.ndarray
+    manifest: str
     fingerprint: str
-    manifest: str | None = None
 
     def load(self, first: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(images uint8 [C, K, H, W, ch], weights float32 [C, K]); only the first `first` classes if given."""
-        return self.images[:first], self.weights[:first]
+        """The manifest's PNGs and weights, class-major: (images uint8 [C, K, H, W, ch], weights float32 [C, K]); only
+        the first `first` classes if given (only their PNGs are read)."""
+        files, labels, weights = image_folder.read_manifest(self.manifest)
+        # by class, then by image index k (the file name '{k:03d}.png': shorter names first, then by name), in any row order
+        order = np.asarray(sorted(range(len(files)), key=lambda i: (labels[i], len(files[i]), files[i])), np.int64)
+        num_classes = len(labels) // self.ipc
+        if len(labels) % self.ipc or not np.array_equal(labels[order], np.repeat(np.arange(num_classes), self.ipc)):
+            raise InputError(f"{self.manifest} does not hold {self.ipc} images of each of classes 0..{num_classes - 1}; "
+                             "delete synthetic/ in the workdir to decode the sets again.")
+        kept = num_classes if first is None else min(first, num_classes)
+        order = order[: kept * self.ipc]
+        images = image_folder.load_images([files[i] for i in order])
+        return images.reshape((kept, self.ipc) + images.shape[1:]), weights[order].astype(np.float32).reshape(kept, self.ipc)
+
+
+@dataclasses.dataclass(frozen=True)
+class SetSpec:
+    """The images of a set: a point source (config_checks.point_source), a decoder (None: the real images) and the
+    random baseline's draw (0 for every other source)."""
+
+    source: str
+    decoder: str | None
+    draw: int = 0
+
+    @property
+    def folder(self) -> str:
+        return f"{self.source}_{self.decoder or 'real'}" + (f"_draw{self.draw}" if self.draw else "")
+
+
+def spec_of(method: str, config, draw: int = 0) -> SetSpec:
+    base, _ = split_method(method)
+    return SetSpec(point_source(base), decoder_of(method, config), draw)
 
 
 def decoders_in_use(config) -> set[str]:
@@ -77,199 +100,148 @@ def decoders_in_use(config) -> set[str]:
     return {d for d in (decoder_of(m, config) for m in config.methods) if d is not None}
 
 
-VAE_BATCH = 256  # latent points per call of the VAE decoder
+def latent_model(prior, denoiser):
+    """The model that decodes points (stages.image_decoders): a pretrained prior's, or the VAE and denoiser of an
+    in-memory run."""
+    return getattr(prior, "model", None) or TrainedLatentModel(prior, denoiser)
 
 
-def _vae_decoder(prior):
-    """The jitted VAE decoder: (params, latents [B, h, w, c]) -> float images [B, H, W, C]."""
-    return jax.jit(lambda p, z: vae_lib.decode(prior.vae, p, z, prior.latent_scale))
+def _set_fingerprint(run, q, prior, denoiser, spec: SetSpec) -> str:
+    parts = ["set", spec.source, spec.decoder, spec.draw, q.fingerprint, run.config.seed, run.config.decode.get("image_size")]
+    if spec.decoder is not None:
+        parts.append(prior.fingerprint)
+    if spec.decoder in ("diffusion", "sample"):
+        parts += [getattr(denoiser, "fingerprint", None), run.config.decode.diffusion]
+    return artifacts.fingerprint(*parts)
 
 
-def decode_with_vae(run, prior, denoiser, points: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Latent points [n, h, w, c] -> float images [n, H, W, C] by the VAE decoder (labels, denoiser unused)."""
-    del run, denoiser, labels
-    decode = _vae_decoder(prior)
-    return map_batches(lambda z: decode(prior.params, z), points, VAE_BATCH, across_processes=True)
+def _class_rows(run, latents, q, classes: list[int], spec: SetSpec) -> list[np.ndarray]:
+    """The rows [K] in each class's latents of a real-image source's images (a random draw s > 0: drawn here)."""
+    if spec.draw:
+        return random_rows(run, latents.counts_per_class(), q.ipc, spec.draw, classes)
+    key = f"{spec.source}_rows"
+    return [q.load(c, (key,))[key] for c in classes]
 
 
-def denoise_points(denoiser, points: np.ndarray, labels: np.ndarray, rng: jax.Array, *, strength: float, guidance: float,
-                   steps: int, batch_size: int, start: str = "img2img") -> np.ndarray:
-    """The pushforward (pqdjax.diffusion.pushforward.denoise) of latent points [n, h, w, c] of classes labels [n] by
-    the class-conditioned denoiser, in batches split over the processes.
+def _real_images(run, latents, classes: list[int], rows: list[np.ndarray]) -> np.ndarray:
+    """uint8 [len(classes) * K, H, W, C]: the training images at `rows` of each class's latents (streamed runs: resized
+    and center-cropped to config.decode.image_size)."""
+    indices = np.concatenate([latents.example_indices(c)[r] for c, r in zip(classes, rows)])
+    if run.kind != "streamed":
+        return run.dataset.train_images[indices]
+    from pqdjax.data import imagenet, streamed
 
-    Batch b's noise comes from fold_in(rng, b), so a point's result depends on
-    its position and batch size but not on the other points of the batch.
-    """
-    points = np.asarray(points, np.float32)
-    labels = np.asarray(labels, np.int32)
-
-    def sample(indices: np.ndarray) -> jax.Array:
-        key = jax.random.fold_in(rng, int(indices[0]) // batch_size)
-        return denoise(denoiser, jnp.asarray(points[indices]), labels[indices], None, key,
-                       strength=strength, guidance=guidance, steps=steps, start=start)
-
-    return map_batches(sample, np.arange(len(points)), batch_size, across_processes=True)
+    data, size = run.config.data, run.config.decode.image_size
+    split = streamed.open_configured_split(data, data.train_split)
+    return np.stack([imagenet.resize_and_center_crop(np.asarray(split[int(i)]["image"]), size, size) for i in indices])
 
 
-def decode_with_diffusion(run, prior, denoiser, points: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Latent points [n, h, w, c] of classes labels [n] -> float images [n, H, W, C]: the pushforward
-    (config.decode.diffusion: img2img at strength, or the whole reverse process from the point), then the VAE decoder."""
-    settings = run.config.decode.diffusion
-    denoised = denoise_points(
-        denoiser, points, labels, run.rng("decode", "diffusion"), strength=settings.strength, guidance=settings.guidance,
-        steps=settings.steps, batch_size=settings.batch_size, start=settings.get("start", "img2img"),
-    )
-    return decode_with_vae(run, prior, None, denoised, labels)
+def _condition_labels(run, labels: np.ndarray) -> np.ndarray:
+    """The class-label condition [n] of the run's labels [n]: their ImageNet-1K indices where the classes are ImageNet
+    classes (DiT is conditioned on ImageNet's 1,000), else the labels themselves."""
+    if run.kind == "streamed" and run.classes.imagenet_indices is not None:
+        return run.classes.imagenet_indices[labels]
+    return labels
 
 
-def decode_with_samples(run, prior, denoiser, points: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Class-conditional samples [n, H, W, C] of classes labels [n]: img2img at strength 1 (the points give only the shape)."""
-    settings = run.config.decode.diffusion
-    sampled = denoise_points(
-        denoiser, points, labels, run.rng("decode", "sample"), strength=1.0, guidance=settings.guidance,
-        steps=settings.steps, batch_size=settings.batch_size, start="sample",
-    )
-    return decode_with_vae(run, prior, None, sampled, labels)
+def _noise_base(run, ipc: int, decoder: str) -> jax.Array:
+    """The key point_keys folds each point's class and index into; the samples draw from keys of their own."""
+    return run.rng("decode", "sample", ipc) if decoder == "sample" else run.rng("decode", ipc)
 
 
-DECODERS = {"vae": decode_with_vae, "diffusion": decode_with_diffusion, "sample": decode_with_samples}
+def _decode_groups(run, model, latents, q, spec: SetSpec, fp: str) -> None:
+    """Writes the PNGs of this process's classes of a set, in groups of classes (resuming finished groups)."""
+    ipc, store, names = q.ipc, run.store, run.class_names
+    mesh = Mesh(np.asarray(jax.local_devices()), (parallel.DATA_AXIS,))
+    mine = [int(c) for c in parallel.process_shard(latents.num_classes)]
+    per_call = max(1, run.config.decode.diffusion.batch_size // ipc)
+    groups = [mine[i : i + per_call] for i in range(0, len(mine), per_call)]
+    bar = Progress(f"decode IPC {ipc} ({spec.folder})", len(groups), unit="groups", log_every=max(1, len(groups) // 10))
+    for g, classes in enumerate(groups, 1):
+        record, group_fp = f"synthetic/ipc{ipc}/groups/{spec.folder}/{classes[0]:04d}.json", artifacts.fingerprint(fp, classes)
+        if store.is_complete(record, group_fp):
+            continue
+        labels = np.repeat(classes, ipc)
+        if spec.source == "kmeans":
+            points = np.concatenate([q.load(c, ("points",))["points"] for c in classes])
+        else:
+            rows = _class_rows(run, latents, q, classes, spec)
+            if spec.decoder is None:
+                images = _real_images(run, latents, classes, rows)
+            points = np.concatenate([latents.load(c)[r] for c, r in zip(classes, rows)])
+        if spec.decoder is not None:
+            images = decode_images(model, spec.decoder, points.reshape((-1,) + tuple(latents.shape)), _condition_labels(run, labels),
+                                   [names[c] for c in labels], point_keys(_noise_base(run, ipc, spec.decoder), classes, ipc),
+                                   run.config.decode.diffusion, mesh, run.config.decode.get("image_size"))
+        for i, (image, c) in enumerate(zip(images, labels)):
+            path = store.path(f"synthetic/ipc{ipc}/{spec.folder}/" + image_folder.image_file(c, names[c], latents.num_classes, i % ipc))
+            artifacts.write_bytes(path, image_folder.png_bytes(image))
+        store.save_record(record, {"classes": classes}, group_fp)
+        bar.update(g)
 
 
-def _decode_points(run, prior, denoiser, decoder: str, latent_shape, points: np.ndarray) -> np.ndarray:
-    """Latent points [C, K, d] -> uint8 images [C, K, H, W, ch] by `decoder`."""
-    if decoder not in DECODERS:
-        raise ConfigError(f"unknown decoder {decoder!r}; known: {sorted(DECODERS)}.")
-    num_classes, ipc, _ = points.shape
-    labels = np.repeat(np.arange(num_classes), ipc)
-    images = DECODERS[decoder](run, prior, denoiser, points.reshape((-1,) + tuple(latent_shape)), labels)
-    if not np.all(np.isfinite(images)):
-        raise NonFiniteError(f"decode: the {decoder} decoder produced NaN or inf images at IPC {ipc}.")
-    return to_uint8(images).reshape((num_classes, ipc) + images.shape[1:])
+def _make_set(run, model, latents, q, spec: SetSpec, fp: str) -> None:
+    """The set's images, unless complete: every process its groups, then process 0 marks the set complete with its
+    cost (sets/{set}.json: 'seconds', the wall time of the run that finished it; 'flops', XLA's count of decoding it
+    with the model trained here, None for real images and pretrained priors)."""
+    record = f"synthetic/ipc{q.ipc}/sets/{spec.folder}.json"
+    if parallel.complete_everywhere(run.store, record, fp):
+        return
+    start = time.perf_counter()
+    _decode_groups(run, model, latents, q, spec, fp)
+    parallel.sync_processes(f"decoded ipc{q.ipc} {spec.folder}")
+    seconds = round(time.perf_counter() - start, 2)
+    flops = None
+    if spec.decoder is not None and isinstance(model, TrainedLatentModel):
+        n = latents.num_classes * q.ipc
+        flops = decode_flops(model, spec.decoder, run.config.decode.diffusion, latents.shape, n,
+                             max(1, run.config.decode.diffusion.batch_size // q.ipc) * q.ipc)
+    cost = {"seconds": seconds, "flops": 0.0 if spec.decoder is None else flops}
+    parallel.write_once(run.store, record, fp, lambda: run.store.save_record(record, cost, fp))
 
 
-def decode_flops(run, prior, denoiser, decoder: str, latent_shape, n: int) -> float | None:
-    """Floating-point operations of decoding n points by `decoder`, as XLA counts them (pqdjax.cost).
+def _manifest(run, latents, q, method: str, spec: SetSpec, set_fp: str) -> SyntheticSet:
+    """The method's manifest over its set's images (process 0 writes it, unless complete), with the method's weights
+    as stages.quantize stored them (uniform for a random draw); its info holds the set's cost."""
+    suffix = f"_draw{spec.draw}" if spec.draw else ""
+    name = f"synthetic/ipc{q.ipc}/manifest_{method}{suffix}.csv"
+    fp = artifacts.fingerprint("manifest", method, set_fp)
+    names, num_classes, base = run.class_names, latents.num_classes, split_method(method)[0]
 
-    The sampler runs its DDIM steps in a fori_loop, whose body XLA would count once,
-    so the count is built from programs without loops: one guided denoiser call on a
-    batch (both halves of classifier-free guidance) times the steps run times the
-    batches, plus the VAE decoder's batches. None where the backend counts none.
-    """
-    latent_shape = tuple(latent_shape)
-    vae_batch = min(VAE_BATCH, n)  # decode_with_vae's batches
-    vae_flops = compiled_flops(_vae_decoder(prior), prior.params, jnp.zeros((vae_batch,) + latent_shape))
-    if vae_flops is None:
-        return None
-    total = vae_flops * -(-n // vae_batch)
-    if decoder not in ("diffusion", "sample"):
-        return total
-    settings = run.config.decode.diffusion
-    strength = settings.strength if decoder == "diffusion" else 1.0
-    whole = decoder == "diffusion" and settings.get("start", "img2img") == "initial_latent"  # every step, from the point
-    steps_run = settings.steps if whole else settings.steps - start_index(settings.steps, strength)
-    batch = min(settings.batch_size, n)
-    context, _ = denoiser.guidance_contexts(np.zeros(batch, np.int32), None, "")
-    call = jax.jit(guided_epsilon, static_argnums=0)
-    eps_flops = compiled_flops(call, denoiser.epsilon, denoiser.denoiser_params, jnp.zeros((batch,) + latent_shape), jnp.int32(0),
-                               context, context, settings.guidance)
-    return None if eps_flops is None else total + eps_flops * steps_run * -(-n // batch)
+    def write():
+        weights = [np.full(q.ipc, 1.0 / q.ipc) if spec.draw else q.weights(c, base) for c in range(num_classes)]
+        files = [f"{spec.folder}/" + image_folder.image_file(c, names[c], num_classes, k) for c in range(num_classes) for k in range(q.ipc)]
+        text = image_folder.manifest_text(files, np.repeat(np.arange(num_classes), q.ipc), np.concatenate(weights), names)
+        cost = run.store.load_record(f"synthetic/ipc{q.ipc}/sets/{spec.folder}.json")
+
+        def fill(path):
+            with open(path, "w") as f:
+                f.write(text)
+
+        run.store.write_artifact(name, fill, fp, {"images": num_classes * q.ipc, **cost})
+
+    parallel.write_once(run.store, name, fp, write)
+    return SyntheticSet(method, q.ipc, run.store.path(name), fp)
 
 
-def _timed_decode(run, prior, denoiser, decoder: str, latent_shape, points: np.ndarray) -> tuple[np.ndarray, dict]:
-    """(_decode_points(...), its cost {'seconds': wall time, 'flops': decode_flops})."""
-    images, seconds = _timed(lambda: _decode_points(run, prior, denoiser, decoder, latent_shape, points))
-    flops = decode_flops(run, prior, denoiser, decoder, latent_shape, points.shape[0] * points.shape[1])
-    return images, {"seconds": round(seconds, 2), "flops": flops}
-
-
-NO_COST = {"seconds": 0.0, "flops": 0.0}  # real images: nothing decoded
-
-
-def _decoder_fingerprint(run, decoder: str, quantized, prior, denoiser) -> str:
-    if decoder in ("diffusion", "sample"):
-        return artifacts.fingerprint(
-            "decode", decoder, quantized.fingerprint, prior.fingerprint, denoiser.fingerprint,
-            run.config.decode.diffusion, run.config.seed,
-        )
-    return artifacts.fingerprint("decode", decoder, quantized.fingerprint, prior.fingerprint)
-
-
-def _synthetic_set(run, method: str, quantized, decoded_fp: str, make, draw: int = 0) -> SyntheticSet:
-    """The stored set (computed by make() -> (images, weights, cost) if absent); draw 0 is also exported as PNGs.
-
-    cost, the wall time and FLOPs of decoding the set's images ({'seconds', 'flops'}), is
-    kept in the artifact's marker (stages.report: synthetic_seconds, synthetic_flops);
-    sets that share images (d4m and ddoq) both carry the cost of their one decoding.
-    """
-    suffix = f"_draw{draw}" if draw else ""
-    name = f"synthetic/{method}_ipc{quantized.ipc}{suffix}.npz"
-    fp = artifacts.fingerprint("synthetic", method, decoded_fp, *([draw] if draw else []))
-    if parallel.complete_everywhere(run.store, name, fp):
-        stored = run.store.load_arrays(name)
-    else:
-        images, weights, cost = make()
-        stored = {"images": images, "weights": weights}
-        parallel.write_once(run.store, name, fp, lambda: run.store.save_arrays(name, stored, fp, cost))
-    synthetic = SyntheticSet(method, quantized.ipc, stored["images"], stored["weights"], fp)
-    if draw:
-        return synthetic
-    folder = f"distilled/{method}_ipc{quantized.ipc}"
-    write = lambda path: image_folder.write_set(path, synthetic.images, synthetic.weights, run.dataset.class_names)
-    parallel.write_once(run.store, folder, fp, lambda: run.store.write_artifact(folder, write, fp))  # unless complete
-    return dataclasses.replace(synthetic, manifest=os.path.join(run.store.path(folder), image_folder.MANIFEST))
+def synthetic_set(run, prior, denoiser, latents, q, method: str, draw: int = 0) -> SyntheticSet:
+    """Method's set at q.ipc (draw s > 0: the random baseline's draw s), made unless complete."""
+    spec = spec_of(method, run.config, draw)
+    fp = _set_fingerprint(run, q, prior, denoiser, spec)
+    _make_set(run, latent_model(prior, denoiser), latents, q, spec, fp)
+    return _manifest(run, latents, q, method, spec, fp)
 
 
 def run(run, prior, latents, quantized: dict, denoiser=None) -> dict[tuple[str, int], SyntheticSet]:
-    methods = tuple(run.config.methods)
     out = {}
     for ipc, q in quantized.items():
-        decoded: dict[tuple[str, str], tuple[np.ndarray, dict]] = {}  # (decoder, point source): decoded once, shared
-
-        def decoded_images(decoder: str, base: str) -> tuple[np.ndarray, dict]:
-            key = (decoder, point_source(base))
-            if key not in decoded:
-                points, _, _ = q.method_set(latents, base)
-                decoded[key] = _timed_decode(run, prior, denoiser, decoder, latents.shape, points)
-            return decoded[key]
-
-        def maker(method: str):
-            base, _ = split_method(method)
-            decoder = decoder_of(method, run.config)
-            _, weights, indices = q.method_set(latents, base)
-            if decoder is None:  # the real images
-                return lambda: (run.dataset.train_images[indices], weights, NO_COST)
-
-            def make():
-                images, cost = decoded_images(decoder, base)
-                return images, weights, cost
-
-            return make
-
-        for method in methods:
-            base, _ = split_method(method)
-            decoder = decoder_of(method, run.config)
-            if decoder is None and base == "random":  # random images depend on the data, the seed and the IPC only
-                source_fp = _random_fingerprint(run, ipc, 0)
-            elif decoder is None:
-                source_fp = artifacts.fingerprint("real", base, q.fingerprint)
-            else:
-                source_fp = artifacts.fingerprint(_decoder_fingerprint(run, decoder, q, prior, denoiser), point_source(base))
-            out[method, ipc] = _synthetic_set(run, method, q, source_fp, maker(method))
-        logging.info("decode IPC %d: %s", ipc, ", ".join(f"{m} {out[m, ipc].images.shape}" for m in methods))
-    if denoiser is not None and run.config.decode.figure_strengths:
-        _pushforward_strips(run, prior, denoiser, latents.shape, quantized)
+        # made in the order of their image folders (a method sharing another's images finds them made)
+        made = {m: synthetic_set(run, prior, denoiser, latents, q, m) for m in sorted(run.config.methods, key=lambda m: spec_of(m, run.config).folder)}
+        out.update({(m, ipc): made[m] for m in run.config.methods})
+        logging.info("decode IPC %d: %s", ipc, ", ".join(sorted({spec_of(m, run.config).folder for m in run.config.methods})))
+    if run.config.decode.get("figure_strengths") and (denoiser is not None or hasattr(prior, "model")):
+        _pushforward_strips(run, prior, denoiser, latents, quantized)
     return out
-
-
-def _timed(fn) -> tuple[np.ndarray, float]:
-    """(fn(), its wall time in seconds)."""
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
-
-
-def _random_fingerprint(run, ipc: int, draw: int) -> str:
-    return artifacts.fingerprint("random", run.data_fingerprint, ipc, run.config.seed, draw)
 
 
 def set_for_seed(run, prior, latents, quantized: dict, synthetic: dict, denoiser=None):
@@ -277,41 +249,24 @@ def set_for_seed(run, prior, latents, quantized: dict, synthetic: dict, denoiser
 
     The random baseline (base method 'random', with or without a decoder) is
     drawn anew for each evaluation seed: the student of seed s trains on draw
-    s (pqdjax.stages.quantize.random_draw), so that the spread of its accuracy
-    over seeds includes the choice of images, as a reviewer expects of a
-    random-subset baseline. Draw 0 is the stored set of decode.run, which
-    fidelity measures, the figures show and distilled/ exports; other draws
-    are stored as synthetic/{method}_ipc{K}_draw{s}.npz. Every other method is
-    the same set for every seed (its points do not depend on the seed).
+    s (stages.quantize.random_rows), so that the spread of its accuracy over
+    seeds includes the choice of images, as a reviewer expects of a
+    random-subset baseline. Draw 0 is the set of decode.run, which fidelity
+    measures and the figures show. Every other method is the same set for
+    every seed (its points do not depend on the seed).
     """
 
     def set_for(method: str, ipc: int, seed: int) -> SyntheticSet:
-        base, _ = split_method(method)
-        if base != "random" or seed == 0:
+        if split_method(method)[0] != "random" or seed == 0:
             return synthetic[method, ipc]
-        decoder = decoder_of(method, run.config)
-        indices, rows = random_draw(run, latents, ipc, seed)
-        uniform = np.full(indices.shape, 1.0 / ipc, np.float32)
-        q = quantized[ipc]
-        if decoder is None:
-            source_fp = _random_fingerprint(run, ipc, seed)
-            make = lambda: (run.dataset.train_images[indices], uniform, NO_COST)
-        else:
-            source_fp = artifacts.fingerprint(
-                _decoder_fingerprint(run, decoder, q, prior, denoiser), point_source(base), "draw", latents.fingerprint,
-            )
-
-            def make():
-                points = np.stack([latents.load(c)[r] for c, r in enumerate(rows)])
-                images, cost = _timed_decode(run, prior, denoiser, decoder, latents.shape, points)
-                return images, uniform, cost
-        return _synthetic_set(run, method, q, source_fp, make, draw=seed)
+        return synthetic_set(run, prior, denoiser, latents, quantized[ipc], method, draw=seed)
 
     return set_for
 
 
-def _pushforward_strips(run, prior, denoiser, latent_shape, quantized) -> None:
-    """For a few classes and points: the VAE decoding, then img2img at each of config.decode.figure_strengths.
+def _pushforward_strips(run, prior, denoiser, latents, quantized) -> None:
+    """For a few classes and points: the VAE decoding, then img2img at each of config.decode.figure_strengths, with
+    the points' own noise keys (the strip at the run's strength is the diffusion set's image).
 
     Saved as STRIPS_ARTIFACT: images uint8 [classes, points, 1 + strengths, H, W, ch],
     strengths, classes; the report draws it.
@@ -320,25 +275,21 @@ def _pushforward_strips(run, prior, denoiser, latent_shape, quantized) -> None:
     ipc = min(quantized, key=lambda k: abs(k - 10))
     q = quantized[ipc]
     strengths = tuple(float(s) for s in config.figure_strengths)
-    fp = artifacts.fingerprint(
-        "strips", q.fingerprint, prior.fingerprint, denoiser.fingerprint, config.diffusion, strengths, run.config.seed
-    )
+    fp = artifacts.fingerprint("strips", q.fingerprint, prior.fingerprint, getattr(denoiser, "fingerprint", None), config.diffusion,
+                               config.get("image_size"), strengths, run.config.seed)
     if parallel.complete_everywhere(run.store, STRIPS_ARTIFACT, fp):
         return
-    points = q.arrays["points"]  # [C, K, d]
-    classes = np.arange(min(4, points.shape[0]))
-    per_class = min(3, points.shape[1])
-    chosen = points[classes, :per_class].reshape((-1,) + tuple(latent_shape))
+    classes = list(range(min(4, latents.num_classes)))
+    per_class = min(3, ipc)
+    chosen = np.concatenate([q.load(c, ("points",))["points"][:per_class] for c in classes]).reshape((-1,) + tuple(latents.shape))
     labels = np.repeat(classes, per_class)
-    settings = config.diffusion
-    columns = [decode_with_vae(run, prior, None, chosen, labels)]
-    for strength in strengths:
-        denoised = denoise_points(
-            denoiser, chosen, labels, run.rng("decode", "strips"),
-            strength=strength, guidance=settings.guidance, steps=settings.steps, batch_size=len(chosen),
-        )
-        columns.append(decode_with_vae(run, prior, None, denoised, labels))
-    images = to_uint8(np.stack(columns, axis=1))  # [n, 1 + S, H, W, ch]
+    keys = point_keys(_noise_base(run, ipc, "diffusion"), classes, ipc)[np.add.outer(np.arange(len(classes)) * ipc, np.arange(per_class)).ravel()]
+    mesh = Mesh(np.asarray(jax.local_devices()), (parallel.DATA_AXIS,))
+    decode = lambda decoder, strength=None: decode_images(
+        latent_model(prior, denoiser), decoder, chosen, _condition_labels(run, labels), [run.class_names[c] for c in labels],
+        keys, config.diffusion, mesh, config.get("image_size"), strength)
+    columns = [decode("vae")] + [decode("diffusion", strength) for strength in strengths]
+    images = np.stack(columns, axis=1)  # [n, 1 + S, H, W, ch]
     images = images.reshape((len(classes), per_class) + images.shape[1:])
-    arrays = {"images": images, "strengths": np.asarray(strengths), "classes": classes, "ipc": ipc}
+    arrays = {"images": images, "strengths": np.asarray(strengths), "classes": np.asarray(classes), "ipc": ipc}
     parallel.write_once(run.store, STRIPS_ARTIFACT, fp, lambda: run.store.save_arrays(STRIPS_ARTIFACT, arrays, fp))

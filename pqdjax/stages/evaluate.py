@@ -7,7 +7,7 @@ killed run resumes), then is tested on the run's test split (pqdjax.pipeline.Run
 host memory, or config.data.test_split streamed at eval_resize / eval_crop and sharded). It reaches the other
 stages' outputs through the interfaces both kinds implement:
 
-    synthetic.load()           images uint8 [C, K, H, W, ch], weights [C, K] (stages.decode, stages.streamed_decode)
+    synthetic.load()           images uint8 [C, K, H, W, ch], weights [C, K] (stages.decode)
     teacher.model, .variables  the teacher network and its {'params'[, 'batch_stats']}
     run.test_split             num_classes, student_inputs(images), fingerprint, accuracy()
 
@@ -73,8 +73,8 @@ def evaluate_set(run, teacher, synthetic, seed: int, checkpoints=None, arch: str
     """Trains one student on `synthetic` with the teacher's soft labels and tests it on the run's test split
     (Run.test_split); returns its record.
 
-    synthetic: a set with load() -> (images uint8 [C, K, H, W, ch], weights [C, K]) (stages.decode or
-    stages.streamed_decode); teacher: .model and .variables; checkpoints: a pqdjax.train.checkpoint.Checkpoints for
+    synthetic: a set with load() -> (images uint8 [C, K, H, W, ch], weights [C, K]) (stages.decode);
+    teacher: .model and .variables; checkpoints: a pqdjax.train.checkpoint.Checkpoints for
     the student's training, or None; arch, model: the student (student_models; default: config.evaluate.model).
     """
     config = run.config.evaluate

@@ -33,13 +33,13 @@ import time
 import jax
 import numpy as np
 from absl import logging
+from jax.sharding import Mesh
 
-from pqdjax import figures, pretrained
-from pqdjax.data.preprocess import to_uint8
+from pqdjax import figures, parallel, pretrained
 from pqdjax.stages import denoiser as denoiser_stage
 from pqdjax.stages import prior as prior_stage
 from pqdjax.stages import teacher as teacher_stage
-from pqdjax.stages.decode import decode_with_vae, denoise_points
+from pqdjax.stages.image_decoders import TrainedLatentModel, decode_images, point_keys
 from pqdjax.stages.fidelity import teacher_agreement
 
 
@@ -48,16 +48,15 @@ def machine() -> str:
 
 
 def class_conditional_samples(run, prior, denoiser, per_class: int) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 images [C * per_class, H, W, ch] sampled from pure noise (strength 1) for each class, and their labels."""
-    settings = run.config.decode.diffusion
+    """uint8 images [C * per_class, H, W, ch] sampled from pure noise (strength 1) for each class, and their labels
+    (the decode stage's 'sample' decoder, each sample with its own key)."""
     num_classes = denoiser.model.num_classes
     labels = np.repeat(np.arange(num_classes), per_class)
     noise_like = np.zeros((len(labels),) + tuple(denoiser.model.latent_shape), np.float32)
-    latents = denoise_points(
-        denoiser, noise_like, labels, run.rng("export", "samples"),
-        strength=1.0, guidance=settings.guidance, steps=settings.steps, batch_size=settings.batch_size,
-    )
-    return to_uint8(decode_with_vae(run, prior, None, latents, labels)), labels
+    keys = point_keys(run.rng("export", "samples"), range(num_classes), per_class)
+    mesh = Mesh(np.asarray(jax.local_devices()), (parallel.DATA_AXIS,))
+    return decode_images(TrainedLatentModel(prior, denoiser), "sample", noise_like, labels, None, keys,
+                         run.config.decode.diffusion, mesh), labels
 
 
 # component name -> (config section, file name, artifact of the stage that trains it)

@@ -28,8 +28,7 @@ what it measures, each through a small interface both kinds implement:
                                       class c, and the W2 stored for them
 
 (stages.prior, stages.teacher, stages.encode and stages.quantize for every
-run; stages.decode in in-memory runs, stages.streamed_decode in streamed
-ones). Each class's latents
+run, and stages.decode). Each class's latents
 are read once per set, one class at a time. One record per set,
 fidelity/{method}_ipc{K}.json, reused while the set, its quantization, the
 prior, the teacher and the latents are unchanged; process 0 writes it.

@@ -253,7 +253,7 @@ def run(run, teacher, latents, quantized: dict, synthetic: dict, records: list[d
 
     It reaches the stages' outputs through interfaces both kinds implement: quantized[ipc].distortions(),
     .iterations(), .stored_w2(), .class_weights(first) (stages.quantize);
-    synthetic[method, ipc].load(first) (stages.decode, stages.streamed_decode); latents.counts_per_class(), .shape and .cost;
+    synthetic[method, ipc].load(first) and .manifest (stages.decode); latents.counts_per_class(), .shape and .cost;
     run.test_split.label and run.class_names.
     """
     config = run.config
@@ -333,12 +333,13 @@ def figure_grid(run, synthetic: dict, ipcs, num_classes: int) -> tuple[str, np.n
 
 
 def _synthetic_cost(run, synthetic: dict, field: str) -> dict[str, float | None]:
-    """Per synthetic set {method}_ipc{K}: the wall time ('seconds') or FLOPs ('flops', pqdjax.stages.decode.decode_flops)
-    of decoding its images (0 for real images; d4m and ddoq, which share their images, each carry the one decoding's),
-    as recorded when it was made; only sets whose marker records it (in-memory runs' synthetic/*.npz)."""
+    """Per synthetic set {method}_ipc{K}: the wall time ('seconds') or FLOPs ('flops', pqdjax.stages.image_decoders
+    .decode_flops; None for pretrained priors) of making its images (real images: the time to write them, 0 FLOPs;
+    d4m and ddoq, which share their images, each carry the one decoding's), as its manifest's marker recorded them
+    (stages.decode)."""
     out = {}
-    for method, ipc in synthetic:
-        info = run.store.info(f"synthetic/{method}_ipc{ipc}.npz")
+    for (method, ipc), synthetic_set in synthetic.items():
+        info = run.store.info(os.path.relpath(synthetic_set.manifest, run.store.workdir))
         if info is not None:
             out[f"{method}_ipc{ipc}"] = info.get(field)
     return out
