@@ -1,4 +1,4 @@
-# make demo: set up, then run the default experiment (Fashion-MNIST, ~10 min on 2 CPU cores).
+# make demo: set up, then run the default experiment (Fashion-MNIST, ~7 min on 2 CPU cores with the set-up).
 # make test: set up, then run the fast test suite.
 # make notebooks: execute the notebooks in notebooks/ in full, outputs into the .ipynb files.
 PYTHON ?= python3

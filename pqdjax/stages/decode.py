@@ -168,7 +168,8 @@ def _decode_groups(run, model, latents, q, spec: SetSpec, fp: str) -> None:
             rows = _class_rows(run, latents, q, classes, spec)
             if spec.decoder is None:
                 images = _real_images(run, latents, classes, rows)
-            points = np.concatenate([latents.load(c)[r] for c, r in zip(classes, rows)])
+            else:  # the chosen images' latents
+                points = np.concatenate([latents.load(c)[r] for c, r in zip(classes, rows)])
         if spec.decoder is not None:
             images = decode_images(model, spec.decoder, points.reshape((-1,) + tuple(latents.shape)), _condition_labels(run, labels),
                                    [names[c] for c in labels], point_keys(_noise_base(run, ipc, spec.decoder), classes, ipc),
@@ -183,7 +184,7 @@ def _decode_groups(run, model, latents, q, spec: SetSpec, fp: str) -> None:
 def _make_set(run, model, latents, q, spec: SetSpec, fp: str) -> None:
     """The set's images, unless complete: every process its groups, then process 0 marks the set complete with its
     cost (sets/{set}.json: 'seconds', the wall time of the run that finished it; 'flops', XLA's count of decoding it
-    with the model trained here, None for real images and pretrained priors)."""
+    with the model trained here, 0 for real images, None for pretrained priors)."""
     record = f"synthetic/ipc{q.ipc}/sets/{spec.folder}.json"
     if parallel.complete_everywhere(run.store, record, fp):
         return
@@ -191,13 +192,16 @@ def _make_set(run, model, latents, q, spec: SetSpec, fp: str) -> None:
     _decode_groups(run, model, latents, q, spec, fp)
     parallel.sync_processes(f"decoded ipc{q.ipc} {spec.folder}")
     seconds = round(time.perf_counter() - start, 2)
-    flops = None
-    if spec.decoder is not None and isinstance(model, TrainedLatentModel):
-        n = latents.num_classes * q.ipc
-        flops = decode_flops(model, spec.decoder, run.config.decode.diffusion, latents.shape, n,
-                             max(1, run.config.decode.diffusion.batch_size // q.ipc) * q.ipc)
-    cost = {"seconds": seconds, "flops": 0.0 if spec.decoder is None else flops}
-    parallel.write_once(run.store, record, fp, lambda: run.store.save_record(record, cost, fp))
+
+    def write():  # process 0
+        flops = 0.0 if spec.decoder is None else None
+        if spec.decoder is not None and isinstance(model, TrainedLatentModel):
+            settings = run.config.decode.diffusion
+            flops = decode_flops(model, spec.decoder, settings, latents.shape, latents.num_classes * q.ipc,
+                                 max(1, settings.batch_size // q.ipc) * q.ipc)  # _decode_groups' calls
+        run.store.save_record(record, {"seconds": seconds, "flops": flops}, fp)
+
+    parallel.write_once(run.store, record, fp, write)
 
 
 def _manifest(run, latents, q, method: str, spec: SetSpec, set_fp: str) -> SyntheticSet:
@@ -266,7 +270,7 @@ def set_for_seed(run, prior, latents, quantized: dict, synthetic: dict, denoiser
 
 def _pushforward_strips(run, prior, denoiser, latents, quantized) -> None:
     """For a few classes and points: the VAE decoding, then img2img at each of config.decode.figure_strengths, with
-    the points' own noise keys (the strip at the run's strength is the diffusion set's image).
+    the noise keys of the points' images in the diffusion set.
 
     Saved as STRIPS_ARTIFACT: images uint8 [classes, points, 1 + strengths, H, W, ch],
     strengths, classes; the report draws it.
