@@ -19,7 +19,7 @@ import tempfile
 import numpy as np
 
 from pqdjax import artifacts
-from pqdjax.stages.decode import SyntheticSet
+from pqdjax.data import image_folder
 from pqdjax.stages.encode import stored_latents
 from pqdjax.stages.quantize import Quantized
 
@@ -102,7 +102,7 @@ def load_run(workdir: str) -> FinishedRun:
     synthetic = {}
     for key, manifest in results["synthetic"].items():  # {method}_ipc{K}: its manifest (stages.decode)
         method, ipc = re.fullmatch(r"(\w+?)_ipc(\d+)", key).groups()
-        images, weights = SyntheticSet(method, int(ipc), store.path(manifest), "").load()
+        images, weights = image_folder.read_class_major(store.path(manifest), int(ipc))
         synthetic[method, int(ipc)] = {"images": images, "weights": weights}
     return FinishedRun(
         workdir=store.workdir,

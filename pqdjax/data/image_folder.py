@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from pqdjax.data.imagenet import resize_and_center_crop
-from pqdjax.errors import ConfigError, DatasetFormatError, DatasetNotFoundError
+from pqdjax.errors import ConfigError, DatasetFormatError, DatasetNotFoundError, InputError
 
 MANIFEST = "manifest.csv"
 COLUMNS = ("file", "label", "class", "weight")
@@ -166,3 +166,20 @@ def read_set(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(images uint8 [n, H, W, ch], labels int32 [n], weights float32 [n]) of the set whose manifest is `path`."""
     files, labels, weights = read_manifest(path)
     return load_images(files), labels, weights
+
+
+def read_class_major(path: str, ipc: int, first: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The set whose manifest is `path`, with `ipc` images per class, class-major: (images uint8 [C, K, H, W, ch],
+    weights float32 [C, K]), rows of the manifest in any order; only the first `first` classes if given (only their
+    PNGs are read). InputError where the manifest does not hold K images of each of classes 0..C-1."""
+    files, labels, weights = read_manifest(path)
+    # by class, then by image index k (the file name '{k:03d}.png': shorter names first, then by name)
+    order = np.asarray(sorted(range(len(files)), key=lambda i: (labels[i], len(files[i]), files[i])), np.int64)
+    num_classes = len(labels) // ipc
+    if len(labels) % ipc or not np.array_equal(labels[order], np.repeat(np.arange(num_classes), ipc)):
+        raise InputError(f"{path} does not hold {ipc} images of each of classes 0..{num_classes - 1}; "
+                         "delete synthetic/ in the workdir to decode the sets again.")
+    kept = num_classes if first is None else min(first, num_classes)
+    order = order[: kept * ipc]
+    images = load_images([files[i] for i in order])
+    return images.reshape((kept, ipc) + images.shape[1:]), weights[order].astype(np.float32).reshape(kept, ipc)

@@ -43,7 +43,6 @@ from jax.sharding import Mesh
 from pqdjax import artifacts, parallel
 from pqdjax.config_checks import decoder_of, point_source, split_method
 from pqdjax.data import image_folder
-from pqdjax.errors import InputError
 from pqdjax.progress import Progress
 from pqdjax.stages.image_decoders import TrainedLatentModel, decode_flops, decode_images, point_keys
 from pqdjax.stages.quantize import random_rows
@@ -63,17 +62,7 @@ class SyntheticSet:
     def load(self, first: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The manifest's PNGs and weights, class-major: (images uint8 [C, K, H, W, ch], weights float32 [C, K]); only
         the first `first` classes if given (only their PNGs are read)."""
-        files, labels, weights = image_folder.read_manifest(self.manifest)
-        # by class, then by image index k (the file name '{k:03d}.png': shorter names first, then by name), in any row order
-        order = np.asarray(sorted(range(len(files)), key=lambda i: (labels[i], len(files[i]), files[i])), np.int64)
-        num_classes = len(labels) // self.ipc
-        if len(labels) % self.ipc or not np.array_equal(labels[order], np.repeat(np.arange(num_classes), self.ipc)):
-            raise InputError(f"{self.manifest} does not hold {self.ipc} images of each of classes 0..{num_classes - 1}; "
-                             "delete synthetic/ in the workdir to decode the sets again.")
-        kept = num_classes if first is None else min(first, num_classes)
-        order = order[: kept * self.ipc]
-        images = image_folder.load_images([files[i] for i in order])
-        return images.reshape((kept, self.ipc) + images.shape[1:]), weights[order].astype(np.float32).reshape(kept, self.ipc)
+        return image_folder.read_class_major(self.manifest, self.ipc, first)
 
 
 @dataclasses.dataclass(frozen=True)
