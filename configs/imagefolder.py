@@ -43,7 +43,7 @@ class-conditioned latent denoiser and the ConvNet-3 teacher, all trained in
 the run (no weights ship for a user's folder), Lloyd quantization, img2img at
 strength 0.7 and guidance 4 (the Fashion-MNIST sweep's choice), students with
 the teacher's soft labels. Every distilled set is written as PNGs in class
-folders with a manifest (distilled/{method}_ipc{K}/).
+folders with a manifest (synthetic/ipc{K}/manifest_{method}.csv).
 """
 
 import os

@@ -16,7 +16,7 @@
 #
 # A run's workdir holds everything it made: the class latents (`encode/latents/process{p}/class{c:04d}.f32`), the
 # quantization per IPC and class (`quantize/ipc{K}/class{c:04d}.npz`: points, Voronoi weights, W2 per method),
-# the synthetic sets (PNGs under `synthetic/ipc{K}/` with `manifest_{method}.csv`: file, label, weight) and
+# the synthetic sets (PNGs under `synthetic/ipc{K}/` with `manifest_{method}.csv`: file, label, class, weight) and
 # `results.json` (accuracy per method, IPC and seed). This notebook reads a run
 # (`$PQDJAX_RUN_WORKDIR`, default `runs/default`; where there is none, the small
 # `configs/default.py:runlocal` run is made first) and shows the images per class with

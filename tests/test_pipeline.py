@@ -239,6 +239,55 @@ def test_random_vae_of_another_seed_decodes_that_seeds_draw(finished_run):
     np.testing.assert_array_equal(set_for("random", 2, 1).load()[0], run.dataset.train_images[indices])
 
 
+def test_a_set_overwritten_by_a_killed_decode_is_decoded_again(finished_run, monkeypatch):
+    """Another strength's decode killed after its first group has overwritten some of the ddoq images: the set's
+    earlier marker does not outlive them, and the rerun of the first config brings back its very images."""
+    from pqdjax.stages import decode
+
+    data_dir, workdir, _ = finished_run
+    before = _set(workdir, "ddoq")["images"]
+    real, calls = decode.decode_images, []
+
+    def killed_after_one_group(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt("killed")
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(decode, "decode_images", killed_after_one_group)
+    config = _config(data_dir)
+    config.decode.diffusion.strength = 0.9
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(config, workdir)
+    assert not np.array_equal(_set(workdir, "ddoq")["images"], before)  # group 0's PNGs are strength 0.9's now
+    monkeypatch.setattr(decode, "decode_images", real)
+    _stages_to_decode(data_dir, workdir, ("ddoq",))
+    np.testing.assert_array_equal(_set(workdir, "ddoq")["images"], before)
+
+
+def test_set_fingerprints_follow_what_the_images_depend_on(finished_run):
+    """The random images depend on the latents, the IPC and the seed, not on the quantizer; the k-means sets on the
+    quantization; no set on the pushforward's batch size (each point has its own key)."""
+    import types
+
+    from pqdjax.stages import decode
+
+    data_dir, workdir, _ = finished_run
+    run, the_prior, latents, the_denoiser, quantized, _ = _stages_to_decode(data_dir, workdir, ("ddoq",))
+    other_quantizer = types.SimpleNamespace(ipc=2, fingerprint="another quantization")
+    fp = lambda q, method, r=run: decode._set_fingerprint(r, latents, q, the_prior, the_denoiser, decode.spec_of(method, r.config))
+    assert fp(quantized[2], "random") == fp(other_quantizer, "random")
+    assert fp(quantized[2], "random_vae") == fp(other_quantizer, "random_vae")
+    assert fp(quantized[2], "ddoq") != fp(other_quantizer, "ddoq")
+    config = run.config.copy_and_resolve_references()
+    config.decode.diffusion.batch_size = 3
+    import dataclasses
+
+    assert fp(quantized[2], "ddoq", dataclasses.replace(run, config=config)) == fp(quantized[2], "ddoq")
+    config.decode.diffusion.strength = 0.5
+    assert fp(quantized[2], "ddoq", dataclasses.replace(run, config=config)) != fp(quantized[2], "ddoq")
+
+
 def test_rerun_skips_finished_stages(finished_run, monkeypatch):
     data_dir, workdir, results = finished_run
 

@@ -6,9 +6,9 @@ the sorted folder names, every image resized (shorter side) and center-cropped
 to a square and converted to RGB or grayscale. Without DIR/test the last
 `test_fraction` of each class's images (by file name) is the test split.
 
-Writing: every run writes each synthetic set this way (the default pipeline under
-distilled/{method}_ipc{K}/, the ImageNet one under synthetic/ipc{K}/, where
-d4m and ddoq share one folder of images and differ in their manifests):
+Writing: every run writes each synthetic set this way (pqdjax.stages.decode: under
+synthetic/ipc{K}/{source}_{decoder}/, where d4m and ddoq share one folder of
+images and differ in their manifests, synthetic/ipc{K}/manifest_{method}.csv):
 
     {class folder}/{k:03d}.png   the K images of a class; class folder
                                  '{index}_{name}' with the index zero-padded,

@@ -33,9 +33,11 @@ With config.decode.figure_strengths the stage also saves the pushforward strips 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 import jax
+import ml_collections
 import numpy as np
 from absl import logging
 from jax.sharding import Mesh
@@ -43,6 +45,7 @@ from jax.sharding import Mesh
 from pqdjax import artifacts, parallel
 from pqdjax.config_checks import decoder_of, point_source, split_method
 from pqdjax.data import image_folder
+from pqdjax.errors import InputError, NonFiniteError
 from pqdjax.progress import Progress
 from pqdjax.stages.image_decoders import TrainedLatentModel, decode_flops, decode_images, point_keys
 from pqdjax.stages.quantize import random_rows
@@ -95,12 +98,17 @@ def latent_model(prior, denoiser):
     return getattr(prior, "model", None) or TrainedLatentModel(prior, denoiser)
 
 
-def _set_fingerprint(run, q, prior, denoiser, spec: SetSpec) -> str:
-    parts = ["set", spec.source, spec.decoder, spec.draw, q.fingerprint, run.config.seed, run.config.decode.get("image_size")]
+def _set_fingerprint(run, latents, q, prior, denoiser, spec: SetSpec) -> str:
+    """What a set's images depend on: the random images on the latents (their classes), the IPC and the seed alone
+    (stages.quantize.random_rows), the other sources on the quantization; a decoder adds the prior (and denoiser) and
+    the pushforward's settings (not its batch size: each point has its own key)."""
+    points = ("random", latents.fingerprint, q.ipc) if spec.source == "random" else (spec.source, q.fingerprint)
+    parts = ["set", *points, spec.decoder, spec.draw, run.config.seed, run.config.decode.get("image_size")]
     if spec.decoder is not None:
         parts.append(prior.fingerprint)
     if spec.decoder in ("diffusion", "sample"):
-        parts += [getattr(denoiser, "fingerprint", None), run.config.decode.diffusion]
+        settings = {k: v for k, v in run.config.decode.diffusion.items() if k != "batch_size"}
+        parts += [getattr(denoiser, "fingerprint", None), settings]
     return artifacts.fingerprint(*parts)
 
 
@@ -148,8 +156,10 @@ def _decode_groups(run, model, latents, q, spec: SetSpec, fp: str) -> None:
     bar = Progress(f"decode IPC {ipc} ({spec.folder})", len(groups), unit="groups", log_every=max(1, len(groups) // 10))
     for g, classes in enumerate(groups, 1):
         record, group_fp = f"synthetic/ipc{ipc}/groups/{spec.folder}/{classes[0]:04d}.json", artifacts.fingerprint(fp, classes)
-        if store.is_complete(record, group_fp):
+        files = _image_files(run, latents, spec, ipc, classes)
+        if store.is_complete(record, group_fp) and all(os.path.exists(f) for f in files):
             continue
+        store.remove(record)  # before its images change: a kill then leaves the group undone, not done with others' images
         labels = np.repeat(classes, ipc)
         if spec.source == "kmeans":
             points = np.concatenate([q.load(c, ("points",))["points"] for c in classes])
@@ -160,14 +170,23 @@ def _decode_groups(run, model, latents, q, spec: SetSpec, fp: str) -> None:
             else:  # the chosen images' latents
                 points = np.concatenate([latents.load(c)[r] for c, r in zip(classes, rows)])
         if spec.decoder is not None:
-            images = decode_images(model, spec.decoder, points.reshape((-1,) + tuple(latents.shape)), _condition_labels(run, labels),
-                                   [names[c] for c in labels], point_keys(_noise_base(run, ipc, spec.decoder), classes, ipc),
-                                   run.config.decode.diffusion, mesh, run.config.decode.get("image_size"))
-        for i, (image, c) in enumerate(zip(images, labels)):
-            path = store.path(f"synthetic/ipc{ipc}/{spec.folder}/" + image_folder.image_file(c, names[c], latents.num_classes, i % ipc))
+            try:
+                images = decode_images(model, spec.decoder, points.reshape((-1,) + tuple(latents.shape)), _condition_labels(run, labels),
+                                       [names[c] for c in labels], point_keys(_noise_base(run, ipc, spec.decoder), classes, ipc),
+                                       run.config.decode.diffusion, mesh, run.config.decode.get("image_size"))
+            except NonFiniteError as error:
+                raise NonFiniteError(f"{error} (IPC {ipc}, set {spec.folder}, classes {classes[0]}-{classes[-1]})") from None
+        for path, image in zip(files, images):
             artifacts.write_bytes(path, image_folder.png_bytes(image))
         store.save_record(record, {"classes": classes}, group_fp)
         bar.update(g)
+
+
+def _image_files(run, latents, spec: SetSpec, ipc: int, classes) -> list[str]:
+    """The paths of the PNGs of `classes` in a set, class-major."""
+    names, num_classes = run.class_names, latents.num_classes
+    return [run.store.path(f"synthetic/ipc{ipc}/{spec.folder}/" + image_folder.image_file(c, names[c], num_classes, k))
+            for c in classes for k in range(ipc)]
 
 
 def _make_set(run, model, latents, q, spec: SetSpec, fp: str) -> None:
@@ -177,12 +196,19 @@ def _make_set(run, model, latents, q, spec: SetSpec, fp: str) -> None:
     record = f"synthetic/ipc{q.ipc}/sets/{spec.folder}.json"
     if parallel.complete_everywhere(run.store, record, fp):
         return
+    if jax.process_index() == 0:  # another set's marker (an earlier config) must not outlive the images it marked
+        run.store.remove(record)
+    parallel.sync_processes(f"unmarked ipc{q.ipc} {spec.folder}")
     start = time.perf_counter()
     _decode_groups(run, model, latents, q, spec, fp)
     parallel.sync_processes(f"decoded ipc{q.ipc} {spec.folder}")
     seconds = round(time.perf_counter() - start, 2)
 
-    def write():  # process 0
+    def write():  # process 0, once every process's images are there
+        missing = [f for f in _image_files(run, latents, spec, q.ipc, range(latents.num_classes)) if not os.path.exists(f)]
+        if missing:
+            raise InputError(f"decode: {len(missing)} images of {spec.folder} are missing after every process decoded its "
+                             f"classes (first: {missing[0]}); the workdir must be one folder that all processes share.")
         flops = 0.0 if spec.decoder is None else None
         if spec.decoder is not None and isinstance(model, TrainedLatentModel):
             settings = run.config.decode.diffusion
@@ -220,7 +246,7 @@ def _manifest(run, latents, q, method: str, spec: SetSpec, set_fp: str) -> Synth
 def synthetic_set(run, prior, denoiser, latents, q, method: str, draw: int = 0) -> SyntheticSet:
     """Method's set at q.ipc (draw s > 0: the random baseline's draw s), made unless complete."""
     spec = spec_of(method, run.config, draw)
-    fp = _set_fingerprint(run, q, prior, denoiser, spec)
+    fp = _set_fingerprint(run, latents, q, prior, denoiser, spec)
     _make_set(run, latent_model(prior, denoiser), latents, q, spec, fp)
     return _manifest(run, latents, q, method, spec, fp)
 
@@ -278,9 +304,10 @@ def _pushforward_strips(run, prior, denoiser, latents, quantized) -> None:
     labels = np.repeat(classes, per_class)
     keys = point_keys(_noise_base(run, ipc, "diffusion"), classes, ipc)[np.add.outer(np.arange(len(classes)) * ipc, np.arange(per_class)).ravel()]
     mesh = Mesh(np.asarray(jax.local_devices()), (parallel.DATA_AXIS,))
+    settings = ml_collections.ConfigDict({**config.diffusion.to_dict(), "start": "img2img"})  # the strength decides
     decode = lambda decoder, strength=None: decode_images(
         latent_model(prior, denoiser), decoder, chosen, _condition_labels(run, labels), [run.class_names[c] for c in labels],
-        keys, config.diffusion, mesh, config.get("image_size"), strength)
+        keys, settings, mesh, config.get("image_size"), strength)
     columns = [decode("vae")] + [decode("diffusion", strength) for strength in strengths]
     images = np.stack(columns, axis=1)  # [n, 1 + S, H, W, ch]
     images = images.reshape((len(classes), per_class) + images.shape[1:])

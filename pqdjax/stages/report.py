@@ -326,7 +326,7 @@ def figure_set(methods, ipcs, synthetic) -> tuple[str, int]:
 
 def figure_grid(run, synthetic: dict, ipcs, num_classes: int) -> tuple[str, np.ndarray, np.ndarray]:
     """(method, uint8 images [C, K, H, W, ch], weights [C, K]) of the first num_classes classes of distilled.png's set
-    (SyntheticSet.load: streamed runs read back only their PNGs)."""
+    (SyntheticSet.load reads back only their PNGs)."""
     method, ipc = figure_set(run.config.methods, ipcs, synthetic)
     images, weights = synthetic[method, ipc].load(first=num_classes)
     return method, images, weights
