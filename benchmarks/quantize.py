@@ -1,7 +1,7 @@
 r"""Quantization kernels side by side: pqdjax Lloyd vs scikit-learn KMeans (lloyd, elkan) vs ott-jax k_means.
 
 Command (under the machine's CPU lock, from the repository root):
-    flock /tmp/pqdjax-cpu.lock python -m benchmarks.quantize [--repeats=5] [--quick] [--shape=0..7] [--tolerance] [--clvq-memory] [--norms] [--hamerly] [--profile]
+    flock /tmp/pqdjax-cpu.lock python -m benchmarks.quantize [--repeats=5] [--quick] [--shape=0..7] [--tolerance] [--clvq-memory] [--norms] [--hamerly] [--profile] [--cell-sums]
 
 Each solver starts from the same k-means++ centres and runs the same number of
 Lloyd iterations (tolerance 0, the iteration count fixed), so times and
@@ -28,7 +28,8 @@ Lloyd's tolerance (the mean per-feature variance) per class against numpy's,
 on 100 x 1,300 x 1,024; --norms only the squared row norms, against one
 matrix-vector product per row and numpy; --hamerly only the share of samples
 that per-sample (Hamerly) bounds would leave to compute on shapes 0 and 3;
---profile only where one plain pass goes on shape 3.
+--profile only where one plain pass goes on shape 3; --cell-sums only a pass's cell
+sums in each of their three ways.
 """
 
 from __future__ import annotations
@@ -216,6 +217,40 @@ def norms_cost(repeats=5) -> list[dict]:
     return rows
 
 
+def cell_sums_cost(repeats=5) -> list[dict]:
+    """A pass's cell sums (pqdjax.quantize.voronoi.cell_sums) against each of its three ways forced on every shape:
+    the scatter of the weighted rows, the one-hot matmul and the row loop, in ms per block, each inside a jitted
+    loop of 4 passes (as Lloyd reuses its buffers)."""
+    voronoi = importlib.import_module("pqdjax.quantize.voronoi")
+    hi = jax.lax.Precision.HIGHEST
+
+    def forced(way):
+        def sums(x, m, a, k):
+            if way == "scatter":
+                return jax.ops.segment_sum(m[:, None] * x, a, num_segments=k)
+            if way == "one-hot matmul":
+                return jnp.matmul(((a[:, None] == jnp.arange(k)) * m[:, None]).T.astype(x.dtype), x, precision=hi)
+            return voronoi.cell_sums(x, m, a, k)  # "pqdjax cell_sums"
+        return sums
+
+    rows = []
+    for r, d, k in ((4096, 256, 100), (4096, 256, 2), (1300, 1024, 10), (1300, 1024, 50), (1300, 16_384, 10),
+                    (1300, 16_384, 100), (1300, 16_384, 200)):
+        rng = np.random.default_rng(d + k)
+        x, m = jnp.asarray(rng.normal(size=(r, d)).astype(np.float32)), jnp.full(r, 1.0 / r, jnp.float32)
+        a = jnp.asarray(rng.integers(0, k, r).astype(np.int32))
+        fns = {}
+        for way in ("pqdjax cell_sums", "scatter", "one-hot matmul"):
+            sums = forced(way)
+            # 4 passes in one call, each with the cells renumbered, so no pass is hoisted out of the loop.
+            run = jax.jit(lambda x, m, a, sums=sums, k=k: jax.lax.fori_loop(
+                0, 4, lambda i, acc: acc + sums(x, m, (a + i) % k, k), jnp.zeros((k, x.shape[1]))))
+            fns[way] = lambda run=run: jax.block_until_ready(run(x, m, a))
+        times = _interleaved_times(fns, repeats)
+        rows.append({"shape": f"{r} x {d}, K={k}", "ms_per_pass": {w: 1e3 * float(np.median(t)) / 4 for w, t in times.items()}})
+    return rows
+
+
 def pass_profile(repeats: int = 10) -> dict:
     """Where one plain Lloyd pass goes on the standard normal measure (shape 3: 50,000 x 256, K = 100), in ms:
     the distance matmul as one product, the same per block of BLOCK_ROWS rows with the row minimum, the nearest
@@ -327,6 +362,7 @@ def main():
     parser.add_argument("--tolerance", action="store_true", help="only the tolerance's cost per class, against numpy")
     parser.add_argument("--clvq-memory", action="store_true", help="only CLVQ's peak memory for N = 10^5 and 10^6")
     parser.add_argument("--norms", action="store_true", help="only the squared row norms (computed once per measure)")
+    parser.add_argument("--cell-sums", action="store_true", help="only a pass's cell sums, each of its three ways")
     parser.add_argument("--profile", action="store_true", help="only where one plain pass goes on shape 3 (ms)")
     parser.add_argument("--hamerly", action="store_true",
                         help="only the share of samples per-sample (Hamerly) bounds leave to compute, shapes 0 and 3")
@@ -340,6 +376,9 @@ def main():
         return
     if args.norms:
         print(json.dumps(norms_cost(repeats=args.repeats)))
+        return
+    if args.cell_sums:
+        print(json.dumps(cell_sums_cost(repeats=args.repeats)))
         return
     if args.hamerly:
         print(json.dumps(hamerly_share(args.iterations)))

@@ -59,6 +59,25 @@ def test_squared_norms_of_short_and_long_rows_against_float64(shape):
     np.testing.assert_allclose(np.asarray(jax.jit(squared_norms)(jnp.asarray(x))), expected, rtol=2e-6)
 
 
+@pytest.mark.parametrize("shape", [(300, 196, 20), (300, 256, 2), (60, 1024, 5), (40, 8192, 50), (13, 16_384, 3)])
+def test_cell_sums_of_every_kind_against_float64(shape):
+    """Scatter (short rows), one-hot matmul (d >= 128 K), and the row loop of long rows (d >= 1,024; unrolled from
+    8,192), with mass zero on padding rows and an empty cell, against np.add.at in float64."""
+    from pqdjax.quantize.voronoi import cell_sums
+
+    r, d, k = shape
+    rng = np.random.default_rng(d)
+    x = rng.normal(1.0, 2.0, (r, d)).astype(np.float32)
+    mass = rng.dirichlet(np.ones(r)).astype(np.float32)
+    mass[-3:] = 0.0
+    assignment = rng.integers(0, k - 1, r).astype(np.int32)  # cell k - 1 stays empty
+    expected = np.zeros((k, d))
+    np.add.at(expected, assignment, mass[:, None].astype(np.float64) * x)
+    got = np.asarray(jax.jit(cell_sums, static_argnums=3)(jnp.asarray(x), jnp.asarray(mass), jnp.asarray(assignment), k))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert np.all(got[k - 1] == 0.0)
+
+
 def test_kmeans_plus_plus_picks_distinct_weighted_samples():
     x = jnp.asarray(_blobs(n=300, k=5))
     mass = _uniform(300).at[:100].set(0.0)

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from pqdjax.quantize.voronoi import nearest_partial, squared_distances, squared_norms
+from pqdjax.quantize.voronoi import cell_sums, nearest_partial, squared_distances, squared_norms
 
 
 @struct.dataclass
@@ -173,8 +173,7 @@ def bounded_block(xb, mb, sqb, points, points_sq, lower, upper, caps: tuple[int,
     sizes = jnp.asarray(caps + (k,), jnp.int32)
     branch = jnp.where(count >= 1, jnp.argmax(count <= sizes), len(caps))
     assignment, minimum, new_lower = jax.lax.switch(branch, [among_candidates(cap) for cap in caps] + [against_all], None)
-    # Cell sums by a segment sum (one-hot matmuls over the candidates measured slower).
-    sums = jax.ops.segment_sum(mb[:, None] * xb, assignment, num_segments=k)
+    sums = cell_sums(xb, mb, assignment, k)
     masses = jax.ops.segment_sum(mb, assignment, num_segments=k)
     d2_min = jnp.maximum(minimum + sqb, 0.0)
     new_upper = jnp.sqrt(jnp.max(d2_min) + slack)

@@ -21,7 +21,7 @@ from flax import struct
 
 from pqdjax.quantize import block_bounds
 from pqdjax.quantize.checks import check_mass, check_options
-from pqdjax.quantize.voronoi import assign, cell_masses, nearest, squared_distances, squared_norms
+from pqdjax.quantize.voronoi import assign, cell_masses, cell_sums, nearest, squared_distances, squared_norms
 
 
 @struct.dataclass
@@ -127,8 +127,6 @@ BLOCK_ROWS = 4096
 # Rows per block with block bounds: smaller blocks of cell-sorted samples span fewer cells
 # (more points ruled out) but add a loop step each.
 BOUNDED_BLOCK_ROWS = 1024
-# From d >= this x K on, a block's cell sums are a one-hot matmul instead of a scatter (measured: benchmarks/quantize).
-ONE_HOT_DIM_PER_POINT = 128
 # "auto" uses block bounds from this many samples and points on (below, the bounds cost more than they save).
 BOUNDED_MIN_ROWS = 8 * BOUNDED_BLOCK_ROWS
 BOUNDED_MIN_POINTS = 32
@@ -156,15 +154,7 @@ def _assign_and_accumulate(x_blocks, mass_blocks, sq_blocks, points):
         sums, masses = carry
         xb, mb, sqb = blk
         assignment, d2_min = nearest(xb, points, sqb)
-        if d >= ONE_HOT_DIM_PER_POINT * k:
-            # The cell sums as a matmul of the mass-weighted one-hot assignment [r, K] with the block: on long
-            # rows and few points XLA:CPU runs it faster than a scatter (segment_sum) of the rows (3.8x at
-            # 1,300 x 16,384, K = 10); otherwise its 2 r K d flops cost more (50,000 x 256, K = 100: 1.5x slower;
-            # 100 classes x 1,300 x 1,024, K = 50: 1.4x slower).
-            weighted = (assignment[:, None] == jnp.arange(k)).astype(xb.dtype) * mb[:, None]
-            sums = sums + jnp.matmul(weighted.T, xb, precision=jax.lax.Precision.HIGHEST)
-        else:
-            sums = sums + jax.ops.segment_sum(mb[:, None] * xb, assignment, num_segments=k)
+        sums = sums + cell_sums(xb, mb, assignment, k)
         masses = masses + jax.ops.segment_sum(mb, assignment, num_segments=k)
         return (sums, masses), (assignment, d2_min)
 

@@ -94,7 +94,9 @@ def evaluate_set(run, teacher, synthetic, seed: int, checkpoints=None, arch: str
         checkpoints=checkpoints, metrics_dir=run.metrics_dir,
     )
     test_accuracy = test.accuracy(student, variables, name=f"{name} accuracy")
-    logging.info("%s: test accuracy %.4f after %d steps", name, test_accuracy, info["steps"])
+    # The split the run evaluates on: 'validation' (held-out training images) in the sweep and weight ablation.
+    split = run.config.data.get("evaluate_on", "test")
+    logging.info("%s: %s accuracy %.4f after %d steps", name, split, test_accuracy, info["steps"])
     return {
         **({"arch": arch} if arch else {}), "method": synthetic.method, "ipc": synthetic.ipc, "seed": seed,
         "test_accuracy": test_accuracy, "steps": info["steps"], "images": num_classes * ipc,
