@@ -135,10 +135,20 @@ BOUNDED_MIN_GATHERED = 0.5
 
 
 def _blocks(n: int, block_rows: int) -> tuple[int, int]:
-    """(number of blocks, rows per block) covering n rows with at most 7 rows of padding per block."""
+    """(number of blocks, rows per block) covering n rows with blocks of at most block_rows rows.
+
+    Where a count between ceil(n / block_rows) and twice that divides n, the blocks are
+    exact: the [n, d] samples reshape into them with no copy. A padded copy is a fresh
+    buffer of n x d floats in every call (50,000 x 256: about 36 ms on one core, mostly
+    first touches of its pages, 7% of 20 plain iterations there); otherwise at most 7
+    rows of padding per block.
+    """
     count = -(-n // block_rows)
+    exact = next((c for c in range(count, 2 * count + 1) if n % c == 0), None)
+    if exact is not None:
+        return exact, n // exact
     rows = -(-n // count)
-    return count, -(-rows // 8) * 8 if count > 1 else n
+    return count, -(-rows // 8) * 8
 
 
 def _assign_and_accumulate(x_blocks, mass_blocks, sq_blocks, points):
@@ -174,8 +184,10 @@ def _padded_blocks(x: jax.Array, mass: jax.Array, block_rows: int):
     n, d = x.shape
     count, rows = _blocks(n, block_rows)
     pad = count * rows - n
-    x_blocks = jnp.pad(x, ((0, pad), (0, 0))).reshape(count, rows, d)
-    return x_blocks, jnp.pad(mass, (0, pad)).reshape(count, rows), squared_norms(x_blocks)
+    if pad:
+        x, mass = jnp.pad(x, ((0, pad), (0, 0))), jnp.pad(mass, (0, pad))
+    x_blocks = x.reshape(count, rows, d)
+    return x_blocks, mass.reshape(count, rows), squared_norms(x_blocks)
 
 
 def _plain_pass(blocks, n: int, points: jax.Array):
