@@ -33,6 +33,32 @@ def test_lloyd_matches_sklearn_with_same_init(seed):
     assert bool(ours.converged)
 
 
+@pytest.mark.parametrize("n", [50_000, 9_000, 8_209, 4_096, 1_300])
+def test_blocks_divide_the_samples_exactly_where_they_can(n):
+    """Lloyd's blocks: exact (no padded copy) where a count in [ceil(n / rows), 2 ceil(n / rows)] divides n
+    (50,000 -> 16 x 3,125; 9,000 -> 3 x 3,000), else padded by fewer than 8 rows per block (8,209 is prime)."""
+    lloyd_module = importlib.import_module("pqdjax.quantize.lloyd")
+    count, rows = lloyd_module._blocks(n, 4096)
+    least = -(-n // 4096)
+    divisors = [c for c in range(least, 2 * least + 1) if n % c == 0]
+    assert rows <= 4096 and count * rows >= n
+    if divisors:
+        assert (count, rows) == (divisors[0], n // divisors[0])
+    else:
+        assert count == least and count * rows - n < 8 * count and rows % 8 == 0
+    assert (n == 8_209) == (not divisors)
+
+
+def test_lloyd_on_padded_blocks_matches_sklearn():
+    """8,209 samples (prime: padded blocks, 3 x 2,744) in plain passes against scikit-learn from the same init."""
+    x = np.random.default_rng(5).normal(size=(8_209, 8)).astype(np.float32)
+    init = np.asarray(q.kmeans_plus_plus(jnp.asarray(x), _uniform(len(x)), 5, jax.random.key(5)))
+    ours = q.lloyd(jnp.asarray(x), _uniform(len(x)), jnp.asarray(init), max_iter=50, tol=0.0, bounds=False)
+    ref = KMeans(5, init=init, n_init=1, max_iter=50, tol=0.0, algorithm="lloyd").fit(x.astype(np.float64))
+    np.testing.assert_allclose(float(ours.distortion) * len(x), ref.inertia_, rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(ours.assignment), ref.labels_)
+
+
 @pytest.mark.parametrize("k", [10, 50])
 def test_lloyd_matches_sklearn_at_stable_diffusion_latent_width(k):
     """The benchmark's Stable Diffusion shape (1,300 x 16,384) at reduced size: 260 latents of 4 x 32 x 32, a

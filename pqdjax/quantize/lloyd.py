@@ -140,8 +140,8 @@ def _blocks(n: int, block_rows: int) -> tuple[int, int]:
     Where a count between ceil(n / block_rows) and twice that divides n, the blocks are
     exact: the [n, d] samples reshape into them with no copy. A padded copy is a fresh
     buffer of n x d floats in every call (50,000 x 256: about 36 ms on one core, mostly
-    first touches of its pages, 7% of 20 plain iterations there); otherwise at most 7
-    rows of padding per block.
+    first touches of its pages, 7% of 20 plain iterations there); otherwise rows a
+    multiple of 8, with fewer than 8 rows of padding per block.
     """
     count = -(-n // block_rows)
     exact = next((c for c in range(count, 2 * count + 1) if n % c == 0), None)
