@@ -18,13 +18,13 @@ Options (after a colon, comma-separated):
                                   a table per architecture (config.evaluate.cross_architectures), e.g.
                                   configs/default.py:table,cross_arch
 Hardware: 2 CPU cores, no accelerator.
-Runtime: 4 min 41 s on 2 CPU cores (12 students: 217 s), plus about 2 min of
-    `make setup` from a fresh clone; the VAE, teacher and denoiser are loaded from
+Runtime: about 5 min on 2 CPU cores (4 min 41 s to 5 min 5 s in two runs; 12 students: 217-273 s), plus about
+    2 min of `make setup` from a fresh clone; the VAE, teacher and denoiser are loaded from
     pretrained/fashion_mnist, not trained.
 Results (IPC 10, 3 paired seeds; README.md has the tables and what they show):
-    random 76.31, d4m 75.87, ddoq 75.81, ddoq_vae 67.34, teacher 93.04 (%);
-    ddoq - d4m -0.06 points [-0.37, +0.26]; d4m/ddoq teacher agreement 99%,
-    cell consistency 91%.
+    random 76.31, d4m 76.01, ddoq 75.84, ddoq_vae 67.34, teacher 93.04 (%);
+    ddoq - d4m -0.17 points [-0.70, +0.36]; d4m/ddoq teacher agreement 97%,
+    cell consistency 95%.
 
 Stages: the shipped conv VAE (28x28x1 -> 7x7x8 latents, test PSNR 27.7 dB)
 encodes every training image; each class's latent measure is quantized with
