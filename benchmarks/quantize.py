@@ -218,33 +218,29 @@ def norms_cost(repeats=5) -> list[dict]:
 
 
 def cell_sums_cost(repeats=5) -> list[dict]:
-    """A pass's cell sums (pqdjax.quantize.voronoi.cell_sums) against each of its three ways forced on every shape:
-    the scatter of the weighted rows, the one-hot matmul and the row loop, in ms per block, each inside a jitted
-    loop of 4 passes (as Lloyd reuses its buffers)."""
+    """A pass's cell sums as pqdjax.quantize.voronoi.cell_sums chooses them, against each of its three ways forced
+    on every shape (the scatter of the weighted rows, the one-hot matmul, the row loop), in ms per pass: 4 passes
+    in one jitted loop (as Lloyd reuses its buffers), each adding into the running sums with the cells
+    renumbered and the masses scaled by the pass, so that no part of a pass is hoisted out of the loop."""
     voronoi = importlib.import_module("pqdjax.quantize.voronoi")
     hi = jax.lax.Precision.HIGHEST
-
-    def forced(way):
-        def sums(x, m, a, k):
-            if way == "scatter":
-                return jax.ops.segment_sum(m[:, None] * x, a, num_segments=k)
-            if way == "one-hot matmul":
-                return jnp.matmul(((a[:, None] == jnp.arange(k)) * m[:, None]).T.astype(x.dtype), x, precision=hi)
-            return voronoi.cell_sums(x, m, a, k)  # "pqdjax cell_sums"
-        return sums
-
+    ways = {
+        "pqdjax cell_sums": voronoi.cell_sums,
+        "scatter": lambda x, m, a, into: into + jax.ops.segment_sum(m[:, None] * x, a, num_segments=into.shape[0]),
+        "one-hot matmul": lambda x, m, a, into: into + jnp.matmul(
+            ((a[:, None] == jnp.arange(into.shape[0])) * m[:, None]).T.astype(x.dtype), x, precision=hi),
+        "row loop": voronoi.row_loop_sums,
+    }
     rows = []
-    for r, d, k in ((4096, 256, 100), (4096, 256, 2), (1300, 1024, 10), (1300, 1024, 50), (1300, 16_384, 10),
-                    (1300, 16_384, 100), (1300, 16_384, 200)):
+    for r, d, k in ((4096, 256, 100), (4096, 256, 2), (4096, 512, 100), (1300, 1024, 2), (1300, 1024, 10),
+                    (1300, 1024, 50), (1300, 16_384, 10), (1300, 16_384, 100), (1300, 16_384, 200)):
         rng = np.random.default_rng(d + k)
         x, m = jnp.asarray(rng.normal(size=(r, d)).astype(np.float32)), jnp.full(r, 1.0 / r, jnp.float32)
         a = jnp.asarray(rng.integers(0, k, r).astype(np.int32))
         fns = {}
-        for way in ("pqdjax cell_sums", "scatter", "one-hot matmul"):
-            sums = forced(way)
-            # 4 passes in one call, each with the cells renumbered, so no pass is hoisted out of the loop.
+        for way, sums in ways.items():
             run = jax.jit(lambda x, m, a, sums=sums, k=k: jax.lax.fori_loop(
-                0, 4, lambda i, acc: acc + sums(x, m, (a + i) % k, k), jnp.zeros((k, x.shape[1]))))
+                0, 4, lambda i, acc: sums(x, m * (i + 1).astype(m.dtype), (a + i) % k, acc), jnp.zeros((k, x.shape[1]))))
             fns[way] = lambda run=run: jax.block_until_ready(run(x, m, a))
         times = _interleaved_times(fns, repeats)
         rows.append({"shape": f"{r} x {d}, K={k}", "ms_per_pass": {w: 1e3 * float(np.median(t)) / 4 for w, t in times.items()}})

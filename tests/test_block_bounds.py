@@ -91,6 +91,23 @@ def test_bounded_lloyd_runs_the_same_iterations_as_plain_lloyd_and_scikit_learn(
     np.testing.assert_array_equal(np.asarray(bounded.assignment), ref.labels_)
 
 
+def test_bounded_lloyd_on_padded_blocks_of_long_rows_equals_plain_lloyd():
+    """2,053 samples (prime: the sorted blocks are padded, 3 x 688) of d = 1,024 (cell sums by the row loop)."""
+    count, rows = lloyd_module._blocks(2053, lloyd_module.BOUNDED_BLOCK_ROWS)
+    assert count * rows > 2053
+    x = _mixture(2053, 1024, 12, seed=2, spread=0.3)
+    xj, mass, init, first, d2 = _first_pass(x, 40, seed=2)
+    # The rule sorts this measure, so the sorted (padded) blocks and their bounds are what runs.
+    predicted = block_bounds.predicted_gatherable(first.assignment, d2, mass, first.points, block_bounds.candidate_caps(40))
+    assert float(predicted) >= lloyd_module.BOUNDED_MIN_GATHERED
+    plain = q.lloyd(xj, mass, init, max_iter=30, tol=0.0, bounds=False)
+    bounded = q.lloyd(xj, mass, init, max_iter=30, tol=0.0, bounds=True)
+    assert int(bounded.iterations) == int(plain.iterations) > 1
+    np.testing.assert_array_equal(np.asarray(bounded.assignment), np.asarray(plain.assignment))
+    np.testing.assert_allclose(np.asarray(bounded.points), np.asarray(plain.points), atol=1e-5)
+    np.testing.assert_allclose(float(bounded.distortion), float(plain.distortion), rtol=1e-5)
+
+
 def test_candidate_caps_and_when_bounds_are_used():
     assert block_bounds.candidate_caps(100) == (8, 16, 32)
     assert block_bounds.candidate_caps(8) == ()  # nothing to gather below K = 8: always the full path

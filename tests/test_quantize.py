@@ -88,8 +88,9 @@ def test_squared_norms_of_short_and_long_rows_against_float64(shape):
 @pytest.mark.parametrize("shape", [(300, 196, 20), (300, 256, 2), (60, 1024, 5), (40, 8192, 50), (13, 16_384, 3)])
 def test_cell_sums_of_every_kind_against_float64(shape):
     """Scatter (short rows), one-hot matmul (d >= 128 K), and the row loop of long rows (d >= 1,024; unrolled from
-    8,192), with mass zero on padding rows and an empty cell, against np.add.at in float64."""
-    from pqdjax.quantize.voronoi import cell_sums
+    8,192), added into a running sum, with mass zero on padding rows and an empty cell, against np.add.at in
+    float64; the row loop forced on short rows too."""
+    from pqdjax.quantize.voronoi import cell_sums, row_loop_sums
 
     r, d, k = shape
     rng = np.random.default_rng(d)
@@ -97,11 +98,15 @@ def test_cell_sums_of_every_kind_against_float64(shape):
     mass = rng.dirichlet(np.ones(r)).astype(np.float32)
     mass[-3:] = 0.0
     assignment = rng.integers(0, k - 1, r).astype(np.int32)  # cell k - 1 stays empty
-    expected = np.zeros((k, d))
+    running = rng.normal(size=(k, d)).astype(np.float32)
+    running[k - 1] = 0.0
+    expected = running.astype(np.float64)
     np.add.at(expected, assignment, mass[:, None].astype(np.float64) * x)
-    got = np.asarray(jax.jit(cell_sums, static_argnums=3)(jnp.asarray(x), jnp.asarray(mass), jnp.asarray(assignment), k))
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-    assert np.all(got[k - 1] == 0.0)
+    args = (jnp.asarray(x), jnp.asarray(mass), jnp.asarray(assignment), jnp.asarray(running))
+    for fn in (cell_sums, row_loop_sums):
+        got = np.asarray(jax.jit(fn)(*args))
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+        assert np.all(got[k - 1] == 0.0)
 
 
 def test_kmeans_plus_plus_picks_distinct_weighted_samples():

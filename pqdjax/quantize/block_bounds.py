@@ -173,7 +173,7 @@ def bounded_block(xb, mb, sqb, points, points_sq, lower, upper, caps: tuple[int,
     sizes = jnp.asarray(caps + (k,), jnp.int32)
     branch = jnp.where(count >= 1, jnp.argmax(count <= sizes), len(caps))
     assignment, minimum, new_lower = jax.lax.switch(branch, [among_candidates(cap) for cap in caps] + [against_all], None)
-    sums = cell_sums(xb, mb, assignment, k)
+    sums = cell_sums(xb, mb, assignment, jnp.zeros((k, xb.shape[1]), xb.dtype))
     masses = jax.ops.segment_sum(mb, assignment, num_segments=k)
     d2_min = jnp.maximum(minimum + sqb, 0.0)
     new_upper = jnp.sqrt(jnp.max(d2_min) + slack)

@@ -164,7 +164,7 @@ def _assign_and_accumulate(x_blocks, mass_blocks, sq_blocks, points):
         sums, masses = carry
         xb, mb, sqb = blk
         assignment, d2_min = nearest(xb, points, sqb)
-        sums = sums + cell_sums(xb, mb, assignment, k)
+        sums = cell_sums(xb, mb, assignment, sums)
         masses = masses + jax.ops.segment_sum(mb, assignment, num_segments=k)
         return (sums, masses), (assignment, d2_min)
 

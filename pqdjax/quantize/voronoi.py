@@ -47,31 +47,38 @@ ONE_HOT_DIM_PER_POINT = 128
 UNROLLED_ROW = 8192
 
 
-def cell_sums(x: jax.Array, mass: jax.Array, assignment: jax.Array, k: int) -> jax.Array:
-    """Mass-weighted sum of each cell's samples, s_c = sum_{i: a_i = c} m_i x_i: [r, d], [r], int [r] -> [k, d].
+def row_loop_sums(x: jax.Array, mass: jax.Array, assignment: jax.Array, into: jax.Array) -> jax.Array:
+    """`into` [k, d] plus m_i x_i added into row a_i, one sample after another in row order, in place.
+
+    A fori_loop of dynamic slices: do not vmap it (it would become a scatter); vmapped
+    Lloyd maps its measures one at a time instead (lloyd._one_measure_at_a_time).
+    """
+    def add(i, sums):
+        row = jax.lax.dynamic_slice_in_dim(sums, assignment[i], 1) + mass[i] * jax.lax.dynamic_slice_in_dim(x, i, 1)
+        return jax.lax.dynamic_update_slice_in_dim(sums, row, assignment[i], 0)
+    return jax.lax.fori_loop(0, x.shape[0], add, into, unroll=8 if x.shape[1] >= UNROLLED_ROW else 1)
+
+
+def cell_sums(x: jax.Array, mass: jax.Array, assignment: jax.Array, into: jax.Array) -> jax.Array:
+    """`into` plus the mass-weighted sum of each cell's samples, s_c = sum_{i: a_i = c} m_i x_i:
+    [r, d], [r], int [r] in [0, k), [k, d] -> [k, d]. (A pass adds its blocks into one running sum.)
 
     XLA:CPU's scatter (segment_sum) of the weighted rows first writes the weighted
     copy m * x, an [r, d] temporary: at 1,300 x 16,384 (Stable Diffusion's
-    latents of a class, 85 MB) that costs several times the additions. So, by
-    shape (python -m benchmarks.quantize --cell-sums):
-      * long rows (d >= LONG_ROW): a loop over the rows adding m_i x_i into row
-        a_i of the sums in place (no temporary; 1,300 x 16,384, K = 100: 13 ms
-        against 55 ms scattered, 8 samples per loop step from UNROLLED_ROW on);
+    latents of a class, 85 MB) that costs more than the additions. So, by shape
+    (python -m benchmarks.quantize --cell-sums):
+      * long rows (d >= LONG_ROW): row_loop_sums, no temporary;
       * few points for the row length (d >= ONE_HOT_DIM_PER_POINT K): the
         mass-weighted one-hot assignment [r, K] times x, a matmul;
       * otherwise: the scatter of the weighted rows.
-    Samples are added in row order in every case.
     """
-    r, d = x.shape
+    k, d = into.shape
     if d >= LONG_ROW:
-        def add(i, sums):
-            row = jax.lax.dynamic_slice_in_dim(sums, assignment[i], 1) + mass[i] * jax.lax.dynamic_slice_in_dim(x, i, 1)
-            return jax.lax.dynamic_update_slice_in_dim(sums, row, assignment[i], 0)
-        return jax.lax.fori_loop(0, r, add, jnp.zeros((k, d), x.dtype), unroll=8 if d >= UNROLLED_ROW else 1)
+        return row_loop_sums(x, mass, assignment, into)
     if d >= ONE_HOT_DIM_PER_POINT * k:
         weighted = (assignment[:, None] == jnp.arange(k)).astype(x.dtype) * mass[:, None]
-        return jnp.matmul(weighted.T, x, precision=jax.lax.Precision.HIGHEST)
-    return jax.ops.segment_sum(mass[:, None] * x, assignment, num_segments=k)
+        return into + jnp.matmul(weighted.T, x, precision=jax.lax.Precision.HIGHEST)
+    return into + jax.ops.segment_sum(mass[:, None] * x, assignment, num_segments=k)
 
 
 def nearest_partial(x: jax.Array, points: jax.Array, points_sq: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -168,7 +168,7 @@ def full_data(run, teacher) -> list[dict]:
             fast_conv=run.fast_conv, name=label, checkpoints=checkpoints, metrics_dir=run.metrics_dir,
         )
         test_accuracy = test.accuracy(student, variables, name=f"{label} accuracy")
-        logging.info("%s: test accuracy %.4f", label, test_accuracy)
+        logging.info("%s: %s accuracy %.4f", label, run.config.data.get("evaluate_on", "test"), test_accuracy)
         return {"seed": seed, "test_accuracy": test_accuracy, "epochs": epochs, "images": len(inputs),
                 "seconds": round(time.perf_counter() - start, 2)}
 
