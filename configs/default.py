@@ -18,7 +18,8 @@ Options (after a colon, comma-separated):
                                   a table per architecture (config.evaluate.cross_architectures), e.g.
                                   configs/default.py:table,cross_arch
 Hardware: 2 CPU cores, no accelerator.
-Runtime: about 5 min on 2 CPU cores (4 min 41 s to 5 min 5 s in two runs; 12 students: 217-273 s), plus about
+Runtime: about 5 min on 2 CPU cores (4 min 41 s from a fresh workdir; 4 min 52 s reusing encode and quantize,
+    whose 25 s the first run spent; 12 students: 217-273 s), plus about
     2 min of `make setup` from a fresh clone; the VAE, teacher and denoiser are loaded from
     pretrained/fashion_mnist, not trained.
 Results (IPC 10, 3 paired seeds; README.md has the tables and what they show):

@@ -41,7 +41,7 @@ teacher's 4 px crop padding suit sizes near 32 px; for larger images set
 With the trained prior, everything but the data comes from configs/default.py: the conv VAE, the
 class-conditioned latent denoiser and the ConvNet-3 teacher, all trained in
 the run (no weights ship for a user's folder), Lloyd quantization, img2img at
-strength 0.7 and guidance 4 (the Fashion-MNIST sweep's choice), students with
+strength 0.4 and guidance 4 (the Fashion-MNIST sweep's choice), students with
 the teacher's soft labels. Every distilled set is written as PNGs in class
 folders with a manifest (synthetic/ipc{K}/manifest_{method}.csv).
 """
