@@ -92,10 +92,10 @@ def test_bounded_lloyd_runs_the_same_iterations_as_plain_lloyd_and_scikit_learn(
 
 
 def test_bounded_lloyd_on_padded_blocks_of_long_rows_equals_plain_lloyd():
-    """2,053 samples (prime: the sorted blocks are padded, 3 x 688) of d = 1,024 (cell sums by the row loop)."""
-    count, rows = lloyd_module._blocks(2053, lloyd_module.BOUNDED_BLOCK_ROWS)
-    assert count * rows > 2053
-    x = _mixture(2053, 1024, 12, seed=2, spread=0.3)
+    """1,031 samples (prime: the sorted blocks are padded, 2 x 520) of d = 1,024 (cell sums by the row loop)."""
+    count, rows = lloyd_module._blocks(1031, lloyd_module.BOUNDED_BLOCK_ROWS)
+    assert count * rows > 1031
+    x = _mixture(1031, 1024, 12, seed=2, spread=0.3)
     xj, mass, init, first, d2 = _first_pass(x, 40, seed=2)
     # The rule sorts this measure, so the sorted (padded) blocks and their bounds are what runs.
     predicted = block_bounds.predicted_gatherable(first.assignment, d2, mass, first.points, block_bounds.candidate_caps(40))
