@@ -90,7 +90,9 @@ class Run:
         if self.kind == "streamed":
             return test_splits.StreamedSplit(self.config.data, self.mesh)
         dataset = self.dataset
-        return test_splits.HeldOutArrays(dataset.test_images, dataset.test_labels, dataset.num_classes)
+        # evaluate_on='validation' (data.sources.hold_out_validation): held-out training images, named so in logs and reports
+        label = "Validation" if self.config.data.get("evaluate_on", "test") == "validation" else "Test"
+        return test_splits.HeldOutArrays(dataset.test_images, dataset.test_labels, dataset.num_classes, label=label)
 
     @property
     def class_names(self) -> list[str]:

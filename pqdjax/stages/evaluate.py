@@ -94,9 +94,7 @@ def evaluate_set(run, teacher, synthetic, seed: int, checkpoints=None, arch: str
         checkpoints=checkpoints, metrics_dir=run.metrics_dir,
     )
     test_accuracy = test.accuracy(student, variables, name=f"{name} accuracy")
-    # The split the run evaluates on: 'validation' (held-out training images) in the sweep and weight ablation.
-    split = run.config.data.get("evaluate_on", "test")
-    logging.info("%s: %s accuracy %.4f after %d steps", name, split, test_accuracy, info["steps"])
+    logging.info("%s: %s accuracy %.4f after %d steps", name, test.label.lower(), test_accuracy, info["steps"])
     return {
         **({"arch": arch} if arch else {}), "method": synthetic.method, "ipc": synthetic.ipc, "seed": seed,
         "test_accuracy": test_accuracy, "steps": info["steps"], "images": num_classes * ipc,
@@ -168,7 +166,7 @@ def full_data(run, teacher) -> list[dict]:
             fast_conv=run.fast_conv, name=label, checkpoints=checkpoints, metrics_dir=run.metrics_dir,
         )
         test_accuracy = test.accuracy(student, variables, name=f"{label} accuracy")
-        logging.info("%s: %s accuracy %.4f", label, run.config.data.get("evaluate_on", "test"), test_accuracy)
+        logging.info("%s: %s accuracy %.4f", label, test.label.lower(), test_accuracy)
         return {"seed": seed, "test_accuracy": test_accuracy, "epochs": epochs, "images": len(inputs),
                 "seconds": round(time.perf_counter() - start, 2)}
 
