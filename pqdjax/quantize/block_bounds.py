@@ -130,7 +130,7 @@ def expansion_slack(x_sq_max: jax.Array, points_sq_max: jax.Array, d: int) -> ja
     return 2.0 * (d + 2) * jnp.finfo(jnp.float32).eps * (x_sq_max + points_sq_max)
 
 
-def bounded_block(xb, mb, sqb, points, points_sq, lower, upper, caps: tuple[int, ...]):
+def bounded_block(xb, mb, sqb, points, points_sq, lower, upper, caps: tuple[int, ...], sums):
     """Nearest points, cell sums and new bounds of one block, computing only candidate distances.
 
     Args:
@@ -138,9 +138,10 @@ def bounded_block(xb, mb, sqb, points, points_sq, lower, upper, caps: tuple[int,
       points: [K, d]; points_sq: [K] |c|^2.
       lower: [K], upper: scalar: this block's bounds, valid for `points`.
       caps: static candidate-set sizes (candidate_caps); more candidates take the full path.
+      sums: [K, d] the pass's running cell sums, which this block's are added into.
     Returns:
       assignment int32 [r] (lowest index among equally near points, as `voronoi.nearest`),
-      squared distance to it [r], cell sums of mass * x [K, d], cell masses [K], and the
+      squared distance to it [r], `sums` plus this block's cell sums of mass * x [K, d], cell masses [K], and the
       block's new (lower [K], upper), exact up to the rounding slack.
     """
     k, d = points.shape
@@ -173,7 +174,7 @@ def bounded_block(xb, mb, sqb, points, points_sq, lower, upper, caps: tuple[int,
     sizes = jnp.asarray(caps + (k,), jnp.int32)
     branch = jnp.where(count >= 1, jnp.argmax(count <= sizes), len(caps))
     assignment, minimum, new_lower = jax.lax.switch(branch, [among_candidates(cap) for cap in caps] + [against_all], None)
-    sums = cell_sums(xb, mb, assignment, jnp.zeros((k, xb.shape[1]), xb.dtype))
+    sums = cell_sums(xb, mb, assignment, sums)
     masses = jax.ops.segment_sum(mb, assignment, num_segments=k)
     d2_min = jnp.maximum(minimum + sqb, 0.0)
     new_upper = jnp.sqrt(jnp.max(d2_min) + slack)
@@ -193,9 +194,9 @@ def bounded_pass(x_blocks, mass_blocks, sq_blocks, points, bounds: BlockBounds, 
     def block(carry, blk):
         sums, masses = carry
         xb, mb, sqb, lower, upper = blk
-        assignment, d2_min, block_sums, block_masses, new_bounds = bounded_block(
-            xb, mb, sqb, points, points_sq, lower, upper, caps)
-        return (sums + block_sums, masses + block_masses), (assignment, d2_min, new_bounds)
+        assignment, d2_min, sums, block_masses, new_bounds = bounded_block(
+            xb, mb, sqb, points, points_sq, lower, upper, caps, sums)
+        return (sums, masses + block_masses), (assignment, d2_min, new_bounds)
 
     zeros = (jnp.zeros((k, d), x_blocks.dtype), jnp.zeros((k,), x_blocks.dtype))
     (sums, masses), (assignment, d2_min, (lower, upper)) = jax.lax.scan(
