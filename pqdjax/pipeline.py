@@ -58,8 +58,8 @@ class Run:
         start = time.perf_counter()
         dataset = load_dataset(self.config.data)
         logging.info(
-            "data: %d train and %d test images of shape %s, %d classes, from %s (%.1fs)",
-            len(dataset.train_labels), len(dataset.test_labels), dataset.image_shape,
+            "data: %d train and %d %s images of shape %s, %d classes, from %s (%.1fs)",
+            len(dataset.train_labels), len(dataset.test_labels), dataset.evaluation_split.lower(), dataset.image_shape,
             dataset.num_classes, dataset.source, time.perf_counter() - start,
         )
         return dataset
@@ -90,9 +90,8 @@ class Run:
         if self.kind == "streamed":
             return test_splits.StreamedSplit(self.config.data, self.mesh)
         dataset = self.dataset
-        # evaluate_on='validation' (data.sources.hold_out_validation): held-out training images, named so in logs and reports
-        label = "Validation" if self.config.data.get("evaluate_on", "test") == "validation" else "Test"
-        return test_splits.HeldOutArrays(dataset.test_images, dataset.test_labels, dataset.num_classes, label=label)
+        return test_splits.HeldOutArrays(dataset.test_images, dataset.test_labels, dataset.num_classes,
+                                         label=dataset.evaluation_split)
 
     @property
     def class_names(self) -> list[str]:

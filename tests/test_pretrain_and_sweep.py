@@ -74,6 +74,7 @@ def test_the_validation_split_is_held_out_training_images(idx_dataset_dir):
     held = load_dataset(config.data)
     assert len(held.test_labels) == 10 * config.data.validation_per_class
     assert len(held.train_labels) + len(held.test_labels) == len(full.train_labels)
+    assert (full.evaluation_split, held.evaluation_split) == ("Test", "Validation")  # how logs and results.md name it
     # the evaluation images are training images no longer in the training split, and no test image is used
     train_rows = {row.tobytes() for row in held.train_images}
     assert not any(row.tobytes() in train_rows for row in held.test_images)

@@ -46,6 +46,8 @@ class ImageDataset:
       test_labels: int32 [M].
       class_names: one name per class.
       source: where the arrays were read from, for the log and results.json.
+      evaluation_split: what test_* hold, as reports name it: 'Test', or 'Validation'
+        (held-out training images: hold_out_validation).
     """
 
     train_images: np.ndarray
@@ -54,6 +56,7 @@ class ImageDataset:
     test_labels: np.ndarray
     class_names: tuple[str, ...]
     source: str
+    evaluation_split: str = "Test"
 
     @property
     def num_classes(self) -> int:
@@ -205,6 +208,7 @@ def hold_out_validation(dataset: ImageDataset, per_class: int) -> ImageDataset:
         train_images=dataset.train_images[keep], train_labels=dataset.train_labels[keep],
         test_images=dataset.train_images[held], test_labels=dataset.train_labels[held],
         source=f"{dataset.source} (evaluated on {per_class} held-out training images per class, not the test set)",
+        evaluation_split="Validation",
     )
 
 
