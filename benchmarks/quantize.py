@@ -1,7 +1,7 @@
 r"""Quantization kernels side by side: pqdjax Lloyd vs scikit-learn KMeans (lloyd, elkan) vs ott-jax k_means.
 
 Command (under the machine's CPU lock, from the repository root):
-    flock /tmp/pqdjax-cpu.lock python -m benchmarks.quantize [--repeats=5] [--quick] [--shape=0..7] [--tolerance] [--clvq-memory] [--norms] [--hamerly] [--profile] [--cell-sums]
+    flock /tmp/pqdjax-cpu.lock python -m benchmarks.quantize [--repeats=5] [--quick] [--shape=0..7] [--tolerance] [--clvq-memory] [--norms] [--hamerly] [--profile] [--cell-sums] [--latent-candidates=WORKDIR]
 
 Each solver starts from the same k-means++ centres and runs the same number of
 Lloyd iterations (tolerance 0, the iteration count fixed), so times and
@@ -29,7 +29,9 @@ on 100 x 1,300 x 1,024; --norms only the squared row norms, against one
 matrix-vector product per row and numpy; --hamerly only the share of samples
 that per-sample (Hamerly) bounds would leave to compute on shapes 0 and 3;
 --profile only where one plain pass goes on shape 3; --cell-sums only a pass's cell
-sums in each of their three ways.
+sums in each of their three ways; --latent-candidates only the share of the
+points that even the tightest block bounds keep as candidates on a finished
+run's latents (classes 0 and 5, K = 50 and 100).
 """
 
 from __future__ import annotations
@@ -311,6 +313,34 @@ def hamerly_share(iterations: int = 20, seed: int = 0) -> list[dict]:
     return rows
 
 
+def latent_candidates(workdir: str, classes=(0, 5), ks=(50, 100), iterations: int = 8, block_rows: int = 1024) -> list[dict]:
+    """Share of the K points each block of `block_rows` cell-sorted latents keeps as candidates, with the
+    tightest block bounds there are (lower[B, k] = min_i |x_i - c_k|, upper[B] = max_i |x_i - c_a(i)|, exact
+    distances after `iterations` Lloyd iterations from k-means++): the bounds Lloyd keeps are looser, so
+    its candidate sets are at least these."""
+    from pqdjax import runs
+    from pqdjax.quantize import block_bounds
+    from pqdjax.quantize.voronoi import squared_distances
+    run = runs.load_run(workdir)
+    rows = []
+    for c in classes:
+        x = jnp.asarray(run.latents[run.labels == c], jnp.float32)
+        n = x.shape[0]
+        mass = jnp.full((n,), 1.0 / n, jnp.float32)
+        for k in ks:
+            init = lloyd_module.kmeans_plus_plus(x, mass, k, jax.random.key(0))
+            result = q.lloyd(x, mass, init, max_iter=iterations, tol=0.0, bounds=False)
+            order = block_bounds.tour_sorted_order(result.assignment, result.points)
+            distances = np.sqrt(np.asarray(squared_distances(x[order], result.points)))  # [n, K]
+            own = distances[np.arange(n), np.asarray(result.assignment[order])]
+            shares = [float(np.mean(distances[s:s + block_rows].min(axis=0) <= own[s:s + block_rows].max()))
+                      for s in range(0, n, block_rows)]
+            rows.append({"class": c, "n": n, "d": int(x.shape[1]), "k": k, "iterations": int(result.iterations),
+                         "candidate_share_min": min(shares), "candidate_share_mean": float(np.mean(shares)),
+                         "candidate_share_max": max(shares)})
+    return rows
+
+
 def _peak_rss_mib() -> float:
     """This process's peak resident memory since its exec (VmHWM). Not getrusage's ru_maxrss: Linux carries that over
     an exec, so a child started by fork + exec from a large parent reports the parent's peak (2.7 GiB seen here)."""
@@ -362,6 +392,8 @@ def main():
     parser.add_argument("--profile", action="store_true", help="only where one plain pass goes on shape 3 (ms)")
     parser.add_argument("--hamerly", action="store_true",
                         help="only the share of samples per-sample (Hamerly) bounds leave to compute, shapes 0 and 3")
+    parser.add_argument("--latent-candidates", default="", metavar="WORKDIR",
+                        help="only the candidate share of the tightest block bounds on a finished run's latents")
     parser.add_argument("--clvq-child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.clvq_child:
@@ -378,6 +410,9 @@ def main():
         return
     if args.hamerly:
         print(json.dumps(hamerly_share(args.iterations)))
+        return
+    if args.latent_candidates:
+        print(json.dumps(latent_candidates(args.latent_candidates)))
         return
     if args.profile:
         print(json.dumps(pass_profile(max(args.repeats, 10))))

@@ -109,10 +109,17 @@ def test_the_schedule_is_stable_diffusions(denoiser):
     model = denoiser[0]
     state = model.ddpm_scheduler().create_state()
     np.testing.assert_allclose(np.asarray(state.common.alphas_cumprod, np.float64), np.cumprod(1.0 - SD_BETAS), rtol=1e-5)
-    # strength 0.7 of 50 DDIM steps starts at timestep 701, where the signal-to-noise ratio is about 0.1
-    # (D4M's setting); on DDPM's linear schedule (1e-4 -> 0.02) it would be about 0.009.
-    a = np.cumprod(1.0 - SD_BETAS)[701]
-    assert 0.08 < a / (1 - a) < 0.12
+    # Where img2img starts at strength 0.7 of 50 DDIM steps (D4M's setting), from the sampler's own timesteps.
+    ddim = model.ddim_scheduler
+    start = int(ddim.set_timesteps(ddim.create_state(), 50, (1, 7, 7, 4)).timesteps[start_index(50, 0.7)])
+    assert start == 681
+    snr = lambda alphas_cumprod: alphas_cumprod / (1.0 - alphas_cumprod)
+    sd_snr, linear_snr = snr(np.cumprod(1.0 - SD_BETAS)), snr(np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000)))
+    assert 0.095 < sd_snr[start] < 0.115  # README: 0.10
+    assert 0.0085 < linear_snr[start] < 0.0095  # README: 0.009 on DDPM's linear schedule
+    # README: DDPM's noise level at that timestep is Stable Diffusion's at strength ~0.96 (timestep ~940 of 981).
+    same_noise = int(np.argmin(np.abs(sd_snr - linear_snr[start])))
+    assert 0.95 < same_noise / 981 < 0.97
 
 
 def test_denoiser_loss_against_a_noising_written_out(denoiser):

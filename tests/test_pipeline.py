@@ -305,9 +305,46 @@ def test_rerun_skips_finished_stages(finished_run, monkeypatch):
     monkeypatch.setattr(prior, "train_vae", forbidden)
     monkeypatch.setattr(teacher, "train_classifier", forbidden)
     monkeypatch.setattr(evaluate, "train_student", forbidden)
-    again = pipeline.run(_config(data_dir), workdir)
+    # Fields outside the fingerprints (README: "changing them redoes nothing") change nothing either.
+    config = _config(data_dir)
+    with config.unlocked():
+        config.quantize.classes_per_call = 3
+    config.evaluate.train.log_every, config.evaluate.train.checkpoint_every = 7, 11
+    again = pipeline.run(config, workdir)
     assert again["accuracy"] == results["accuracy"]
     assert again["quantization"] == results["quantization"]
+
+
+def test_more_student_steps_retrain_only_the_students(finished_run, monkeypatch, tmp_path):
+    """README: changing config.evaluate.train.steps retrains only the students (in a copy of the run, whose
+    other tests expect its students as they are)."""
+    import shutil
+
+    data_dir, workdir, _ = finished_run
+    copy = str(tmp_path / "run")
+    shutil.copytree(workdir, copy)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a stage before the students ran again")
+
+    from pqdjax.stages import decode, denoiser, encode, evaluate, fidelity, prior, quantize, teacher
+
+    for module, name in ((encode, "encode_process_part"), (quantize, "quantize_group"), (decode, "decode_images"),
+                         (denoiser, "train_denoiser"), (prior, "train_vae"), (teacher, "train_classifier"),
+                         (fidelity, "teacher_agreement")):
+        monkeypatch.setattr(module, name, forbidden)
+    trained = []
+    real = evaluate.train_student
+
+    def counting(*args, **kwargs):
+        trained.append(kwargs["name"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "train_student", counting)
+    config = _config(data_dir)
+    config.evaluate.train.steps += 5
+    pipeline.run(config, copy)
+    assert sorted(trained) == sorted(f"student {m} IPC 2 seed 0" for m in ("random", "d4m", "ddoq", "ddoq_vae"))
 
 
 def test_a_new_seed_trains_only_new_students(finished_run, monkeypatch):
