@@ -61,8 +61,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Also known (pqdjax.config_checks): medoid, medoid_weighted, herding (real images), generated (class-conditional
     # samples of the denoiser), and any of them with a decoder suffix, e.g. random_vae (the random real images through the VAE).
     config.methods = ("random", "d4m", "ddoq", "ddoq_vae")
-    # 'auto': compute conv kernel gradients by shifted matmuls on CPU (pqdjax.models.fast_conv).
-    config.fast_conv_gradients = "auto"
+    # 'true' ('auto': on CPU only): conv kernel gradients by shifted matmuls (pqdjax.models.fast_conv). 'false': with
+    # jax 0.9.2, XLA's own gradients were faster on CPU for every model here (python -m benchmarks.conv_gradient).
+    # A string, so that --config.fast_conv_gradients= takes true, false and auto alike.
+    config.fast_conv_gradients = "false"
     config.distributed = distributed_config()  # multi-process runs: pqdjax.launch_local, SLURM (README: Several processes)
 
     config.data = ml_collections.ConfigDict(dict(
@@ -125,7 +127,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.denoiser.model = ml_collections.ConfigDict(dict(
         # Two levels (7x7 padded to 8x8, then 4x4); the class reaches the UNet through the
         # cross-attention of the second level, the mid block and the first up block. On 2 CPU
-        # cores a training step at batch 128 takes 0.30 s; (64, 64) 0.47 s, (64, 128) 1.05 s.
+        # cores a training step at batch 128 took 0.30 s with fast_conv on; (64, 64) 0.47 s, (64, 128) 1.05 s.
         block_out_channels=(32, 64),
         layers_per_block=1,
         attention_head_dim=8,

@@ -111,7 +111,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # generated (the prior's class-conditional samples), and any of them with a decoder suffix, e.g. ddoq_vae,
     # random_vae: the points (real images: their latents) decoded by the VAE alone (what img2img adds).
     config.methods = ("d4m", "ddoq")
-    config.fast_conv_gradients = "auto"
+    config.fast_conv_gradients = "false"  # 'true' | 'auto': pqdjax.models.fast_conv (configs/default.py says why off)
     # One Mesh for every stage: all devices of all processes on the data axis.
     config.mesh = ml_collections.ConfigDict(dict(shape=(-1,), axes=("data",)))
     config.distributed = distributed_config()  # multi-process runs: TPU pods, SLURM, pqdjax.launch_local

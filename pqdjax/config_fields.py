@@ -8,8 +8,9 @@ in one go; pqdjax.config_checks adds the checks that relate several fields
 (methods, decoders, the pretrained files).
 
 Booleans and 'auto' arrive from the command line as the user types them
-(`--config.fast_conv_gradients=False` gives the string 'False' when the
-default is 'auto'): as_switch reads True/False/true/false/1/0/auto.
+(`--config.fast_conv_gradients=False` gives the string 'False', the field
+being a string so that it also takes 'auto'): as_switch reads
+True/False/true/false/1/0/auto.
 """
 
 from __future__ import annotations

@@ -1,24 +1,23 @@
-"""Convolutions whose kernel gradient is computed by shifted matmuls.
+"""Convolutions whose kernel gradient is computed by shifted matmuls (config.fast_conv_gradients).
 
-XLA:CPU computes the gradient of a convolution with respect to its kernel as
-a convolution with the batch as contraction dimension, which runs 5-20x
-slower than the forward pass (a 3x3, 64->64 conv on 128 images of 32x32:
-1.4 s against 0.07 s on 2 cores). The kernel gradient of a k x k
-convolution is the sum over the k*k kernel taps of a matmul between a
-shifted view of the input and the output gradient:
+The kernel gradient of a k x k convolution is the sum over the k*k kernel
+taps of a matmul between a shifted view of the input and the output gradient:
 
     dK[i, j] = sum_{n,h,w} x_pad[n, s*h + i, s*w + j, :]^T  dY[n, h, w, :]
 
-which XLA runs at matmul speed. These matmuls are memory-bound when the
-channels are few, and there XLA's own kernel gradient is as fast or faster
-(16 -> 16 channels at 28x28: 8 ms against 9 ms; 32 -> 16: 35 ms against
-18 ms), so the shifted matmuls are used only when both channel counts are at
-least `MIN_CHANNELS`. `conv2d` is a `lax.conv_general_dilated` for NHWC
-inputs and HWIO kernels with that backward pass, and
-`fast_conv_gradients()` is a flax method interceptor that routes every
-plain 2-D `flax.linen.Conv` through it, so that models we do not own
-(diffusers' Flax VAE and UNet) train at that speed too. Values and
-gradients equal XLA's to float32 rounding (tests/test_fast_conv.py).
+`conv2d` is a `lax.conv_general_dilated` for NHWC inputs and HWIO kernels
+with that backward pass (for both channel counts at least `MIN_CHANNELS`;
+XLA's own below), and `fast_conv_gradients()` is a flax method interceptor
+that routes every plain 2-D `flax.linen.Conv` through it, diffusers' Flax
+VAE and UNet included. Values and gradients equal XLA's to float32 rounding
+(tests/test_models.py).
+
+It was written for an XLA:CPU whose kernel gradient ran 5-20x slower than
+the forward pass. With jax 0.9.2 on this repository's 2-core CPU, XLA's own
+gradient is faster: 0.77-0.87x for a 64 -> 64 3x3 conv on 128 images of 28
+and 32 px, 0.70-0.99x for the gradients of the default config's models
+(`python -m benchmarks.conv_gradient`), so the configs leave it off; the
+benchmark tells whether it pays on another machine or version.
 """
 
 from __future__ import annotations
