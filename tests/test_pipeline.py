@@ -288,6 +288,21 @@ def test_set_fingerprints_follow_what_the_images_depend_on(finished_run):
     assert fp(quantized[2], "ddoq", dataclasses.replace(run, config=config)) != fp(quantized[2], "ddoq")
 
 
+def _count_students(monkeypatch) -> list[str]:
+    """The names of the students the pipeline trains from now on, in order (evaluate.train_student still trains them)."""
+    from pqdjax.stages import evaluate
+
+    trained = []
+    real = evaluate.train_student
+
+    def counting(*args, **kwargs):
+        trained.append(kwargs["name"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "train_student", counting)
+    return trained
+
+
 def test_rerun_skips_finished_stages(finished_run, monkeypatch):
     data_dir, workdir, results = finished_run
 
@@ -327,20 +342,13 @@ def test_more_student_steps_retrain_only_the_students(finished_run, monkeypatch,
     def forbidden(*args, **kwargs):
         raise AssertionError("a stage before the students ran again")
 
-    from pqdjax.stages import decode, denoiser, encode, evaluate, fidelity, prior, quantize, teacher
+    from pqdjax.stages import decode, denoiser, encode, fidelity, prior, quantize, teacher
 
     for module, name in ((encode, "encode_process_part"), (quantize, "quantize_group"), (decode, "decode_images"),
                          (denoiser, "train_denoiser"), (prior, "train_vae"), (teacher, "train_classifier"),
                          (fidelity, "teacher_agreement")):
         monkeypatch.setattr(module, name, forbidden)
-    trained = []
-    real = evaluate.train_student
-
-    def counting(*args, **kwargs):
-        trained.append(kwargs["name"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(evaluate, "train_student", counting)
+    trained = _count_students(monkeypatch)
     config = _config(data_dir)
     config.evaluate.train.steps += 5
     pipeline.run(config, copy)
@@ -349,16 +357,7 @@ def test_more_student_steps_retrain_only_the_students(finished_run, monkeypatch,
 
 def test_a_new_seed_trains_only_new_students(finished_run, monkeypatch):
     data_dir, workdir, _ = finished_run
-    from pqdjax.stages import evaluate
-
-    trained = []
-    real = evaluate.train_student
-
-    def counting(*args, **kwargs):
-        trained.append(kwargs["name"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(evaluate, "train_student", counting)
+    trained = _count_students(monkeypatch)
     config = _config(data_dir)
     config.evaluate.seeds = (0, 1)
     results = pipeline.run(config, workdir)
