@@ -185,8 +185,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.evaluate.train.update(augment="rrc_cutmix", epochs=300)
 
     if options.cross_arch:
-        # Sized for a CPU (300 steps of 100 images, measured on 2 cores): ResNet-10 of width 16 with the CIFAR stem
-        # (95 s a student; width 32: 174 s) and MobileNet-V2 x0.5 with torchvision's stem (140 s; 28 px end at 1x1).
+        # Sized for a CPU (300 steps of 100 images on 2 cores, README): ResNet-10 of width 16 with the CIFAR stem
+        # (64-66 s a student; width 32 took 174 s) and MobileNet-V2 x0.5 with torchvision's stem (114-155 s; 28 px end at 1x1).
         # Its CIFAR stem (stem='cifar', 4x4 at the end) suits 28 px better but costs 10x more on XLA:CPU, whose
         # depthwise convolutions are slow (x0.25: 1.7 s a step); on an accelerator, use it.
         config.evaluate.cross_architectures = ml_collections.ConfigDict(dict(

@@ -183,8 +183,31 @@ def test_interceptor_on_diffusers_vae_gradients():
         with fast_conv.fast_conv_gradients(fast):
             return vae_lib.loss(vae, p, images, jax.random.key(2), 1e-3)[0]
 
+    # Every nn.Conv call of diffusers' VAE must reach fast_conv.conv2d (the interceptor falls back to flax silently).
+    conv_calls, routed = [], []
+
+    def recording(next_fun, args, kwargs, context):
+        if isinstance(context.module, nn.Conv) and context.method_name == "__call__":
+            conv_calls.append(context.module.kernel_size)
+        return next_fun(*args, **kwargs)
+
+    original = fast_conv.conv2d
+
+    def counting(*args):
+        routed.append(args[1].shape)
+        return original(*args)
+
+    with nn.intercept_methods(recording):
+        jax.eval_shape(lambda p: vae_lib.loss(vae, p, images, jax.random.key(2), 1e-3)[0], params)
     grad = jax.jit(jax.grad(loss), static_argnums=1)
-    a, b = grad(params, True), grad(params, False)
+    fast_conv.conv2d = counting
+    try:
+        a = grad(params, True)
+    finally:
+        fast_conv.conv2d = original
+    assert len(conv_calls) > 0 and len(routed) == len(conv_calls)
+    assert sum(min(shape[2:]) >= fast_conv.MIN_CHANNELS for shape in routed) > 0  # some take the shifted matmuls
+    b = grad(params, False)
     for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(u, v, rtol=1e-3, atol=1e-5)
 

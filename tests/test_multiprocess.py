@@ -128,7 +128,9 @@ def _kill_one_then_rerun(args: list[str], workdir: str, uninterrupted: str) -> N
     procs[1].kill()
     killed_at = time.monotonic()
     assert procs[0].wait(timeout=150) == 1
-    assert time.monotonic() - killed_at < 150  # well before JAX's 100 s heartbeat plus its 300 s shutdown barrier
+    stopped_after = time.monotonic() - killed_at
+    print(f"process 0 stopped {stopped_after:.1f} s after process 1 was killed")
+    assert stopped_after < 60  # README: within seconds, not after JAX's 100 s heartbeat and its 300 s shutdown barrier
     last = [line for line in open(logs[0]).read().splitlines() if line.strip()][-1]
     assert re.match(r"pqdjax: error: process 0 of 2 lost contact with another process \(.+\); see the other processes' logs", last), last
     assert not os.path.exists(os.path.join(workdir, "results.json"))

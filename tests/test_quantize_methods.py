@@ -198,14 +198,15 @@ def test_config_selects_each_method():
 
     assert set(KNOWN_QUANTIZERS) == set(q.METHODS)
     config = default.get_config()
+    default_n_init = config.quantize.n_init
     for method in KNOWN_QUANTIZERS:
-        config.quantize.method = method
+        config.quantize.method, config.quantize.n_init = method, default_n_init
         validate_config(config)
         chosen = solver_from_config(config.quantize)
         assert isinstance(chosen, q.Restarts) and chosen.n_init == config.quantize.n_init > 1
         assert isinstance(chosen.solver, q.METHODS[method])
-    config.quantize.n_init = 1
-    assert isinstance(solver_from_config(config.quantize), q.METHODS[method])
+        config.quantize.n_init = 1  # one start: the solver itself, no Restarts around it
+        assert type(solver_from_config(config.quantize)) is q.METHODS[method]
     config.quantize.n_init = 0
     with pytest.raises(ConfigError, match="config.quantize.n_init"):
         validate_config(config)
