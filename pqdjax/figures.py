@@ -1,6 +1,6 @@
 """The report's figures, as PNG files written atomically.
 
-    accuracy_vs_ipc     student test accuracy against IPC, one line per method,
+    accuracy_vs_ipc     student test accuracy against IPC, one line per method, a panel per student architecture,
                         error bars of one standard deviation over seeds, the
                         teacher ("full data") as a dashed line
     weight_histograms   per class, the histogram of the quantizer's Voronoi
@@ -40,31 +40,37 @@ def save_figure(fig, path: str, dpi: int = 110) -> None:
 
 def accuracy_vs_ipc(
     path: str,
-    summary: Mapping[str, Mapping[int, Mapping[str, float]]],
+    panels: Mapping[str, Mapping[str, Mapping[int, Mapping[str, float]]]],
     methods: Sequence[str],
     teacher_accuracy: float | None = None,
 ) -> None:
-    """summary: {method: {ipc: {'mean', 'std', ...}}} of accuracies in [0, 1] (stages.report.summarize)."""
+    """One panel per student architecture, side by side on one accuracy axis.
+
+    panels: {title: {method: {ipc: {'mean', 'std', ...}}}} of accuracies in [0, 1] (stages.report.summarize),
+    the first the main student's, then one per config.evaluate.cross_architectures entry.
+    """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.0, 3.6))
-    ipcs_seen: set[int] = set()
-    for method in methods:
-        cells = summary.get(method, {})
-        ipcs = sorted(cells)
-        ipcs_seen.update(ipcs)
-        means = [100 * cells[k]["mean"] for k in ipcs]
-        stds = [100 * cells[k]["std"] for k in ipcs]
-        ax.errorbar(ipcs, means, yerr=stds, marker="o", capsize=4, label=method)
-    if teacher_accuracy is not None:
-        ax.axhline(100 * teacher_accuracy, color="gray", linestyle="--", label="full data (teacher)")
-    if len(ipcs_seen) > 1:
-        ax.set_xscale("log")
-    ax.set_xticks(sorted(ipcs_seen), [str(k) for k in sorted(ipcs_seen)])
-    ax.minorticks_off()
-    ax.set_xlabel("images per class (IPC)")
-    ax.set_ylabel("student test accuracy (%)")
-    ax.set_title("Accuracy against IPC (mean ± std over seeds)", fontsize=10)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.6), sharey=True, squeeze=False)
+    for ax, (title, summary) in zip(axes[0], panels.items()):
+        ipcs_seen: set[int] = set()
+        for method in methods:
+            cells = summary.get(method, {})
+            ipcs = sorted(cells)
+            ipcs_seen.update(ipcs)
+            means = [100 * cells[k]["mean"] for k in ipcs]
+            stds = [100 * cells[k]["std"] for k in ipcs]
+            ax.errorbar(ipcs, means, yerr=stds, marker="o", capsize=4, label=method)
+        if teacher_accuracy is not None:
+            ax.axhline(100 * teacher_accuracy, color="gray", linestyle="--", label="full data (teacher)")
+        if len(ipcs_seen) > 1:
+            ax.set_xscale("log")
+        ax.set_xticks(sorted(ipcs_seen), [str(k) for k in sorted(ipcs_seen)])
+        ax.minorticks_off()
+        ax.set_xlabel("images per class (IPC)")
+        ax.set_title(title, fontsize=10)
+    axes[0, 0].set_ylabel("student test accuracy (%)")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle("Accuracy against IPC (mean ± std over seeds)", fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
 

@@ -394,9 +394,15 @@ def test_other_architectures_train_on_the_same_sets_and_get_a_table_each(finishe
         return variables, info
 
     monkeypatch.setattr(evaluate, "train_student", recording)
+    from PIL import Image
+
+    figure = os.path.join(workdir, "accuracy_vs_ipc.png")
+    one_panel = Image.open(figure).size
     config = default.get_config("runlocal,cross_arch")
     config.data.data_dir = data_dir
     results = pipeline.run(config, workdir)
+    # accuracy_vs_ipc.png: a panel per architecture (the ConvNet's, then the two others), side by side
+    assert Image.open(figure).size == (3 * one_panel[0], one_panel[1])
     methods = ("random", "d4m", "ddoq", "ddoq_vae")
     assert sorted(trained) == sorted(f"student {a} {m} IPC 2 seed 0" for a in ("resnet10", "mobilenet_v2") for m in methods)
     assert results["accuracy"] == before["accuracy"]  # the ConvNet students: reused, not retrained
