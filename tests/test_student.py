@@ -25,14 +25,26 @@ def test_crop_and_resize_full_window_is_identity_and_integer_window_is_a_slice()
 
 
 def test_random_resized_crop_areas_follow_the_scale_range():
-    """Crops of a ramp image: the spread of a crop's values tells its side; it stays within the scale bounds."""
-    ramp = jnp.broadcast_to(jnp.arange(64.0)[None, :, None], (64, 64, 1))
-    crops = imagenet_augment.random_resized_crop(jax.random.key(1), jnp.stack([ramp] * 256), 32)
-    widths = crops[:, 16, -1, 0] - crops[:, 16, 0, 0]  # about crop width * 31/32
-    assert crops.shape == (256, 32, 32, 1)
-    assert float(widths.min()) > 0.2 * 64 * 31 / 32 - 2  # sqrt(0.08 * 3/4) of the side at least
-    assert float(widths.max()) <= 64
-    assert float(jnp.std(widths)) > 5  # the sizes vary
+    """torchvision's law, read off crops of a 2-channel ramp (x and y coordinates): resizing is linear, so a crop's
+    interior slope is its side over the output size. Crops of area fraction up to 0.75 are never clipped (the widest
+    aspect 4/3 fits); below 0.7 the fraction is U(0.08, 0.7), and log aspect U(log 3/4, log 4/3)."""
+    from scipy import stats
+
+    side, size, n = 64, 32, 1024
+    coords = jnp.arange(side, dtype=jnp.float32)
+    ramp = jnp.stack(jnp.broadcast_arrays(coords[None, :], coords[:, None]), axis=-1)  # [y, x, (x, y)]
+    crops = imagenet_augment.random_resized_crop(jax.random.key(1), jnp.stack([ramp] * n), size)
+    assert crops.shape == (n, size, size, 2)
+    a, b = size // 4, 3 * size // 4  # interior columns and rows: the resize kernel stays inside the image
+    widths = np.asarray(crops[:, size // 2, b, 0] - crops[:, size // 2, a, 0]) * size / (b - a)
+    heights = np.asarray(crops[:, b, size // 2, 1] - crops[:, a, size // 2, 1]) * size / (b - a)
+    fraction, log_aspect = widths * heights / side**2, np.log(widths / heights)
+    assert fraction.min() > 0.08 * 0.98 and fraction.max() <= 1.0 + 1e-3
+    unclipped = fraction < 0.7
+    assert unclipped.sum() > n / 2
+    assert stats.kstest(fraction[unclipped], stats.uniform(0.08, 0.7 - 0.08).cdf).pvalue > 0.01
+    assert np.abs(log_aspect[unclipped]).max() <= np.log(4 / 3) + 0.01  # the slopes read sides to within 1%
+    assert stats.kstest(log_aspect[unclipped], stats.uniform(np.log(3 / 4), 2 * np.log(4 / 3)).cdf).pvalue > 0.01
 
 
 def test_cutmix_mixes_weights_by_pasted_area():
