@@ -18,13 +18,13 @@ Options (after a colon, comma-separated):
                                   a table per architecture (config.evaluate.cross_architectures), e.g.
                                   configs/default.py:table,cross_arch
 Hardware: 2 CPU cores, no accelerator.
-Runtime: about 5 min on 2 CPU cores (4 min 41 s from a fresh workdir; 4 min 52 s reusing encode and quantize,
-    whose 25 s the first run spent; 12 students: 217-273 s), plus about
+Runtime: about 4 min on 2 CPU cores (3 min 37 s from a fresh workdir, 12 students 171 s; with fast_conv on, the
+    default before 2026-12-04: 4 min 41-52 s), plus about
     2 min of `make setup` from a fresh clone; the VAE, teacher and denoiser are loaded from
     pretrained/fashion_mnist, not trained.
 Results (IPC 10, 3 paired seeds; README.md has the tables and what they show):
-    random 76.31, d4m 76.01, ddoq 75.84, ddoq_vae 67.34, teacher 93.04 (%);
-    ddoq - d4m -0.17 points [-0.70, +0.36]; d4m/ddoq teacher agreement 97%,
+    random 76.33, d4m 76.02, ddoq 75.80, ddoq_vae 67.33, teacher 93.04 (%);
+    ddoq - d4m -0.21 points [-0.81, +0.39]; d4m/ddoq teacher agreement 97%,
     cell consistency 95%.
 
 Stages: the shipped conv VAE (28x28x1 -> 7x7x8 latents, test PSNR 27.7 dB)
