@@ -47,6 +47,38 @@ def test_img2img_gives_finite_images_of_the_right_shape(loaded):
     np.testing.assert_array_equal(np.asarray(loaded.img2img(latents, ["bag", "shirt"], jax.random.key(4), strength=0.0, steps=4)), np.asarray(latents))
 
 
+def test_text_path_equals_pytorch_clip_and_the_shared_sampler(checkpoint, loaded):
+    """The text path of Stable Diffusion's img2img: text_context equals transformers' PyTorch CLIPTextModel read
+    from the same checkpoint folder; img2img is the shared sampler with the prompts' encodings as the conditional
+    context and the negative prompt's as the unconditional one; the negative prompt matters."""
+    import torch
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from pqdjax.diffusion import img2img
+
+    root, _ = checkpoint
+    prompts, negative = ["bag", "ankle boot"], "cartoon, anime, painting"
+    tokenizer = CLIPTokenizer.from_pretrained(f"{root}/tokenizer")
+    reference = CLIPTextModel.from_pretrained(f"{root}/text_encoder").eval()
+    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    with torch.no_grad():
+        want = reference(ids).last_hidden_state.numpy()
+    np.testing.assert_allclose(np.asarray(loaded.text_context(prompts)), want, rtol=1e-4, atol=1e-4)
+
+    latents = jax.random.normal(jax.random.key(5), (2, 4, 4, 4))
+    settings = dict(strength=0.7, guidance=8.0, steps=3)
+    got = loaded.img2img(latents, prompts, jax.random.key(6), negative_prompt=negative, **settings)
+    direct = img2img(loaded.epsilon, loaded.scheduler, loaded.unet_params, latents, loaded.text_context(prompts),
+                     loaded.text_context([negative] * 2), jax.random.key(6), **settings)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(direct), rtol=1e-5, atol=1e-5)
+    swapped = img2img(loaded.epsilon, loaded.scheduler, loaded.unet_params, latents, loaded.text_context([negative] * 2),
+                      loaded.text_context(prompts), jax.random.key(6), **settings)
+    assert np.abs(np.asarray(got - swapped)).max() > 1e-3  # cond and uncond are not interchangeable
+    other = loaded.img2img(latents, prompts, jax.random.key(6), negative_prompt="photo", **settings)
+    assert np.abs(np.asarray(got - other)).max() > 1e-3  # the negative prompt reaches the sampler
+
+
 def test_incomplete_checkpoints_are_refused(checkpoint, tmp_path):
     root, params = checkpoint
     with pytest.raises(sd_lib.CheckpointError, match="no vae/ folder"):
