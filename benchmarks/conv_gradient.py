@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from benchmarks.timing import interleaved_times
 from configs import default
 from pqdjax.models import classifiers, fast_conv, silence_diffusers_deprecation
 from pqdjax.models import vae as vae_lib
@@ -52,20 +52,13 @@ def measure(side: int, cin: int, cout: int, repeats: int) -> dict:
     forward = jax.jit(_xla_conv)
     xla_gradient = _kernel_gradient(_xla_conv)
     fast_gradient = _kernel_gradient(lambda x_, k_: fast_conv.conv2d(x_, k_, (1, 1), ((1, 1), (1, 1))))
-    fns = {
-        "forward": lambda: forward(x, kernel),
-        "xla_kernel_gradient": lambda: xla_gradient(kernel, x, dy),
-        "fast_conv_kernel_gradient": lambda: fast_gradient(kernel, x, dy),
-    }
-    outputs = {name: jax.block_until_ready(fn()) for name, fn in fns.items()}  # compiles
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn())
-            times[name].append(time.perf_counter() - start)
+    times = interleaved_times({
+        "forward": lambda: jax.block_until_ready(forward(x, kernel)),
+        "xla_kernel_gradient": lambda: jax.block_until_ready(xla_gradient(kernel, x, dy)),
+        "fast_conv_kernel_gradient": lambda: jax.block_until_ready(fast_gradient(kernel, x, dy)),
+    }, repeats)
     ms = {name: 1000 * statistics.median(t) for name, t in times.items()}
-    xla, fast = outputs["xla_kernel_gradient"][0], outputs["fast_conv_kernel_gradient"][0]
+    xla, fast = xla_gradient(kernel, x, dy)[0], fast_gradient(kernel, x, dy)[0]
     return {
         "shape": f"{BATCH} x {side} x {side}, {cin} -> {cout}", "ms": ms,
         "xla_gradient_over_forward": ms["xla_kernel_gradient"] / ms["forward"],
@@ -107,14 +100,7 @@ def measure_model(name: str, loss, params, repeats: int) -> dict:
                 return jax.grad(loss)(p)
         return jax.jit(fn)
     fns = {"xla": gradient(False), "fast_conv": gradient(True)}
-    for fn in fns.values():
-        jax.block_until_ready(fn(params))
-    times = {name_: [] for name_ in fns}
-    for _ in range(repeats):
-        for name_, fn in fns.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(params))
-            times[name_].append(time.perf_counter() - start)
+    times = interleaved_times({name_: lambda fn=fn: jax.block_until_ready(fn(params)) for name_, fn in fns.items()}, repeats)
     ms = {name_: 1000 * statistics.median(t) for name_, t in times.items()}
     return {"model": name, "gradient_ms": ms, "xla_over_fast_conv": ms["xla"] / ms["fast_conv"]}
 

@@ -51,6 +51,7 @@ import numpy as np
 from ott.tools import k_means as ott_k_means
 from sklearn.cluster import KMeans
 
+from benchmarks.timing import interleaved_times
 from pqdjax import quantize as q
 from pqdjax.quantize.voronoi import nearest, squared_norms
 
@@ -65,23 +66,6 @@ def _median_time(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
-
-
-def _interleaved_times(fns: dict, repeats: int) -> dict[str, list[float]]:
-    """Wall times of each fn over `repeats` rounds, the fns taking turns within a round.
-
-    The machine's speed drifts by 10-30% over minutes (shared cores); taking turns
-    exposes every solver to the same drift, and per-round ratios cancel most of it.
-    """
-    for fn in fns.values():
-        fn()  # warm-up: compiles
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def sgemm_rates(repeats: int) -> dict[str, float]:
@@ -142,7 +126,7 @@ def compare_lloyd(x: np.ndarray, k: int, iterations: int, repeats: int, seed: in
     solvers |= {"sklearn": sklearn("lloyd"), "sklearn_elkan": sklearn("elkan"),
                 "ott": lambda: jax.block_until_ready([ott_fn(xj[c], init[c]) for c in range(classes)])}
     results = {name: fn() for name, fn in solvers.items()}
-    times = _interleaved_times(solvers, repeats)
+    times = interleaved_times(solvers, repeats)
     seconds = {name: float(np.median(t)) for name, t in times.items()}
 
     def inertia(name):
@@ -187,7 +171,7 @@ def tolerance_cost(classes=100, n=1300, d=1024, repeats=5) -> dict:
     x_sq = jax.jit(jax.vmap(squared_norms))(xj)
     given = jax.jit(lambda a, m, s: jax.lax.map(lambda t: lloyd_module.tolerance_threshold(*t[:2], 1e-4, t[2]), (a, m, s)))
     computed = jax.jit(lambda a, m: jax.lax.map(lambda t: lloyd_module.tolerance_threshold(*t, 1e-4), (a, m)))
-    times = _interleaved_times({
+    times = interleaved_times({
         "pqdjax, |x|^2 given": lambda: jax.block_until_ready(given(xj, mass, x_sq)),
         "pqdjax": lambda: jax.block_until_ready(computed(xj, mass)),
         "numpy (scikit-learn's formula)": lambda: [1e-4 * np.mean(np.var(x[c], axis=0)) for c in range(classes)],
@@ -208,7 +192,7 @@ def norms_cost(repeats=5) -> list[dict]:
     for shape in ((1300, 16_384), (100, 1300, 1024), (50_000, 256)):
         x = np.random.default_rng(8).normal(size=shape).astype(np.float32)
         xj = jnp.asarray(x)
-        times = _interleaved_times({
+        times = interleaved_times({
             "pqdjax squared_norms": lambda: jax.block_until_ready(ours(xj)),
             "one matrix-vector product per row": lambda: jax.block_until_ready(plain(xj)),
             "numpy einsum": lambda: np.einsum("...d,...d->...", x, x),
@@ -244,7 +228,7 @@ def cell_sums_cost(repeats=5) -> list[dict]:
             run = jax.jit(lambda x, m, a, sums=sums, k=k: jax.lax.fori_loop(
                 0, 4, lambda i, acc: sums(x, m * (i + 1).astype(m.dtype), (a + i) % k, acc), jnp.zeros((k, x.shape[1]))))
             fns[way] = lambda run=run: jax.block_until_ready(run(x, m, a))
-        times = _interleaved_times(fns, repeats)
+        times = interleaved_times(fns, repeats)
         rows.append({"shape": f"{r} x {d}, K={k}", "ms_per_pass": {w: 1e3 * float(np.median(t)) / 4 for w, t in times.items()}})
     return rows
 
@@ -264,7 +248,7 @@ def pass_profile(repeats: int = 10) -> dict:
         "nearest point, per block": per_block(lambda b, c: nearest(b[0], c, b[1])),
         "whole pass": jax.jit(lambda c: lloyd_module._assign_and_accumulate(*blocks, c)),
     }
-    times = _interleaved_times({name: lambda f=f: jax.block_until_ready(f(points)) for name, f in parts.items()}, repeats)
+    times = interleaved_times({name: lambda f=f: jax.block_until_ready(f(points)) for name, f in parts.items()}, repeats)
     return {name: round(1e3 * float(np.median(t)), 1) for name, t in times.items()}
 
 

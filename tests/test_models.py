@@ -1,3 +1,6 @@
+import contextlib
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -138,6 +141,22 @@ def test_conv2d_matches_xla_values_and_gradients(cin, cout, strides, padding):
         np.testing.assert_allclose(g_ours, g_ref, rtol=1e-4, atol=1e-3)
 
 
+@contextlib.contextmanager
+def _routed_convs():
+    """The argument tuples (x, kernel, strides, padding) of every fast_conv.conv2d call traced within the context."""
+    calls, original = [], fast_conv.conv2d
+
+    def counting(*args):
+        calls.append(args)
+        return original(*args)
+
+    fast_conv.conv2d = counting
+    try:
+        yield calls
+    finally:
+        fast_conv.conv2d = original
+
+
 def test_interceptor_routes_flax_convs_and_keeps_gradients():
     class Net(nn.Module):
         @nn.compact
@@ -150,23 +169,14 @@ def test_interceptor_routes_flax_convs_and_keeps_gradients():
     net = Net()
     x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
     params = net.init(jax.random.key(1), x)
-    calls = []
-    original = fast_conv.conv2d
-
-    def counting(*args):
-        calls.append(args[2:])
-        return original(*args)
 
     def loss(p, fast):
         with fast_conv.fast_conv_gradients(fast):
             return jnp.sum(net.apply(p, x) ** 2)
 
     grad = jax.jit(jax.grad(loss), static_argnums=1)
-    fast_conv.conv2d = counting
-    try:
+    with _routed_convs() as calls:
         grads_fast = grad(params, True)
-    finally:
-        fast_conv.conv2d = original
     assert len(calls) == 3  # two 3x3 convs and the 1x1; not the circular one
     grads_flax = grad(params, False)
     for a, b in zip(jax.tree.leaves(grads_fast), jax.tree.leaves(grads_flax)):
@@ -184,29 +194,21 @@ def test_interceptor_on_diffusers_vae_gradients():
             return vae_lib.loss(vae, p, images, jax.random.key(2), 1e-3)[0]
 
     # Every nn.Conv call of diffusers' VAE must reach fast_conv.conv2d (the interceptor falls back to flax silently).
-    conv_calls, routed = [], []
+    conv_calls = []
 
     def recording(next_fun, args, kwargs, context):
         if isinstance(context.module, nn.Conv) and context.method_name == "__call__":
             conv_calls.append(context.module.kernel_size)
         return next_fun(*args, **kwargs)
 
-    original = fast_conv.conv2d
-
-    def counting(*args):
-        routed.append(args[1].shape)
-        return original(*args)
-
     with nn.intercept_methods(recording):
-        jax.eval_shape(lambda p: vae_lib.loss(vae, p, images, jax.random.key(2), 1e-3)[0], params)
+        jax.eval_shape(functools.partial(loss, fast=False), params)
     grad = jax.jit(jax.grad(loss), static_argnums=1)
-    fast_conv.conv2d = counting
-    try:
+    with _routed_convs() as routed:
         a = grad(params, True)
-    finally:
-        fast_conv.conv2d = original
     assert len(conv_calls) > 0 and len(routed) == len(conv_calls)
-    assert sum(min(shape[2:]) >= fast_conv.MIN_CHANNELS for shape in routed) > 0  # some take the shifted matmuls
+    # some take the shifted matmuls (both channel counts of the kernel at least MIN_CHANNELS)
+    assert sum(min(kernel.shape[2:]) >= fast_conv.MIN_CHANNELS for _, kernel, *_ in routed) > 0
     b = grad(params, False)
     for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(u, v, rtol=1e-3, atol=1e-5)

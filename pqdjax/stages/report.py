@@ -206,18 +206,16 @@ def fidelity_table(fidelities: dict, methods, ipcs) -> str:
 FIGURE_CLASSES = 10  # the classes shown in distilled.png and weights_ipc{K}.png: the first ones (ImageNet has 1,000)
 
 
-def write_figures(store, summary: dict, methods, teacher_accuracy: float, weights: dict, grid, class_names,
-                  model_name: str = "student", cross: dict | None = None) -> None:
+def write_figures(store, panels: dict, methods, teacher_accuracy: float, weights: dict, grid, class_names) -> None:
     """The figures of every pipeline: accuracy_vs_ipc.png, weights_ipc{K}.png per IPC, distilled.png.
 
-    summary: summarize(records) of the main student (model_name); cross: {arch: summarize(records)} of the
-    config.evaluate.cross_architectures students, a panel each; weights: {ipc: float [C, K]} the Voronoi weights;
+    panels: {architecture: summarize(records)}, the main student's first, then the
+    config.evaluate.cross_architectures students', a panel each; weights: {ipc: float [C, K]} the Voronoi weights;
     grid: (method, uint8 images [C, K, H, W, ch], weights [C, K]) of the set distilled.png shows, or None.
     The per-class figures show the first FIGURE_CLASSES classes.
     """
     shown = min(len(class_names), FIGURE_CLASSES)
     note = f" (first {shown} of {len(class_names)} classes)" if shown < len(class_names) else ""
-    panels = {model_name: summary, **{arch: c for arch, c in sorted((cross or {}).items())}}
     figures.accuracy_vs_ipc(store.path("accuracy_vs_ipc.png"), panels, methods, teacher_accuracy)
     for ipc, w in weights.items():
         w = np.asarray(w)[:shown]
@@ -302,9 +300,10 @@ def _write_report(run, results: dict, table: str, summary: dict, latents, quanti
     _write_results(run, results, table)
     shown = min(latents.num_classes, FIGURE_CLASSES)
     weights = {ipc: quantized[ipc].class_weights(shown) for ipc in ipcs}
-    cross = {arch: c["accuracy"] for arch, c in results.get("cross_architecture", {}).items()}
-    write_figures(store, summary, list(run.config.methods), results["teacher_test_accuracy"], weights,
-                  figure_grid(run, synthetic, ipcs, shown), run.class_names, run.config.evaluate.model.get("arch", "student"), cross)
+    panels = {run.config.evaluate.model.get("arch", "student"): summary,
+              **{arch: c["accuracy"] for arch, c in sorted(results.get("cross_architecture", {}).items())}}
+    write_figures(store, panels, list(run.config.methods), results["teacher_test_accuracy"], weights,
+                  figure_grid(run, synthetic, ipcs, shown), run.class_names)
     if store.info(STRIPS_ARTIFACT) is not None:
         figures.pushforward_strips(store.path("pushforward.png"), store.load_arrays(STRIPS_ARTIFACT), run.class_names)
     logging.info("report: wrote results.json, results.md and the figures to %s", store.workdir)
